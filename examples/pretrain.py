@@ -1,0 +1,12 @@
+"""Pretrain GPT-2 as in chapter 5 of "Build a Large Language Model From Scratch".
+
+    python examples/pretrain.py                      # the book's run (124M, 10 epochs)
+    python examples/pretrain.py --model tiny --epochs 2
+    python examples/pretrain.py --help
+"""
+import sys
+
+from tinygrad_gpt.pretrain import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""tinygrad_gpt: a from-scratch reverse-mode autodiff engine on NumPy, and GPT-2 on it."""
+from . import functional
+from .gradcheck import GradcheckError, gradcheck
+from .tensor import (Function, Tensor, cat, concatenate, default_rng, enable_grad, is_grad_enabled,
+                     manual_seed, no_grad, tensor)
+
+__version__ = "0.1.0"
+from . import nn, optim
+from .model import CONFIGS, GPT_CONFIG_124M, GPTModel, generate_text_simple, get_config
+from .optim import AdamW

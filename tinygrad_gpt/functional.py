@@ -1,0 +1,254 @@
+"""The fused layer ops (import as F): one forward and one analytic backward each.
+
+Composing softmax or layer norm from tiny ops would work, but it would keep a dozen
+intermediate arrays alive and walk them all again in backward. Here each layer is one
+Function whose backward is the derivative written out once (the math is in
+kernels/reference.py, next to the code that computes it). `K` is the active kernel backend.
+"""
+import numpy as np
+
+from .kernels import K
+from .tensor import Function, Tensor, _axis, default_rng
+
+
+def _rows(x, axis):
+    """View x with `axis` last, as a 2-D (rows, C) array the kernels understand."""
+    x = np.moveaxis(x, axis, -1)
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-1]), x.shape
+
+
+def _unrows(y2, shape, axis):
+    return np.moveaxis(y2.reshape(shape), -1, axis)
+
+
+# ----------------------------------------------------------------------------- softmax
+class Softmax(Function):
+    def forward(ctx, x, axis=-1):
+        x2, shape = _rows(x, axis)             # (N, C)
+        y2 = K.softmax_forward(x2)             # (N, C)
+        ctx.save_for_backward(y2)
+        ctx.axis, ctx.shape = axis, shape
+        return _unrows(y2, shape, axis)
+
+    def backward(ctx, grad):                   # dx = y * (dy - sum(dy * y))
+        y2, = ctx.saved
+        dy2, _ = _rows(grad, ctx.axis)
+        return _unrows(K.softmax_backward(dy2, y2), ctx.shape, ctx.axis)
+
+
+def softmax(x, axis=-1, *, dim=None):
+    return Softmax.apply(x, axis=_axis(axis, dim))
+
+
+class LogSoftmax(Function):
+    def forward(ctx, x, axis=-1):
+        x2, shape = _rows(x, axis)
+        y2 = K.log_softmax_forward(x2)
+        ctx.save_for_backward(y2)
+        ctx.axis, ctx.shape = axis, shape
+        return _unrows(y2, shape, axis)
+
+    def backward(ctx, grad):                   # dx = dy - softmax * sum(dy)
+        y2, = ctx.saved
+        dy2, _ = _rows(grad, ctx.axis)
+        return _unrows(K.log_softmax_backward(dy2, y2), ctx.shape, ctx.axis)
+
+
+def log_softmax(x, axis=-1, *, dim=None):
+    return LogSoftmax.apply(x, axis=_axis(axis, dim))
+
+
+# ----------------------------------------------------------------------------- layer norm
+class LayerNorm(Function):
+    def forward(ctx, x, w, b, eps=1e-5):       # x: (..., C)  w, b: (C,)
+        C = x.shape[-1]
+        x2 = np.ascontiguousarray(x).reshape(-1, C)            # (N, C)
+        y2, mean, rstd = K.layernorm_forward(x2, w, b, eps)
+        ctx.save_for_backward(x2, w, mean, rstd)
+        return y2.reshape(x.shape)
+
+    def backward(ctx, grad):                   # forward was y = (x - mean) * rstd * w + b
+        x2, w, mean, rstd = ctx.saved
+        dy2 = np.ascontiguousarray(grad).reshape(x2.shape)
+        dx2, dw, db = K.layernorm_backward(dy2, x2, w, mean, rstd)
+        return dx2.reshape(grad.shape), dw, db
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """PyTorch's layer norm over the last axis (biased variance), y = xhat * weight + bias."""
+    return LayerNorm.apply(x, weight, bias, eps=eps)
+
+
+# ----------------------------------------------------------------------------- GELU
+class GELU(Function):
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return K.gelu_forward(x)
+
+    def backward(ctx, grad):
+        x, = ctx.saved
+        return K.gelu_backward(grad, x)
+
+
+def gelu(x):
+    """GELU, tanh approximation (the book's): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return GELU.apply(x)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+class CrossEntropy(Function):
+    def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
+        V = logits.shape[-1]                                   # logits: (..., V)  targets: (...)
+        if targets.shape != logits.shape[:-1]:
+            raise ValueError(f"cross_entropy: targets have shape {targets.shape}, "
+                             f"expected {logits.shape[:-1]} for logits of shape {logits.shape}")
+        if not np.issubdtype(targets.dtype, np.integer):
+            raise TypeError(f"cross_entropy: targets must be integer class ids, got {targets.dtype}")
+        t = targets.reshape(-1).astype(np.int64, copy=False)   # (N,)
+        bad = (t != ignore_index) & ((t < 0) | (t >= V))
+        if bad.any():
+            raise IndexError(f"cross_entropy: target {t[bad][0]} is out of range for {V} classes")
+        z = np.ascontiguousarray(logits).reshape(-1, V)        # (N, V)
+        losses, lse = K.cross_entropy_forward(z, t, ignore_index)
+        ctx.save_for_backward(z, t, lse)
+        ctx.shape, ctx.ignore_index, ctx.reduction = logits.shape, ignore_index, reduction
+        ctx.count = int((t != ignore_index).sum())
+        if reduction == "none":
+            return losses.reshape(targets.shape)
+        total = losses.sum(dtype=logits.dtype)
+        if reduction == "sum":
+            return np.asarray(total)
+        # mean over the positions not ignored; 0/0 = nan when all are ignored, as PyTorch
+        return np.asarray(total / ctx.count if ctx.count else np.nan, dtype=logits.dtype)
+
+    def backward(ctx, grad):                   # d loss / d logits = softmax - onehot(target), per row
+        z, t, lse = ctx.saved
+        if ctx.reduction == "none":
+            dz = K.cross_entropy_backward(z, t, lse, 1.0, ctx.ignore_index)
+            dz *= grad.reshape(-1, 1)
+        else:
+            scale = float(grad) / (ctx.count if ctx.reduction == "mean" and ctx.count else 1)
+            dz = K.cross_entropy_backward(z, t, lse, scale, ctx.ignore_index)
+        return dz.reshape(ctx.shape), None
+
+
+def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
+    """Softmax cross-entropy of logits (..., V) against integer targets (...), one fused op.
+    Log-sum-exp keeps it exact for logits of any magnitude."""
+    if not isinstance(targets, Tensor):
+        targets = Tensor(np.asarray(targets))
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index, reduction=reduction)
+
+
+# ----------------------------------------------------------------------------- embedding
+class Embedding(Function):
+    def forward(ctx, weight, ids):             # weight: (V, C)  ids: (...) int
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"embedding: ids must be integers, got {ids.dtype}")
+        V = weight.shape[0]
+        if ids.size and (ids.min() < 0 or ids.max() >= V):
+            raise IndexError(f"embedding: id {ids.max() if ids.max() >= V else ids.min()} "
+                             f"is out of range for {V} embeddings")
+        ctx.save_for_backward(ids)
+        ctx.V = V
+        return weight[ids]                     # (..., C): a gather
+
+    def backward(ctx, grad):                   # scatter-add: a repeated id receives the sum
+        ids, = ctx.saved
+        C = grad.shape[-1]
+        dW = K.embedding_backward(np.ascontiguousarray(grad).reshape(-1, C), ids.reshape(-1), ctx.V)
+        return dW, None
+
+
+def embedding(weight, ids):
+    if not isinstance(ids, Tensor):
+        ids = Tensor(np.asarray(ids))
+    return Embedding.apply(weight, ids)
+
+
+# ----------------------------------------------------------------------------- linear
+class Linear(Function):
+    def forward(ctx, x, w, b=None):            # x: (..., in)  w: (out, in)  b: (out,)
+        x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # (N, in)
+        y2 = x2 @ w.T                                          # (N, out), one BLAS GEMM
+        if b is not None:
+            y2 += b
+        ctx.save_for_backward(x2, w)
+        ctx.in_shape = x.shape
+        return y2.reshape(x.shape[:-1] + (w.shape[0],))
+
+    def backward(ctx, grad):                   # y = x W^T + b
+        x2, w = ctx.saved
+        g2 = np.ascontiguousarray(grad).reshape(-1, w.shape[0])   # (N, out)
+        dx = (g2 @ w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None   # dx = dy W
+        dw = g2.T @ x2 if ctx.needs_input_grad[1] else None        # dW = dy^T x   (out, in)
+        if len(ctx.needs_input_grad) == 3:
+            db = g2.sum(axis=0) if ctx.needs_input_grad[2] else None   # db = sum of dy over rows
+            return dx, dw, db
+        return dx, dw
+
+
+def linear(x, weight, bias=None):
+    """y = x @ weight.T + bias, weight laid out (out_features, in_features) as PyTorch."""
+    if bias is None:
+        return Linear.apply(x, weight)
+    return Linear.apply(x, weight, bias)
+
+
+# ----------------------------------------------------------------------------- dropout
+class Dropout(Function):
+    def forward(ctx, x, keep, p):              # keep: 0/1 mask of x's shape
+        ctx.save_for_backward(keep)
+        ctx.p = p
+        return K.dropout_forward(x, keep, p)
+
+    def backward(ctx, grad):                   # the same mask, the same 1/(1-p)
+        keep, = ctx.saved
+        return K.dropout_backward(grad, keep, ctx.p), None
+
+
+def _keep_mask(shape, p, dtype, rng):
+    rng = default_rng() if rng is None else rng
+    return (rng.random(shape, dtype=np.float32) >= p).astype(dtype)
+
+
+def dropout(x, p=0.5, training=True, rng=None):
+    """Inverted dropout: zero each element with probability p and scale the rest by 1/(1-p),
+    so evaluation needs no rescaling. Identity when not training or p == 0."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    keep = _keep_mask(x.shape, p, x.dtype, rng)
+    return Dropout.apply(x, Tensor(keep), p=float(p))
+
+
+# ----------------------------------------------------------------------------- attention
+class Attention(Function):
+    def forward(ctx, q, k, v, keep=None, causal=True, p=0.0):  # q, k, v: (B, H, T, D)
+        q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+        out, att = K.attention_forward(q, k, v, causal, keep, p)
+        ctx.save_for_backward(q, k, v, att, keep)
+        ctx.p = p
+        return out                                              # (B, H, T, D)
+
+    def backward(ctx, grad):
+        q, k, v, att, keep = ctx.saved
+        dq, dk, dv = K.attention_backward(np.ascontiguousarray(grad), q, k, v, att, keep, ctx.p)
+        return dq, dk, dv, None
+
+
+def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, rng=None):
+    """softmax(q k^T / sqrt(D), causal mask) @ v over (B, H, T, D), with dropout on the
+    attention weights (as the book's MultiHeadAttention). One op, one analytic backward."""
+    if q.shape[-1] != k.shape[-1] or k.shape != v.shape:
+        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit (B, H, T, D)")
+    if dropout_p > 0.0:
+        B, H, T, _ = q.shape
+        keep = _keep_mask(q.shape[:-1] + (k.shape[-2],), dropout_p, q.dtype, rng)
+        return Attention.apply(q, k, v, Tensor(keep), causal=causal, p=float(dropout_p))
+    return Attention.apply(q, k, v, causal=causal)

@@ -1,0 +1,83 @@
+"""Finite-difference gradient checks, like torch.autograd.gradcheck.
+
+For an op f and a fixed random direction R of its output's shape, backward() gives
+d<f(x), R>/dx for every element of every input at once; central differences give the
+same number one element at a time:
+
+    (<f(x + eps e_i), R> - <f(x - eps e_i), R>) / (2 eps)
+
+In float64 the two agree to ~1e-9 for a correct backward; a wrong one is off by O(1).
+"""
+import numpy as np
+
+from .tensor import Tensor
+
+
+class GradcheckError(AssertionError):
+    pass
+
+
+def compare_gradients(fn, inputs, eps=1e-6, seed=0):
+    """[(input index, analytic gradient, numeric gradient)] for every input with requires_grad."""
+    inputs = list(inputs)
+    checked = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
+    if not checked:
+        raise ValueError("gradcheck: no input has requires_grad=True")
+    for i in checked:
+        if inputs[i].dtype != np.float64:
+            raise TypeError(f"gradcheck: input {i} is {inputs[i].dtype}; use float64, "
+                            f"where finite differences are accurate")
+    out = fn(*inputs)
+    R = np.random.default_rng(seed).standard_normal(out.shape)   # the direction of the check
+    for i in checked:
+        inputs[i].grad = None
+    out.backward(R)
+
+    def projected():                           # <f(x), R>
+        return float(np.sum(fn(*inputs).data * R))
+
+    results = []
+    for i in checked:
+        t = inputs[i]
+        analytic = np.zeros(t.shape) if t.grad is None else t.grad.copy()
+        numeric = np.empty(t.shape)
+        # Index the input's own array: reshape(-1) of a non-contiguous one (a transpose, say)
+        # is a copy, and perturbing a copy leaves fn's input unchanged.
+        for j in np.ndindex(t.shape):
+            keep = t.data[j]
+            t.data[j] = keep + eps
+            up = projected()
+            t.data[j] = keep - eps
+            down = projected()
+            t.data[j] = keep
+            numeric[j] = (up - down) / (2 * eps)
+        results.append((i, analytic, numeric))
+    return results
+
+
+def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exception=True):
+    """Check fn's analytic gradients against central differences, in float64.
+
+    fn:      takes the input Tensors, returns a Tensor (any shape); it must be
+             deterministic (reseed any dropout inside it).
+    inputs:  Tensors; those with requires_grad=True are checked, every element of each.
+    Returns True, or raises GradcheckError naming the input and element that disagree
+    (returns False instead with raise_exception=False).
+    """
+    for i, analytic, numeric in compare_gradients(fn, inputs, eps, seed):
+        err = np.abs(analytic - numeric)
+        bad = err > atol + rtol * np.abs(numeric)
+        if bad.any():
+            j = np.unravel_index(int(np.argmax(np.where(bad, err, -1))), err.shape)
+            msg = (f"gradcheck: input {i} {tuple(err.shape)}, element {tuple(int(k) for k in j)}: "
+                   f"analytic {analytic[j]:.10g}, numeric {numeric[j]:.10g} (|diff| {err[j]:.3g}; "
+                   f"{int(bad.sum())} of {err.size} elements disagree)")
+            if raise_exception:
+                raise GradcheckError(msg)
+            return False
+    return True
+
+
+def max_gradcheck_error(fn, inputs, eps=1e-6, seed=0):
+    """The worst |analytic - numeric| over all checked elements (for tests to print)."""
+    return max(float(np.abs(a - n).max(initial=0.0)) for _, a, n in compare_gradients(fn, inputs, eps, seed))

@@ -1,0 +1,573 @@
+"""numba twins of reference.py: same names, signatures, return values and in-place semantics.
+
+Each public function is a thin wrapper (argument checks, None handling, output allocation)
+around an `@njit` kernel named like it with a leading underscore. Kernels are row-local and
+fused: every `prange` iteration owns its output rows, so there are no races and no atomics.
+Matrix products stay in NumPy (BLAS); numba never calls BLAS inside `prange` (nested thread
+pools oversubscribe the cores).
+
+dtype discipline: float32 in, float32 out, and no float64 arithmetic in between. Inside a
+kernel every constant goes through `dt = x.dtype.type` (a bare `0.5` is float64 in numba and
+would promote the whole expression); scalars from Python are cast by the wrapper.
+
+First call compiles (tens of seconds for all kernels, once); `cache=True` stores the machine
+code in __pycache__. The cache does not notice edits to *other* files and freezes module
+globals, so keep the constants here. `warmup()` compiles everything up front.
+
+Letters in the shape comments: N rows, C channels, V vocabulary,
+B batch, H heads, T time, D head size, M any number of elements (a flat view).
+"""
+import math
+import time
+
+import numpy as np
+from numba import njit, prange
+
+from . import reference
+
+# fastmath without 'nnan'/'ninf': with those two, LLVM may assume no NaN/inf and np.isnan
+# silently returns False inside a kernel. Reassociation lets reductions vectorize.
+SAFE = {"nsz", "arcp", "contract", "afn", "reassoc"}
+GELU_C = 0.7978845608028654      # sqrt(2 / pi), as in reference.py
+LN_ROWS_PER_CHUNK = 16           # layernorm_backward: rows per dw/db partial (fixed => deterministic sums)
+EMB_COLS_PER_BLOCK = 64          # embedding_backward: columns owned by one prange iteration
+
+
+# ----------------------------------------------------------------------------- argument checks
+def _floats(fn, **arrays):
+    """C-contiguous float32/float64 arrays, all of the first one's dtype, or an error naming them."""
+    names = list(arrays)
+    out = [np.ascontiguousarray(a) for a in arrays.values()]
+    dt = out[0].dtype
+    if dt != np.float32 and dt != np.float64:
+        raise TypeError(f"{fn}: {names[0]} must be float32 or float64, found {dt}")
+    for name, a in zip(names[1:], out[1:]):
+        if a.dtype != dt:
+            raise TypeError(f"{fn}: {name} is {a.dtype} but {names[0]} is {dt}; "
+                            f"cast both to one float dtype")
+    return out
+
+
+def _shape(fn, name, a, shape):
+    if a.shape != tuple(shape):
+        raise ValueError(f"{fn}: {name} must have shape {tuple(shape)}, found {a.shape}")
+
+
+def _ndim(fn, name, a, letters):
+    if a.ndim != len(letters):
+        raise ValueError(f"{fn}: {name} must be {len(letters)}-D ({', '.join(letters)}), "
+                         f"found shape {a.shape}")
+
+
+def _mask(fn, keep, shape, dt):
+    """The 0/1 dropout mask in the data's dtype (a bool mask is accepted and converted)."""
+    keep = np.ascontiguousarray(keep, dtype=dt)
+    _shape(fn, "keep", keep, shape)
+    return keep
+
+
+def _indices(fn, name, idx, n, limit, ignore=None):
+    """int64 indices of shape (n,), each in [0, limit) (or == ignore). numba does not
+    bounds-check, so an out-of-range index would read or write outside the array."""
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    _shape(fn, name, idx, (n,))
+    live = idx if ignore is None else idx[idx != ignore]
+    if live.size and (live.min() < 0 or live.max() >= limit):
+        bad = live[(live < 0) | (live >= limit)][0]
+        raise IndexError(f"{fn}: {name} contains {bad}, outside [0, {limit})"
+                         + ("" if ignore is None else f" and not ignore_index={ignore}"))
+    return idx
+
+
+# ----------------------------------------------------------------------------- layer norm
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _layernorm_forward(x, w, b, eps, y, mean, rstd):   # x, y: (N, C)  w, b: (C,)  mean, rstd: (N,)
+    # mean = x.mean(1); var = ((x - mean)^2).mean(1); rstd = 1/sqrt(var + eps); y = xhat * w + b
+    N, C = x.shape
+    dt = x.dtype.type
+    for n in prange(N):
+        s = dt(0.0)
+        for c in range(C):
+            s += x[n, c]
+        mu = s / dt(C)
+        s2 = dt(0.0)
+        for c in range(C):                      # second pass: the two-pass variance is stable
+            d = x[n, c] - mu
+            s2 += d * d
+        r = dt(1.0) / math.sqrt(s2 / dt(C) + eps)
+        for c in range(C):
+            y[n, c] = (x[n, c] - mu) * r * w[c] + b[c]
+        mean[n] = mu
+        rstd[n] = r
+
+
+def layernorm_forward(x, w, b, eps=1e-5):     # x: (N, C)  w, b: (C,)
+    x, w, b = _floats("layernorm_forward", x=x, w=w, b=b)
+    _ndim("layernorm_forward", "x", x, "NC")
+    N, C = x.shape
+    _shape("layernorm_forward", "w", w, (C,))
+    _shape("layernorm_forward", "b", b, (C,))
+    y = np.empty_like(x)                                   # (N, C)
+    mean = np.empty(N, dtype=x.dtype)                      # (N,)
+    rstd = np.empty(N, dtype=x.dtype)                      # (N,)
+    _layernorm_forward(x, w, b, x.dtype.type(eps), y, mean, rstd)
+    return y, mean, rstd
+
+
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _layernorm_backward(dy, x, w, mean, rstd, dx, dw_part, db_part):   # dy, x, dx: (N, C)
+    # xhat = (x - mean) * rstd; dxhat = dy * w
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    # dw, db = sum over rows of dy * xhat, dy: chunk k of LN_ROWS_PER_CHUNK rows adds into
+    # dw_part[k], db_part[k] (K, C) only, so threads never share an output row.
+    N, C = x.shape
+    dt = x.dtype.type
+    K = dw_part.shape[0]
+    for k in prange(K):
+        for n in range(k * LN_ROWS_PER_CHUNK, min(N, (k + 1) * LN_ROWS_PER_CHUNK)):
+            mu = mean[n]
+            r = rstd[n]
+            s1 = dt(0.0)                        # sum(dxhat)
+            s2 = dt(0.0)                        # sum(dxhat * xhat)
+            for c in range(C):
+                xhat = (x[n, c] - mu) * r
+                g = dy[n, c] * w[c]
+                s1 += g
+                s2 += g * xhat
+                dw_part[k, c] += dy[n, c] * xhat
+                db_part[k, c] += dy[n, c]
+            m1 = s1 / dt(C)
+            m2 = s2 / dt(C)
+            for c in range(C):
+                xhat = (x[n, c] - mu) * r
+                dx[n, c] = r * (dy[n, c] * w[c] - m1 - xhat * m2)
+
+
+def layernorm_backward(dy, x, w, mean, rstd):  # dy, x: (N, C)
+    dy, x, w, mean, rstd = _floats("layernorm_backward", dy=dy, x=x, w=w, mean=mean, rstd=rstd)
+    _ndim("layernorm_backward", "x", x, "NC")
+    N, C = x.shape
+    _shape("layernorm_backward", "dy", dy, (N, C))
+    _shape("layernorm_backward", "w", w, (C,))
+    _shape("layernorm_backward", "mean", mean, (N,))
+    _shape("layernorm_backward", "rstd", rstd, (N,))
+    K = max(1, -(-N // LN_ROWS_PER_CHUNK))
+    dx = np.empty_like(x)                                  # (N, C)
+    dw_part = np.zeros((K, C), dtype=x.dtype)              # (K, C) per-chunk partial sums
+    db_part = np.zeros((K, C), dtype=x.dtype)
+    _layernorm_backward(dy, x, w, mean, rstd, dx, dw_part, db_part)
+    return dx, dw_part.sum(axis=0), db_part.sum(axis=0)    # (N, C), (C,), (C,)
+
+
+# ----------------------------------------------------------------------------- GELU (tanh form)
+# Kept in NumPy: NumPy's tanh is SIMD (AVX-512) while numba calls the scalar libm tanhf per
+# element (no SVML here), so the fused numba loop loses even with 2 threads. Measured with
+# benchmarks/bench_kernels.py on (512, 3072) float32, 2 cores (median ms, numpy / numba):
+#     gelu_forward   3.75 / 6.79     gelu_backward   6.71 / 7.95
+# The numba versions stay below (_gelu_forward, _gelu_backward) so the benchmark can re-measure.
+gelu_forward = reference.gelu_forward
+gelu_backward = reference.gelu_backward
+
+
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _gelu_forward(x, y):                       # x, y: (M,)
+    # y = 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+    dt = x.dtype.type
+    for i in prange(x.size):
+        xi = x[i]
+        u = dt(GELU_C) * (xi + dt(0.044715) * xi * xi * xi)
+        y[i] = dt(0.5) * xi * (dt(1.0) + math.tanh(u))
+
+
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _gelu_backward(dy, x, dx):                 # dy, x, dx: (M,)
+    # dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)), t = tanh(u)
+    dt = x.dtype.type
+    for i in prange(x.size):
+        xi = x[i]
+        t = math.tanh(dt(GELU_C) * (xi + dt(0.044715) * xi * xi * xi))
+        dudx = dt(GELU_C) * (dt(1.0) + dt(0.134145) * xi * xi)
+        dx[i] = dy[i] * (dt(0.5) * (dt(1.0) + t) + dt(0.5) * xi * (dt(1.0) - t * t) * dudx)
+
+
+def _numba_gelu_forward(x):                    # the compiled twin, for the benchmark
+    (x,) = _floats("gelu_forward", x=x)
+    y = np.empty_like(x)
+    _gelu_forward(x.reshape(-1), y.reshape(-1))
+    return y
+
+
+def _numba_gelu_backward(dy, x):
+    dy, x = _floats("gelu_backward", dy=dy, x=x)
+    _shape("gelu_backward", "dy", dy, x.shape)
+    dx = np.empty_like(x)
+    _gelu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+# ----------------------------------------------------------------------------- softmax over the last axis
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _softmax_forward(x, y):                    # x, y: (N, C)
+    # y = exp(x - max(x)) / sum(exp(x - max(x))), row by row
+    N, C = x.shape
+    dt = x.dtype.type
+    for n in prange(N):
+        m = dt(-np.inf)
+        for c in range(C):
+            m = max(m, x[n, c])
+        s = dt(0.0)
+        for c in range(C):
+            e = math.exp(x[n, c] - m)
+            y[n, c] = e
+            s += e
+        for c in range(C):
+            y[n, c] = y[n, c] / s
+
+
+def softmax_forward(x):                        # x: (N, C)
+    (x,) = _floats("softmax_forward", x=x)
+    _ndim("softmax_forward", "x", x, "NC")
+    y = np.empty_like(x)                       # (N, C)
+    _softmax_forward(x, y)
+    return y
+
+
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _softmax_backward(dy, y, dx):              # dy, y, dx: (N, C)
+    # dx_i = y_i * (dy_i - sum_j dy_j y_j)
+    N, C = y.shape
+    dt = y.dtype.type
+    for n in prange(N):
+        s = dt(0.0)
+        for c in range(C):
+            s += dy[n, c] * y[n, c]
+        for c in range(C):
+            dx[n, c] = y[n, c] * (dy[n, c] - s)
+
+
+def softmax_backward(dy, y):                   # dy, y: (N, C)
+    dy, y = _floats("softmax_backward", dy=dy, y=y)
+    _ndim("softmax_backward", "y", y, "NC")
+    _shape("softmax_backward", "dy", dy, y.shape)
+    dx = np.empty_like(y)                      # (N, C)
+    _softmax_backward(dy, y, dx)
+    return dx
+
+
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _log_softmax_forward(x, y):                # x, y: (N, C)
+    # y = x - lse(x),  lse = max + log(sum(exp(x - max)))
+    N, C = x.shape
+    dt = x.dtype.type
+    for n in prange(N):
+        m = dt(-np.inf)
+        for c in range(C):
+            m = max(m, x[n, c])
+        s = dt(0.0)
+        for c in range(C):
+            s += math.exp(x[n, c] - m)
+        lse = m + math.log(s)
+        for c in range(C):
+            y[n, c] = x[n, c] - lse
+
+
+def log_softmax_forward(x):                    # x: (N, C)
+    (x,) = _floats("log_softmax_forward", x=x)
+    _ndim("log_softmax_forward", "x", x, "NC")
+    y = np.empty_like(x)                       # (N, C)
+    _log_softmax_forward(x, y)
+    return y
+
+
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _log_softmax_backward(dy, y, dx):          # dy, y, dx: (N, C)
+    # dx_i = dy_i - exp(y_i) * sum_j dy_j
+    N, C = y.shape
+    dt = y.dtype.type
+    for n in prange(N):
+        s = dt(0.0)
+        for c in range(C):
+            s += dy[n, c]
+        for c in range(C):
+            dx[n, c] = dy[n, c] - math.exp(y[n, c]) * s
+
+
+def log_softmax_backward(dy, y):               # dy, y: (N, C)
+    dy, y = _floats("log_softmax_backward", dy=dy, y=y)
+    _ndim("log_softmax_backward", "y", y, "NC")
+    _shape("log_softmax_backward", "dy", dy, y.shape)
+    dx = np.empty_like(y)                      # (N, C)
+    _log_softmax_backward(dy, y, dx)
+    return dx
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _cross_entropy_forward(logits, targets, ignore_index, losses, lse):   # logits: (N, V)
+    # lse_n = max + log(sum(exp(logits_n - max))); loss_n = lse_n - logits_n[t_n], 0 if ignored
+    N, V = logits.shape
+    dt = logits.dtype.type
+    for n in prange(N):
+        m = dt(-np.inf)
+        for j in range(V):
+            m = max(m, logits[n, j])
+        s = dt(0.0)
+        for j in range(V):
+            s += math.exp(logits[n, j] - m)
+        l = m + math.log(s)
+        lse[n] = l
+        t = targets[n]
+        losses[n] = dt(0.0) if t == ignore_index else l - logits[n, t]
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """logits: (N, V) float, targets: (N,) int. Returns (losses (N,), lse (N,)).
+
+    loss_n = lse(logits_n) - logits_n[target_n], 0 where target_n == ignore_index.
+    """
+    (logits,) = _floats("cross_entropy_forward", logits=logits)
+    _ndim("cross_entropy_forward", "logits", logits, "NV")
+    N, V = logits.shape
+    targets = _indices("cross_entropy_forward", "targets", targets, N, V, ignore_index)
+    losses = np.empty(N, dtype=logits.dtype)               # (N,)
+    lse = np.empty(N, dtype=logits.dtype)                  # (N,)
+    _cross_entropy_forward(logits, targets, int(ignore_index), losses, lse)
+    return losses, lse
+
+
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _cross_entropy_backward(logits, targets, lse, scale, ignore_index, dlogits):   # (N, V)
+    # dlogits_n = scale * (softmax(logits_n) - onehot(t_n)), softmax = exp(logits - lse); 0 if ignored
+    N, V = logits.shape
+    dt = logits.dtype.type
+    for n in prange(N):
+        t = targets[n]
+        if t == ignore_index:
+            for j in range(V):
+                dlogits[n, j] = dt(0.0)
+        else:
+            l = lse[n]
+            for j in range(V):
+                dlogits[n, j] = math.exp(logits[n, j] - l) * scale
+            dlogits[n, t] = (math.exp(logits[n, t] - l) - dt(1.0)) * scale
+
+
+def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100):
+    """d(scale * sum_n loss_n)/dlogits = scale * (softmax(logits_n) - onehot(target_n)), rows
+    with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean."""
+    logits, lse = _floats("cross_entropy_backward", logits=logits, lse=lse)
+    _ndim("cross_entropy_backward", "logits", logits, "NV")
+    N, V = logits.shape
+    _shape("cross_entropy_backward", "lse", lse, (N,))
+    targets = _indices("cross_entropy_backward", "targets", targets, N, V, ignore_index)
+    dlogits = np.empty_like(logits)                        # (N, V)
+    _cross_entropy_backward(logits, targets, lse, logits.dtype.type(scale), int(ignore_index), dlogits)
+    return dlogits
+
+
+# ----------------------------------------------------------------------------- causal attention
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _attention_softmax(s, T, scale, causal, att):   # s, att: (B*H*T, Tk) rows of q k^T; att may be s
+    # att = softmax(s * scale) over keys 0..i for query row i (causal) or all keys; the masked
+    # upper triangle is skipped, not filled with -inf, and written as exact zeros.
+    R, Tk = s.shape
+    dt = s.dtype.type
+    for r in prange(R):
+        end = r % T + 1 if causal else Tk
+        m = dt(-np.inf)
+        for j in range(end):
+            m = max(m, s[r, j] * scale)
+        tot = dt(0.0)
+        for j in range(end):
+            e = math.exp(s[r, j] * scale - m)
+            att[r, j] = e
+            tot += e
+        for j in range(end):
+            att[r, j] = att[r, j] / tot
+        for j in range(end, Tk):
+            att[r, j] = dt(0.0)
+
+
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _attention_softmax_backward(da, att, scale, ds):   # da, att, ds: (B*H*T, Tk); ds may be da
+    # ds = scale * att * (da - sum_j da_j att_j), the softmax Jacobian row by row
+    R, Tk = att.shape
+    dt = att.dtype.type
+    for r in prange(R):
+        s = dt(0.0)
+        for j in range(Tk):
+            s += da[r, j] * att[r, j]
+        for j in range(Tk):
+            ds[r, j] = att[r, j] * (da[r, j] - s) * scale
+
+
+def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
+    """q, k, v: (B, H, T, D). keep: None or a 0/1 mask (B, H, T, T) for dropout on the
+    attention weights, scaled by 1/(1-p). Returns (out (B, H, T, D), att (B, H, T, T)),
+    att being the softmax probabilities before dropout (what the backward needs)."""
+    q, k, v = _floats("attention_forward", q=q, k=k, v=v)
+    _ndim("attention_forward", "q", q, "BHTD")
+    B, H, T, D = q.shape
+    Tk = k.shape[-2]
+    if causal and Tk != T:
+        raise ValueError(f"attention_forward: causal attention needs as many keys as queries, "
+                         f"found q {q.shape} and k {k.shape}")
+    dt = q.dtype.type
+    s = np.matmul(q, k.swapaxes(-1, -2))                   # (B, H, T, Tk) raw scores, BLAS
+    rows = s.reshape(-1, Tk)                               # (B*H*T, Tk) view
+    _attention_softmax(rows, T, dt(1.0 / math.sqrt(D)), bool(causal), rows)   # in place: s -> att
+    att = s                                                # (B, H, T, Tk)
+    if keep is None:
+        a = att
+    else:
+        keep = _mask("attention_forward", keep, att.shape, q.dtype)
+        a = np.empty_like(att)                             # (B, H, T, Tk) att * keep / (1 - p)
+        _mask_scale(att.reshape(-1), keep.reshape(-1), dt(1.0 / (1.0 - p)), a.reshape(-1))
+    out = np.matmul(a, v)                                  # (B, H, T, D)
+    return out, att
+
+
+def attention_backward(dout, q, k, v, att, keep=None, p=0.0):
+    """Inverts out = dropout(softmax(q k^T / sqrt(D) + mask)) @ v. Returns dq, dk, dv."""
+    dout, q, k, v, att = _floats("attention_backward", dout=dout, q=q, k=k, v=v, att=att)
+    _ndim("attention_backward", "q", q, "BHTD")
+    B, H, T, D = q.shape
+    Tk = k.shape[-2]
+    _shape("attention_backward", "att", att, (B, H, T, Tk))
+    dt = q.dtype.type
+    if keep is None:
+        a = att
+    else:
+        keep = _mask("attention_backward", keep, att.shape, q.dtype)
+        drop = dt(1.0 / (1.0 - p))
+        a = np.empty_like(att)                             # (B, H, T, Tk) what multiplied v
+        _mask_scale(att.reshape(-1), keep.reshape(-1), drop, a.reshape(-1))
+    dv = np.matmul(a.swapaxes(-1, -2), dout)               # out = a @ v -> dv = a^T dout  (B, H, Tk, D)
+    da = np.matmul(dout, v.swapaxes(-1, -2))               #             -> da = dout v^T  (B, H, T, Tk)
+    if keep is not None:                                   # a = att * drop -> datt = da * drop
+        _mask_scale(da.reshape(-1), keep.reshape(-1), drop, da.reshape(-1))
+    rows = da.reshape(-1, Tk)
+    _attention_softmax_backward(rows, att.reshape(-1, Tk), dt(1.0 / math.sqrt(D)), rows)  # da -> ds
+    dq = np.matmul(da, k)                                  # s = q k^T * scale -> dq = ds k    (B, H, T, D)
+    dk = np.matmul(da.swapaxes(-1, -2), q)                 #                   -> dk = ds^T q  (B, H, Tk, D)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- embedding
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _embedding_backward(dout, ids, dW):        # dout: (N, C)  ids: (N,)  dW: (V, C) zeros
+    # dW[ids[n]] += dout[n]; each prange iteration owns a block of columns of every row of dW,
+    # so repeated ids never race, and each element sums in row order n = 0, 1, ... as np.add.at
+    N, C = dout.shape
+    for blk in prange((C + EMB_COLS_PER_BLOCK - 1) // EMB_COLS_PER_BLOCK):
+        c0 = blk * EMB_COLS_PER_BLOCK
+        c1 = min(C, c0 + EMB_COLS_PER_BLOCK)
+        for n in range(N):
+            row = ids[n]
+            for c in range(c0, c1):
+                dW[row, c] += dout[n, c]
+
+
+def embedding_backward(dout, ids, num_embeddings):
+    """dout: (N, C), ids: (N,) int. Forward was out = W[ids]; a repeated id receives the sum."""
+    (dout,) = _floats("embedding_backward", dout=dout)
+    _ndim("embedding_backward", "dout", dout, "NC")
+    N, C = dout.shape
+    ids = _indices("embedding_backward", "ids", ids, N, num_embeddings)
+    dW = np.zeros((num_embeddings, C), dtype=dout.dtype)   # (V, C)
+    _embedding_backward(dout, ids, dW)
+    return dW
+
+
+# ----------------------------------------------------------------------------- dropout
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _mask_scale(x, keep, c, out):              # x, keep, out: (M,); out may be x
+    # out = x * keep * c,  c = 1 / (1 - p)
+    for i in prange(x.size):
+        out[i] = x[i] * keep[i] * c
+
+
+def dropout_forward(x, keep, p):
+    """Inverted dropout: y = x * keep / (1 - p), keep a 0/1 mask of x's shape."""
+    (x,) = _floats("dropout_forward", x=x)
+    keep = _mask("dropout_forward", keep, x.shape, x.dtype)
+    y = np.empty_like(x)
+    _mask_scale(x.reshape(-1), keep.reshape(-1), x.dtype.type(1.0 / (1.0 - p)), y.reshape(-1))
+    return y
+
+
+def dropout_backward(dy, keep, p):
+    (dy,) = _floats("dropout_backward", dy=dy)
+    keep = _mask("dropout_backward", keep, dy.shape, dy.dtype)
+    dx = np.empty_like(dy)
+    _mask_scale(dy.reshape(-1), keep.reshape(-1), dy.dtype.type(1.0 / (1.0 - p)), dx.reshape(-1))
+    return dx
+
+
+# ----------------------------------------------------------------------------- AdamW
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _adamw_step(p, g, m, v, decay, beta1, one_m_beta1, beta2, one_m_beta2, sqrt_bc2, eps, step_size):
+    # p, g, m, v: (M,) flat views, one fused pass, updated in place
+    # p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+    # p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+    for i in prange(p.size):
+        gi = g[i]
+        mi = m[i] * beta1 + one_m_beta1 * gi
+        vi = v[i] * beta2 + one_m_beta2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - step_size * (mi / (math.sqrt(vi) / sqrt_bc2 + eps))
+
+
+def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """One torch.optim.AdamW step, in place on p, m, v (all the same shape).
+
+    p -= lr * wd * p                       decoupled weight decay, before the Adam update
+    m = beta1 m + (1 - beta1) g ;  v = beta2 v + (1 - beta2) g^2
+    p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    """
+    if not (p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
+        # ravel() of a strided array is a copy and the update would be lost: the reference
+        # updates any layout in place
+        return reference.adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+    _, g, _, _ = _floats("adamw_step", p=p, g=g, m=m, v=v)
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        _shape("adamw_step", name, a, p.shape)
+    dt = p.dtype.type
+    lr, beta1, beta2 = float(lr), float(beta1), float(beta2)   # NumPy scalars would be float64 in numba
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    _adamw_step(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                dt(1.0 - lr * float(weight_decay)), dt(beta1), dt(1.0 - beta1), dt(beta2),
+                dt(1.0 - beta2), dt(math.sqrt(bc2)), dt(eps), dt(lr / bc1))
+
+
+# ----------------------------------------------------------------------------- compile everything
+def warmup(verbose=True):
+    """Compile (or load from the cache) every kernel for float32 and float64; returns seconds."""
+    t0 = time.perf_counter()
+    if verbose:
+        print("numba_cpu: compiling kernels (first run only, cached afterwards) ...", flush=True)
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        x = rng.standard_normal((3, 5)).astype(dt)
+        w = np.ones(5, dtype=dt)
+        ids = np.array([0, 2, 0])
+        y, mean, rstd = layernorm_forward(x, w, w)
+        layernorm_backward(x, x, w, mean, rstd)
+        softmax_backward(x, softmax_forward(x))
+        log_softmax_backward(x, log_softmax_forward(x))
+        losses, lse = cross_entropy_forward(x, ids)
+        cross_entropy_backward(x, ids, lse, 1.0)
+        _numba_gelu_backward(x, _numba_gelu_forward(x))
+        embedding_backward(x, ids, 4)
+        keep = np.ones_like(x)
+        dropout_backward(dropout_forward(x, keep, 0.1), keep, 0.1)
+        adamw_step(x.copy(), x, np.zeros_like(x), np.zeros_like(x), 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)
+        q = rng.standard_normal((1, 1, 3, 2)).astype(dt)
+        out, att = attention_forward(q, q, q)
+        attention_backward(out, q, q, q, att)
+    seconds = time.perf_counter() - t0
+    if verbose:
+        print(f"numba_cpu: kernels ready in {seconds:.1f} s", flush=True)
+    return seconds

@@ -1,0 +1,180 @@
+"""Plain-NumPy kernels: the readable specification of every fused op.
+
+Each layer is a `*_forward` / `*_backward` pair, as in llm.c. The forward returns
+what the backward needs (mean, rstd, probabilities, log-sum-exp), the backward
+quotes the forward line it inverts. `numba_cpu.py` has the same functions with the
+same signatures, compiled; `tinygrad_gpt.kernels` picks one of the two.
+
+Every function works for float32 and float64 alike and never changes the dtype:
+constants are Python floats, which NumPy does not let upcast an array.
+
+Letters in the shape comments: N rows, C channels, V vocabulary,
+B batch, H heads, T time, D head size.
+"""
+import math
+
+import numpy as np
+
+GELU_C = 0.7978845608028654  # sqrt(2 / pi), a Python float so float32 stays float32
+
+
+# ----------------------------------------------------------------------------- layer norm
+def layernorm_forward(x, w, b, eps=1e-5):     # x: (N, C)  w, b: (C,)
+    mean = x.mean(axis=1)                      # (N,)
+    xc = x - mean[:, None]                     # (N, C)
+    var = (xc * xc).mean(axis=1)               # (N,) biased, as PyTorch
+    rstd = 1.0 / np.sqrt(var + eps)            # (N,)
+    xhat = xc * rstd[:, None]                  # (N, C)
+    y = xhat * w + b                           # (N, C)
+    return y, mean, rstd
+
+
+def layernorm_backward(dy, x, w, mean, rstd):  # dy, x: (N, C)
+    # forward: xhat = (x - mean) * rstd ; y = xhat * w + b
+    xhat = (x - mean[:, None]) * rstd[:, None]               # (N, C)
+    dw = (dy * xhat).sum(axis=0)                             # (C,)
+    db = dy.sum(axis=0)                                      # (C,)
+    dxhat = dy * w                                           # (N, C)
+    # d/dx of (x - mean) * rstd, where mean and rstd depend on every x of the row:
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    dx = rstd[:, None] * (dxhat - dxhat.mean(axis=1, keepdims=True)
+                          - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- GELU (tanh form)
+def gelu_forward(x):                           # x: any shape
+    # y = 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + 0.044715 * x * x * x)))
+
+
+def gelu_backward(dy, x):                      # dy, x: same shape
+    u = GELU_C * (x + 0.044715 * x * x * x)
+    t = np.tanh(u)
+    # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    dudx = GELU_C * (1.0 + 0.134145 * x * x)
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx)
+
+
+# ----------------------------------------------------------------------------- softmax over the last axis
+def softmax_forward(x):                        # x: (N, C)
+    z = x - x.max(axis=1, keepdims=True)       # shift by the max: exp never overflows
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)    # (N, C)
+
+
+def softmax_backward(dy, y):                   # forward: y_i = exp(x_i) / sum_j exp(x_j)
+    # dx_i = y_i * (dy_i - sum_j dy_j y_j)     (the Jacobian diag(y) - y y^T applied to dy)
+    return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+
+
+def log_softmax_forward(x):                    # x: (N, C)
+    m = x.max(axis=1, keepdims=True)
+    lse = m + np.log(np.exp(x - m).sum(axis=1, keepdims=True))   # log-sum-exp, (N, 1)
+    return x - lse                             # (N, C)
+
+
+def log_softmax_backward(dy, y):               # forward: y = x - lse(x)
+    # dx_i = dy_i - softmax_i * sum_j dy_j,  softmax = exp(y)
+    return dy - np.exp(y) * dy.sum(axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """logits: (N, V) float, targets: (N,) int. Returns (losses (N,), lse (N,)).
+
+    loss_n = lse(logits_n) - logits_n[target_n], 0 where target_n == ignore_index.
+    """
+    m = logits.max(axis=1)                                           # (N,)
+    lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=1))        # (N,)
+    valid = targets != ignore_index                                  # (N,)
+    safe = np.where(valid, targets, 0)
+    picked = logits[np.arange(logits.shape[0]), safe]                # (N,)
+    losses = np.where(valid, lse - picked, 0.0).astype(logits.dtype)
+    return losses, lse
+
+
+def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100):
+    """d(scale * sum_n loss_n)/dlogits = scale * (softmax(logits_n) - onehot(target_n)), rows
+    with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean."""
+    dlogits = np.exp(logits - lse[:, None])                          # softmax, (N, V)
+    valid = targets != ignore_index
+    rows = np.flatnonzero(valid)
+    dlogits[rows, targets[rows]] -= 1.0                              # minus the one-hot
+    dlogits *= np.where(valid, scale, 0.0).astype(logits.dtype)[:, None]   # ignored rows -> 0
+    return dlogits
+
+
+# ----------------------------------------------------------------------------- causal attention
+def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
+    """q, k, v: (B, H, T, D). keep: None or a 0/1 mask (B, H, T, T) for dropout on the
+    attention weights, scaled by 1/(1-p). Returns (out (B, H, T, D), att (B, H, T, T)),
+    att being the softmax probabilities before dropout (what the backward needs)."""
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D)
+    s = (q @ k.swapaxes(-1, -2)) * scale                  # (B, H, T, T) scores
+    if causal:
+        T = q.shape[-2]
+        s = np.where(np.triu(np.ones((T, T), dtype=bool), 1), -np.inf, s)
+    s = s - s.max(axis=-1, keepdims=True)
+    att = np.exp(s)
+    att /= att.sum(axis=-1, keepdims=True)                # (B, H, T, T)
+    a = att if keep is None else att * keep * (1.0 / (1.0 - p))
+    out = a @ v                                           # (B, H, T, D)
+    return out.astype(q.dtype, copy=False), att.astype(q.dtype, copy=False)
+
+
+def attention_backward(dout, q, k, v, att, keep=None, p=0.0):
+    """Inverts out = dropout(softmax(q k^T / sqrt(D) + mask)) @ v. Returns dq, dk, dv."""
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D)
+    drop = None if keep is None else keep * (1.0 / (1.0 - p))
+    a = att if drop is None else att * drop               # what multiplied v
+    dv = a.swapaxes(-1, -2) @ dout                        # out = a @ v      -> dv = a^T dout
+    da = dout @ v.swapaxes(-1, -2)                        #                  -> da = dout v^T
+    if drop is not None:
+        da = da * drop                                    # a = att * drop   -> datt = da * drop
+    # att = softmax(s): ds = att * (datt - sum(datt * att)); masked entries have att = 0
+    ds = att * (da - (da * att).sum(axis=-1, keepdims=True))
+    ds = ds * scale                                       # s = q k^T * scale
+    dq = ds @ k                                           # (B, H, T, D)
+    dk = ds.swapaxes(-1, -2) @ q                          # (B, H, T, D)
+    dt = q.dtype
+    return dq.astype(dt, copy=False), dk.astype(dt, copy=False), dv.astype(dt, copy=False)
+
+
+# ----------------------------------------------------------------------------- embedding
+def embedding_backward(dout, ids, num_embeddings):
+    """dout: (N, C), ids: (N,) int. Forward was out = W[ids]; a repeated id receives the sum."""
+    dW = np.zeros((num_embeddings, dout.shape[1]), dtype=dout.dtype)
+    np.add.at(dW, ids, dout)                              # scatter-add: right for repeated ids
+    return dW
+
+
+# ----------------------------------------------------------------------------- dropout
+def dropout_forward(x, keep, p):
+    """Inverted dropout: y = x * keep / (1 - p), keep a 0/1 mask of x's shape."""
+    return x * keep * (1.0 / (1.0 - p))
+
+
+def dropout_backward(dy, keep, p):
+    return dy * keep * (1.0 / (1.0 - p))
+
+
+# ----------------------------------------------------------------------------- AdamW
+def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """One torch.optim.AdamW step, in place on p, m, v (all the same shape).
+
+    p -= lr * wd * p                       decoupled weight decay, before the Adam update
+    m = beta1 m + (1 - beta1) g ;  v = beta2 v + (1 - beta2) g^2
+    p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    """
+    p *= 1.0 - lr * weight_decay
+    m *= beta1
+    m += (1.0 - beta1) * g
+    v *= beta2
+    v += (1.0 - beta2) * (g * g)
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    denom = np.sqrt(v) / math.sqrt(bc2) + eps
+    p -= (lr / bc1) * (m / denom)

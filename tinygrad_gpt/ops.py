@@ -1,0 +1,242 @@
+"""The small ops: each forward with its backward directly underneath.
+
+A backward receives d(loss)/d(output) and returns d(loss)/d(input) for each input, by the
+chain rule. It may return a gradient in the broadcast shape; the engine sums it back to the
+input's shape (tensor.unbroadcast). A backward never writes into the gradient it receives.
+"""
+import numpy as np
+
+from .tensor import Function
+
+
+# ----------------------------------------------------------------------------- arithmetic
+class Add(Function):
+    def forward(ctx, a, b):                    # a, b: broadcastable
+        return a + b
+
+    def backward(ctx, grad):                   # d(a+b)/da = 1, d(a+b)/db = 1
+        return grad, grad
+
+
+class Sub(Function):
+    def forward(ctx, a, b):
+        return a - b
+
+    def backward(ctx, grad):                   # d(a-b)/da = 1, d(a-b)/db = -1
+        return grad, -grad
+
+
+class Mul(Function):
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    def backward(ctx, grad):                   # d(a*b)/da = b, d(a*b)/db = a
+        a, b = ctx.saved
+        return (grad * b if ctx.needs_input_grad[0] else None,
+                grad * a if ctx.needs_input_grad[1] else None)
+
+
+class Div(Function):
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    def backward(ctx, grad):                   # d(a/b)/da = 1/b, d(a/b)/db = -a/b^2
+        a, b = ctx.saved
+        return (grad / b if ctx.needs_input_grad[0] else None,
+                -grad * a / (b * b) if ctx.needs_input_grad[1] else None)
+
+
+class Pow(Function):
+    def forward(ctx, a, exponent):             # exponent: a Python float
+        ctx.save_for_backward(a)
+        ctx.exponent = exponent
+        return a ** exponent
+
+    def backward(ctx, grad):                   # d(a^n)/da = n a^(n-1)
+        a, = ctx.saved
+        n = ctx.exponent
+        return grad * (n * a ** (n - 1.0))
+
+
+class Neg(Function):
+    def forward(ctx, a):
+        return -a
+
+    def backward(ctx, grad):
+        return -grad
+
+
+class MatMul(Function):
+    def forward(ctx, a, b):                    # a: (..., n, k)  b: (..., k, m), batch dims broadcast
+        ctx.save_for_backward(a, b)
+        return np.matmul(a, b)                 # (..., n, m)
+
+    def backward(ctx, grad):                   # c = a @ b  ->  da = dc @ b^T, db = a^T @ dc
+        a, b = ctx.saved
+        # A 1-D operand is a row (a) or a column (b) vector; make it 2-D, then undo that.
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g = grad
+        if a.ndim == 1:
+            g = np.expand_dims(g, -2)
+        if b.ndim == 1:
+            g = np.expand_dims(g, -1)
+        da = db = None
+        if ctx.needs_input_grad[0]:
+            da = np.matmul(g, np.swapaxes(b2, -1, -2))         # (..., n, k)
+            if a.ndim == 1:
+                da = da.squeeze(-2)
+        if ctx.needs_input_grad[1]:
+            db = np.matmul(np.swapaxes(a2, -1, -2), g)         # (..., k, m)
+            if b.ndim == 1:
+                db = db.squeeze(-1)
+        return da, db                          # batch dims that broadcast are summed by the engine
+
+
+# ----------------------------------------------------------------------------- reductions
+def _expand_to(grad, shape, axis, keepdims):
+    """Undo a reduction's shape: put the reduced axes back as size 1, then broadcast."""
+    if axis is not None and not keepdims:
+        axes = (axis,) if isinstance(axis, int) else axis
+        grad = np.expand_dims(grad, tuple(ax % len(shape) for ax in axes))
+    elif axis is None and not keepdims:
+        grad = np.reshape(grad, (1,) * len(shape))
+    return np.broadcast_to(grad, shape)
+
+
+class Sum(Function):
+    def forward(ctx, a, axis=None, keepdims=False):
+        ctx.shape, ctx.axis, ctx.keepdims = a.shape, axis, keepdims
+        return np.asarray(a.sum(axis=axis, keepdims=keepdims))
+
+    def backward(ctx, grad):                   # every summed element gets the sum's gradient
+        return _expand_to(grad, ctx.shape, ctx.axis, ctx.keepdims)
+
+
+class Mean(Function):
+    def forward(ctx, a, axis=None, keepdims=False):
+        ctx.shape, ctx.axis, ctx.keepdims = a.shape, axis, keepdims
+        out = np.asarray(a.mean(axis=axis, keepdims=keepdims))
+        ctx.count = a.size // max(out.size, 1)
+        return out
+
+    def backward(ctx, grad):                   # mean = sum / count
+        return _expand_to(grad / ctx.count, ctx.shape, ctx.axis, ctx.keepdims)
+
+
+class Max(Function):
+    def forward(ctx, a, axis=None, keepdims=False):
+        out = np.asarray(a.max(axis=axis, keepdims=keepdims))
+        ctx.save_for_backward(a, a.max(axis=axis, keepdims=True))
+        ctx.axis, ctx.keepdims = axis, keepdims
+        return out
+
+    def backward(ctx, grad):                   # the gradient flows to the maximum; ties share it
+        a, m = ctx.saved
+        hit = (a == m).astype(a.dtype)
+        hit /= hit.sum(axis=ctx.axis, keepdims=True)
+        return _expand_to(grad, a.shape, ctx.axis, ctx.keepdims) * hit
+
+
+# ----------------------------------------------------------------------------- shapes
+class Reshape(Function):
+    def forward(ctx, a, shape):
+        ctx.shape = a.shape
+        return a.reshape(shape)
+
+    def backward(ctx, grad):
+        return grad.reshape(ctx.shape)
+
+
+class Permute(Function):
+    def forward(ctx, a, axes):
+        axes = tuple(ax % a.ndim for ax in axes)   # argsort of (0, -1, 1) is not the inverse of it
+        ctx.axes = axes
+        return np.transpose(a, axes)
+
+    def backward(ctx, grad):                   # the inverse permutation
+        return np.transpose(grad, np.argsort(ctx.axes))
+
+
+def _is_basic(index):
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis for i in parts)
+
+
+class GetItem(Function):
+    def forward(ctx, a, index):
+        ctx.shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
+        return np.asarray(a[index])
+
+    def backward(ctx, grad):                   # scatter the gradient back where it was read
+        out = np.zeros(ctx.shape, dtype=ctx.dtype)
+        if _is_basic(ctx.index):
+            out[ctx.index] = grad              # a slice reads each element at most once
+        else:
+            np.add.at(out, ctx.index, grad)    # fancy indices may repeat: add, don't overwrite
+        return out
+
+
+class Concatenate(Function):
+    def forward(ctx, *arrays, axis=0):
+        ctx.axis = axis
+        ctx.offsets = np.cumsum([x.shape[axis] for x in arrays])[:-1]
+        return np.concatenate(arrays, axis=axis)
+
+    def backward(ctx, grad):                   # each input gets its own slab of the gradient
+        return tuple(np.split(grad, ctx.offsets, axis=ctx.axis))
+
+
+# ----------------------------------------------------------------------------- elementwise
+class Exp(Function):
+    def forward(ctx, a):
+        y = np.exp(a)
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, grad):                   # d(e^a)/da = e^a
+        y, = ctx.saved
+        return grad * y
+
+
+class Log(Function):
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.log(a)
+
+    def backward(ctx, grad):                   # d(log a)/da = 1/a
+        a, = ctx.saved
+        return grad / a
+
+
+class Tanh(Function):
+    def forward(ctx, a):
+        y = np.tanh(a)
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, grad):                   # d(tanh a)/da = 1 - tanh(a)^2
+        y, = ctx.saved
+        return grad * (1.0 - y * y)
+
+
+class Sqrt(Function):
+    def forward(ctx, a):
+        y = np.sqrt(a)
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, grad):                   # d(sqrt a)/da = 1 / (2 sqrt a)
+        y, = ctx.saved
+        return grad * (0.5 / y)
+
+
+class MaskedFill(Function):
+    def forward(ctx, a, mask, value):          # mask: bool, broadcastable to a
+        ctx.mask = mask
+        return np.where(mask, value, a).astype(a.dtype, copy=False)
+
+    def backward(ctx, grad):                   # filled positions no longer depend on a
+        return np.where(ctx.mask, 0.0, grad).astype(grad.dtype, copy=False)

@@ -1,0 +1,102 @@
+"""AdamW written out by hand, with torch.optim.AdamW's semantics, plus the book's
+appendix-D helpers: warmup + cosine schedule and global-norm gradient clipping."""
+import math
+
+import numpy as np
+
+from .kernels import K
+
+
+class AdamW:
+    """torch.optim.AdamW: decoupled weight decay (p -= lr * wd * p) before the Adam update,
+    bias-corrected moments. The update itself is one fused pass (kernels: adamw_step)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        params = list(params)
+        if not params:
+            raise ValueError("AdamW got an empty parameter list")
+        if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"AdamW: invalid hyperparameters lr={lr}, betas={betas}, eps={eps}, "
+                             f"weight_decay={weight_decay}")
+        self.param_groups = [{"params": params, "lr": float(lr), "betas": tuple(map(float, betas)),
+                              "eps": float(eps), "weight_decay": float(weight_decay)}]
+        self.state = {}                        # id(param) -> {"step", "exp_avg", "exp_avg_sq"}
+
+    @property
+    def params(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.fill(0)
+
+    def step(self):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state.get(id(p))
+                if st is None:                 # moments start at zero, as torch
+                    st = self.state[id(p)] = {"step": 0, "exp_avg": np.zeros_like(p.data),
+                                              "exp_avg_sq": np.zeros_like(p.data)}
+                st["step"] += 1
+                K.adamw_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], group["lr"],
+                             beta1, beta2, group["eps"], group["weight_decay"], st["step"])
+
+    # ---- state, in torch's layout: parameters are numbered in order
+    def state_dict(self):
+        index = {id(p): i for i, p in enumerate(self.params)}
+        state = {index[pid]: dict(st) for pid, st in self.state.items() if pid in index}
+        groups, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            groups.append({**{k: v for k, v in group.items() if k != "params"},
+                           "params": list(range(start, start + n))})
+            start += n
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        params = self.params
+        groups = state_dict["param_groups"]
+        if sum(len(g["params"]) for g in groups) != len(params):
+            raise ValueError(f"optimizer state has {sum(len(g['params']) for g in groups)} parameters, "
+                             f"this optimizer has {len(params)}")
+        for group, saved in zip(self.param_groups, groups):
+            group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"})
+        self.state = {}
+        for i, st in state_dict["state"].items():
+            p = params[int(i)]
+            m, v = np.asarray(st["exp_avg"]), np.asarray(st["exp_avg_sq"])
+            if m.shape != p.shape or v.shape != p.shape:
+                raise ValueError(f"optimizer state for parameter {i} has shape {m.shape}, "
+                                 f"the parameter has {p.shape}")
+            self.state[id(p)] = {"step": int(st["step"]), "exp_avg": m.astype(p.dtype, copy=True),
+                                 "exp_avg_sq": v.astype(p.dtype, copy=True)}
+
+
+def clip_grad_norm_(params, max_norm):
+    """Scale all gradients so their global L2 norm is at most max_norm (torch.nn.utils
+    .clip_grad_norm_). Returns the norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g *= np.float32(coef) if g.dtype == np.float32 else coef
+    return total
+
+
+def lr_at_step(step, peak_lr, total_steps, warmup_steps=0, min_lr=None, initial_lr=None):
+    """The book's appendix D schedule: linear warmup from initial_lr to peak_lr, then cosine
+    decay to min_lr. Without warmup and min_lr, a constant peak_lr (the chapter-5 run)."""
+    if warmup_steps and step < warmup_steps:
+        start = peak_lr * 0.01 if initial_lr is None else initial_lr
+        return start + step * (peak_lr - start) / warmup_steps
+    if min_lr is None:
+        return peak_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))

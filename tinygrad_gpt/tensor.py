@@ -1,0 +1,448 @@
+"""Tensor, Function and backward(): the whole autodiff engine.
+
+A Tensor wraps a NumPy array. Every op is a Function with a `forward` that computes on
+arrays and a `backward` that maps the output's gradient to its inputs' gradients (see
+ops.py and functional.py). `Function.apply` records the op in the graph; `backward()`
+walks that graph once, from the output back to the leaves, without recursion.
+"""
+import contextlib
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- grad mode
+_grad_enabled = True
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def _set_grad_enabled(mode):
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, mode
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def no_grad():
+    """`with no_grad():` records no graph: for evaluation and generation, as torch.no_grad()."""
+    return _set_grad_enabled(False)
+
+
+def enable_grad():
+    return _set_grad_enabled(True)
+
+
+# ----------------------------------------------------------------------------- random numbers
+_rng = np.random.default_rng(0)
+
+
+def manual_seed(seed):
+    """Seed the generator behind parameter initialisation and dropout, as torch.manual_seed."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+    return _rng
+
+
+def default_rng():
+    """The global generator (initialisation, dropout). Its `bit_generator.state` is a plain dict."""
+    return _rng
+
+
+# ----------------------------------------------------------------------------- helpers
+def _as_array(data, dtype=None):
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, np.ndarray):
+        return data if dtype is None else data.astype(dtype, copy=False)
+    if isinstance(data, np.generic):                   # a NumPy scalar keeps its dtype
+        return np.asarray(data, dtype=dtype)
+    return np.asarray(data, dtype=np.float32 if dtype is None else dtype)   # numbers, lists
+
+
+def unbroadcast(grad, shape):
+    """The adjoint of broadcasting is summing: reduce `grad` back to an operand's `shape`."""
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra < 0:                                      # e.g. () for a (1,) operand: _accumulate reshapes
+        return grad
+    if extra > 0:                                      # leading axes that broadcasting added
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes:                                           # axes of size 1 that were stretched
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad
+
+
+# ----------------------------------------------------------------------------- Function
+class Function:
+    """One op. Subclasses write `forward(ctx, *arrays, **options) -> array` and
+    `backward(ctx, grad) -> gradient of each input` (None where an input needs none).
+    A backward may return a gradient of a broadcast shape: the engine sums it back."""
+
+    def __init__(self, *parents):
+        self.parents = parents                         # the input Tensors, in order
+        self.needs_input_grad = tuple(p.requires_grad for p in parents)
+        self.saved = ()
+
+    def save_for_backward(self, *arrays):
+        self.saved = arrays
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def backward(self, grad):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **options):
+        """Run forward on the inputs' arrays; record the op if any input needs a gradient."""
+        ctx = cls(*inputs)
+        out = ctx.forward(*[t.data for t in inputs], **options)
+        requires_grad = _grad_enabled and any(ctx.needs_input_grad)
+        result = Tensor(out, requires_grad=requires_grad)
+        if requires_grad:
+            result._ctx = ctx
+        return result
+
+    @property
+    def name(self):
+        return type(self).__name__
+
+
+# ----------------------------------------------------------------------------- the graph walk
+_backward_hooks = []     # callables hook(node, ctx, grad, input_grads): for tracing (explain.py)
+
+
+def topological_order(root):
+    """Every tensor that `root` depends on and that needs a gradient, inputs before outputs.
+    An explicit stack instead of recursion: a 12-layer GPT graph has thousands of nodes."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            order.append(node)                         # post-order: after all its inputs
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        if node._ctx is not None:
+            for parent in node._ctx.parents:
+                if parent.requires_grad and id(parent) not in visited:
+                    stack.append((parent, False))
+    return order
+
+
+def _accumulate(tensor, g, grad_in, siblings, op="backward"):
+    """tensor.grad += g, as PyTorch: a tensor used twice gets the sum of both gradients."""
+    if g.dtype != tensor.data.dtype:
+        g = g.astype(tensor.data.dtype)
+    if g.shape != tensor.data.shape:                   # e.g. a (1,) bias seen as ()
+        # Only size-1 axes may differ: reshaping any other mismatch would silently scramble
+        # a wrong backward's gradient into the right shape (it hid Permute's, see ops.py).
+        if [n for n in g.shape if n != 1] != [n for n in tensor.data.shape if n != 1]:
+            raise RuntimeError(f"{op}.backward returned a gradient of shape {g.shape} "
+                               f"for an input of shape {tensor.data.shape}")
+        g = g.reshape(tensor.data.shape)
+    if tensor.grad is None:
+        if tensor._ctx is None:
+            # A leaf keeps its .grad after backward() and later calls add into it in place:
+            # it must own that array, not share it with the output's grad or a sibling.
+            shared = g is grad_in or g.base is not None or sum(s is g for s in siblings) > 1
+            tensor.grad = g.copy() if shared else g
+        else:
+            tensor.grad = g
+    elif tensor._ctx is None:
+        tensor.grad += g                               # the leaf owns its grad: in place
+    else:
+        tensor.grad = tensor.grad + g
+
+
+_FREED_MESSAGE = ("backward(): this graph was already freed by an earlier backward() (each one "
+                  "frees the graph it walks); pass retain_graph=True to the first call to backward "
+                  "through it twice, or recompute the forward")
+
+
+# ----------------------------------------------------------------------------- Tensor
+class Tensor:
+    """A NumPy array plus what autodiff needs: `.grad`, `.requires_grad` and, for a tensor
+    made by an op, `._ctx` (the Function that made it, which knows its inputs)."""
+
+    __array_priority__ = 1000                          # ndarray + Tensor -> Tensor.__radd__
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        self.data = _as_array(data, dtype)
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._ctx = None
+        self._graph_freed = False                      # made by an op whose graph backward() freed
+
+    # ---- what a Tensor is
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        op = f", op={self._ctx.name}" if self._ctx is not None else ""
+        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}{grad}{op})"
+
+    def item(self):
+        return self.data.item()
+
+    def numpy(self):
+        return self.data
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def detach(self):
+        """The same array, cut from the graph."""
+        return Tensor(self.data)
+
+    def requires_grad_(self, mode=True):
+        self.requires_grad = bool(mode)
+        return self
+
+    def astype(self, dtype):
+        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
+
+    def float(self):
+        return self.astype(np.float32)
+
+    def double(self):
+        return self.astype(np.float64)
+
+    # ---- backward
+    def backward(self, grad=None, retain_graph=False):
+        """Fill `.grad` of every leaf this tensor depends on with d(self)/d(leaf), adding
+        to what is there. Intermediate gradients are freed as soon as they are used, and
+        so is the graph (unless retain_graph=True)."""
+        if not self.requires_grad:
+            raise RuntimeError("backward(): this tensor does not require grad and has no graph "
+                               "(was it computed under no_grad(), or from tensors without requires_grad=True?)")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward(): grad can be implicitly created only for a scalar output, "
+                                   f"this one has shape {self.shape}; pass grad= of that shape")
+            grad = np.ones_like(self.data)
+        else:
+            grad = _as_array(grad, self.data.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward(): grad has shape {grad.shape}, expected {self.shape}")
+        if self._graph_freed:
+            raise RuntimeError(_FREED_MESSAGE)
+        if self._ctx is None:                          # a leaf: d(self)/d(self) = 1
+            _accumulate(self, grad, grad, ())          # grad_in=grad: never keep the caller's array
+            return
+        order = topological_order(self)
+        if any(node._graph_freed for node in order):   # walking on would treat it as a leaf and
+            raise RuntimeError(_FREED_MESSAGE)          # silently drop everything before it
+        self.grad = grad
+        for node in reversed(order):
+            ctx = node._ctx
+            if ctx is None:                            # a leaf: its .grad is final
+                continue
+            g = node.grad
+            input_grads = ctx.backward(g)
+            if not isinstance(input_grads, tuple):
+                input_grads = (input_grads,)
+            for hook in _backward_hooks:
+                hook(node, ctx, g, input_grads)
+            for parent, pg in zip(ctx.parents, input_grads):
+                if pg is None or not parent.requires_grad:
+                    continue
+                _accumulate(parent, unbroadcast(pg, parent.shape), g, input_grads, ctx.name)
+            node.grad = None                           # non-leaf grads are not kept, as PyTorch
+            if not retain_graph:
+                node._ctx = None                       # free the graph (and saved arrays) as we go
+                node._graph_freed = True
+
+    # ---- arithmetic (ops.py)
+    def _lift(self, other):
+        return other if isinstance(other, Tensor) else Tensor(_as_array(other, self.dtype))
+
+    def __add__(self, other):
+        return ops.Add.apply(self, self._lift(other))
+
+    def __radd__(self, other):
+        return ops.Add.apply(self._lift(other), self)
+
+    def __sub__(self, other):
+        return ops.Sub.apply(self, self._lift(other))
+
+    def __rsub__(self, other):
+        return ops.Sub.apply(self._lift(other), self)
+
+    def __mul__(self, other):
+        return ops.Mul.apply(self, self._lift(other))
+
+    def __rmul__(self, other):
+        return ops.Mul.apply(self._lift(other), self)
+
+    def __truediv__(self, other):
+        return ops.Div.apply(self, self._lift(other))
+
+    def __rtruediv__(self, other):
+        return ops.Div.apply(self._lift(other), self)
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, Tensor):
+            raise TypeError("x ** y: the exponent must be a Python number, not a Tensor")
+        return ops.Pow.apply(self, exponent=float(exponent))
+
+    def __neg__(self):
+        return ops.Neg.apply(self)
+
+    def __matmul__(self, other):
+        return ops.MatMul.apply(self, self._lift(other))
+
+    def __rmatmul__(self, other):
+        return ops.MatMul.apply(self._lift(other), self)
+
+    # comparisons give plain boolean arrays: they have no gradient
+    def __lt__(self, other):
+        return self.data < _as_array(other)
+
+    def __le__(self, other):
+        return self.data <= _as_array(other)
+
+    def __gt__(self, other):
+        return self.data > _as_array(other)
+
+    def __ge__(self, other):
+        return self.data >= _as_array(other)
+
+    __hash__ = object.__hash__
+
+    # ---- reductions
+    def sum(self, axis=None, keepdims=False, *, dim=None):
+        return ops.Sum.apply(self, axis=_axis(axis, dim), keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False, *, dim=None):
+        return ops.Mean.apply(self, axis=_axis(axis, dim), keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False, *, dim=None):
+        return ops.Max.apply(self, axis=_axis(axis, dim), keepdims=keepdims)
+
+    def argmax(self, axis=None, keepdims=False, *, dim=None):
+        return np.argmax(self.data, axis=_axis(axis, dim), keepdims=keepdims)
+
+    # ---- shapes
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return ops.Reshape.apply(self, shape=tuple(shape))
+
+    view = reshape
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        s = self.shape
+        end = end_dim % self.ndim if self.ndim else 0
+        return self.reshape(s[:start_dim] + (-1,) + s[end + 1:])
+
+    def unsqueeze(self, axis):
+        axis = axis % (self.ndim + 1)
+        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
+
+    def permute(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return ops.Permute.apply(self, axes=tuple(axes))
+
+    def transpose(self, axis0=-2, axis1=-1):
+        axes = list(range(self.ndim))
+        axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
+        return self.permute(axes)
+
+    @property
+    def T(self):
+        return self.permute(tuple(reversed(range(self.ndim))))
+
+    def __getitem__(self, index):
+        return ops.GetItem.apply(self, index=_plain_index(index))
+
+    def split(self, split_size, axis=-1, *, dim=None):
+        """Views along `axis`: an int gives pieces of that size, a list gives the sizes."""
+        axis = _axis(axis, dim) % self.ndim
+        n = self.shape[axis]
+        sizes = [split_size] * (n // split_size) + ([n % split_size] if n % split_size else []) \
+            if isinstance(split_size, int) else list(split_size)
+        if sum(sizes) != n:
+            raise ValueError(f"split: sizes {sizes} do not add up to {n}, the length of axis {axis}")
+        pieces, start = [], 0
+        for size in sizes:
+            index = (slice(None),) * axis + (slice(start, start + size),)
+            pieces.append(self[index])
+            start += size
+        return pieces
+
+    def chunk(self, chunks, axis=-1, *, dim=None):
+        axis = _axis(axis, dim)
+        n = self.shape[axis]
+        return self.split(-(-n // chunks), axis)
+
+    # ---- elementwise
+    def exp(self):
+        return ops.Exp.apply(self)
+
+    def log(self):
+        return ops.Log.apply(self)
+
+    def tanh(self):
+        return ops.Tanh.apply(self)
+
+    def sqrt(self):
+        return ops.Sqrt.apply(self)
+
+    def masked_fill(self, mask, value):
+        """Where mask is True, `value`; elsewhere self. mask broadcasts against self."""
+        mask = mask.data if isinstance(mask, Tensor) else np.asarray(mask)
+        return ops.MaskedFill.apply(self, mask=mask.astype(bool, copy=False), value=float(value))
+
+    def softmax(self, axis=-1, *, dim=None):
+        from . import functional as F
+        return F.softmax(self, _axis(axis, dim))
+
+    def log_softmax(self, axis=-1, *, dim=None):
+        from . import functional as F
+        return F.log_softmax(self, _axis(axis, dim))
+
+
+def _axis(axis, dim):
+    """PyTorch readers write dim=; NumPy readers write axis=. Both mean the same."""
+    if dim is not None:
+        if axis is not None and axis != -1 and axis != dim:
+            raise TypeError("give either axis= or dim=, not both")
+        return tuple(dim) if isinstance(dim, list) else dim
+    return tuple(axis) if isinstance(axis, list) else axis
+
+
+def _plain_index(index):
+    """Indices may hold Tensors (e.g. integer ids): use their arrays."""
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    return index.data if isinstance(index, Tensor) else index
+
+
+def tensor(data, requires_grad=False, dtype=None):
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def concatenate(tensors, axis=None, *, dim=None):
+    """Join tensors along an existing axis (torch.cat), axis 0 unless told."""
+    axis = _axis(axis, dim)                            # a default of 0 here made dim= a conflict
+    return ops.Concatenate.apply(*tensors, axis=0 if axis is None else axis)
+
+
+cat = concatenate
+
+from . import ops  # noqa: E402  (ops subclass Function; Tensor's methods look it up at call time)

@@ -1,0 +1,236 @@
+"""The book's chapter-5 training loop and its helpers, under the book's names.
+
+`train_model_simple` is the book's loop line for line. `train_model` is the same loop with
+what a long CPU run needs on top (all off by default): a learning-rate schedule, gradient
+clipping and accumulation, a live progress line, callbacks for checkpoints, and a
+`TrainState` that lets a run stop and resume exactly where it was.
+"""
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import functional as F
+from .model import generate_text_simple
+from .optim import clip_grad_norm_, lr_at_step
+from .tensor import no_grad
+from .tokenizer import text_to_token_ids, token_ids_to_text
+
+
+# ----------------------------------------------------------------------------- losses
+def calc_loss_batch(input_batch, target_batch, model, device=None):
+    """Mean cross-entropy of one batch: logits (B, T, V) against targets (B, T)."""
+    logits = model(input_batch)                                  # (B, T, V)
+    return F.cross_entropy(logits, target_batch)
+
+
+def calc_loss_loader(data_loader, model, device=None, num_batches=None):
+    """Average loss over the first `num_batches` batches (all by default), as the book."""
+    if len(data_loader) == 0:
+        return float("nan")
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    total = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        total += calc_loss_batch(input_batch, target_batch, model).item()
+    return total / num_batches
+
+
+def evaluate_model(model, train_loader, val_loader, device=None, eval_iter=None):
+    model.eval()
+    with no_grad():
+        train_loss = calc_loss_loader(train_loader, model, num_batches=eval_iter)
+        val_loss = calc_loss_loader(val_loader, model, num_batches=eval_iter)
+    model.train()
+    return train_loss, val_loss
+
+
+def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50, file=None):
+    """Greedy continuation of start_context, printed on one line."""
+    model.eval()
+    context_size = model.pos_emb.weight.shape[0]
+    encoded = text_to_token_ids(start_context, tokenizer)        # (1, n)
+    token_ids = generate_text_simple(model, encoded, max_new_tokens, context_size)
+    print(token_ids_to_text(token_ids, tokenizer).replace("\n", " "), file=file, flush=True)
+    model.train()
+
+
+# ----------------------------------------------------------------------------- the loop
+class NonFiniteLossError(RuntimeError):
+    """The loss or a gradient became NaN or infinite at `step`."""
+
+    def __init__(self, step, what):
+        super().__init__(f"{what} is not finite at step {step}")
+        self.step, self.what = step, what
+
+
+@dataclass
+class TrainState:
+    """Everything about a run's progress that is not in the model or the optimizer."""
+    epoch: int = 0                 # the epoch in progress (0-based)
+    batch: int = 0                 # the next batch of that epoch
+    global_step: int = -1          # optimizer steps taken - 1 (the book counts from -1)
+    tokens_seen: int = 0
+    order: list = None             # this epoch's batch order (the shuffled sample indices)
+    train_losses: list = field(default_factory=list)
+    val_losses: list = field(default_factory=list)
+    track_tokens_seen: list = field(default_factory=list)
+    grad_norms: list = field(default_factory=list)    # (step, global norm, per-block norms)
+
+
+def global_grad_norm(params):
+    return math.sqrt(sum(float(np.dot(p.grad.ravel(), p.grad.ravel())) for p in params if p.grad is not None))
+
+
+def block_grad_norms(model):
+    """The gradient norm of each transformer block's parameters (the gradient-flow view)."""
+    return [global_grad_norm(block.parameters()) for block in model.trf_blocks]
+
+
+class Progress:
+    """A live line on stderr: epoch, step, loss, tokens/s, ETA. Silent when not a terminal."""
+
+    def __init__(self, total_steps, enabled=None, stream=sys.stderr):
+        self.total_steps, self.stream = total_steps, stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.start, self.tokens, self.steps = time.perf_counter(), 0, 0
+
+    def update(self, epoch, num_epochs, step, loss, tokens):
+        self.tokens += tokens
+        self.steps += 1
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        left = (self.total_steps - step - 1) * elapsed / self.steps
+        self.stream.write(f"\r  epoch {epoch + 1}/{num_epochs}  step {step + 1}/{self.total_steps}  "
+                          f"loss {loss:.3f}  {self.tokens / elapsed:,.0f} tok/s  "
+                          f"ETA {int(left // 60):d}:{int(left % 60):02d} ")
+        self.stream.flush()
+
+    def clear(self):
+        if self.enabled:
+            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.flush()
+
+
+def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_freq, eval_iter,
+                start_context, tokenizer, *, state=None, peak_lr=None, warmup_steps=0, min_lr=None,
+                grad_clip=None, accum_steps=1, log_grad_norms=False, on_step=None, progress=None,
+                out=None):
+    """The book's train_model_simple, resumable, with appendix D's options. Returns the state.
+
+    on_step(state) runs after every optimizer step (checkpoints hook in here).
+    """
+    out = sys.stdout if out is None else out
+    state = TrainState() if state is None else state
+    params = model.parameters()
+    steps_per_epoch = len(train_loader) // accum_steps
+    total_steps = num_epochs * steps_per_epoch
+    peak_lr = optimizer.param_groups[0]["lr"] if peak_lr is None else peak_lr
+    model.train()
+    for epoch in range(state.epoch, num_epochs):
+        if state.order is None:                  # a new epoch: draw its batch order
+            state.order = [int(i) for i in train_loader.epoch_order()]
+        batches = train_loader.iter_batches(np.asarray(state.order), start=state.batch)
+        while state.batch + accum_steps <= len(train_loader):
+            step = state.global_step + 1
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at_step(step, peak_lr, total_steps, warmup_steps, min_lr)
+            optimizer.zero_grad()
+            step_loss, step_tokens = 0.0, 0
+            for _ in range(accum_steps):
+                input_batch, target_batch = next(batches)
+                loss = calc_loss_batch(input_batch, target_batch, model)
+                if accum_steps > 1:
+                    loss = loss * (1.0 / accum_steps)
+                loss.backward()
+                step_loss += loss.item()
+                step_tokens += input_batch.size
+            if not math.isfinite(step_loss):
+                raise NonFiniteLossError(step, "the loss")
+            if grad_clip is not None:
+                norm = clip_grad_norm_(params, grad_clip)
+            else:
+                norm = global_grad_norm(params) if log_grad_norms else None
+            if norm is not None and not math.isfinite(norm):
+                raise NonFiniteLossError(step, "the gradient norm")
+            grad_view = (step, norm, block_grad_norms(model)) if log_grad_norms and step % eval_freq == 0 else None
+            optimizer.step()
+            state.batch += accum_steps
+            state.tokens_seen += step_tokens
+            state.global_step = step
+            if progress is not None:
+                progress.update(epoch, num_epochs, step, step_loss, step_tokens)
+
+            if step % eval_freq == 0:            # the book's evaluation, printed as the book
+                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, eval_iter=eval_iter)
+                state.train_losses.append(train_loss)
+                state.val_losses.append(val_loss)
+                state.track_tokens_seen.append(state.tokens_seen)
+                if progress is not None:
+                    progress.clear()
+                print(f"Ep {epoch + 1} (Step {step:06d}): "
+                      f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}", file=out, flush=True)
+                if grad_view is not None:
+                    state.grad_norms.append(grad_view)
+                    blocks = " ".join(f"{n:.2f}" for n in grad_view[2])
+                    print(f"  grad norm {grad_view[1]:.3f}; per block: {blocks}", file=out, flush=True)
+            if on_step is not None:
+                on_step(state)
+
+        if progress is not None:
+            progress.clear()
+        generate_and_print_sample(model, tokenizer, None, start_context, file=out)
+        state.epoch, state.batch, state.order = epoch + 1, 0, None
+        if on_step is not None:
+            on_step(state)
+    return state
+
+
+def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
+                       eval_freq, eval_iter, start_context, tokenizer):
+    """The book's loop: returns train_losses, val_losses, tokens_seen."""
+    state = train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_freq,
+                        eval_iter, start_context, tokenizer)
+    return state.train_losses, state.val_losses, state.track_tokens_seen
+
+
+# ----------------------------------------------------------------------------- the plot
+def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path="loss-plot.png", grad_norms=None):
+    """The book's plot: training and validation loss against epochs, tokens seen on a second
+    x-axis; with grad_norms [(step, norm, per-block)], a second panel of gradient norms."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = 2 if grad_norms else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(5, 3 * panels), squeeze=False)
+    ax1 = axes[0][0]
+    ax1.plot(epochs_seen, train_losses, label="Training loss")
+    ax1.plot(epochs_seen, val_losses, linestyle="-.", label="Validation loss")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel("Loss")
+    ax1.legend(loc="upper right")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2 = ax1.twiny()
+    ax2.plot(tokens_seen, train_losses, alpha=0)              # invisible: aligns the ticks
+    ax2.set_xlabel("Tokens seen")
+    if grad_norms:
+        ax3 = axes[1][0]
+        steps = [s for s, _, _ in grad_norms]
+        ax3.plot(steps, [n for _, n, _ in grad_norms], color="black", label="global")
+        per_block = np.array([b for _, _, b in grad_norms])
+        for i in range(per_block.shape[1]):
+            ax3.plot(steps, per_block[:, i], alpha=0.5, linewidth=0.8, label=f"block {i}" if i in (0, per_block.shape[1] - 1) else None)
+        ax3.set_xlabel("Step")
+        ax3.set_ylabel("Gradient norm")
+        ax3.set_yscale("log")
+        ax3.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
