@@ -8,3 +8,5 @@ __version__ = "0.1.0"
 from . import nn, optim
 from .model import CONFIGS, GPT_CONFIG_124M, GPTModel, generate_text_simple, get_config
 from .optim import AdamW
+from .generation import KVCache, generate, generate_stream
+from .pretrained import WeightsError

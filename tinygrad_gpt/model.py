@@ -74,6 +74,20 @@ class GPTModel(Module):
         x = self.final_norm(x)
         return self.out_head(x)                                  # (B, T, V)
 
+    # ---- Hugging Face GPT-2 files (pretrained.py does the work)
+    @classmethod
+    def from_pretrained(cls, path, download=False):
+        """A model from a Hugging Face GPT-2 directory (config.json + model.safetensors), or
+        "gpt2" / "gpt2-medium" / "gpt2-large" / "gpt2-xl" from the cache (fetched first with
+        download=True). See pretrained.from_pretrained."""
+        from .pretrained import from_pretrained
+        return from_pretrained(path, download_missing=download, cls=cls)
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
+        from .pretrained import save_pretrained
+        return save_pretrained(self, directory)
+
     # ---- where the parameters are
     def summary(self):
         """The parameter count, taken apart: where GPT-2's parameters come from."""

@@ -79,10 +79,11 @@ class MatMul(Function):
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         g = grad
-        if a.ndim == 1:
-            g = np.expand_dims(g, -2)
+        # b's axis first: a dot product's grad is 0-d, and the row axis goes before the last one
         if b.ndim == 1:
-            g = np.expand_dims(g, -1)
+            g = g[..., None]                   # (..., n) -> (..., n, 1)
+        if a.ndim == 1:
+            g = g[..., None, :]                # (..., m) -> (..., 1, m)
         da = db = None
         if ctx.needs_input_grad[0]:
             da = np.matmul(g, np.swapaxes(b2, -1, -2))         # (..., n, k)
@@ -187,6 +188,15 @@ class Concatenate(Function):
 
     def backward(ctx, grad):                   # each input gets its own slab of the gradient
         return tuple(np.split(grad, ctx.offsets, axis=ctx.axis))
+
+
+class Cast(Function):
+    def forward(ctx, a, dtype):
+        ctx.dtype = a.dtype
+        return a.astype(dtype)
+
+    def backward(ctx, grad):                   # the identity, back in the input's dtype
+        return grad.astype(ctx.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------- elementwise

@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from .kernels import K
+from .tensor import Tensor
 
 
 class AdamW:
@@ -12,14 +13,25 @@ class AdamW:
     bias-corrected moments. The update itself is one fused pass (kernels: adamw_step)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        if isinstance(params, Tensor):         # iterating a Tensor would give its rows, not it
+            raise TypeError("AdamW: params must be an iterable of Parameters (e.g. model.parameters()) "
+                            "or of param-group dicts, not a single Tensor; wrap it in a list")
         params = list(params)
         if not params:
             raise ValueError("AdamW got an empty parameter list")
-        if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"AdamW: invalid hyperparameters lr={lr}, betas={betas}, eps={eps}, "
-                             f"weight_decay={weight_decay}")
-        self.param_groups = [{"params": params, "lr": float(lr), "betas": tuple(map(float, betas)),
-                              "eps": float(eps), "weight_decay": float(weight_decay)}]
+        # torch's param groups: [{"params": [...], "weight_decay": 0.0}, ...], the rest defaulted
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        self.param_groups = []
+        for group in groups:
+            g = {**defaults, **group}
+            lr_, (b1, b2), eps_, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
+            if lr_ < 0 or eps_ < 0 or wd < 0 or not (0 <= b1 < 1 and 0 <= b2 < 1):
+                raise ValueError(f"AdamW: invalid hyperparameters lr={lr_}, betas={g['betas']}, eps={eps_}, "
+                                 f"weight_decay={wd}")
+            self.param_groups.append({"params": list(g["params"]), "lr": float(lr_),
+                                      "betas": (float(b1), float(b2)), "eps": float(eps_),
+                                      "weight_decay": float(wd)})
         self.state = {}                        # id(param) -> {"step", "exp_avg", "exp_avg_sq"}
 
     @property
@@ -81,6 +93,7 @@ class AdamW:
 def clip_grad_norm_(params, max_norm):
     """Scale all gradients so their global L2 norm is at most max_norm (torch.nn.utils
     .clip_grad_norm_). Returns the norm before clipping."""
+    params = [params] if isinstance(params, Tensor) else params   # torch takes one tensor too
     grads = [p.grad for p in params if p.grad is not None]
     total = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads))
     coef = max_norm / (total + 1e-6)

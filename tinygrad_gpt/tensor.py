@@ -6,6 +6,9 @@ ops.py and functional.py). `Function.apply` records the op in the graph; `backwa
 walks that graph once, from the output back to the leaves, without recursion.
 """
 import contextlib
+import os
+import time
+from collections import defaultdict
 
 import numpy as np
 
@@ -50,6 +53,55 @@ def manual_seed(seed):
 def default_rng():
     """The global generator (initialisation, dropout). Its `bit_generator.state` is a plain dict."""
     return _rng
+
+
+# ----------------------------------------------------------------------------- profiling
+class Profile:
+    """Seconds and calls per op, forward and backward (tinygrad's DEBUG idea).
+
+        with profile() as prof:
+            loss = model(x) ...; loss.backward()
+        print(prof.table())
+
+    TINYGRAD_GPT_DEBUG=1 profiles the whole process and prints the table at exit.
+    """
+
+    def __init__(self):
+        self.seconds = defaultdict(float)      # (op name, "forward" | "backward") -> seconds
+        self.calls = defaultdict(int)
+
+    def add(self, name, phase, seconds):
+        self.seconds[name, phase] += seconds
+        self.calls[name, phase] += 1
+
+    def table(self):
+        total = sum(self.seconds.values()) or 1.0
+        rows = sorted(self.seconds.items(), key=lambda kv: -kv[1])
+        lines = [f"{'op':24s} {'phase':9s} {'calls':>7s} {'ms':>10s} {'share':>7s}"]
+        for (name, phase), sec in rows:
+            lines.append(f"{name:24s} {phase:9s} {self.calls[name, phase]:7d} {sec * 1e3:10.1f} "
+                         f"{100 * sec / total:6.1f}%")
+        lines.append(f"{'total':24s} {'':9s} {'':7s} {total * 1e3:10.1f}")
+        return "\n".join(lines)
+
+
+_profile = None
+
+
+@contextlib.contextmanager
+def profile():
+    global _profile
+    previous, _profile = _profile, Profile()
+    try:
+        yield _profile
+    finally:
+        _profile = previous
+
+
+if os.environ.get("TINYGRAD_GPT_DEBUG", "0") not in ("", "0"):
+    import atexit
+    _profile = Profile()
+    atexit.register(lambda: print(_profile.table()))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -102,7 +154,10 @@ class Function:
     def apply(cls, *inputs, **options):
         """Run forward on the inputs' arrays; record the op if any input needs a gradient."""
         ctx = cls(*inputs)
+        start = time.perf_counter() if _profile is not None else 0.0
         out = ctx.forward(*[t.data for t in inputs], **options)
+        if _profile is not None:
+            _profile.add(cls.__name__, "forward", time.perf_counter() - start)
         requires_grad = _grad_enabled and any(ctx.needs_input_grad)
         result = Tensor(out, requires_grad=requires_grad)
         if requires_grad:
@@ -215,7 +270,11 @@ class Tensor:
         return self
 
     def astype(self, dtype):
-        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
+        """A cast that stays in the graph (a new leaf would silently stop the gradient);
+        the same dtype gives self, as torch's .float() on a float tensor."""
+        if np.dtype(dtype) == self.dtype:
+            return self
+        return ops.Cast.apply(self, dtype=np.dtype(dtype))
 
     def float(self):
         return self.astype(np.float32)
@@ -254,6 +313,7 @@ class Tensor:
             if ctx is None:                            # a leaf: its .grad is final
                 continue
             g = node.grad
+            start = time.perf_counter() if _profile is not None else 0.0
             input_grads = ctx.backward(g)
             if not isinstance(input_grads, tuple):
                 input_grads = (input_grads,)
@@ -263,6 +323,8 @@ class Tensor:
                 if pg is None or not parent.requires_grad:
                     continue
                 _accumulate(parent, unbroadcast(pg, parent.shape), g, input_grads, ctx.name)
+            if _profile is not None:
+                _profile.add(ctx.name, "backward", time.perf_counter() - start)
             node.grad = None                           # non-leaf grads are not kept, as PyTorch
             if not retain_graph:
                 node._ctx = None                       # free the graph (and saved arrays) as we go

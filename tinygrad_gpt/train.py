@@ -93,7 +93,8 @@ def block_grad_norms(model):
 class Progress:
     """A live line on stderr: epoch, step, loss, tokens/s, ETA. Silent when not a terminal."""
 
-    def __init__(self, total_steps, enabled=None, stream=sys.stderr):
+    def __init__(self, total_steps, enabled=None, stream=None):
+        stream = sys.stderr if stream is None else stream      # looked up now, not at import
         self.total_steps, self.stream = total_steps, stream
         self.enabled = stream.isatty() if enabled is None else enabled
         self.start, self.tokens, self.steps = time.perf_counter(), 0, 0
@@ -122,7 +123,9 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
                 out=None):
     """The book's train_model_simple, resumable, with appendix D's options. Returns the state.
 
-    on_step(state) runs after every optimizer step (checkpoints hook in here).
+    on_step(state) runs after every optimizer step and its evaluation, and once more at each
+    epoch's end, after the sample (checkpoints hook in here: the state then is complete). A
+    NaN or infinite loss or gradient raises NonFiniteLossError before the optimizer step.
     """
     out = sys.stdout if out is None else out
     state = TrainState() if state is None else state
@@ -153,9 +156,9 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
                 raise NonFiniteLossError(step, "the loss")
             if grad_clip is not None:
                 norm = clip_grad_norm_(params, grad_clip)
-            else:
-                norm = global_grad_norm(params) if log_grad_norms else None
-            if norm is not None and not math.isfinite(norm):
+            else:                                # checked every step: one NaN would poison AdamW's moments
+                norm = global_grad_norm(params)
+            if not math.isfinite(norm):
                 raise NonFiniteLossError(step, "the gradient norm")
             grad_view = (step, norm, block_grad_norms(model)) if log_grad_norms and step % eval_freq == 0 else None
             optimizer.step()

@@ -55,4 +55,4 @@ def _default_backend():
     return name
 
 
-set_backend("numpy")                 # until numba_cpu exists; _default_backend() takes over then
+set_backend(_default_backend())

@@ -1,0 +1,82 @@
+"""docs/backward.md quotes the code it explains: the quotes must still be in the source.
+
+A fenced code block whose previous non-blank line is a backticked path, e.g.
+
+    `tinygrad_gpt/kernels/reference.py`
+    ```python
+    ...
+    ```
+
+is a quote of that file: each of its non-blank lines must be a line of the file (leading and
+trailing whitespace aside), in the same order. A line that is just `...` marks lines left out.
+Unannotated ```python blocks are examples: they must run.
+"""
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "backward.md"
+PATH_LINE = re.compile(r"^`([\w./-]+\.py)`:?$")
+
+
+def blocks(text):
+    """(path or None, language, [lines], line number of the fence) for each fenced block."""
+    lines = text.splitlines()
+    out, i, previous = [], 0, None
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            language, start, body = line[3:].strip(), i + 1, []
+            i += 1
+            while i < len(lines) and not lines[i].startswith("```"):
+                body.append(lines[i])
+                i += 1
+            if i == len(lines):
+                raise AssertionError(f"{DOC.name}:{start}: unclosed code block")
+            m = PATH_LINE.match(previous or "")
+            out.append((m.group(1) if m else None, language, body, start))
+            previous = None
+        elif line.strip():
+            previous = line.strip()
+        i += 1
+    return out
+
+
+QUOTES = [b for b in blocks(DOC.read_text(encoding="utf-8")) if b[0] is not None]
+
+
+def test_the_doc_quotes_every_file_it_explains():
+    quoted = {path for path, *_ in QUOTES}
+    assert {"tinygrad_gpt/tensor.py", "tinygrad_gpt/ops.py", "tinygrad_gpt/kernels/reference.py"} <= quoted
+    assert len(QUOTES) >= 10, f"only {len(QUOTES)} quoted blocks found: is the path line format intact?"
+
+
+@pytest.mark.parametrize("path, language, body, fence_line", QUOTES,
+                         ids=[f"{p}@doc-line-{n}" for p, _, _, n in QUOTES])
+def test_quoted_code_appears_verbatim_in_the_source(path, language, body, fence_line):
+    source = ROOT / path
+    assert source.is_file(), f"docs/backward.md:{fence_line} quotes {path}, which does not exist"
+    file_lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]
+    position = 0
+    for k, line in enumerate(body):
+        want = line.strip()
+        if not want or want == "...":
+            continue
+        try:
+            position = file_lines.index(want, position) + 1
+        except ValueError:
+            anywhere = want in file_lines
+            raise AssertionError(
+                f"docs/backward.md:{fence_line + k + 1} quotes a line that is "
+                f"{'out of order in' if anywhere else 'no longer in'} {path}:\n    {want}\n"
+                f"update the quote (or the derivation next to it) to match the code") from None
+
+
+def test_the_python_examples_in_the_doc_run():
+    examples = [body for path, language, body, _ in blocks(DOC.read_text(encoding="utf-8"))
+                if path is None and language == "python"]
+    assert examples
+    for body in examples:
+        exec(compile("\n".join(body), str(DOC), "exec"), {})

@@ -1,0 +1,357 @@
+"""numba_cpu.py against reference.py: every kernel, float32 and float64, odd sizes.
+
+Sizes are deliberately odd (N=7, C=13, V=37, T=5, D=3) so that no loop length is a multiple
+of a SIMD width or a chunk size. float64 must agree to 1e-12 and float32 to 1e-5, relative
+to the largest magnitude of the expected output (so 1e4-sized logits are judged fairly).
+"""
+import inspect
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from tinygrad_gpt.kernels import numba_cpu as NB      # noqa: E402
+from tinygrad_gpt.kernels import reference as R       # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+N, C, V, B, H, T, D = 7, 13, 37, 2, 3, 5, 3
+
+
+def rng_for(dt):
+    return np.random.default_rng(1234 if dt == np.float32 else 4321)
+
+
+def randn(rng, dt, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dt)
+
+
+def assert_same(name, got, want, dt):
+    """got (numba) == want (reference): same types, shapes, dtype, values to TOL[dt]."""
+    got = got if isinstance(got, tuple) else (got,)
+    want = want if isinstance(want, tuple) else (want,)
+    assert len(got) == len(want), f"{name}: {len(got)} outputs, reference has {len(want)}"
+    worst = 0.0
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert isinstance(g, np.ndarray), f"{name}[{i}]: got {type(g).__name__}"
+        assert g.shape == w.shape, f"{name}[{i}]: shape {g.shape}, reference {w.shape}"
+        assert g.dtype == dt, f"{name}[{i}]: dtype {g.dtype}, expected {np.dtype(dt)}"
+        assert np.array_equal(np.isnan(g), np.isnan(w)), f"{name}[{i}]: NaNs differ"
+        ok = ~np.isnan(w)
+        scale = max(1.0, float(np.abs(w[ok]).max(initial=0.0)))
+        err = float(np.abs(g[ok].astype(np.float64) - w[ok]).max(initial=0.0)) / scale
+        worst = max(worst, err)
+    print(f"{name} {np.dtype(dt).name}: worst error {worst:.2e} (tol {TOL[dt]:.0e})")
+    assert worst <= TOL[dt], f"{name} {np.dtype(dt).name}: error {worst:.2e} > {TOL[dt]:.0e}"
+
+
+def both(name, args, dt, **kw):
+    """Run NB.name and R.name on copies of args; check outputs and that inputs are untouched."""
+    before = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    want = getattr(R, name)(*[a.copy() if isinstance(a, np.ndarray) else a for a in args], **kw)
+    got = getattr(NB, name)(*args, **kw)
+    for a, b in zip(args, before):
+        if isinstance(a, np.ndarray):
+            assert np.array_equal(a, b, equal_nan=True), f"{name} modified one of its inputs"
+    assert_same(name, got, want, dt)
+    return got, want
+
+
+# ----------------------------------------------------------------------------- the API itself
+def test_numba_cpu_has_every_reference_function_with_the_same_signature():
+    ref = {n: f for n, f in vars(R).items() if inspect.isfunction(f) and not n.startswith("_")}
+    assert ref, "reference.py defines no kernels?"
+    for name, f in ref.items():
+        assert hasattr(NB, name), f"numba_cpu.py is missing {name}"
+        assert inspect.signature(getattr(NB, name)) == inspect.signature(f), name
+
+
+def test_default_backend_is_numba_and_switch_works(monkeypatch):
+    from tinygrad_gpt import kernels
+    monkeypatch.delenv("TINYGRAD_GPT_KERNELS", raising=False)
+    assert kernels._default_backend() == "numba"
+    old = kernels.get_backend()
+    try:
+        kernels.set_backend("numba")
+        assert kernels.K.layernorm_forward is NB.layernorm_forward
+        kernels.set_backend("numpy")
+        assert kernels.K.layernorm_forward is R.layernorm_forward
+    finally:
+        kernels.set_backend(old)
+
+
+# ----------------------------------------------------------------------------- layer norm
+@pytest.mark.parametrize("dt", DTYPES)
+def test_layernorm_forward_and_backward_match_reference(dt):
+    rng = rng_for(dt)
+    x = randn(rng, dt, N, C, scale=3.0) + dt(2.0)
+    w, b = randn(rng, dt, C), randn(rng, dt, C)
+    (y, mean, rstd), _ = both("layernorm_forward", (x, w, b), dt)
+    both("layernorm_forward", (x, w, b, 1e-3), dt)
+    dy = randn(rng, dt, N, C)
+    both("layernorm_backward", (dy, x, w, mean, rstd), dt)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_layernorm_backward_sums_dw_db_over_many_row_chunks(dt):
+    rng = rng_for(dt)
+    n = 3 * NB.LN_ROWS_PER_CHUNK + 5                       # several partial-sum chunks, one ragged
+    x, dy = randn(rng, dt, n, C), randn(rng, dt, n, C)
+    w, b = randn(rng, dt, C), randn(rng, dt, C)
+    _, mean, rstd = R.layernorm_forward(x, w, b)
+    both("layernorm_backward", (dy, x, w, mean, rstd), dt)
+
+
+def test_layernorm_accepts_non_contiguous_input():
+    rng = rng_for(np.float64)
+    x = randn(rng, np.float64, N, 2 * C)[:, ::2]           # strided view
+    w, b = randn(rng, np.float64, C), randn(rng, np.float64, C)
+    both("layernorm_forward", (x, w, b), np.float64)
+
+
+def test_nan_propagates_because_fastmath_has_no_nnan():
+    x = np.ones((3, C), dtype=np.float32)
+    x[1, 4] = np.nan
+    y, _, _ = NB.layernorm_forward(x, np.ones(C, np.float32), np.zeros(C, np.float32))
+    assert np.isnan(y[1]).all() and not np.isnan(y[[0, 2]]).any()
+    assert np.isnan(NB.softmax_forward(x)[1]).all()
+
+
+# ----------------------------------------------------------------------------- GELU
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("shape", [(N, C), (2, 3, 5), (V,)])
+def test_gelu_forward_and_backward_match_reference(dt, shape):
+    rng = rng_for(dt)
+    x = randn(rng, dt, *shape, scale=3.0)
+    x.flat[:4] = [12.0, -12.0, 1e-5, 0.0]                   # saturated tanh, the linear regime
+    both("gelu_forward", (x,), dt)
+    both("gelu_backward", (randn(rng, dt, *shape), x), dt)
+
+
+# ----------------------------------------------------------------------------- softmax, log-softmax
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_softmax_and_log_softmax_match_reference(dt, scale):
+    rng = rng_for(dt)
+    x = randn(rng, dt, N, V, scale=scale)
+    y, _ = both("softmax_forward", (x,), dt)
+    ly, _ = both("log_softmax_forward", (x,), dt)
+    dy = randn(rng, dt, N, V)
+    both("softmax_backward", (dy, y), dt)
+    both("log_softmax_backward", (dy, ly), dt)
+    assert np.isfinite(y).all() and np.isfinite(ly).all()
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_cross_entropy_with_ignored_targets_matches_reference(dt, scale):
+    rng = rng_for(dt)
+    logits = randn(rng, dt, N, V, scale=scale)
+    targets = rng.integers(0, V, N)
+    targets[[1, 4]] = -100                                 # ignored rows
+    targets[2] = V - 1                                     # the last class
+    (losses, lse), (_, lse_ref) = both("cross_entropy_forward", (logits, targets), dt)
+    assert losses[1] == 0 and losses[4] == 0 and np.isfinite(losses).all()
+    valid = int((targets != -100).sum())
+    dlogits, _ = both("cross_entropy_backward", (logits, targets, lse_ref, 1.0 / valid), dt)
+    assert not dlogits[[1, 4]].any(), "ignored rows must get zero gradient"
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_cross_entropy_custom_ignore_index_and_all_ignored(dt):
+    rng = rng_for(dt)
+    logits = randn(rng, dt, N, V)
+    targets = rng.integers(0, V, N)
+    targets[::2] = -1
+    (_, lse), _ = both("cross_entropy_forward", (logits, targets), dt, ignore_index=-1)
+    both("cross_entropy_backward", (logits, targets, lse, 0.5), dt, ignore_index=-1)
+    none = np.full(N, -100)
+    (losses, lse), _ = both("cross_entropy_forward", (logits, none), dt)
+    assert not losses.any()
+    assert not NB.cross_entropy_backward(logits, none, lse, 1.0).any()
+
+
+def test_cross_entropy_rejects_out_of_range_targets():
+    logits = np.zeros((N, V), dtype=np.float32)
+    with pytest.raises(IndexError, match="targets contains 37"):
+        NB.cross_entropy_forward(logits, np.full(N, V))
+    with pytest.raises(IndexError, match="targets"):
+        NB.cross_entropy_backward(logits, np.full(N, -5), np.zeros(N, np.float32), 1.0)
+
+
+# ----------------------------------------------------------------------------- attention
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_attention_forward_and_backward_match_reference(dt, causal, dropout):
+    rng = rng_for(dt)
+    q, k, v, dout = (randn(rng, dt, B, H, T, D) for _ in range(4))
+    p = 0.25 if dropout else 0.0
+    keep = (rng.random((B, H, T, T)) >= p).astype(dt) if dropout else None
+    (out, att), _ = both("attention_forward", (q, k, v, causal, keep, p), dt)
+    if causal:
+        assert not att[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]].any()
+    both("attention_backward", (dout, q, k, v, att, keep, p), dt)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_attention_non_causal_with_fewer_keys_than_queries(dt):
+    rng = rng_for(dt)
+    q, dout = randn(rng, dt, B, H, T, D), randn(rng, dt, B, H, T, D)
+    k, v = randn(rng, dt, B, H, T - 1, D), randn(rng, dt, B, H, T - 1, D)
+    (out, att), _ = both("attention_forward", (q, k, v, False), dt)
+    both("attention_backward", (dout, q, k, v, att), dt)
+
+
+def test_attention_large_scores_stay_finite():
+    rng = rng_for(np.float32)
+    q, k, v = (randn(rng, np.float32, B, H, T, D, scale=100.0) for _ in range(3))
+    (out, att), _ = both("attention_forward", (q, k, v), np.float32)
+    assert np.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------- embedding
+@pytest.mark.parametrize("dt", DTYPES)
+def test_embedding_backward_sums_repeated_ids(dt):
+    rng = rng_for(dt)
+    dout = randn(rng, dt, N, C)
+    ids = np.array([3, 0, 3, 10, 3, 0, 7])                 # 3 three times, 0 twice
+    dW, _ = both("embedding_backward", (dout, ids, 11), dt)
+    np.testing.assert_allclose(dW[3], dout[[0, 2, 4]].sum(0), rtol=TOL[dt])
+    assert not dW[[1, 2, 4, 5, 6, 8, 9]].any()
+    wide = randn(rng, dt, N, 2 * NB.EMB_COLS_PER_BLOCK + 3)   # several column blocks, one ragged
+    both("embedding_backward", (wide, ids.astype(np.int32), 11), dt)
+
+
+def test_embedding_backward_rejects_out_of_range_ids():
+    with pytest.raises(IndexError, match="ids contains 11"):
+        NB.embedding_backward(np.zeros((2, C), np.float32), np.array([0, 11]), 11)
+
+
+# ----------------------------------------------------------------------------- dropout
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("shape", [(N, C), (B, T, C)])
+def test_dropout_forward_and_backward_match_reference(dt, shape):
+    rng = rng_for(dt)
+    x = randn(rng, dt, *shape)
+    keep = (rng.random(shape) >= 0.3).astype(dt)
+    both("dropout_forward", (x, keep, 0.3), dt)
+    both("dropout_backward", (x, keep, 0.3), dt)
+    both("dropout_forward", (x, keep.astype(bool), 0.3), dt)   # a bool mask works too
+
+
+# ----------------------------------------------------------------------------- AdamW
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("shape", [(N, C), (V,)])
+def test_adamw_several_steps_in_place_match_reference(dt, shape):
+    rng = rng_for(dt)
+    p0 = randn(rng, dt, *shape)
+    ours = [p0.copy(), np.zeros_like(p0), np.zeros_like(p0)]
+    ref = [p0.copy(), np.zeros_like(p0), np.zeros_like(p0)]
+    ids = [id(a) for a in ours]
+    for step in range(1, 6):
+        g = randn(rng, dt, *shape)
+        hyper = (3e-3, 0.9, 0.95, 1e-8, 0.1, step)
+        assert NB.adamw_step(ours[0], g, ours[1], ours[2], *hyper) is None
+        R.adamw_step(ref[0], g, ref[1], ref[2], *hyper)
+        assert_same(f"adamw_step {step}", tuple(ours), tuple(ref), dt)
+    assert [id(a) for a in ours] == ids
+    assert not np.array_equal(ours[0], p0)
+
+
+def test_adamw_numpy_scalar_hyperparameters_keep_float32():
+    p = np.ones(V, np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    NB.adamw_step(p, np.ones_like(p), m, v, np.float64(1e-3), np.float64(0.9),
+                  np.float64(0.999), np.float64(1e-8), np.float64(0.0), np.int64(1))
+    assert p.dtype == m.dtype == v.dtype == np.float32
+    np.testing.assert_allclose(p, 1.0 - 1e-3, rtol=1e-5)
+
+
+def test_adamw_updates_non_contiguous_parameters_in_place():
+    rng = rng_for(np.float64)
+    base = [randn(rng, np.float64, C, N), randn(rng, np.float64, C, N), rng.random((C, N))]   # p, m, v >= 0
+    ours = [a.copy().T for a in base]                      # (N, C) transposed views
+    ref = [a.copy().T for a in base]
+    g = randn(rng, np.float64, N, C)
+    NB.adamw_step(ours[0], g, ours[1], ours[2], 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
+    R.adamw_step(ref[0], g, ref[1], ref[2], 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
+    assert_same("adamw_step strided", tuple(ours), tuple(ref), np.float64)
+
+
+# ----------------------------------------------------------------------------- errors users can act on
+def test_mixed_dtypes_and_wrong_shapes_raise_clear_errors():
+    x = np.zeros((N, C), np.float32)
+    with pytest.raises(TypeError, match="w is float64 but x is float32"):
+        NB.layernorm_forward(x, np.ones(C), np.zeros(C, np.float32))
+    with pytest.raises(ValueError, match=r"w must have shape \(13,\)"):
+        NB.layernorm_forward(x, np.ones(C + 1, np.float32), np.zeros(C, np.float32))
+    with pytest.raises(ValueError, match=r"must be 2-D \(N, C\)"):
+        NB.softmax_forward(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="keep must have shape"):
+        NB.dropout_forward(x, np.ones((N, C + 1), np.float32), 0.1)
+
+
+# ----------------------------------------------------------------------------- the vectorized exp and tanh
+def _sweep(kernel, x):
+    y = np.empty_like(x)
+    kernel(x, y)
+    return y
+
+
+def test_float32_exp_and_tanh_are_accurate_and_handle_special_values():
+    import numba
+
+    @numba.njit(fastmath=NB.SAFE)
+    def exp_all(x, y):                     # compiled with the kernels' flags, as used there
+        for i in range(x.size):
+            y[i] = NB._exp(x[i])
+
+    @numba.njit(fastmath=NB.SAFE)
+    def tanh_all(x, y):
+        for i in range(x.size):
+            y[i] = NB._tanh(x[i])
+
+    x = np.linspace(-86.5, 88.7, 400_001, dtype=np.float32)
+    want = np.exp(x.astype(np.float64))
+    rel = np.abs(_sweep(exp_all, x) - want) / want
+    print(f"exp float32: worst relative error {rel.max():.2e}")
+    assert rel.max() < 5e-7
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 89.0, -90.0, -200.0], np.float32)
+    got = _sweep(exp_all, special)
+    np.testing.assert_array_equal(got, [np.nan, np.inf, 0.0, 1.0, 1.0, np.inf, 0.0, 0.0])
+
+    x = np.linspace(-12.0, 12.0, 400_001, dtype=np.float32)
+    want = np.tanh(x.astype(np.float64))
+    err = np.abs(_sweep(tanh_all, x) - want) / np.maximum(np.abs(want), 1e-30)
+    print(f"tanh float32: worst relative error {err.max():.2e}")
+    assert err.max() < 5e-7
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, 1e-5, -3e-4, 20.0], np.float32)
+    got = _sweep(tanh_all, special)
+    np.testing.assert_array_equal(got, [np.nan, 1.0, -1.0, 0.0, np.float32(1e-5), np.float32(-3e-4), 1.0])
+    y64 = np.empty(3)
+    exp_all(np.array([-1.0, 0.5, 700.0]), y64)             # float64 goes to math.exp
+    np.testing.assert_allclose(y64, np.exp([-1.0, 0.5, 700.0]), rtol=1e-15)
+
+
+def test_float32_kernels_do_no_float64_arithmetic():
+    """A float32 kernel whose LLVM IR widens a float to double (fpext) computes in float64."""
+    import numba
+    from numba.core.registry import CPUDispatcher
+    NB.warmup(verbose=False)               # every kernel gets its float32 signature
+    checked = []
+    for name, k in vars(NB).items():
+        if not isinstance(k, CPUDispatcher) or name in ("_exp_f32", "_tanh_f32"):
+            continue
+        for sig in k.signatures:
+            if getattr(sig[0], "dtype", None) != numba.float32:
+                continue
+            fresh = numba.njit(k.py_func, parallel=True, fastmath=NB.SAFE)   # uncached: inspectable
+            fresh.compile(sig)
+            assert "fpext" not in fresh.inspect_llvm(sig), f"{name} float32 widens to double"
+            checked.append(name)
+    print(f"no fpext in the float32 LLVM IR of {len(checked)} kernels")
+    assert len(checked) >= 14

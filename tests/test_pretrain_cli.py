@@ -1,0 +1,367 @@
+"""examples/pretrain.py as a user meets it: bad input, Ctrl-C, SIGTERM and kill -9.
+
+Every user error is one line on stderr, exit code 2, no traceback, and nothing written
+(the directory tree is snapshotted before and after). Signals save a checkpoint and print
+the command that resumes; kill -9 at random moments, then resuming, ends with the bytes
+of an uninterrupted run. The subprocesses use the NumPy kernels and one thread.
+"""
+import contextlib
+import hashlib
+import io
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tinygrad_gpt import checkpoint as C
+from tinygrad_gpt import pretrain
+
+from test_checkpoint import TINY, assert_same_run, ep_lines, isolated, run_cli, small_text
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "pretrain.py"
+RUN = [*TINY, "--epochs", "2"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_runtime(monkeypatch, tmp_path):
+    with isolated(monkeypatch, tmp_path):
+        yield
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "story.txt"
+    path.write_text(small_text(), encoding="utf-8")
+    return path
+
+
+def env():
+    e = dict(os.environ, TINYGRAD_GPT_KERNELS="numpy", PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1",
+             OMP_NUM_THREADS="1")
+    e["PYTHONPATH"] = os.pathsep.join([str(REPO), e.get("PYTHONPATH", "")])
+    return e
+
+
+def cli(*args):
+    return [sys.executable, str(SCRIPT), *map(str, args)]
+
+
+def snapshot(root):
+    """path -> sha256 of every file (and None for every directory) under root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory, text_file):
+    """A save directory after one epoch of the tiny run (steps 0-10, saved every 5)."""
+    tmp = tmp_path_factory.mktemp("ckpt")
+    with pytest.MonkeyPatch.context() as mp, isolated(mp, tmp), contextlib.redirect_stdout(io.StringIO()):
+        assert run_cli(*TINY, "--epochs", "1", "--data", text_file, "--save-dir", tmp / "ck",
+                       "--save-every", "5") == 0
+    return tmp / "ck"
+
+
+@pytest.fixture
+def ckpt_copy(tmp_path, checkpoint_dir):
+    """A private copy of the newest checkpoint, in tmp_path/ck/step-000010."""
+    newest = C.latest_checkpoint(checkpoint_dir)
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(newest, tmp_path / "ck" / newest.name)
+    return tmp_path / "ck" / newest.name
+
+
+def refused(tmp_path, capsys, *argv, words=()):
+    """main(argv) is a usage error: exit 2, one line on stderr, no traceback, nothing written."""
+    before = snapshot(tmp_path)
+    rc = run_cli(*argv)
+    out, err = capsys.readouterr()
+    print(err)
+    assert rc == 2, (rc, out, err)
+    assert len(err.splitlines()) == 1 and err.startswith("pretrain.py: error: "), err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err, (w, err)
+    assert snapshot(tmp_path) == before, "something was written"
+    return err
+
+
+# ----------------------------------------------------------------------------- bad input
+def _write(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+BAD_DATA = {
+    "missing": (lambda t: t / "nope.txt", ["does not exist"]),
+    "directory": (lambda t: (t / "adir").mkdir() or t / "adir", ["is a directory"]),
+    "empty": (lambda t: _write(t, "empty.txt", b""), ["is empty"]),
+    "non-utf8": (lambda t: _write(t, "latin1.txt", "caf\xe9 ".encode("latin-1") * 50), ["not UTF-8", "iconv"]),
+    "binary": (lambda t: _write(t, "bin.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00"), ["binary"]),
+    "too-short": (lambda t: _write(t, "short.txt", b"Every effort moves you. " * 3), ["is too short", "tokens, one window needs 17"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_a_bad_training_text_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, case):
+    make, words = BAD_DATA[case]
+    path = make(tmp_path)
+    refused(tmp_path, capsys, *RUN, "--data", path, "--save-dir", tmp_path / "ck", words=[str(path), *words])
+
+
+BAD_FLAGS = {
+    "context-above-model": (["--context-length", "65"], ["--context-length 65", "at most 64"]),
+    "batch-size-0": (["--batch-size", "0"], ["--batch-size 0", "at least 1"]),
+    "epochs-0": (["--epochs", "0"], ["--epochs 0"]),
+    "lr-0": (["--lr", "0"], ["--lr 0.0", "(0, 1)"]),
+    "lr-2": (["--lr", "2"], ["--lr 2.0"]),
+    "lr-nan": (["--lr", "nan"], ["--lr nan"]),
+    "eval-freq-0": (["--eval-freq", "0"], ["--eval-freq 0"]),
+    "save-every-0": (["--save-every", "0"], ["--save-every 0"]),
+    "epochs-not-a-number": (["--epochs", "two"], ["--epochs", "'two'"]),
+    "unknown-model": (["--model", "huge"], ["unknown --model 'huge'", "tiny"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_a_flag_out_of_range_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text_file, case):
+    extra, words = BAD_FLAGS[case]
+    refused(tmp_path, capsys, *RUN, "--data", text_file, "--save-dir", tmp_path / "ck", *extra, words=words)
+
+
+def test_a_save_dir_under_a_file_is_refused_before_training(tmp_path, capsys, text_file):
+    _write(tmp_path, "afile", b"x")
+    refused(tmp_path, capsys, *RUN, "--data", text_file, "--save-dir", tmp_path / "afile" / "ck",
+            words=["--save-dir", "is a file"])
+
+
+def test_a_save_dir_that_is_a_file_is_refused(tmp_path, capsys, text_file):
+    _write(tmp_path, "afile", b"x")
+    refused(tmp_path, capsys, *RUN, "--data", text_file, "--save-dir", tmp_path / "afile", words=["is a file"])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_an_unwritable_save_dir_is_refused_before_training(tmp_path, capsys, text_file):
+    """/proc refuses new entries even to root (where permission bits stop nothing)."""
+    refused(tmp_path, capsys, *RUN, "--data", text_file, "--save-dir", "/proc/tinygrad_gpt_ck",
+            words=["--save-dir /proc/tinygrad_gpt_ck is not writable"])
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through permission bits")
+def test_a_read_only_save_dir_is_refused_before_training(tmp_path, capsys, text_file):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        refused(tmp_path, capsys, *RUN, "--data", text_file, "--save-dir", ro / "ck", words=["not writable"])
+    finally:
+        ro.chmod(0o700)
+
+
+def test_an_unwritable_out_dir_is_refused_before_training(tmp_path, capsys, text_file):
+    _write(tmp_path, "afile", b"x")
+    args = [a for a in RUN if a != "--no-plot"]
+    refused(tmp_path, capsys, *args, "--data", text_file, "--out", tmp_path / "afile" / "out", words=["--out"])
+
+
+def test_a_save_dir_holding_another_runs_checkpoints_is_refused(tmp_path, capsys, text_file, ckpt_copy):
+    refused(tmp_path, capsys, *RUN, "--data", text_file, "--save-dir", ckpt_copy.parent,
+            words=["already holds checkpoints", f"--resume {ckpt_copy.parent}"])
+
+
+# ----------------------------------------------------------------------------- bad checkpoints
+def test_resume_from_a_missing_path_is_refused(tmp_path, capsys):
+    refused(tmp_path, capsys, "--resume", tmp_path / "nope", words=["does not exist"])
+
+
+def test_resume_from_a_directory_without_checkpoints_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    refused(tmp_path, capsys, "--resume", tmp_path / "empty", words=["no checkpoint in"])
+
+
+def test_resume_from_a_truncated_checkpoint_is_refused(tmp_path, capsys, ckpt_copy):
+    f = ckpt_copy / C.OPTIMIZER_FILE
+    f.write_bytes(f.read_bytes()[:-1000])
+    refused(tmp_path, capsys, "--resume", ckpt_copy.parent, words=["truncated", C.OPTIMIZER_FILE, str(ckpt_copy)])
+
+
+def test_resume_from_a_corrupted_checkpoint_is_refused(tmp_path, capsys, text_file, ckpt_copy):
+    f = ckpt_copy / C.MODEL_FILE
+    data = bytearray(f.read_bytes())
+    data[-5] ^= 0x01
+    f.write_bytes(bytes(data))
+    refused(tmp_path, capsys, "--resume", ckpt_copy, "--data", text_file, words=["sha256", C.MODEL_FILE])
+
+
+def test_resume_from_a_checkpoint_with_a_damaged_state_json_is_refused(tmp_path, capsys, ckpt_copy):
+    f = ckpt_copy / C.STATE_FILE
+    f.write_bytes(f.read_bytes()[:-10])
+    refused(tmp_path, capsys, "--resume", ckpt_copy, words=["not valid JSON"])
+
+
+def test_resume_from_a_checkpoint_of_another_config_names_the_tensor(tmp_path, capsys, ckpt_copy):
+    """state.json says context 32 while the tensors were saved at 16 (e.g. files mixed
+    from two runs): the first tensor that does not fit is named."""
+    f = ckpt_copy / C.STATE_FILE
+    meta = json.loads(f.read_text())
+    meta["config"]["model_config"]["context_length"] = 32
+    f.write_text(json.dumps(meta))
+    refused(tmp_path, capsys, "--resume", ckpt_copy, words=["pos_emb.weight", "(16, 64)", "(32, 64)"])
+
+
+@pytest.mark.parametrize("flag,value", [("--model", "124M"), ("--context-length", "32"), ("--lr", "0.001"),
+                                        ("--batch-size", "4")])
+def test_resume_with_a_conflicting_flag_names_the_mismatch(tmp_path, capsys, ckpt_copy, flag, value):
+    refused(tmp_path, capsys, "--resume", ckpt_copy.parent, flag, value,
+            words=[f"{flag} {value}", "conflicts with the checkpoint", f"drop {flag}"])
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path, capsys, ckpt_copy):
+    # the checkpoint finished epoch 1 of 1: --epochs 0 is out of range, --epochs 1 just ends
+    refused(tmp_path, capsys, "--resume", ckpt_copy.parent, "--epochs", "0", words=["--epochs 0"])
+
+
+def test_resume_with_another_text_is_refused(tmp_path, capsys, ckpt_copy):
+    other = _write(tmp_path, "other.txt", small_text(300).encode())
+    refused(tmp_path, capsys, "--resume", ckpt_copy.parent, "--data", other, words=["is not the one", "--data"])
+
+
+def test_a_usage_error_in_a_real_process_has_no_traceback(tmp_path):
+    before = snapshot(tmp_path)
+    r = subprocess.run(cli("--model", "tiny", "--data", tmp_path / "nope.txt"), cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_help_documents_checkpoints_and_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        pretrain.main(["--help"])
+    out = capsys.readouterr().out
+    for word in ("--save-dir", "--save-every", "--resume", "exit codes", "130", "143", "NaN"):
+        assert word in out
+
+
+# ----------------------------------------------------------------------------- signals and kill -9
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, text_file):
+    """The uninterrupted run, as a process: its final checkpoint and its Ep lines."""
+    tmp = tmp_path_factory.mktemp("cli-baseline")
+    r = subprocess.run(cli(*RUN, "--data", text_file, "--save-dir", tmp / "ck", "--save-every", "1000"),
+                       cwd=tmp, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return C.latest_checkpoint(tmp / "ck"), ep_lines(r.stdout)
+
+
+def start(cmd, cwd):
+    return subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_until(proc, prefix):
+    """Lines of stdout up to and including the first that starts with prefix."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            break
+    return lines
+
+
+def by_step(lines, table):
+    """Collect Ep lines by step; a step printed twice (before a kill and after the resume)
+    must print the same losses."""
+    for line in lines:
+        step = line.split("(Step ")[1][:6]
+        assert table.setdefault(step, line) == line, (table[step], line)
+    return table
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_prints_the_resume_command_and_exits_128_plus_n(
+        tmp_path, text_file, baseline, signum, code):
+    save = tmp_path / "ck"
+    proc = start(cli(*RUN, "--data", text_file, "--save-dir", save, "--save-every", "1000"), tmp_path)
+    lines = read_until(proc, "Ep 1 (Step 000002)")
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    print(err)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    newest = C.latest_checkpoint(save)
+    assert newest is not None and f"saved to {save.name}/{newest.name}" in err.replace(str(tmp_path) + "/", "")
+    command = next(line for line in err.splitlines() if line.startswith("Resume with: "))[len("Resume with: "):]
+    words = shlex.split(command)
+    assert words[words.index("--resume") + 1] == str(save) and words[1] == str(SCRIPT)
+    C.load_checkpoint(newest)
+    if signum == signal.SIGINT:                  # the printed command finishes the run exactly
+        argv = shlex.split(command)
+        r = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=env(), capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert_same_run(C.latest_checkpoint(save), baseline[0])
+        table = by_step(ep_lines("".join(lines) + out), {})
+        assert by_step(ep_lines(r.stdout), table) == by_step(baseline[1], {})
+
+
+def test_a_signal_without_save_dir_saves_into_out_checkpoints(tmp_path, text_file):
+    proc = start(cli(*RUN, "--data", text_file, "--out", tmp_path / "out"), tmp_path)
+    read_until(proc, "Ep 1 (Step 000000)")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    print(err)
+    assert proc.returncode == 143
+    where = tmp_path / "out" / "checkpoints"
+    assert f"saved to {where}/step-" in err and f"--resume {where}" in err
+    C.load_checkpoint(where)
+
+
+def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_bytes(tmp_path, text_file, baseline):
+    """kill -9 three times at seeded random moments after training starts (mid-step,
+    mid-evaluation, mid-save alike); each time the newest checkpoint loads and --resume goes
+    on from it. Final parameters, AdamW state, generators and loss history, and every
+    printed Ep line, equal the uninterrupted run's."""
+    rng = random.Random(5)
+    save = tmp_path / "ck"
+    fresh = cli(*RUN, "--data", text_file, "--save-dir", save, "--save-every", "2")
+    resume = cli("--resume", save)
+    table, kills = {}, 0
+    for delay in [rng.uniform(0.3, 2.0) for _ in range(3)]:
+        proc = start(resume if C.latest_checkpoint(save) else fresh, tmp_path)
+        lines = read_until(proc, "Checkpoints:")       # training is about to start
+        time.sleep(delay)
+        proc.kill()
+        out, err = proc.communicate(timeout=60)
+        by_step(ep_lines("".join(lines) + out), table)
+        if proc.returncode == 0:
+            break                                      # finished before the kill
+        assert proc.returncode == -signal.SIGKILL, err
+        kills += 1
+        newest = C.latest_checkpoint(save)
+        print(f"killed after {delay:.2f} s; newest checkpoint {newest and newest.name}; "
+              f"left: {sorted(p.name for p in save.iterdir()) if save.exists() else []}")
+        if newest is not None:
+            C.load_checkpoint(newest)
+            assert len(C.list_checkpoints(save)) <= 2
+    r = subprocess.run(resume if C.latest_checkpoint(save) else fresh, cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    by_step(ep_lines(r.stdout), table)
+    assert kills >= 1
+    assert_same_run(C.latest_checkpoint(save), baseline[0])
+    assert table == by_step(baseline[1], {})
