@@ -16,6 +16,7 @@ import pickle
 import shutil
 import signal
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -224,15 +225,7 @@ def test_a_save_killed_midway_leaves_a_tmp_dir_that_is_ignored_then_cleaned(tmp_
 def test_an_exception_mid_save_removes_its_partial_files(tmp_path, monkeypatch):
     model, opt, state, rngs, cfg = _toy(tmp_path)
     C.save_checkpoint(tmp_path / "ck", model, opt, state, rngs, cfg)
-    real, calls = C._write_file, []
-
-    def die_on_second_file(path, data):
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(path, data)
-
-    monkeypatch.setattr(C, "_write_file", die_on_second_file)
+    fail_on_write(monkeypatch, 2, KeyboardInterrupt())
     state.global_step = 1
     with pytest.raises(KeyboardInterrupt):
         C.save_checkpoint(tmp_path / "ck", model, opt, state, rngs, cfg)
@@ -240,22 +233,43 @@ def test_an_exception_mid_save_removes_its_partial_files(tmp_path, monkeypatch):
     C.load_checkpoint(tmp_path / "ck")
 
 
+def fail_on_write(monkeypatch, n, exc):
+    """Make the n-th checkpoint write (model, optimizer, state.json, latest, then the next
+    save's) write half its bytes, then raise exc: a disk that fills up mid-file."""
+    calls = []
+    real_tensors, real_file = C._write_tensors, C._write_file
+
+    def tensors(path, arrays):
+        calls.append(path)
+        result = real_tensors(path, arrays)
+        if len(calls) == n:
+            with open(path, "r+b") as f:
+                f.truncate(result[0] // 2)
+            raise exc
+        return result
+
+    def file(path, data):
+        calls.append(path)
+        if len(calls) == n:
+            with open(path, "xb") as f:
+                f.write(data[:len(data) // 2])
+            raise exc
+        return real_file(path, data)
+
+    monkeypatch.setattr(C, "_write_tensors", tensors)
+    monkeypatch.setattr(C, "_write_file", file)
+    return calls
+
+
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 @pytest.mark.parametrize("fail_at", [1, 2, 3, 4], ids=["model", "optimizer", "state.json", "latest"])
 def test_disk_full_mid_save_keeps_the_previous_checkpoint_loadable(tmp_path, monkeypatch, fail_at):
     model, opt, state, rngs, cfg = _toy(tmp_path)
     C.save_checkpoint(tmp_path / "ck", model, opt, state, rngs, cfg)
     before = {p.name for p in (tmp_path / "ck").iterdir()}
-    real, calls = C._write_file, []
-
-    def enospc(path, data):
-        calls.append(path)
-        if len(calls) == fail_at:                    # half the bytes reach the disk, then it is full
-            with open(path, "xb") as f:
-                f.write(data[:len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real(path, data)
-
-    monkeypatch.setattr(C, "_write_file", enospc)
+    fail_on_write(monkeypatch, fail_at, ENOSPC)
     state.global_step = 1
     with pytest.raises(C.CheckpointSaveError) as e:
         C.save_checkpoint(tmp_path / "ck", model, opt, state, rngs, cfg)
@@ -272,17 +286,52 @@ def test_disk_full_mid_save_keeps_the_previous_checkpoint_loadable(tmp_path, mon
     C.load_checkpoint(newest)
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 1 MB file system (root only: mount -t tmpfs), unmounted afterwards."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_really_full_disk_is_reported_as_disk_full_and_keeps_the_previous_checkpoint(small_tmpfs):
+    """No simulation: a model of ~0.37 MB a checkpoint on a 1 MB tmpfs. The first save fits,
+    the next ones (two checkpoints, then a third during the save) do not."""
+    from tinygrad_gpt.model import GPTModel
+    from tinygrad_gpt.optim import AdamW
+    from tinygrad_gpt.train import TrainState
+    cfg = {"vocab_size": 200, "context_length": 8, "emb_dim": 64, "n_heads": 2, "n_layers": 1,
+           "drop_rate": 0.0, "qkv_bias": False}
+    model = GPTModel(cfg)
+    opt = AdamW(model.parameters())
+    for p in model.parameters():
+        p.grad = np.ones_like(p.data)
+    opt.step()
+    state, rngs = TrainState(global_step=0), {"default": np.random.default_rng(0)}
+    saved = [C.save_checkpoint(small_tmpfs, model, opt, state, rngs, {"model_config": cfg})]
+    with pytest.raises(C.CheckpointSaveError) as e:
+        for step in range(1, 4):
+            state.global_step = step
+            saved.append(C.save_checkpoint(small_tmpfs, model, opt, state, rngs, {"model_config": cfg}))
+    print(e.value)
+    assert e.value.disk_full and str(e.value).startswith("disk full while saving checkpoint")
+    assert f"the previous checkpoint {saved[-1]} is intact" in str(e.value)
+    assert C.latest_checkpoint(small_tmpfs) == saved[-1]
+    C.load_checkpoint(small_tmpfs)
+    assert not [p for p in small_tmpfs.iterdir() if p.name.startswith(".tmp")]
+
+
 def test_disk_full_during_training_exits_2_with_one_line_and_keeps_the_last_checkpoint(
         tmp_path, text_file, monkeypatch, capsys):
-    real, calls = C._write_file, []
-
-    def enospc_on_third_save(path, data):
-        calls.append(path)
-        if len(calls) == 10:                         # save 3's optimizer file (4 writes a save)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real(path, data)
-
-    monkeypatch.setattr(C, "_write_file", enospc_on_third_save)
+    fail_on_write(monkeypatch, 10, ENOSPC)           # save 3's optimizer file (4 writes a save)
     save = tmp_path / "ck"
     assert run_cli(*TINY, "--epochs", "1", "--data", text_file, "--save-dir", save, "--save-every", "2") == 2
     err = capsys.readouterr().err

@@ -157,6 +157,16 @@ def test_load_state_dict_wrong_shape_raises_naming_both_shapes_and_changes_nothi
         np.testing.assert_array_equal(v, before[k])
 
 
+def test_load_state_dict_ignores_the_books_mask_buffers_at_every_level():
+    mask = np.triu(np.ones((6, 6), dtype=np.float32), 1)    # the book's register_buffer("mask", ...)
+    mha = MultiHeadAttention(8, 8, 6, 0.0, 2)
+    assert mha.load_state_dict({**mha.state_dict(), "mask": mask}) == ([], [])
+    blk = TransformerBlock(CFG)
+    assert blk.load_state_dict({**blk.state_dict(), "att.mask": mask}) == ([], [])
+    with pytest.raises(KeyError, match=r"unexpected keys: ff\.mask"):   # only where the book has one
+        blk.load_state_dict({**blk.state_dict(), "ff.mask": mask})
+
+
 def test_train_and_eval_set_every_submodule_and_return_the_module():
     m = Pair()
     assert all(sub.training for sub in m.modules())
@@ -289,6 +299,12 @@ def test_dropout_is_the_identity_in_eval_mode_and_at_p_zero():
     x = Tensor(randn(4, 5, dtype=np.float32))
     assert Dropout(0.5).eval()(x) is x
     assert Dropout(0.0)(x) is x
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5])
+def test_dropout_rejects_a_probability_outside_0_1_when_built(p):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        Dropout(p)
 
 
 def test_dropout_masks_repeat_after_manual_seed():

@@ -250,7 +250,28 @@ def test_adamw_load_state_dict_rejects_the_wrong_parameter_count_or_shape():
     with pytest.raises(ValueError, match="4 parameters, this optimizer has 3"):
         AdamW(make_params()[:3]).load_state_dict(sd)
     sd["state"][1]["exp_avg"] = np.zeros((5, 4))
-    with pytest.raises(ValueError, match=r"parameter 1 has shape \(5, 4\), the parameter has \(4, 5\)"):
+    with pytest.raises(ValueError, match=r"parameter 1 has shape \(5, 4\) \(exp_avg\).*the parameter has \(4, 5\)"):
+        AdamW(make_params()).load_state_dict(sd)
+
+
+def test_adamw_load_state_dict_that_fails_leaves_the_optimizer_unchanged():
+    opt = run_ours(make_params(), 2, lr=1e-3)
+    before = copy.deepcopy(opt.state_dict())
+    bad = run_ours(make_params(), 1, lr=0.5).state_dict()
+    bad["state"][3]["exp_avg_sq"] = np.zeros((2, 2))
+    with pytest.raises(ValueError, match="parameter 3"):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]                # lr still 1e-3
+    for i in range(4):
+        assert after["state"][i]["step"] == 2
+        np.testing.assert_array_equal(after["state"][i]["exp_avg"], before["state"][i]["exp_avg"])
+
+
+def test_adamw_load_state_dict_rejects_different_param_groups():
+    params = make_params()
+    sd = AdamW([{"params": params[:1]}, {"params": params[1:]}]).state_dict()
+    with pytest.raises(ValueError, match=r"param groups of sizes \[1, 3\].*\[4\]"):
         AdamW(make_params()).load_state_dict(sd)
 
 

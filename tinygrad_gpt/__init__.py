@@ -2,11 +2,12 @@
 from . import functional
 from .gradcheck import GradcheckError, gradcheck
 from .tensor import (Function, Tensor, cat, concatenate, default_rng, enable_grad, is_grad_enabled,
-                     manual_seed, no_grad, tensor)
-
-__version__ = "0.1.0"
+                     manual_seed, no_grad)
+# (the function tensor() is not exported here: it would hide the module tinygrad_gpt.tensor)
 from . import nn, optim
 from .model import CONFIGS, GPT_CONFIG_124M, GPTModel, generate_text_simple, get_config
 from .optim import AdamW
 from .generation import KVCache, generate, generate_stream
 from .pretrained import WeightsError
+
+__version__ = "0.1.0"

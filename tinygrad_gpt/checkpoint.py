@@ -5,7 +5,8 @@ A save directory holds the last `keep` checkpoints (2 by default), one directory
 named after the last step they include (the step the "Ep 1 (Step 000042)" lines print):
 
     DIR/
-      latest                      "step-000042": the newest checkpoint, replaced atomically
+      latest                      "step-000042", replaced atomically after each save (for
+                                  people and scripts; --resume DIR takes the highest step)
       step-000041/                the previous one, kept until the next save is complete
       step-000042/
         model.safetensors         the parameters, under their state_dict names
@@ -17,8 +18,9 @@ named after the last step they include (the step the "Ep 1 (Step 000042)" lines 
 
 A checkpoint is written into a temporary directory beside the others (each file
 fsync'ed), then renamed into place: a kill at any instant leaves the previous checkpoints
-complete, and a half-written one is never mistaken for a checkpoint. Loading checks the
-format, the sizes and the sha256 of the tensor files before parsing them.
+complete, and a half-written one is never mistaken for a checkpoint (leftovers, named
+.tmp-*, are removed by the next save). Loading checks the format, the sizes and the
+sha256 of the tensor files before parsing them.
 """
 import errno
 import hashlib
@@ -61,8 +63,7 @@ def step_dir_name(global_step):
 
 # ----------------------------------------------------------------------------- writing
 def _write_file(path, data):
-    """Write bytes to a new file and fsync it (the one place checkpoint bytes reach the disk;
-    tests replace it to simulate a full disk)."""
+    """Write bytes to a new file and fsync it (state.json, the latest pointer)."""
     with open(path, "xb") as f:
         f.write(data)
         f.flush()
@@ -96,10 +97,35 @@ def _write_pointer(root, name):
     _fsync_dir(root)
 
 
-def _tensor_bytes(tensors):
+def _write_tensors(path, tensors):
+    """Write tensors as safetensors, fsync, and return (size, sha256) of what is on disk.
+
+    safetensors.numpy.save_file streams the arrays from their memory (save() would build
+    the whole file in memory, twice: 2.6 GB for the 124M model's AdamW moments); its I/O
+    errors come back as OSError with their errno, so a full disk is told apart.
+    """
     import safetensors.numpy
-    return safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                                  metadata={"format": "np"})
+    from safetensors import SafetensorError
+    try:
+        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                                    str(path), metadata={"format": "np"})
+    except SafetensorError as e:
+        m = re.search(r"os error (\d+)", str(e))
+        code = int(m.group(1)) if m else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        return _size_and_sha256(f)
+
+
+def _size_and_sha256(f, chunk=1 << 24):
+    h, n = hashlib.sha256(), 0
+    while True:
+        block = f.read(chunk)
+        if not block:
+            return n, h.hexdigest()
+        h.update(block)
+        n += len(block)
 
 
 def _optimizer_tensors(model, optimizer):
@@ -155,19 +181,16 @@ def save_checkpoint(save_dir, model, optimizer, state, rngs, config, keep=KEEP):
         tmp = root / f".tmp-{name}-{os.getpid()}-{secrets.token_hex(4)}"
         os.mkdir(tmp)                        # not mkdtemp: the checkpoint keeps the umask's permissions
         opt_tensors, opt_json = _optimizer_tensors(model, optimizer)
-        blobs = {"model": (MODEL_FILE, _tensor_bytes(model.state_dict())),
-                 "optimizer": (OPTIMIZER_FILE, _tensor_bytes(opt_tensors))}
-        ts = _jsonable(asdict(state))
-        meta = {"format": FORMAT, "version": VERSION, "step": state.global_step,
-                "files": {key: {"name": fname, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                          for key, (fname, data) in blobs.items()},
+        files = {}
+        for key, fname, tensors in (("model", MODEL_FILE, model.state_dict()),
+                                    ("optimizer", OPTIMIZER_FILE, opt_tensors)):
+            size, sha = _write_tensors(tmp / fname, tensors)
+            files[key] = {"name": fname, "bytes": size, "sha256": sha}
+        meta = {"format": FORMAT, "version": VERSION, "step": state.global_step, "files": files,
                 "config": _jsonable(config),
-                "train_state": ts,
+                "train_state": _jsonable(asdict(state)),
                 "rng": {k: _jsonable(g.bit_generator.state) for k, g in rngs.items()},
                 "optimizer": _jsonable(opt_json)}
-        for fname, data in blobs.values():
-            _write_file(tmp / fname, data)
-        del blobs
         _write_file(tmp / STATE_FILE, json.dumps(meta, indent=1).encode("utf-8"))
         _fsync_dir(tmp)
         old = None
@@ -197,17 +220,25 @@ def save_checkpoint(save_dir, model, optimizer, state, rngs, config, keep=KEEP):
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    _prune(root, keep, name)
+    prune(root, keep, name)
     return final
 
 
-def _prune(root, keep, current):
-    """Keep the newest `keep` checkpoints; drop older ones and leftovers of killed saves."""
-    for step, path in list_checkpoints(root)[:-keep or None]:
+def prune(save_dir, keep=KEEP, current=None):
+    """Keep the newest `keep` checkpoints; drop older ones and leftovers of killed saves.
+    A checkpoint is renamed away before it is deleted, so a kill mid-delete never leaves a
+    half-deleted step- directory behind."""
+    root = Path(save_dir)
+    for _, path in list_checkpoints(root)[:-keep or None]:
         if path.name != current:
-            shutil.rmtree(path, ignore_errors=True)
+            gone = root / f".del-{path.name}-{os.getpid()}"
+            try:
+                os.rename(path, gone)
+            except OSError:
+                continue
+            shutil.rmtree(gone, ignore_errors=True)
     for path in root.iterdir():
-        if path.name.startswith((".tmp-step-", ".old-step-")) and path.is_dir():
+        if path.name.startswith((".tmp-step-", ".old-step-", ".del-step-")) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         elif path.name.startswith(f".{LATEST}.") and path.name.endswith(".tmp"):
             path.unlink(missing_ok=True)
@@ -329,20 +360,22 @@ def read_checkpoint(path):
 
 
 def load_tensors(ckpt):
-    """Read both tensor files, check their sha256, then parse them (safetensors: no code runs)."""
+    """Check both tensor files' sha256, then parse them (safetensors: no code runs)."""
     import safetensors.numpy
     from safetensors import SafetensorError
     for key in ("model", "optimizer"):
         entry = ckpt.meta["files"][key]
+        path = ckpt.path / entry["name"]
         try:
-            data = (ckpt.path / entry["name"]).read_bytes()
+            with open(path, "rb") as f:
+                size, sha = _size_and_sha256(f)
         except OSError as e:
             raise _bad(ckpt.path, f"unreadable ({entry['name']}: {e.strerror})") from None
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        if sha != entry["sha256"] or size != entry["bytes"]:
             raise _bad(ckpt.path, f"corrupted: {entry['name']} does not match its sha256 in {STATE_FILE}")
         try:
-            tensors = safetensors.numpy.load(data)
-        except (SafetensorError, ValueError, TypeError) as e:
+            tensors = safetensors.numpy.load_file(str(path))
+        except (SafetensorError, ValueError, TypeError, OSError) as e:
             raise _bad(ckpt.path, f"corrupted: {entry['name']} is not a valid safetensors file "
                                   f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         setattr(ckpt, key, tensors)

@@ -247,8 +247,11 @@ def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, rng=None):
     attention weights (as the book's MultiHeadAttention). One op, one analytic backward."""
     if q.shape[-1] != k.shape[-1] or k.shape != v.shape:
         raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit (B, H, T, D)")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"attention dropout probability must be in [0, 1], got {dropout_p}")
+    if dropout_p == 1.0:                       # every weight dropped: the output is zero
+        return q * 0.0
     if dropout_p > 0.0:
-        B, H, T, _ = q.shape
         keep = _keep_mask(q.shape[:-1] + (k.shape[-2],), dropout_p, q.dtype, rng)
         return Attention.apply(q, k, v, Tensor(keep), causal=causal, p=float(dropout_p))
     return Attention.apply(q, k, v, causal=causal)

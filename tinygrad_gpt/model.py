@@ -43,7 +43,8 @@ def _check_config(cfg):
 
 
 class GPTModel(Module):
-    _ignored_keys = ("att.mask",)   # the book's causal-mask buffers: accepted, not needed
+    # the book's causal-mask buffers, trf_blocks.N.att.mask, are accepted and ignored:
+    # MultiHeadAttention._ignored_keys
 
     def __init__(self, cfg):
         super().__init__()

@@ -70,14 +70,16 @@ class Module:
         """name -> the parameter's array (not a copy, as PyTorch's tensors share storage)."""
         return OrderedDict((name, p.data) for name, p in self.named_parameters())
 
-    _ignored_keys = ()   # suffixes of keys that PyTorch models carry but we do not need
+    _ignored_keys = ()   # entries the PyTorch twin of a module carries that we do not need (buffers)
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays into the parameters, in place. With strict=True, missing or unexpected
         keys are an error; a wrong shape always is. Returns (missing, unexpected)."""
         params = dict(self.named_parameters())
-        ignored = [k for k in state_dict if k.endswith(self._ignored_keys) and k not in params] \
-            if self._ignored_keys else []
+        # each sub-module's ignorable entries under its own prefix: "trf_blocks.0.att.mask" for
+        # a GPTModel, "att.mask" for a TransformerBlock, "mask" for a MultiHeadAttention alone
+        ignored = {f"{prefix}.{k}" if prefix else k
+                   for prefix, m in self.named_modules() for k in m._ignored_keys}
         unexpected = [k for k in state_dict if k not in params and k not in ignored]
         missing = [k for k in params if k not in state_dict]
         if strict and (missing or unexpected):
@@ -206,6 +208,8 @@ class LayerNorm(Module):
 class Dropout(Module):
     def __init__(self, p=0.5):
         super().__init__()
+        if not 0.0 <= p <= 1.0:                # as torch: at construction, not at the first forward
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = p
 
     def forward(self, x):
@@ -233,7 +237,9 @@ class FeedForward(Module):
 class MultiHeadAttention(Module):
     """Causal multi-head self-attention, the book's names: W_query, W_key, W_value, out_proj,
     dropout on the attention weights. The book's `mask` buffer is not needed: the fused
-    attention op skips the upper triangle."""
+    attention op skips the upper triangle (a state dict's `mask` is accepted and ignored)."""
+
+    _ignored_keys = ("mask",)
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()

@@ -72,22 +72,28 @@ class AdamW:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
+        """Take the moments and hyperparameters of state_dict(), copied. Checked first, so
+        an error leaves this optimizer as it was."""
         params = self.params
         groups = state_dict["param_groups"]
         if sum(len(g["params"]) for g in groups) != len(params):
             raise ValueError(f"optimizer state has {sum(len(g['params']) for g in groups)} parameters, "
                              f"this optimizer has {len(params)}")
-        for group, saved in zip(self.param_groups, groups):
-            group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"})
-        self.state = {}
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError(f"optimizer state has param groups of sizes {[len(g['params']) for g in groups]}, "
+                             f"this optimizer has {[len(g['params']) for g in self.param_groups]}")
+        state = {}
         for i, st in state_dict["state"].items():
             p = params[int(i)]
             m, v = np.asarray(st["exp_avg"]), np.asarray(st["exp_avg_sq"])
             if m.shape != p.shape or v.shape != p.shape:
-                raise ValueError(f"optimizer state for parameter {i} has shape {m.shape}, "
-                                 f"the parameter has {p.shape}")
-            self.state[id(p)] = {"step": int(st["step"]), "exp_avg": m.astype(p.dtype, copy=True),
-                                 "exp_avg_sq": v.astype(p.dtype, copy=True)}
+                raise ValueError(f"optimizer state for parameter {i} has shape {m.shape} (exp_avg) and "
+                                 f"{v.shape} (exp_avg_sq), the parameter has {p.shape}")
+            state[id(p)] = {"step": int(st["step"]), "exp_avg": m.astype(p.dtype, copy=True),
+                            "exp_avg_sq": v.astype(p.dtype, copy=True)}
+        for group, saved in zip(self.param_groups, groups):
+            group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"})
+        self.state = state
 
 
 def clip_grad_norm_(params, max_norm):

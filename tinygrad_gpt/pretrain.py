@@ -29,8 +29,9 @@ checkpoints:
   optimizer.safetensors, state.json), saved every --save-every steps, at the end, and on
   Ctrl-C / SIGTERM (without --save-dir, interrupts save into OUT/checkpoints).
   --resume DIR continues from DIR's newest checkpoint with its hyperparameters (a
-  conflicting flag is an error; --epochs may extend the run): the losses printed after
-  resuming are those of an uninterrupted run, bit for bit.
+  conflicting flag is an error; --epochs may extend the run), its kernels and its
+  --threads: the losses printed after resuming are those of an uninterrupted run, bit
+  for bit. Ctrl-C twice stops at once, without saving the step in progress.
 
 exit codes:
   0    training finished
@@ -69,7 +70,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    def _get_help_string(self, action):        # no "(default: None)" after a help that says it
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser():
@@ -306,6 +310,33 @@ def main(argv=None):
         return 128 + signal.SIGINT
 
 
+def _open_checkpoint(args):
+    """--resume: find the checkpoint, check its state.json, adopt its config (the tensors are
+    verified later, still before anything is written). Returns (checkpoint, its save dir)."""
+    from .checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
+    try:
+        ckpt_dir, root = resolve_checkpoint(args.resume)
+        ckpt = read_checkpoint(ckpt_dir)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    adopt_checkpoint_config(args, ckpt)
+    return ckpt, root
+
+
+def _report_interrupt(e, checkpointer, args):
+    name = signal.Signals(e.signum).name
+    if e.path is None:
+        print(f"Interrupted by {name} before any checkpoint was saved", file=sys.stderr, flush=True)
+        return
+    if e.immediate:
+        print(f"{name} again: stopped without saving the step in progress; the last checkpoint "
+              f"(after step {checkpointer.last_step}) is {e.path}", file=sys.stderr)
+    else:
+        print(f"Interrupted by {name}: checkpoint after step {checkpointer.last_step} saved to {e.path}",
+              file=sys.stderr)
+    print(f"Resume with: {resume_command(Path(e.path).parent, args)}", file=sys.stderr, flush=True)
+
+
 def _plan_directories(args, ckpt, ckpt_root):
     """Where checkpoints go, checked before anything is written. Returns (save_dir, fallback)."""
     from .checkpoint import CheckpointError, check_writable, latest_checkpoint, list_checkpoints
@@ -348,14 +379,7 @@ def run(args):
     from . import checkpoint as ckpt_mod
     if not hasattr(args, "explicit"):
         args.explicit = set()
-    ckpt, ckpt_root = None, None
-    if args.resume is not None:
-        try:
-            ckpt_dir, ckpt_root = ckpt_mod.resolve_checkpoint(args.resume)
-            ckpt = ckpt_mod.read_checkpoint(ckpt_dir)
-        except ckpt_mod.CheckpointError as e:
-            raise UsageError(str(e)) from None
-        adopt_checkpoint_config(args, ckpt)
+    ckpt, ckpt_root = _open_checkpoint(args) if args.resume is not None else (None, None)
     check_args(args)
     if args.kernels:
         os.environ["TINYGRAD_GPT_KERNELS"] = args.kernels
@@ -459,6 +483,8 @@ def run(args):
                                 last_path=ckpt.path if ckpt is not None else None,
                                 last_step=state.global_step if ckpt is not None else None)
     if save_dir is not None:
+        if Path(save_dir).is_dir():
+            ckpt_mod.prune(save_dir)              # what a kill -9 mid-save or mid-prune left behind
         print(f"Checkpoints: every {every} steps, at the end and on Ctrl-C/SIGTERM, into {save_dir}", flush=True)
     else:
         print(f"Checkpoints: only on Ctrl-C/SIGTERM, into {fallback} "
@@ -480,17 +506,7 @@ def run(args):
                 raise TrainingInterrupted(checkpointer.signum, checkpointer.last_path, state.global_step)
     except TrainingInterrupted as e:
         progress.clear()
-        name = signal.Signals(e.signum).name
-        if e.path is None:
-            print(f"Interrupted by {name} before any checkpoint was saved", file=sys.stderr, flush=True)
-        else:
-            if e.immediate:
-                print(f"{name} again: stopped without saving the step in progress; the last checkpoint "
-                      f"(after step {checkpointer.last_step}) is {e.path}", file=sys.stderr)
-            else:
-                print(f"Interrupted by {name}: checkpoint after step {checkpointer.last_step} saved to "
-                      f"{e.path}", file=sys.stderr)
-            print(f"Resume with: {resume_command(Path(e.path).parent, args)}", file=sys.stderr, flush=True)
+        _report_interrupt(e, checkpointer, args)
         return 128 + e.signum
     except NonFiniteLossError as e:
         progress.clear()
