@@ -109,12 +109,12 @@ def clip_grad_norm_(params, max_norm):
     return total
 
 
-def lr_at_step(step, peak_lr, total_steps, warmup_steps=0, min_lr=None, initial_lr=None):
-    """The book's appendix D schedule: linear warmup from initial_lr to peak_lr, then cosine
-    decay to min_lr. Without warmup and min_lr, a constant peak_lr (the chapter-5 run)."""
+def lr_at_step(step, peak_lr, total_steps, warmup_steps=0, min_lr=None, initial_lr=3e-5):
+    """The book's appendix D schedule: linear warmup from initial_lr (the book's 3e-5) to
+    peak_lr, then cosine decay to min_lr. Without warmup and min_lr, a constant peak_lr
+    (the chapter-5 run)."""
     if warmup_steps and step < warmup_steps:
-        start = peak_lr * 0.01 if initial_lr is None else initial_lr
-        return start + step * (peak_lr - start) / warmup_steps
+        return initial_lr + step * (peak_lr - initial_lr) / warmup_steps
     if min_lr is None:
         return peak_lr
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)

@@ -135,9 +135,14 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
     peak_lr = optimizer.param_groups[0]["lr"] if peak_lr is None else peak_lr
     model.train()
     for epoch in range(state.epoch, num_epochs):
-        if state.order is None:                  # a new epoch: draw its batch order
-            state.order = [int(i) for i in train_loader.epoch_order()]
-        batches = train_loader.iter_batches(np.asarray(state.order), start=state.batch)
+        if not hasattr(train_loader, "iter_batches"):     # any iterable of batches (no exact resume)
+            batches = iter(train_loader)
+            for _ in range(state.batch):
+                next(batches)
+        else:
+            if state.order is None:              # a new epoch: draw its batch order
+                state.order = [int(i) for i in train_loader.epoch_order()]
+            batches = train_loader.iter_batches(np.asarray(state.order), start=state.batch)
         while state.batch + accum_steps <= len(train_loader):
             step = state.global_step + 1
             for group in optimizer.param_groups:
@@ -154,13 +159,16 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
                 step_tokens += input_batch.size
             if not math.isfinite(step_loss):
                 raise NonFiniteLossError(step, "the loss")
+            # per-block norms before clipping, so that they add up to the global norm printed
+            grad_view = [step, None, block_grad_norms(model)] if log_grad_norms and step % eval_freq == 0 else None
             if grad_clip is not None:
                 norm = clip_grad_norm_(params, grad_clip)
             else:                                # checked every step: one NaN would poison AdamW's moments
                 norm = global_grad_norm(params)
             if not math.isfinite(norm):
                 raise NonFiniteLossError(step, "the gradient norm")
-            grad_view = (step, norm, block_grad_norms(model)) if log_grad_norms and step % eval_freq == 0 else None
+            if grad_view is not None:
+                grad_view = (step, norm, grad_view[2])
             optimizer.step()
             state.batch += accum_steps
             state.tokens_seen += step_tokens
@@ -179,7 +187,7 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
                       f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}", file=out, flush=True)
                 if grad_view is not None:
                     state.grad_norms.append(grad_view)
-                    blocks = " ".join(f"{n:.2f}" for n in grad_view[2])
+                    blocks = " ".join(f"{n:.3g}" for n in grad_view[2])
                     print(f"  grad norm {grad_view[1]:.3f}; per block: {blocks}", file=out, flush=True)
             if on_step is not None:
                 on_step(state)
@@ -227,12 +235,14 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path="loss-p
         steps = [s for s, _, _ in grad_norms]
         ax3.plot(steps, [n for _, n, _ in grad_norms], color="black", label="global")
         per_block = np.array([b for _, _, b in grad_norms])
+        colors = plt.cm.viridis(np.linspace(0, 1, per_block.shape[1]))   # dark = first block
         for i in range(per_block.shape[1]):
-            ax3.plot(steps, per_block[:, i], alpha=0.5, linewidth=0.8, label=f"block {i}" if i in (0, per_block.shape[1] - 1) else None)
+            last = i in (0, per_block.shape[1] - 1)
+            ax3.plot(steps, per_block[:, i], color=colors[i], linewidth=0.8, label=f"block {i}" if last else None)
         ax3.set_xlabel("Step")
         ax3.set_ylabel("Gradient norm")
         ax3.set_yscale("log")
-        ax3.legend(loc="upper right", fontsize="small")
+        ax3.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
