@@ -128,11 +128,16 @@ def header():
     from threadpoolctl import threadpool_info
     print(f"python {platform.python_version()}  numpy {np.__version__}  numba {numba.__version__}")
     print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores")
+    numpy_libs = os.path.dirname(np.__file__) + ".libs"
     for lib in threadpool_info():
-        print(f"BLAS/threadpool: {lib.get('internal_api')} {lib.get('version')} "
-              f"({lib.get('architecture')}, {lib.get('threading_layer')}), "
-              f"{lib.get('num_threads')} threads: {os.path.basename(lib.get('filepath', ''))}")
-    print(f"numba threading layer: {numba.threading_layer()}, {numba.get_num_threads()} threads")
+        path = lib.get("filepath", "")
+        owner = "  <- NumPy's BLAS" if path.startswith(numpy_libs) else ""
+        print(f"threadpool: {lib.get('internal_api')} {lib.get('version') or ''} "
+              f"({lib.get('architecture') or '-'}, {lib.get('threading_layer') or '-'}), "
+              f"{lib.get('num_threads')} threads: {os.path.basename(path)}{owner}")
+    print(f"numba threading layer: {numba.threading_layer()}, {numba.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
 
 
 def main():
@@ -163,8 +168,6 @@ def main():
     ratio = GPT2_PARAMS / ADAMW_N
     print(f"\nadamw_step scaled to {GPT2_PARAMS / 1e6:.0f}M parameters (x{ratio:.1f}): "
           f"numpy {t_np * ratio:.0f} ms, numba {t_nb * ratio:.0f} ms per step")
-    print("gelu rows time numba_cpu's compiled twins (_numba_gelu_*); "
-          "numba_cpu.gelu_* re-export the NumPy ones")
 
 
 if __name__ == "__main__":

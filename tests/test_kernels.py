@@ -5,7 +5,6 @@ of a SIMD width or a chunk size. float64 must agree to 1e-12 and float32 to 1e-5
 to the largest magnitude of the expected output (so 1e4-sized logits are judged fairly).
 """
 import inspect
-import math
 
 import numpy as np
 import pytest
