@@ -528,7 +528,7 @@ def run(args):
     print(f"Training completed in {minutes:.2f} minutes.")
     if state.train_losses:
         print(f"final train loss {state.train_losses[-1]:.3f}, final val loss {state.val_losses[-1]:.3f}, "
-              f"tokens seen {state.tokens_seen}")
+              f"tokens seen {state.track_tokens_seen[-1]}")    # at the last evaluation, as the book tracks
     steps = state.global_step + 1
     session_tokens = state.tokens_seen - start_tokens
     print(f"Summary: {model.num_parameters():,} parameters, {steps} steps, {state.tokens_seen:,} tokens, "
