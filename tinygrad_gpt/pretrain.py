@@ -193,7 +193,8 @@ def setup_threads(threads=None, warm_up=False):
     if warm_up and get_backend() == "numba":
         K.warmup(verbose=True)
         layer = f" ({numba.threading_layer()} threading layer)"
-    blas = next((i for i in threadpool_info() if i.get("user_api") == "blas"), {})
+    blases = [i for i in threadpool_info() if i.get("user_api") == "blas"]   # numba may load scipy's too
+    blas = next((i for i in blases if "numpy" in i.get("filepath", "")), blases[0] if blases else {})
     return (f"Runtime: numpy {np.__version__} ({blas.get('internal_api', '?')} {blas.get('version', '')} "
             f"{blas.get('architecture', '')}), numba {numba.__version__}{layer}, kernels {get_backend()}, "
             f"{threads} threads, float32")
