@@ -67,8 +67,9 @@ def peak_rss_gib():
 
 # ----------------------------------------------------------------------------- workers
 def worker_ours(args, cfg):
-    os.environ["TINYGRAD_GPT_KERNELS"] = args.kernels
     import tinygrad_gpt as tg
+    from tinygrad_gpt.kernels import set_backend
+    set_backend(args.kernels)                  # tinygrad_gpt is already imported: switch explicitly
     from tinygrad_gpt import functional as F
     from tinygrad_gpt.pretrain import setup_threads
     from tinygrad_gpt.tensor import no_grad, profile
