@@ -12,17 +12,9 @@ from tinygrad_gpt import Tensor, gradcheck, manual_seed
 from tinygrad_gpt.kernels import get_backend, set_backend
 
 
-@pytest.fixture(autouse=True, params=["numpy", "numba"])
-def backend(request):
-    previous = get_backend()
-    if request.param == "numba":
-        try:
-            from tinygrad_gpt.kernels import numba_cpu  # noqa: F401
-        except Exception as e:                         # not written yet, or half-written
-            pytest.skip(f"kernels/numba_cpu.py does not import: {type(e).__name__}: {e}")
-    set_backend(request.param)
-    yield request.param
-    set_backend(previous)
+@pytest.fixture(autouse=True)
+def each_backend(backend):        # conftest.backend: every test, both backends
+    yield backend
 
 
 def leaf(shape, seed=0, scale=1.0, dtype=np.float64):

@@ -29,19 +29,6 @@ def print_worst_errors():
             print(f"  {op:36s} {dtype:8s} {err:.2e}")
 
 
-@pytest.fixture(params=["numpy", "numba"])
-def backend(request):
-    previous = get_backend()
-    if request.param == "numba":
-        try:
-            from tinygrad_gpt.kernels import numba_cpu  # noqa: F401
-        except Exception as e:
-            pytest.skip(f"kernels/numba_cpu.py does not import: {type(e).__name__}: {e}")
-    set_backend(request.param)
-    yield request.param
-    set_backend(previous)
-
-
 def rel_err(ours, theirs):
     ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
     assert ours.shape == theirs.shape, (ours.shape, theirs.shape)

@@ -71,23 +71,6 @@ class DigitTokenizer:
         return "".join(str(i % 10) for i in ids)
 
 
-def _backends():
-    names = ["numpy"]
-    try:
-        from tinygrad_gpt.kernels import numba_cpu  # noqa: F401
-        names.append("numba")
-    except Exception as e:                               # noqa: BLE001 (any import failure)
-        names.append(pytest.param("numba", marks=pytest.mark.skip(
-            reason=f"tinygrad_gpt/kernels/numba_cpu.py fails to import: {type(e).__name__}: {e}")))
-    return names
-
-
-@pytest.fixture(params=_backends())
-def backend(request):
-    previous = kernels.get_backend()
-    kernels.set_backend(request.param)
-    yield request.param
-    kernels.set_backend(previous)
 
 
 # ----------------------------------------------------------------------------- losses
