@@ -360,3 +360,11 @@ def test_cli_as_a_process_exits_2_without_a_traceback():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_a_whole_number_float_top_k_works_like_the_int():
+    model = tiny_model(seed=3)
+    idx = prompt(B=1, T=4, seed=3)
+    a = generate(model, idx, 5, 12, temperature=1.0, top_k=2.0, rng=7)
+    b = generate(model, idx, 5, 12, temperature=1.0, top_k=2, rng=7)
+    np.testing.assert_array_equal(a, b)

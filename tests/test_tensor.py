@@ -452,3 +452,11 @@ def test_astype_float_double_stay_in_the_graph_and_grads_come_back_in_the_input_
     np.testing.assert_array_equal(z.grad, np.full(3, 3.0))
     assert x.float() is x and z.astype(np.float64) is z   # same dtype: no new node
     assert not Tensor(np.ones(2)).float().requires_grad
+
+
+def test_integer_tensor_times_a_float_number_is_not_truncated():
+    # as PyTorch: int tensor * 0.5 is a float result, not [0, 0]
+    out = Tensor(np.array([1, 2])) * 0.5
+    np.testing.assert_array_equal(out.data, [0.5, 1.0])
+    assert Tensor(np.ones(2, np.float32)) * 0.5 is not None
+    assert (Tensor(np.ones(2, np.float32)) * 0.5).dtype == np.float32

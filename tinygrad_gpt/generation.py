@@ -194,7 +194,8 @@ def _check_args(model, idx, max_new_tokens, context_size, temperature, top_k):
     if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
     # the model has no positions beyond its context length: a longer window cannot run
-    return idx, int(max_new_tokens), min(context_size, limit), temperature, top_k
+    return idx, int(max_new_tokens), min(context_size, limit), temperature, \
+        None if top_k is None else int(top_k)
 
 
 def generate_stream(model, idx, max_new_tokens, context_size=None, temperature=0.0, top_k=None,

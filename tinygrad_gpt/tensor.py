@@ -332,7 +332,12 @@ class Tensor:
 
     # ---- arithmetic (ops.py)
     def _lift(self, other):
-        return other if isinstance(other, Tensor) else Tensor(_as_array(other, self.dtype))
+        """A number takes this tensor's dtype if that is a float (x32 * 0.5 stays float32);
+        an integer tensor and a float number meet in NumPy's common type, as in PyTorch."""
+        if isinstance(other, Tensor):
+            return other
+        dtype = self.dtype if np.issubdtype(self.dtype, np.floating) else np.result_type(self.dtype, other)
+        return Tensor(_as_array(other, dtype))
 
     def __add__(self, other):
         return ops.Add.apply(self, self._lift(other))

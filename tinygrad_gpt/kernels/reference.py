@@ -115,6 +115,9 @@ def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
     s = (q @ k.swapaxes(-1, -2)) * scale                  # (B, H, T, T) scores
     if causal:
         T = q.shape[-2]
+        if k.shape[-2] != T:
+            raise ValueError(f"attention_forward: causal attention needs as many keys as queries, "
+                             f"found q {q.shape} and k {k.shape}")
         s = np.where(np.triu(np.ones((T, T), dtype=bool), 1), -np.inf, s)
     s = s - s.max(axis=-1, keepdims=True)
     att = np.exp(s)
