@@ -22,6 +22,7 @@ from tinygrad_gpt.nn import MultiHeadAttention            # noqa: E402
 from tinygrad_gpt.optim import AdamW                      # noqa: E402
 from tinygrad_gpt.tokenizer import get_gpt2_tokenizer     # noqa: E402
 from tinygrad_gpt.train import train_model_simple         # noqa: E402
+from test_train import PairDataset                        # noqa: E402  (tests/ is on sys.path)
 
 CFG = {"vocab_size": 50257, "context_length": 32, "emb_dim": 64, "n_heads": 4, "n_layers": 2,
        "drop_rate": 0.0, "qkv_bias": False}
@@ -161,17 +162,6 @@ def test_multihead_attention_matches_the_books_ch03_with_d_in_not_d_out(qkv_bias
                    if n != "W_key.bias"})        # zero up to rounding: see the test above
     print(f"\nMHA vs the book's ch03 (qkv_bias={qkv_bias}): worst relative error {max(errors.values()):.2e}")
     assert max(errors.values()) < TOL
-
-
-class PairDataset:
-    def __init__(self, inputs, targets):
-        self.input_ids, self.target_ids = inputs, targets
-
-    def __len__(self):
-        return len(self.input_ids)
-
-    def __getitem__(self, idx):
-        return self.input_ids[idx], self.target_ids[idx]
 
 
 def test_train_model_simple_matches_the_books_loop_line_for_line(capsys):

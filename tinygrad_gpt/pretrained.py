@@ -459,7 +459,7 @@ def load_checkpoint(path, cls=GPTModel):
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
     if _is_training_checkpoint(path):
         from . import checkpoint
-        ckpt = checkpoint.load_tensors(checkpoint.read_checkpoint(path))   # verified (sizes, sha256)
+        ckpt = checkpoint.load_checkpoint(path)                 # verified (sizes, sha256)
         cfg = _book_config(ckpt.config)
         if cfg is None:
             raise WeightsError(f"checkpoint {ckpt.path}: state.json has no model config "
