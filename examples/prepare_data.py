@@ -1,0 +1,7 @@
+"""Tokenize text files into a corpus for `pretrain.py --data DIR`: python examples/prepare_data.py --help"""
+import sys
+
+from tinygrad_gpt.prepare_data import main
+
+if __name__ == "__main__":
+    sys.exit(main())
