@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import pretrain_corpus
+
 USAGE_ERROR = 2
 TRAINING_FAILED = 1
 DEFAULT_SAVE_EVERY = 50
@@ -80,7 +82,8 @@ def build_parser():
     p = _Parser(prog="pretrain.py", description=__doc__.split("\n\n")[0], epilog=EPILOG,
                 formatter_class=_Formatter)
     p.add_argument("--model", default="124M", help="tiny, 124M, 355M, 774M or 1558M")
-    p.add_argument("--data", default=None, help="a UTF-8 text file (default: the-verdict.txt)")
+    p.add_argument("--data", default=None,
+                   help="a UTF-8 text file (default: the-verdict.txt), or a corpus directory from prepare_data.py")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=4e-4)
@@ -113,6 +116,7 @@ def build_parser():
     p.add_argument("--no-plot", action="store_true", help="do not save the loss plot")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="live progress line (default: when stderr is a terminal)")
+    pretrain_corpus.add_arguments(p)             # --order, --max-steps, --max-tokens
     return p
 
 
@@ -250,6 +254,8 @@ def resume_command(save_dir, args):
     """The exact command that resumes from save_dir's newest checkpoint."""
     prog = sys.argv[0] if sys.argv and sys.argv[0].endswith("pretrain.py") else "examples/pretrain.py"
     parts = ["python", prog, "--resume", str(save_dir)]
+    if getattr(args, "dp", None) is not None:              # the same job size: same slices, same bits
+        parts = ["mpirun", "-n", str(args.dp.world)] + parts
     for dest in ECHOED_FLAGS:
         if dest in args.explicit and getattr(args, dest) is not None:
             parts += [_flag(dest), str(getattr(args, dest))]
@@ -271,17 +277,24 @@ class Checkpointer:
         self.n_batches, self.accum_steps, self.num_epochs = n_batches, accum_steps, num_epochs
         self.last_path, self.last_step = last_path, last_step
         self.signum = None                       # set by the signal handler
+        self.dp = None                           # MPI: only rank 0 writes; all stop at the same step
 
     def save(self, state):
         from .checkpoint import save_checkpoint
         if state.global_step < 0 or state.global_step == self.last_step:
             return self.last_path                # nothing new since the last save
         target = self.save_dir if self.save_dir is not None else self.fallback_dir
+        if self.dp is not None and self.dp.rank != 0:      # rank 0 writes it
+            from .checkpoint import step_dir_name
+            self.last_path, self.last_step = Path(target) / step_dir_name(state.global_step), state.global_step
+            return self.last_path
         self.last_path = save_checkpoint(target, self.model, self.optimizer, state, self.rngs, self.config)
         self.last_step = state.global_step
         return self.last_path
 
     def on_step(self, state):
+        if self.dp is not None:                  # a signal to any rank stops every rank at this step
+            self.signum = self.dp.any_signal(self.signum)
         if state.order is not None and state.batch + self.accum_steps > self.n_batches:
             return        # the epoch's last step: the epoch-end call comes right after the sample
         final = state.order is None and state.epoch >= self.num_epochs
@@ -322,12 +335,19 @@ class _SignalHandlers:
 # ----------------------------------------------------------------------------- the run
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         args.explicit = explicit_flags(argv)
+        args.dp = pretrain_corpus.init_data_parallel(UsageError)    # None unless mpirun -n N > 1
+        if args.dp is not None and args.dp.rank != 0:               # rank 0 prints
+            import contextlib
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                return run(args)
         return run(args)
     except UsageError as e:
-        print(f"pretrain.py: error: {e}", file=sys.stderr)
+        if getattr(args, "dp", None) is None or args.dp.rank == 0:
+            print(f"pretrain.py: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:                    # outside training (set-up, the plot)
         print("pretrain.py: interrupted", file=sys.stderr)
@@ -348,6 +368,8 @@ def _open_checkpoint(args):
 
 
 def _report_interrupt(e, checkpointer, args):
+    if getattr(args, "dp", None) is not None and args.dp.rank != 0:
+        return
     name = signal.Signals(e.signum).name
     if e.path is None:
         print(f"Interrupted by {name} before any checkpoint was saved", file=sys.stderr, flush=True)
@@ -403,8 +425,11 @@ def run(args):
     from . import checkpoint as ckpt_mod
     if not hasattr(args, "explicit"):
         args.explicit = set()
+    dp = getattr(args, "dp", None)
     ckpt, ckpt_root = _open_checkpoint(args) if args.resume is not None else (None, None)
     check_args(args)
+    corpus_run = pretrain_corpus.open_run(args, ckpt, UsageError)    # --data DIR: a prepared corpus
+    pretrain_corpus.check_data_parallel(args, dp, UsageError)
     if args.kernels:
         os.environ["TINYGRAD_GPT_KERNELS"] = args.kernels
     import hashlib
@@ -419,14 +444,17 @@ def run(args):
     from .tokenizer import get_gpt2_tokenizer
     from .train import NonFiniteLossError, Progress, TrainState, plot_losses, train_model
 
-    try:
-        text, description = data.load_training_text(args.data)
-    except data.DataError as e:
-        raise UsageError(str(e)) from None
-    text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if corpus_run is None:
+        try:
+            text, description = data.load_training_text(args.data)
+        except data.DataError as e:
+            raise UsageError(str(e)) from None
+        text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    else:
+        text, description = None, corpus_run.description
     if ckpt is not None:
         saved = ckpt.config.get("data", {})
-        if saved.get("sha256") != text_sha:
+        if corpus_run is None and saved.get("sha256") != text_sha:
             was = saved.get("path") or "the default text"
             raise UsageError(f"the training text {args.data or '(the default)'} is not the one checkpoint "
                              f"{ckpt.path} was trained on ({was}); fix: pass --data with that text")
@@ -444,8 +472,8 @@ def run(args):
         if args.drop_rate is not None:
             cfg["drop_rate"] = args.drop_rate
         args.drop_rate = cfg["drop_rate"]
-    train_text, val_text = data.split_train_val(text, 0.9)
-    for name, part in (("training", train_text), ("validation", val_text)):
+    train_text, val_text = data.split_train_val(text, 0.9) if corpus_run is None else ("", "")
+    for name, part in (("training", train_text), ("validation", val_text)) if corpus_run is None else ():
         have = len(tokenizer.encode(part, allowed_special={"<|endoftext|>"}))
         if have <= args.context_length:
             raise UsageError(f"training text {args.data or '(the default)'} is too short: its {name} part "
@@ -457,17 +485,26 @@ def run(args):
     # ---- from here on the input is valid
     print(description, flush=True)
     print(setup_threads(args.threads, warm_up=True), flush=True)
-    n_tokens = len(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))
-    print(f"Characters: {len(text)} Tokens: {n_tokens}", flush=True)
+    if corpus_run is None:
+        n_tokens = len(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))
+        print(f"Characters: {len(text)} Tokens: {n_tokens}", flush=True)
 
     manual_seed(args.seed)
-    loader_rng = np.random.default_rng(args.seed)
-    train_loader = data.create_dataloader_v1(train_text, batch_size=args.batch_size,
-                                             max_length=args.context_length, stride=args.context_length,
-                                             shuffle=True, drop_last=True, tokenizer=tokenizer, rng=loader_rng)
-    val_loader = data.create_dataloader_v1(val_text, batch_size=args.batch_size,
-                                           max_length=args.context_length, stride=args.context_length,
-                                           shuffle=False, drop_last=False, tokenizer=tokenizer)
+    if corpus_run is None:
+        loader_rng = np.random.default_rng(args.seed)
+        train_loader = data.create_dataloader_v1(train_text, batch_size=args.batch_size,
+                                                 max_length=args.context_length, stride=args.context_length,
+                                                 shuffle=True, drop_last=True, tokenizer=tokenizer, rng=loader_rng)
+        val_loader = data.create_dataloader_v1(val_text, batch_size=args.batch_size,
+                                               max_length=args.context_length, stride=args.context_length,
+                                               shuffle=False, drop_last=False, tokenizer=tokenizer)
+        if dp is not None:
+            train_loader, val_loader = pretrain_corpus.slice_loaders(train_loader, val_loader, dp)
+    else:
+        train_loader, val_loader = corpus_run.loaders(args, *((dp.rank, dp.world) if dp else (0, 1)))
+    if dp is not None:
+        print(f"Data parallel: {dp.world} MPI ranks ({dp.local_world} on this machine) x {args.threads} threads, "
+              f"{args.batch_size // dp.world} of each batch's {args.batch_size} rows per rank", flush=True)
     if len(train_loader) < args.accum_steps:
         raise UsageError(f"the training text gives {len(train_loader)} batches of {args.batch_size}, "
                          f"fewer than --accum-steps {args.accum_steps}; lower --batch-size or --accum-steps")
@@ -486,6 +523,8 @@ def run(args):
             state = ckpt_mod.restore_checkpoint(ckpt, model, optimizer, rngs)
         except ckpt_mod.CheckpointError as e:
             raise UsageError(str(e)) from None
+        if corpus_run is not None:
+            state = pretrain_corpus.continue_finished_run(state, args)
         saved_kernels = ckpt.config.get("kernels")
         note = (f"; note: it was trained with the {saved_kernels} kernels, these are {get_backend()}, "
                 "so the last bits may differ" if saved_kernels and saved_kernels != get_backend() else "")
@@ -498,7 +537,8 @@ def run(args):
     config = {"model": args.model, "model_config": cfg,
               "run": {**{k: getattr(args, k) for k in RUN_KEYS}, "epochs": args.epochs},
               "data": {"path": os.path.abspath(os.path.expanduser(args.data)) if args.data else None,
-                       "sha256": text_sha, "characters": len(text)},
+                       "sha256": text_sha, "characters": len(text)} if corpus_run is None else corpus_run.data_config,
+              **({"corpus": pretrain_corpus.corpus_config(args)} if corpus_run is not None else {}),
               "kernels": get_backend(),
               "options": {"out": os.path.abspath(args.out), "save_every": every, "threads": args.threads,
                           "log_grad_norms": args.log_grad_norms, "no_plot": args.no_plot}}
@@ -506,6 +546,14 @@ def run(args):
                                 len(train_loader), args.accum_steps, args.epochs,
                                 last_path=ckpt.path if ckpt is not None else None,
                                 last_step=state.global_step if ckpt is not None else None)
+    checkpointer.dp = dp
+    on_step = checkpointer.on_step
+    if dp is not None and cfg.get("drop_rate", 0) > 0:      # each rank its own dropout masks
+        dp.reseed_dropout(default_rng(), args.seed, state.global_step + 1)
+
+        def on_step(state):
+            dp.reseed_dropout(default_rng(), args.seed, state.global_step + 1)
+            checkpointer.on_step(state)
     if save_dir is not None:
         if Path(save_dir).is_dir():
             ckpt_mod.prune(save_dir)              # what a kill -9 mid-save or mid-prune left behind
@@ -515,7 +563,7 @@ def run(args):
               "(--save-dir DIR saves as training goes)", flush=True)
 
     total_steps = args.epochs * (len(train_loader) // args.accum_steps)
-    progress = Progress(total_steps, enabled=args.progress)
+    progress = Progress(total_steps, enabled=args.progress if dp is None or dp.rank == 0 else False)
     start, start_tokens = time.perf_counter(), state.tokens_seen
     try:
         with _SignalHandlers(checkpointer):
@@ -523,7 +571,7 @@ def run(args):
                                 args.eval_iter, args.start_context, tokenizer, state=state, peak_lr=args.lr,
                                 warmup_steps=args.warmup_steps, min_lr=args.min_lr, grad_clip=args.grad_clip,
                                 accum_steps=args.accum_steps, log_grad_norms=args.log_grad_norms,
-                                progress=progress, on_step=checkpointer.on_step)
+                                progress=progress, on_step=on_step, data_parallel=dp)
             if save_dir is not None or checkpointer.signum is not None:
                 checkpointer.save(state)          # at the end (on_step has usually done it)
             if checkpointer.signum is not None:
@@ -557,9 +605,12 @@ def run(args):
     session_tokens = state.tokens_seen - start_tokens
     print(f"Summary: {model.num_parameters():,} parameters, {steps} steps, {state.tokens_seen:,} tokens, "
           f"{minutes * 60:.1f} s, {session_tokens / max(minutes * 60, 1e-9):,.0f} tokens/s")
+    if dp is not None:
+        print(f"Allreduce: {dp.allreduce_seconds / max(dp.steps, 1):.4f} s per step over {dp.steps} steps "
+              f"({dp.buffer.nbytes / 1e6 if dp.buffer is not None else 0:.1f} MB of float32 gradients)")
     if checkpointer.last_path is not None and save_dir is not None:
         print(f"Checkpoint saved to {checkpointer.last_path}")
-    if not args.no_plot and state.train_losses:
+    if not args.no_plot and state.train_losses and (dp is None or dp.rank == 0):
         try:
             os.makedirs(args.out, exist_ok=True)
             epochs_seen = np.linspace(0, args.epochs, len(state.train_losses))

@@ -122,12 +122,14 @@ class Progress:
 def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_freq, eval_iter,
                 start_context, tokenizer, *, state=None, peak_lr=None, warmup_steps=0, min_lr=None,
                 grad_clip=None, accum_steps=1, log_grad_norms=False, on_step=None, progress=None,
-                out=None):
+                out=None, data_parallel=None):
     """The book's train_model_simple, resumable, with appendix D's options. Returns the state.
 
     on_step(state) runs after every optimizer step and its evaluation, and once more at each
     epoch's end, after the sample (checkpoints hook in here: the state then is complete). A
     NaN or infinite loss or gradient raises NonFiniteLossError before the optimizer step.
+    data_parallel (distributed.DataParallel): each process's batches are its slice of the
+    global batch; its reduce_step averages gradients and losses over the processes.
     """
     out = sys.stdout if out is None else out
     state = TrainState() if state is None else state
@@ -159,6 +161,8 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
                 loss.backward()
                 step_loss += loss.item()
                 step_tokens += input_batch.size
+            if data_parallel is not None:        # one Allreduce: the global batch's mean gradient
+                step_loss, step_tokens = data_parallel.reduce_step(params, step_loss, step_tokens)
             if not math.isfinite(step_loss):
                 raise NonFiniteLossError(step, "the loss")
             # per-block norms before clipping, so that they add up to the global norm printed
@@ -180,6 +184,8 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
 
             if step % eval_freq == 0:            # the book's evaluation, printed as the book
                 train_loss, val_loss = evaluate_model(model, train_loader, val_loader, eval_iter=eval_iter)
+                if data_parallel is not None:
+                    train_loss, val_loss = data_parallel.average_eval(train_loss, val_loss)
                 state.train_losses.append(train_loss)
                 state.val_losses.append(val_loss)
                 state.track_tokens_seen.append(state.tokens_seen)

@@ -1,0 +1,156 @@
+"""What `pretrain.py` adds for a prepared corpus (`--data DIR`) and for `mpirun -n N`.
+
+The training loop is train.train_model, unchanged: a corpus is one long "epoch" of
+--max-steps steps whose batches come from corpus.CorpusLoader; under MPI each process's
+loaders yield its slice of every global batch, and distributed.DataParallel averages the
+gradients. This module holds the flags, the checks and the loaders; pretrain.run calls it.
+"""
+import math
+import os
+import sys
+from pathlib import Path
+
+from . import corpus as C
+from . import distributed
+
+DEFAULT_MAX_STEPS = 1000
+
+
+def add_arguments(p):
+    g = p.add_argument_group("a prepared corpus (--data DIR, see examples/prepare_data.py)")
+    g.add_argument("--order", choices=C.ORDERS, default=None,
+                   help="random windows from a seeded generator, or the shards in order (default: random)")
+    g.add_argument("--max-steps", type=int, default=None, help=f"optimizer steps (default: {DEFAULT_MAX_STEPS})")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="train on this many tokens instead (rounded up to whole steps)")
+
+
+def is_corpus(args):
+    return args.data is not None and Path(args.data).expanduser().is_dir()
+
+
+class CorpusRun:
+    def __init__(self, directory, manifest, streams):
+        self.directory, self.manifest, self.streams = directory, manifest, streams
+
+    @property
+    def data_config(self):
+        return {"path": str(self.directory), "corpus": True, "sha256": self.manifest["sha256"],
+                "train_tokens": len(self.streams["train"]), "val_tokens": len(self.streams["val"])}
+
+    @property
+    def description(self):
+        m = self.manifest
+        return (f"Using the corpus {self.directory}: {len(self.streams['train']):,} train tokens in "
+                f"{len(m['splits']['train']['shards'])} shards, {len(self.streams['val']):,} val tokens, "
+                f"from {len(m.get('inputs', []))} files (memory-mapped)")
+
+    def loaders(self, args, rank=0, world=1):
+        """The training loader (args.max_steps steps) and the validation loader (its whole
+        split, in order), each yielding this rank's rows."""
+        train = C.CorpusLoader(self.streams["train"], args.batch_size, args.context_length, order=args.order,
+                               rng=args.seed, num_batches=args.max_steps * args.accum_steps,
+                               eval_seed=args.seed + 1, rank=rank, world=world)
+        val = C.CorpusLoader(self.streams["val"], args.batch_size, args.context_length, order="sequential",
+                             rank=rank, world=world)
+        return train, val
+
+
+def open_run(args, ckpt, usage_error):
+    """--data DIR: open and check the corpus, settle --order/--max-steps (from the checkpoint
+    on --resume); returns a CorpusRun, or None when --data is not a directory."""
+    if not is_corpus(args):
+        for flag in ("order", "max_steps", "max_tokens"):
+            if getattr(args, flag) is not None:
+                raise usage_error(f"--{flag.replace('_', '-')} needs --data DIR, a corpus prepared by "
+                                  "examples/prepare_data.py")
+        return None
+    directory = Path(args.data).expanduser().resolve()
+    try:
+        manifest, streams = C.open_corpus(directory)
+    except C.CorpusError as e:
+        raise usage_error(str(e)) from None
+    if ckpt is not None:
+        saved = ckpt.config.get("data", {})
+        if saved.get("sha256") != manifest["sha256"]:
+            raise usage_error(f"the corpus {directory} is not the one checkpoint {ckpt.path} was trained on "
+                              f"({saved.get('path')}); fix: pass --data with that corpus")
+        stored = ckpt.config.get("corpus", {})
+        if args.order is not None and args.order != stored.get("order"):
+            raise usage_error(f"--order {args.order} conflicts with the checkpoint {ckpt.path}, trained with "
+                              f"--order {stored.get('order')}; drop --order")
+        args.order = stored.get("order", "random")
+        if args.max_steps is None and args.max_tokens is None:
+            args.max_steps = int(stored.get("max_steps", DEFAULT_MAX_STEPS))
+    args.order = args.order or "random"
+    if args.max_steps is not None and args.max_tokens is not None:
+        raise usage_error("--max-steps and --max-tokens both given; pass one")
+    if args.max_tokens is not None:
+        if args.max_tokens < 1:
+            raise usage_error(f"--max-tokens {args.max_tokens} is out of range: it must be at least 1")
+        args.max_steps = math.ceil(args.max_tokens / (args.batch_size * args.accum_steps * args.context_length))
+    args.max_steps = DEFAULT_MAX_STEPS if args.max_steps is None else args.max_steps
+    if args.max_steps < 1:
+        raise usage_error(f"--max-steps {args.max_steps} is out of range: it must be at least 1")
+    if ckpt is not None:
+        done = int(ckpt.meta["train_state"]["global_step"]) + 1
+        if args.max_steps < done:
+            raise usage_error(f"--max-steps {args.max_steps} is below the {done} steps the checkpoint "
+                              f"{ckpt.path} has taken; pass --max-steps {done} or more")
+    if "epochs" in getattr(args, "explicit", ()) and args.epochs != 1:
+        raise usage_error("--epochs has no meaning for a corpus (it has no epoch); use --max-steps or --max-tokens")
+    args.epochs = 1
+    for split in C.SPLITS:
+        if len(streams[split]) <= args.context_length:
+            raise usage_error(f"the corpus {directory} has {len(streams[split])} {split} tokens, one window "
+                              f"needs {args.context_length + 1}; fix: prepare more text or lower --context-length")
+    val_windows = (len(streams["val"]) - 1) // args.context_length
+    if val_windows < args.batch_size:
+        raise usage_error(f"the corpus {directory}'s val split has {val_windows} windows of {args.context_length} "
+                          f"tokens, fewer than one batch of {args.batch_size}; fix: prepare it with a larger "
+                          "--val-fraction, or lower --batch-size")
+    return CorpusRun(directory, manifest, streams)
+
+
+def corpus_config(args):
+    return {"order": args.order, "max_steps": args.max_steps}
+
+
+def continue_finished_run(state, args):
+    """A finished corpus run resumed with a larger --max-steps: back into its one "epoch"."""
+    if state.epoch >= 1 and state.global_step + 1 < args.max_steps:
+        state.epoch, state.order, state.batch = 0, [], (state.global_step + 1) * args.accum_steps
+    return state
+
+
+# ----------------------------------------------------------------------------- data parallel
+def init_data_parallel(usage_error):
+    try:
+        return distributed.init()
+    except distributed.MPIUnavailable as e:
+        raise usage_error(str(e)) from None
+
+
+def check_data_parallel(args, dp, usage_error):
+    """Batch divisible by the ranks; --threads per rank (default: this machine's cores
+    shared out); a warning when ranks x threads exceed the cores."""
+    if dp is None:
+        return
+    if args.batch_size % dp.world:
+        raise usage_error(f"--batch-size {args.batch_size} is not divisible by the {dp.world} MPI ranks; "
+                          f"fix: pass a multiple of {dp.world}")
+    cores = os.cpu_count() or 1
+    if args.threads is None:
+        args.threads = max(1, cores // dp.local_world)
+    elif args.threads * dp.local_world > cores and dp.rank == 0:
+        print(f"pretrain.py: warning: {dp.local_world} ranks x {args.threads} threads on this machine exceed its "
+              f"{cores} cores; the threads will compete (pass --threads {max(1, cores // dp.local_world)})",
+              file=sys.stderr, flush=True)
+
+
+def slice_loaders(train_loader, val_loader, dp):
+    """The book's loaders under MPI: each rank its rows of every batch."""
+    train = distributed.RankSlice(train_loader, dp.rank, dp.world)
+    val = distributed.RankSlice(val_loader, dp.rank, dp.world)
+    dp.val_sliced = val.even
+    return train, val
