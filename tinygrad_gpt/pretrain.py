@@ -314,6 +314,8 @@ class _SignalHandlers:
     def _handle(self, signum, frame):
         if self.ckpt.signum is None:
             self.ckpt.signum = signum
+            if self.ckpt.dp is not None and self.ckpt.dp.rank != 0:
+                return                           # mpirun signals every rank; rank 0 says it
             # os.write, not print: a handler may run in the middle of a print to the same stream
             os.write(2, f"\n{signal.Signals(signum).name} received: saving a checkpoint after the current "
                         "step (send it again to stop without saving)\n".encode())

@@ -1,0 +1,116 @@
+"""mpirun -n 2 on localhost: data parallel reproduces the single process.
+
+With dropout 0, 2 ranks x 1 row of each batch print the same loss lines as 1 process with
+batch 2 (the gradients are averaged in one Allreduce; the sums run in another order, so the
+parameters agree to float32 rounding, not bit for bit). SIGTERM to mpirun ends every rank
+with one checkpoint, and mpirun --resume continues the run.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py")          # CI installs the mpi extra: pip install -e ".[mpi]"
+
+import safetensors.numpy
+
+from tinygrad_gpt import checkpoint as C
+
+from test_checkpoint import ep_lines
+from test_pretrain_cli import cli, env
+from test_pretrain_corpus import corpus_dir  # noqa: F401  (the fixture)
+from test_corpus import STORY
+
+RUN = ["--model", "tiny", "--context-length", "16", "--batch-size", "2", "--no-plot", "--threads", "1",
+       "--kernels", "numpy", "--eval-freq", "3", "--eval-iter", "3", "--lr", "3e-3", "--drop-rate", "0"]
+
+
+def mpirun():
+    """The mpirun beside this Python (the mpich wheel installs it there), else on PATH."""
+    here = Path(sys.executable).parent / "mpirun"
+    found = str(here) if here.exists() else shutil.which("mpirun")
+    assert found, "mpi4py is installed but no mpirun was found: pip install mpich"
+    version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
+    extra = ["--allow-run-as-root", "--oversubscribe"] if "Open MPI" in version else []
+    return [found, *extra]
+
+
+def mpi_env():
+    e = env()
+    e["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), e.get("PATH", "")])
+    return e
+
+
+def run(cmd, cwd):
+    r = subprocess.run(cmd, cwd=cwd, env=mpi_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout
+
+
+def params(ckpt):
+    return safetensors.numpy.load_file(str(Path(ckpt) / C.MODEL_FILE))
+
+
+def assert_close_models(a, b):
+    pa, pb = params(a), params(b)
+    worst = max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa)
+    print("worst parameter difference", worst)
+    assert worst < 1e-4
+
+
+@pytest.mark.parametrize("data", ["corpus", "text"])
+def test_two_ranks_with_one_row_each_print_the_lines_of_one_process_with_batch_2(tmp_path, corpus_dir, data):
+    if data == "text":
+        path = tmp_path / "story.txt"
+        path.write_text(STORY[:6000], encoding="utf-8")
+        extra = ["--data", path, "--epochs", "2"]
+    else:
+        extra = ["--data", corpus_dir, "--max-steps", "12"]
+    one = run(cli(*RUN, *extra, "--save-dir", tmp_path / "one"), tmp_path)
+    two = run([*mpirun(), "-n", "2", *cli(*RUN, *extra, "--save-dir", tmp_path / "two")], tmp_path)
+    print(two)
+    assert "Data parallel: 2 MPI ranks" in two and "Allreduce:" in two
+    assert len(ep_lines(one)) >= 4
+    assert ep_lines(two) == ep_lines(one)
+    assert two.count("Training completed") == 1, "only rank 0 prints"
+    assert_close_models(C.latest_checkpoint(tmp_path / "one"), C.latest_checkpoint(tmp_path / "two"))
+
+
+def test_sigterm_to_mpirun_saves_one_checkpoint_and_mpirun_resume_continues(tmp_path, corpus_dir):
+    steps = ["--data", corpus_dir, "--max-steps", "30"]
+    one = run(cli(*RUN, *steps, "--save-dir", tmp_path / "one"), tmp_path)
+    save = tmp_path / "ck"
+    proc = subprocess.Popen([*mpirun(), "-n", "2", *cli(*RUN, *steps, "--save-dir", save, "--save-every", "1000")],
+                            cwd=tmp_path, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Ep 1 (Step 000003)"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    print(err)
+    assert proc.returncode == 143, err
+    assert err.count("Interrupted by SIGTERM") == 1 and "Resume with: mpirun -n 2" in err
+    saved = C.list_checkpoints(save)
+    assert len(saved) == 1
+    resumed = run([*mpirun(), "-n", "2", *cli("--resume", save, "--no-plot")], tmp_path)
+    assert f"Resuming from {saved[0][1]}" in resumed
+    before = {l[:19]: l for l in ep_lines("".join(lines) + out)}
+    after = {l[:19]: l for l in ep_lines(resumed)}
+    assert {**before, **after} == {l[:19]: l for l in ep_lines(one)}
+    assert_close_models(C.latest_checkpoint(tmp_path / "one"), C.latest_checkpoint(save))
+
+
+def test_a_batch_not_divisible_by_the_ranks_is_one_line_exit_2(tmp_path, corpus_dir):
+    r = subprocess.run([*mpirun(), "-n", "2", *cli(*RUN, "--batch-size", "3", "--data", corpus_dir)],
+                       cwd=tmp_path, env=mpi_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("pretrain.py: error: --batch-size 3 is not divisible by the 2 MPI ranks") == 1
+
