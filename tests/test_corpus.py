@@ -191,6 +191,13 @@ def test_skip_bad_skips_binary_files_and_lists_them(tmp_path):
     assert len(m["inputs"]) == 6
 
 
+def test_exclude_leaves_out_matching_directories(tmp_path):
+    make_docs(tmp_path)
+    assert prepare(tmp_path / "docs", "--out", tmp_path / "c", "--exclude", "nested") == 0
+    names = sorted(Path(e["path"]).name for e in C.read_manifest(tmp_path / "c")["inputs"])
+    assert names == ["doc0.txt", "doc1.txt", "doc3.txt", "doc4.txt"]
+
+
 def test_the_example_script_runs_as_a_subprocess(tmp_path):
     make_docs(tmp_path)
     r = subprocess.run([sys.executable, str(REPO / "examples" / "prepare_data.py"), str(tmp_path / "docs" / "*.txt"),

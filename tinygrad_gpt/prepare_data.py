@@ -9,6 +9,7 @@ The corpus format is documented in tinygrad_gpt/corpus.py.
 """
 import argparse
 import datetime
+import fnmatch
 import glob
 import hashlib
 import os
@@ -38,6 +39,9 @@ def build_parser():
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the tokens that validate")
     p.add_argument("--ext", default=DEFAULT_EXT,
                    help="comma-separated file endings taken from directories, e.g. .txt,.md,.py")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out files under directories whose path or a part of it matches GLOB "
+                        "(e.g. site-packages, 'test*'); repeatable")
     p.add_argument("--shard-tokens", type=int, default=C.DEFAULT_SHARD_TOKENS, help="tokens per shard")
     p.add_argument("--threads", type=int, default=None, help="tokenizer threads (default: all cores)")
     p.add_argument("--skip-bad", action="store_true",
@@ -49,7 +53,12 @@ def build_parser():
 
 
 # ----------------------------------------------------------------------------- inputs
-def expand_inputs(inputs, exts):
+def _excluded(rel, patterns):
+    return any(fnmatch.fnmatch(str(rel), pat) or any(fnmatch.fnmatch(part, pat) for part in rel.parts)
+               for pat in patterns)
+
+
+def expand_inputs(inputs, exts, exclude=()):
     """The input files, in a stable order, each once."""
     files, seen = [], set()
 
@@ -65,7 +74,8 @@ def expand_inputs(inputs, exts):
             add(p)
         elif p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(exts)
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                           and not _excluded(f.relative_to(p), exclude))
             if not found:
                 raise C.CorpusError(f"directory {p} has no file ending in {', '.join(exts)}; fix: pass "
                                     "--ext with the endings its text files have")
@@ -200,7 +210,7 @@ def prepare(args):
         raise C.CorpusError(f"--val-fraction {args.val_fraction} is out of range: it must be in (0, 1)")
     if args.shard_tokens < 1:
         raise C.CorpusError(f"--shard-tokens {args.shard_tokens} is out of range: it must be at least 1")
-    files = expand_inputs(args.inputs, args.exts)
+    files = expand_inputs(args.inputs, args.exts, args.exclude)
     d = check_out_dir(args.out)
     if not args.force:
         m = up_to_date(d, files, args)
