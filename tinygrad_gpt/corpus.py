@@ -21,7 +21,6 @@ run removes what it left and starts over (the output is a function of the inputs
 Training reads the shards through np.memmap: a batch copies B windows of T+1 tokens out of
 the page cache, so the process's own memory does not grow with the corpus.
 """
-import datetime
 import hashlib
 import json
 import os
@@ -30,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tokenizer import (ENCODER_JSON_SHA256, ENDOFTEXT_ID, GPT2_VOCAB_SIZE, VOCAB_BPE_SHA256,
-                        get_gpt2_tokenizer)
+from .tokenizer import ENCODER_JSON_SHA256, ENDOFTEXT_ID, GPT2_VOCAB_SIZE, VOCAB_BPE_SHA256
 
 FORMAT = "tinygrad_gpt corpus"
 VERSION = 1
