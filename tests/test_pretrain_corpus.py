@@ -132,4 +132,4 @@ def test_a_directory_without_a_manifest_is_refused(tmp_path, capsys):
     (tmp_path / "d").mkdir()
     assert run_cli(*TINY, "--data", tmp_path / "d") == 2
     err = capsys.readouterr().err
-    assert "is not a corpus (no manifest.json)" in err and "prepare_data.py" in err
+    assert "is a directory, not a corpus (no manifest.json)" in err and "prepare_data.py" in err

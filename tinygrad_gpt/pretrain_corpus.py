@@ -66,6 +66,10 @@ def open_run(args, ckpt, usage_error):
                                   "examples/prepare_data.py")
         return None
     directory = Path(args.data).expanduser().resolve()
+    if not (directory / C.MANIFEST).is_file():
+        raise usage_error(f"training text {directory} is a directory, not a corpus (no {C.MANIFEST}); fix: pass "
+                          "a UTF-8 text file, or prepare a corpus there with examples/prepare_data.py INPUT... "
+                          f"--out {directory}")
     try:
         manifest, streams = C.open_corpus(directory)
     except C.CorpusError as e:
