@@ -31,9 +31,15 @@ class _Parser(argparse.ArgumentParser):
         raise C.CorpusError(f"{message} (see --help)")
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action):        # no "(default: None)" after a help that says it
+        if action.default in (None, False, []):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
-    p = _Parser(prog="prepare_data.py", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(prog="prepare_data.py", description=__doc__, formatter_class=_Formatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="text files, directories or globs")
     p.add_argument("--out", required=True, metavar="DIR", help="the corpus directory")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the tokens that validate")
