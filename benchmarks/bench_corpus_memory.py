@@ -3,8 +3,10 @@
 Writes two synthetic corpora of random GPT-2 token IDs in the corpus format (a small one
 and one of --gb gigabytes; tokenizing gigabytes of text would take an hour here, and the
 loader never looks at how the tokens were made), trains the same tiny model for --steps
-steps from each with random windows, and prints each run's peak resident memory (the
-kernel's ru_maxrss for the child, which counts the memory-mapped pages it touched too).
+steps from each with random windows, and prints each run's peak resident memory, sampled
+from /proc/PID/status every 50 ms: VmRSS, and its two parts, RssAnon (the process's own
+memory) and RssFile (pages of mapped files, the shards among them, which the kernel can
+drop at any time). Not ru_maxrss: for a child it includes the parent's size at the fork.
 
     flock /tmp/bench.lock python benchmarks/bench_corpus_memory.py --gb 4
 """
@@ -16,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -74,12 +77,25 @@ def train(corpus, steps, out):
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
+    peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    while proc.poll() is None:                  # sample the child's own memory (kB), after its exec
+        try:
+            for line in open(f"/proc/{proc.pid}/status"):
+                key = line.split(":")[0]
+                if key in peak:
+                    peak[key] = max(peak[key], int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    reader.join()
+    output = "".join(lines)
+    if proc.returncode != 0:
         raise SystemExit(output[-3000:])
     m = re.search(r"([\d,]+) tokens/s", output)
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0, m.group(1) if m else "?"
+    return {k: v / 1024 for k, v in peak.items()}, time.perf_counter() - t0, m.group(1) if m else "?"
 
 
 def main():
@@ -101,11 +117,14 @@ def main():
             rows.append((name, tokens, size, made, rss, secs, tps))
             shutil.rmtree(d)
         print(f"\ntiny model, context 64, batch 8, random windows, {args.steps} steps, 2 threads\n")
-        print("| corpus | train tokens | on disk (GB) | written in (s) | peak RSS (MiB) | run (s) | tokens/s |")
-        print("|---|---|---|---|---|---|---|")
+        print("| corpus | train tokens | on disk (GB) | written in (s) | peak VmRSS (MiB) | RssAnon | RssFile "
+              "| run (s) | tokens/s |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, tokens, size, made, rss, secs, tps in rows:
-            print(f"| {name} | {tokens:,} | {size:.2f} | {made:.1f} | {rss:.0f} | {secs:.1f} | {tps} |")
-        print(f"\npeak RSS large / small: {rows[1][4] / rows[0][4]:.3f}")
+            print(f"| {name} | {tokens:,} | {size:.2f} | {made:.1f} | {rss['VmRSS']:.0f} | {rss['RssAnon']:.0f} | "
+                  f"{rss['RssFile']:.0f} | {secs:.1f} | {tps} |")
+        for key in ("VmRSS", "RssAnon", "RssFile"):
+            print(f"peak {key} large / small: {rows[1][4][key] / rows[0][4][key]:.3f}")
     finally:
         if not args.dir:
             shutil.rmtree(root, ignore_errors=True)
