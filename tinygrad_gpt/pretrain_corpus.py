@@ -46,13 +46,14 @@ class CorpusRun:
                 f"from {len(m.get('inputs', []))} files (memory-mapped)")
 
     def loaders(self, args, rank=0, world=1):
-        """The training loader (args.max_steps steps) and the validation loader (its whole
-        split, in order), each yielding this rank's rows."""
+        """The training loader (args.max_steps steps) and the validation loader, each yielding
+        this rank's rows. Each evaluation takes the same random windows from across its
+        split (not the split's first windows, which would measure one document)."""
         train = C.CorpusLoader(self.streams["train"], args.batch_size, args.context_length, order=args.order,
                                rng=args.seed, num_batches=args.max_steps * args.accum_steps,
                                eval_seed=args.seed + 1, rank=rank, world=world)
-        val = C.CorpusLoader(self.streams["val"], args.batch_size, args.context_length, order="sequential",
-                             rank=rank, world=world)
+        val = C.CorpusLoader(self.streams["val"], args.batch_size, args.context_length, order="random",
+                             eval_seed=args.seed + 2, rank=rank, world=world)
         return train, val
 
 
