@@ -15,9 +15,7 @@ from tinygrad_gpt.data import (SAMPLE_TEXT_PATH, DataError, DataLoader, GPTDatas
                                create_dataloader_v1, load_training_text, split_train_val)
 from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
 
-VERDICT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "the-verdict.txt"
-needs_verdict = pytest.mark.skipif(not VERDICT.is_file(),
-                                   reason=f"{VERDICT} is absent (shared test data)")
+from helpers import VERDICT, needs_verdict
 
 
 @pytest.fixture(autouse=True)

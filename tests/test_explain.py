@@ -11,6 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from helpers import require
+
 from tinygrad_gpt import Function, GPTModel, get_config, manual_seed
 from tinygrad_gpt import explain
 
@@ -319,14 +321,14 @@ def test_dot_labels_escape_quotes_and_backslashes():
 
 
 def test_dot_parses_with_pydot_when_installed(traced):
-    pydot = pytest.importorskip("pydot")
+    pydot = require("pydot")
     model, trace, _ = traced
     (graph,) = pydot.graph_from_dot_data(explain.to_dot(trace, model))
     assert graph.get_name() == "backward"
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 def test_cli_dot_writes_the_graph_and_graphviz_renders_it(tmp_path):
+    require("dot", program=True)                               # Graphviz
     path = tmp_path / "graph.dot"
     code, out = run_cli("--context-length", "8", "--depth", "0", "--no-expand", "--dot", str(path))
     assert code == 0

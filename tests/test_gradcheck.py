@@ -6,20 +6,10 @@ import pytest
 import tinygrad_gpt.functional as F
 from tinygrad_gpt import Function, GradcheckError, Tensor, gradcheck
 from tinygrad_gpt.gradcheck import max_gradcheck_error
-from tinygrad_gpt.kernels import get_backend, reference, set_backend
 
 
 def leaf(shape, seed=0):
     return Tensor(np.random.default_rng(seed).standard_normal(shape), requires_grad=True)
-
-
-@pytest.fixture
-def numpy_kernels():
-    """Monkeypatching reference.py only matters while the NumPy backend is active."""
-    previous = get_backend()
-    set_backend("numpy")
-    yield reference
-    set_backend(previous)
 
 
 # ----------------------------------------------------------------------------- wrong backwards

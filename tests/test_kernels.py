@@ -9,7 +9,9 @@ import inspect
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
+from helpers import require
+
+require("numba")
 
 from tinygrad_gpt.kernels import numba_cpu as NB      # noqa: E402
 from tinygrad_gpt.kernels import reference as R       # noqa: E402

@@ -13,8 +13,7 @@ from tinygrad_gpt import Tensor, manual_seed, no_grad
 from tinygrad_gpt.nn import (GELU, Dropout, Embedding, FeedForward, LayerNorm, Linear, Module,
                              MultiHeadAttention, Parameter, Sequential, TransformerBlock)
 
-CFG = {"vocab_size": 11, "context_length": 6, "emb_dim": 8, "n_heads": 2, "n_layers": 2,
-       "drop_rate": 0.0, "qkv_bias": True}
+from helpers import MICRO as CFG
 
 
 def randn(*shape, seed=0, dtype=np.float64):

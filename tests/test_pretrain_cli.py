@@ -24,7 +24,7 @@ import pytest
 from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt import pretrain
 
-from test_checkpoint import TINY, assert_same_run, ep_lines, isolated, run_cli, small_text
+from helpers import TINY, assert_same_run, ep_lines, isolated, run_cli, small_text
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "pretrain.py"

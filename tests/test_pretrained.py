@@ -13,6 +13,8 @@ import urllib.error
 
 import numpy as np
 import pytest
+
+from helpers import require
 from safetensors.numpy import load_file, save_file
 
 from tinygrad_gpt import GPTModel, no_grad
@@ -316,8 +318,8 @@ def test_save_pretrained_leaves_a_tied_head_out(tmp_path):
 
 # ----------------------------------------------------------------------------- transformers as a second oracle
 def hf_logits(directory, ids):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require("torch")
+    transformers = require("transformers")
     model, info = transformers.GPT2LMHeadModel.from_pretrained(str(directory), output_loading_info=True)
     model.eval()
     with torch.no_grad():

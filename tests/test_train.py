@@ -19,39 +19,18 @@ from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
 from tinygrad_gpt.train import (calc_loss_batch, calc_loss_loader, evaluate_model,
                                 generate_and_print_sample, train_model_simple)
 
+from helpers import MICRO, VERDICT, PairDataset, micro_model, needs_verdict
+
 tensor_module = importlib.import_module("tinygrad_gpt.tensor")   # tinygrad_gpt.tensor is the function
 
-VERDICT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "the-verdict.txt"
-needs_verdict = pytest.mark.skipif(not VERDICT.is_file(),
-                                   reason=f"{VERDICT} is absent (the book's text, shared test data)")
 
 EVAL_LINE = re.compile(r"^Ep \d+ \(Step \d{6}\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}$")
-MICRO = {"vocab_size": 11, "context_length": 6, "emb_dim": 8, "n_heads": 2, "n_layers": 2,
-         "drop_rate": 0.0, "qkv_bias": True}
-
-
-def micro_model(seed=0, **overrides):
-    manual_seed(seed)
-    return GPTModel({**MICRO, **overrides})
 
 
 def batches(n, B=2, T=6, vocab=11, seed=0):
     """A loader for the book's loop: a list of (inputs, targets) int64 pairs, (B, T) each."""
     rng = np.random.default_rng(seed)
     return [(rng.integers(0, vocab, (B, T)), rng.integers(0, vocab, (B, T))) for _ in range(n)]
-
-
-class PairDataset:
-    """Fixed (inputs, targets) rows, (n, T) each, indexable by an array as GPTDatasetV1."""
-
-    def __init__(self, inputs, targets):
-        self.input_ids, self.target_ids = inputs, targets
-
-    def __len__(self):
-        return len(self.input_ids)
-
-    def __getitem__(self, idx):
-        return self.input_ids[idx], self.target_ids[idx]
 
 
 def loader(n, B=2, T=6, vocab=11, seed=0):
