@@ -160,19 +160,19 @@ def test_eos_stops_without_appending_it(use_cache):
 def test_eos_in_a_batch_pads_finished_rows_and_stops_when_all_are_done():
     model = tiny_model(seed=11)
     idx = prompt(B=2, T=4, seed=11)
-    free = generate(model, idx, 20, 12)
-    eos = int(free[0, 4 + 2])
+    free = generate(model, idx, 20, 12)                                   # greedy: deterministic
+    # eos: a token both rows draw, first at different steps (so one row is padded while the other runs)
+    first = {t: [int(np.flatnonzero(free[b, 4:] == t)[0]) for b in range(2)]
+             for t in set(free[0, 4:].tolist()) & set(free[1, 4:].tolist())}
+    eos = min((t for t, f in first.items() if f[0] != f[1]), key=lambda t: max(first[t]))
+    f = first[eos]
     out = generate(model, idx, 20, 12, eos_id=eos)
+    # stops at the step where the last row draws eos, without appending it (as the book)
+    assert out.shape == (2, 4 + max(f)) and max(f) < 20
     for b in range(2):
-        row = out[b, 4:]
-        hits = np.flatnonzero(row == eos)
-        if len(hits):                                                     # eos, then only eos
-            assert (row[hits[0]:] == eos).all()
-            np.testing.assert_array_equal(row[:hits[0]], free[b, 4:4 + hits[0]])
-    if out.shape[1] < 24:                 # stopped early: every row finished; as the book, the
-        n = out.shape[1]                   # eos that ends the last row(s) is not appended
-        for b in range(2):
-            assert (out[b, 4:] == eos).any() or free[b, n] == eos
+        np.testing.assert_array_equal(out[b, :4 + f[b]], free[b, :4 + f[b]])   # the same tokens up to eos
+        assert (out[b, 4 + f[b]:] == eos).all()                               # then only eos (padding)
+    assert (out[int(np.argmin(f)), 4 + min(f):] == eos).sum() == max(f) - min(f) > 0
 
 
 def test_output_is_an_integer_array_of_the_prompts_dtype():

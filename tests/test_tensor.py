@@ -458,5 +458,6 @@ def test_integer_tensor_times_a_float_number_is_not_truncated():
     # as PyTorch: int tensor * 0.5 is a float result, not [0, 0]
     out = Tensor(np.array([1, 2])) * 0.5
     np.testing.assert_array_equal(out.data, [0.5, 1.0])
-    assert Tensor(np.ones(2, np.float32)) * 0.5 is not None
-    assert (Tensor(np.ones(2, np.float32)) * 0.5).dtype == np.float32
+    half = Tensor(np.ones(2, np.float32)) * 0.5        # a float tensor keeps its dtype
+    assert half.dtype == np.float32
+    np.testing.assert_array_equal(half.data, np.float32([0.5, 0.5]))
