@@ -332,8 +332,8 @@ def test_a_signal_without_save_dir_saves_into_out_checkpoints(tmp_path, text_fil
 
 
 def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_bytes(tmp_path, text_file, baseline):
-    """kill -9 three times at seeded random moments after training starts (mid-step,
-    mid-evaluation, mid-save alike); each time the newest checkpoint loads and --resume goes
+    """kill -9 three times, each at a seeded random moment after a new checkpoint appears
+    (mid-step, mid-evaluation, mid-save alike), so every round makes progress; each time the newest checkpoint loads and --resume goes
     on from it. Final parameters, AdamW state, generators and loss history, and every
     printed Ep line, equal the uninterrupted run's."""
     rng = random.Random(int(os.environ.get("KILL_TEST_SEED", "5")))
@@ -341,9 +341,16 @@ def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_b
     fresh = cli(*RUN, "--data", text_file, "--save-dir", save, "--save-every", "2")
     resume = cli("--resume", save)
     table, kills = {}, 0
-    for delay in [rng.uniform(0.3, 2.0) for _ in range(3)]:
-        proc = start(resume if C.latest_checkpoint(save) else fresh, tmp_path)
+    for delay in [rng.uniform(0.0, 0.5) for _ in range(3)]:
+        before = C.latest_checkpoint(save)
+        proc = start(resume if before else fresh, tmp_path)
         lines = read_until(proc, "Checkpoints:")       # training is about to start
+        # Wait for an event, not a clock (a loaded machine may be slow to start): a checkpoint
+        # newer than the one this run began from. Then kill at a seeded random moment after it.
+        deadline = time.monotonic() + 300
+        while C.latest_checkpoint(save) == before and proc.poll() is None:
+            assert time.monotonic() < deadline, "no new checkpoint within 300 s"
+            time.sleep(0.01)
         time.sleep(delay)
         proc.kill()
         out, err = proc.communicate(timeout=60)

@@ -1,6 +1,7 @@
 """The book's chapter-5 training loop: losses, evaluation, printing, and float32 discipline.
 
-The run on the-verdict.txt uses the shared copy of the book's text (skipped when absent);
+The training run uses the bundled sample story, and the shared copy of the book's text
+(the-verdict.txt, skipped when absent);
 the rest uses a micro GPT and hand-made batches so that every printed line can be predicted.
 """
 import importlib
@@ -13,7 +14,7 @@ import pytest
 
 import tinygrad_gpt.functional as F
 from tinygrad_gpt import Function, GPTModel, Tensor, get_config, is_grad_enabled, kernels, manual_seed
-from tinygrad_gpt.data import DataLoader, create_dataloader_v1, split_train_val
+from tinygrad_gpt.data import SAMPLE_TEXT_PATH, DataLoader, create_dataloader_v1, split_train_val
 from tinygrad_gpt.optim import AdamW
 from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
 from tinygrad_gpt.train import (calc_loss_batch, calc_loss_loader, evaluate_model,
@@ -144,10 +145,12 @@ def test_train_model_simple_takes_one_adamw_step_per_batch():
 
 
 # ----------------------------------------------------------------------------- the-verdict.txt
-@needs_verdict
-def test_training_the_tiny_gpt_on_the_verdict_lowers_the_loss_and_prints_the_books_lines(capsys):
+@pytest.mark.parametrize("source", ["sample_story", pytest.param("the-verdict", marks=needs_verdict)])
+def test_training_the_tiny_gpt_on_real_text_lowers_the_loss_and_prints_the_books_lines(capsys, source):
+    """Runs everywhere on the package's bundled story; on the book's text too where shared/ is."""
     tokenizer = get_gpt2_tokenizer()
-    train_text, val_text = split_train_val(VERDICT.read_text(encoding="utf-8"))
+    path = SAMPLE_TEXT_PATH if source == "sample_story" else VERDICT
+    train_text, val_text = split_train_val(path.read_text(encoding="utf-8"))
     # context 32; a stride of 128 keeps one epoch to a few steps
     train_loader = create_dataloader_v1(train_text, batch_size=4, max_length=32, stride=128,
                                         shuffle=True, drop_last=True, tokenizer=tokenizer, rng=123)
