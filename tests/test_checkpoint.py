@@ -24,9 +24,9 @@ import pytest
 
 from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt import pretrain
-from tinygrad_gpt.data import SAMPLE_TEXT_PATH
 
 from helpers import MICRO, TINY, assert_same_run, ep_lines, isolated, run_cli, small_text
+
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):

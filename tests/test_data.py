@@ -5,7 +5,6 @@ No test touches the network: an autouse fixture makes urllib fail, and the cache
 import hashlib
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest

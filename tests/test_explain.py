@@ -5,7 +5,6 @@ parser for the subset explain.py writes; pydot and Graphviz's `dot` are used whe
 """
 import io
 import re
-import shutil
 import subprocess
 
 import numpy as np

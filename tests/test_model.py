@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tinygrad_gpt.functional as F
-from tinygrad_gpt import GPTModel, Tensor, generate_text_simple, get_config, kernels, manual_seed, nn, no_grad
+from tinygrad_gpt import GPTModel, Tensor, generate_text_simple, get_config, manual_seed, nn, no_grad
 from tinygrad_gpt.gradcheck import GradcheckError, compare_gradients, gradcheck
 from tinygrad_gpt.model import CONFIGS
 

@@ -1,6 +1,4 @@
 """The offline GPT-2 tokenizer gives the book's token IDs; the ch05 helpers round-trip."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 

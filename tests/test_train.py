@@ -7,7 +7,6 @@ the rest uses a micro GPT and hand-made batches so that every printed line can b
 import importlib
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
 from tinygrad_gpt.train import (calc_loss_batch, calc_loss_loader, evaluate_model,
                                 generate_and_print_sample, train_model_simple)
 
-from helpers import MICRO, VERDICT, PairDataset, micro_model, needs_verdict
+from helpers import VERDICT, PairDataset, micro_model, needs_verdict
 
 tensor_module = importlib.import_module("tinygrad_gpt.tensor")   # tinygrad_gpt.tensor is the function
 
