@@ -362,9 +362,9 @@ def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_b
         newest = C.latest_checkpoint(save)
         print(f"killed after {delay:.2f} s; newest checkpoint {newest and newest.name}; "
               f"left: {sorted(p.name for p in save.iterdir()) if save.exists() else []}")
-        if newest is not None:
-            C.load_checkpoint(newest)
-            assert len(C.list_checkpoints(save)) <= 3      # 3 if killed between a save and its prune
+        assert newest is not None and newest != before     # this round made progress
+        C.load_checkpoint(newest)
+        assert len(C.list_checkpoints(save)) <= 3          # 3 if killed between a save and its prune
     r = subprocess.run(resume if C.latest_checkpoint(save) else fresh, cwd=tmp_path, env=env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
