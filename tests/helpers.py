@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ def require(name, program=False):
             found, why = None, f"{name} does not import ({type(e).__name__}: {e})"
     if found is not None:
         return found
+    why += f", needed by {Path(sys._getframe(1).f_code.co_filename).name}"   # the calling test file
     if REQUIRE_REFERENCE:
         pytest.fail(f"TINYGRAD_GPT_REQUIRE_REFERENCE=1 but {why}; "
                     f'pip install -e ".[reference]" (see README, "Comparisons")', pytrace=False)
