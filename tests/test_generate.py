@@ -17,9 +17,15 @@ import pytest
 from safetensors.numpy import save_file
 
 from tinygrad_gpt import GPTModel, KVCache, Tensor, generate, generate_stream, manual_seed, no_grad
-from tinygrad_gpt.generation import forward_cached, sample_next_token, top_k_filter
+from tinygrad_gpt.generation import sample_next_token, top_k_filter
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def forward_cached(model, idx, cache):
+    """The cached step as generate runs it: the model's one forward with the cache, last logits."""
+    with no_grad():
+        return model(idx, last_only=True, kv_cache=cache).data[:, -1, :]    # (B, V)
 
 
 def tiny_model(seed=0, qkv_bias=False, vocab=97, ctx=12, emb=32, heads=4, layers=2):

@@ -6,11 +6,22 @@ order they were set, so `named_parameters()` yields the book's names in PyTorch'
 """
 import math
 from collections import OrderedDict
+from typing import Optional, Protocol, Tuple
 
 import numpy as np
 
 from . import functional as F
-from .tensor import Tensor, default_rng
+from .tensor import Tensor, default_rng, is_grad_enabled
+
+
+class LayerKV(Protocol):
+    """What MultiHeadAttention needs from a KV cache: one layer's keys and values.
+    generation.KVCache.layer(i) gives one; anything with this method will do."""
+
+    def append(self, k: np.ndarray, v: np.ndarray, start_pos: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Store k, v (B, H, T, D) at positions [start_pos, start_pos + T); return the keys
+        and values of positions [0, start_pos + T), (B, H, start_pos + T, D) each."""
+        ...
 
 
 class Parameter(Tensor):
@@ -260,11 +271,22 @@ class MultiHeadAttention(Module):
         B, T, _ = x.shape
         return x.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x):                      # x: (B, T, C)
+    def forward(self, x: Tensor, kv_cache: Optional["LayerKV"] = None, start_pos: int = 0) -> Tensor:
+        """x: (B, T, C) at positions [start_pos, start_pos + T) -> (B, T, C).
+
+        Without a cache the T positions attend to each other (training, evaluation). With one
+        (inference, under no_grad), this layer's keys and values are written into it at
+        start_pos and the T queries attend to every cached position before and up to their
+        own: the same causal attention, with queries shorter than keys."""
         B, T, _ = x.shape
         q = self.split_heads(self.W_query(x))  # (B, H, T, D)
         k = self.split_heads(self.W_key(x))    # (B, H, T, D)
         v = self.split_heads(self.W_value(x))  # (B, H, T, D)
+        if kv_cache is not None:
+            if is_grad_enabled():
+                raise RuntimeError("a KV cache is for inference: run the model under no_grad()")
+            keys, values = kv_cache.append(k.data, v.data, start_pos)   # (B, H, start_pos + T, D)
+            k, v = Tensor(keys), Tensor(values)
         p = self.dropout.p if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=p)   # (B, H, T, D)
         ctx = ctx.transpose(1, 2).reshape(B, T, self.d_out)                        # (B, T, C)
@@ -284,7 +306,8 @@ class TransformerBlock(Module):
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_resid = Dropout(cfg["drop_rate"])
 
-    def forward(self, x):                      # (B, T, C)
-        x = x + self.drop_resid(self.att(self.norm1(x)))    # shortcut around attention
+    def forward(self, x: Tensor, kv_cache: Optional["LayerKV"] = None, start_pos: int = 0) -> Tensor:
+        """x: (B, T, C) at positions [start_pos, start_pos + T); kv_cache: see MultiHeadAttention."""
+        x = x + self.drop_resid(self.att(self.norm1(x), kv_cache, start_pos))   # shortcut around attention
         x = x + self.drop_resid(self.ff(self.norm2(x)))     # shortcut around the feed-forward
         return x
