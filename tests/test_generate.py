@@ -97,6 +97,27 @@ def test_cache_is_preallocated_per_layer_and_never_reallocated():
         forward_cached(model, idx, cache)
 
 
+def test_the_cached_step_is_the_models_one_forward_with_positions_offset():
+    # prefill 5, then 3 positions at once: logits of all 3 equal the full forward's last 3
+    model = tiny_model(seed=8, qkv_bias=True)
+    idx = prompt(T=8, seed=8)
+    cache = KVCache.for_model(model, batch_size=2)
+    with no_grad():
+        model(idx[:, :5], kv_cache=cache)
+        part = model(idx[:, 5:], kv_cache=cache).data                  # (B, 3, V)
+        full = model(idx).data[:, 5:]                                  # (B, 3, V)
+    worst = float(np.abs(part - full).max())
+    print(f"3 cached positions after 5 vs the full forward: max |diff| {worst:.2e}")
+    assert worst < 1e-5 and cache.length == 8
+
+
+def test_a_kv_cache_is_refused_while_gradients_are_recorded():
+    model = tiny_model(seed=9)
+    cache = KVCache.for_model(model, batch_size=1)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model(prompt(B=1, T=3, seed=9), kv_cache=cache)
+
+
 # ----------------------------------------------------------------------------- top-k and temperature
 @pytest.mark.parametrize("k", [1, 3, 49, 50, 80])
 def test_top_k_filter_keeps_exactly_k_candidates(k):
