@@ -39,10 +39,10 @@ CONFIGS = {
     "1558M": {**GPT_CONFIG_124M, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},
 }
 
-_REQUIRED_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
+CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
 
 
-def get_config(name):
+def get_config(name: str) -> dict:
     """A copy of a named config: "tiny", "124M", "355M", "774M" or "1558M"."""
     if name not in CONFIGS:
         raise KeyError(f"unknown model {name!r}: choose one of {', '.join(CONFIGS)}")
@@ -50,7 +50,7 @@ def get_config(name):
 
 
 def _check_config(cfg):
-    missing = [k for k in _REQUIRED_KEYS if k not in cfg]
+    missing = [k for k in CONFIG_KEYS if k not in cfg]
     if missing:
         raise KeyError(f"GPT config is missing {', '.join(missing)}")
     if cfg["emb_dim"] % cfg["n_heads"]:
@@ -61,7 +61,7 @@ class GPTModel(Module):
     # the book's causal-mask buffers, trf_blocks.N.att.mask, are accepted and ignored:
     # MultiHeadAttention._ignored_keys
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: dict):
         super().__init__()
         _check_config(cfg)
         self.cfg = dict(cfg)
@@ -102,22 +102,12 @@ class GPTModel(Module):
         x = self.final_norm(x)
         return self.out_head(x)                                  # (B, T, V)
 
-    # ---- Hugging Face GPT-2 files (pretrained.py does the work)
-    @classmethod
-    def from_pretrained(cls, path, download=False):
-        """A model from a Hugging Face GPT-2 directory (config.json + model.safetensors), or
-        "gpt2" / "gpt2-medium" / "gpt2-large" / "gpt2-xl" from the cache (fetched first with
-        download=True). See pretrained.from_pretrained."""
-        from .pretrained import from_pretrained
-        return from_pretrained(path, download_missing=download, cls=cls)
-
-    def save_pretrained(self, directory):
-        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
-        from .pretrained import save_pretrained
-        return save_pretrained(self, directory)
+    # GPTModel.from_pretrained(path) and model.save_pretrained(dir) are pretrained.py's
+    # (Hugging Face files); the package's face, tinygrad_gpt/__init__.py, binds them here so
+    # that this room imports nothing above it.
 
     # ---- where the parameters are
-    def summary(self):
+    def summary(self) -> str:
         """The parameter count, taken apart: where GPT-2's parameters come from."""
         cfg = self.cfg
         C, V, L = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"]
@@ -149,7 +139,7 @@ class GPTModel(Module):
         return "\n".join(lines)
 
 
-def generate_text_simple(model, idx, max_new_tokens, context_size):
+def generate_text_simple(model: GPTModel, idx, max_new_tokens: int, context_size: int) -> np.ndarray:
     """Greedy decoding, the book's chapter 4: append the most likely next token, repeatedly."""
     idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
     for _ in range(max_new_tokens):
