@@ -27,14 +27,16 @@ than the work itself. `with cpu_threads(1): generate(...)` decodes on one thread
 """
 import contextlib
 import sys
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
+from .model import GPTModel
 from .tensor import Tensor, default_rng, no_grad
 
 
 @contextlib.contextmanager
-def cpu_threads(n):
+def cpu_threads(n: Optional[int]) -> Iterator[None]:
     """At most n BLAS and numba threads inside the block, restored after it (None: unchanged).
     BLAS is limited through threadpoolctl (the dev extra); without it, only numba is."""
     if n is None:
@@ -60,7 +62,7 @@ def cpu_threads(n):
 
 
 # ----------------------------------------------------------------------------- sampling
-def as_generator(rng=None):
+def as_generator(rng: Union[None, int, np.random.Generator] = None) -> np.random.Generator:
     """None -> the engine's global generator (seeded by manual_seed); an int -> a new
     np.random.Generator seeded with it; a Generator -> itself."""
     if rng is None:
@@ -72,7 +74,7 @@ def as_generator(rng=None):
     raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator, not {type(rng).__name__}")
 
 
-def top_k_filter(logits, top_k):
+def top_k_filter(logits: np.ndarray, top_k: int) -> np.ndarray:
     """The book's top-k: keep the logits >= the k-th largest of each row, set the rest to -inf.
 
     Exactly k candidates survive when the k-th largest value is unique in its row. As in the
@@ -86,7 +88,8 @@ def top_k_filter(logits, top_k):
     return np.where(logits < kth, -np.inf, logits).astype(logits.dtype, copy=False)
 
 
-def sample_next_token(logits, temperature=0.0, top_k=None, rng=None):
+def sample_next_token(logits: np.ndarray, temperature: float = 0.0, top_k: Optional[int] = None,
+                      rng: Union[None, int, np.random.Generator] = None) -> np.ndarray:
     """One step of the book's `generate`: logits (B, V) -> next token ids (B,) int64.
 
     top-k filtering first, then: temperature 0 -> argmax (greedy); temperature > 0 ->
@@ -111,7 +114,8 @@ class KVCache:
 
     keys[l], values[l]: (B, H, capacity, D), allocated once; positions [0, length) are valid."""
 
-    def __init__(self, n_layers, batch_size, n_heads, capacity, head_dim, dtype=np.float32):
+    def __init__(self, n_layers: int, batch_size: int, n_heads: int, capacity: int, head_dim: int,
+                 dtype=np.float32):
         shape = (batch_size, n_heads, capacity, head_dim)                # (B, H, context, D)
         self.keys = [np.zeros(shape, dtype=dtype) for _ in range(n_layers)]
         self.values = [np.zeros(shape, dtype=dtype) for _ in range(n_layers)]
@@ -119,7 +123,9 @@ class KVCache:
         self.length = 0
 
     @classmethod
-    def for_model(cls, model, batch_size, capacity=None):
+    def for_model(cls, model: GPTModel, batch_size: int, capacity: Optional[int] = None) -> "KVCache":
+        """A cache for `model` (its layers, heads, head size, dtype), `capacity` positions
+        (default: its context length)."""
         cfg = model.cfg
         H = cfg["n_heads"]
         capacity = cfg["context_length"] if capacity is None else capacity
@@ -141,7 +147,7 @@ class LayerKV:
     def __init__(self, keys: np.ndarray, values: np.ndarray):
         self.keys, self.values = keys, values                  # (B, H, capacity, D) each
 
-    def append(self, k: np.ndarray, v: np.ndarray, start_pos: int):
+    def append(self, k: np.ndarray, v: np.ndarray, start_pos: int) -> Tuple[np.ndarray, np.ndarray]:
         end = start_pos + k.shape[-2]
         self.keys[:, :, start_pos:end] = k                     # (B, H, T, D) new positions
         self.values[:, :, start_pos:end] = v
@@ -173,8 +179,10 @@ def _check_args(model, idx, max_new_tokens, context_size, temperature, top_k):
         None if top_k is None else int(top_k)
 
 
-def generate_stream(model, idx, max_new_tokens, context_size=None, temperature=0.0, top_k=None,
-                    eos_id=None, rng=None, use_cache=True):
+def generate_stream(model: GPTModel, idx, max_new_tokens: int, context_size: Optional[int] = None,
+                    temperature: float = 0.0, top_k: Optional[int] = None, eos_id: Optional[int] = None,
+                    rng: Union[None, int, np.random.Generator] = None,
+                    use_cache: bool = True) -> Iterator[np.ndarray]:
     """`generate`, one step at a time: yields each new column of token ids, (B,) int64.
 
     Stopping at eos_id, as the book: when the sampled token equals eos_id, stop without
@@ -215,8 +223,9 @@ def generate_stream(model, idx, max_new_tokens, context_size=None, temperature=0
         model.train(was_training)
 
 
-def generate(model, idx, max_new_tokens, context_size=None, temperature=0.0, top_k=None,
-             eos_id=None, rng=None, use_cache=True):
+def generate(model: GPTModel, idx, max_new_tokens: int, context_size: Optional[int] = None, temperature: float = 0.0,
+             top_k: Optional[int] = None, eos_id: Optional[int] = None,
+             rng: Union[None, int, np.random.Generator] = None, use_cache: bool = True) -> np.ndarray:
     """The book's generate (chapter 5), on NumPy, with a KV cache.
 
     idx: integer token ids (B, T). Returns (B, T + new) in idx's integer dtype: greedy at
