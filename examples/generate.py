@@ -11,7 +11,7 @@ or a GPT-2 name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") already in the 
 there first. --checkpoint takes what pretrain.py saved (its save directory, for the newest
 checkpoint, or one step-NNNNNN directory), or a directory with model.safetensors (the
 book's parameter names) and config.json (the book's config dict); see
-tinygrad_gpt.pretrained.load_checkpoint.
+tinygrad_gpt.checkpoint.load_model.
 
 The text goes to stdout as it is produced, then one line with the speed; messages and
 warnings go to stderr. A mistake in the arguments or the files: one line on stderr, exit 2.
@@ -80,6 +80,7 @@ def check_args(args):
 
 def load_model(args):
     from tinygrad_gpt import GPTModel, manual_seed, pretrained
+    from tinygrad_gpt.checkpoint import load_model
     from tinygrad_gpt.model import get_config
     try:
         if args.download:
@@ -88,7 +89,7 @@ def load_model(args):
         if args.pretrained:
             return GPTModel.from_pretrained(args.pretrained), args.pretrained
         if args.checkpoint:
-            return pretrained.load_checkpoint(args.checkpoint), args.checkpoint
+            return load_model(args.checkpoint), args.checkpoint
     except (OSError, ValueError, KeyError) as e:     # WeightsError, DownloadError, FileNotFoundError
         raise UsageError(str(e).strip("'\"")) from None
     name = args.model or "124M"

@@ -246,7 +246,7 @@ def test_unwritable_cache_still_uses_the_download(tmp_path, monkeypatch):
 
     def read_only(path, data_):
         raise PermissionError("read-only file system")
-    monkeypatch.setattr(data, "_write_atomically", read_only)
+    monkeypatch.setattr(data, "atomic_write", read_only)
     text, description = load_training_text(cache_dir=tmp_path)
     assert text == payload.decode() and "could not be cached" in description
 

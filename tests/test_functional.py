@@ -404,6 +404,55 @@ def test_attention_with_dropout_gradcheck_reseeded(causal):
     assert gradcheck(fn, [q, k, v])
 
 
+# causal with queries shorter than keys: the KV cache's case (q positions are the last Tq of Tk)
+def np_attention_offset(q, k, v):
+    """Causal attention of the last Tq positions over Tk keys, written directly: query i sits
+    at position Tk - Tq + i and sees keys j <= Tk - Tq + i."""
+    Tq, Tk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(D)                      # (B, H, Tq, Tk)
+    pos = Tk - Tq + np.arange(Tq)[:, None]                              # (Tq, 1) query positions
+    s = np.where(np.arange(Tk)[None, :] <= pos, s, -np.inf)
+    return np_softmax(s) @ v
+
+
+@pytest.mark.parametrize("Tq,Tk", [(1, 1), (1, 6), (2, 6), (5, 6), (3, 3)])
+def test_causal_attention_with_queries_shorter_than_keys_matches_the_formula(Tq, Tk):
+    q, k, v = leaf((2, 3, Tq, 4), 0), leaf((2, 3, Tk, 4), 1), leaf((2, 3, Tk, 4), 2)
+    out = F.scaled_dot_product_attention(q, k, v, causal=True)
+    assert out.shape == (2, 3, Tq, 4)
+    np.testing.assert_allclose(out.data, np_attention_offset(q.data, k.data, v.data), rtol=1e-12, atol=1e-14)
+
+
+def test_causal_attention_of_the_last_queries_equals_the_last_rows_of_the_full_one():
+    # what makes a KV cache exact: attending the last Tq queries over all Tk keys gives the
+    # last Tq rows of the square causal attention, in both directions of the chain rule
+    Tk, Tq = 7, 3
+    q_full, k, v = leaf((2, 2, Tk, 3), 0), leaf((2, 2, Tk, 3), 1), leaf((2, 2, Tk, 3), 2)
+    full = F.scaled_dot_product_attention(q_full, k, v).data[:, :, -Tq:]
+    q = Tensor(q_full.data[:, :, -Tq:].copy())
+    part = F.scaled_dot_product_attention(q, k, v)
+    worst = float(np.abs(part.data - full).max())
+    print(f"last {Tq} of {Tk} queries vs the full causal attention: max |diff| {worst:.1e}")
+    assert worst < 1e-13
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+@pytest.mark.parametrize("Tq,Tk", [(1, 4), (2, 4)])
+def test_causal_attention_with_queries_shorter_than_keys_gradcheck(Tq, Tk, dropout_p):
+    q, k, v = leaf((1, 2, Tq, 2), 0), leaf((1, 2, Tk, 2), 1), leaf((1, 2, Tk, 2), 2)
+
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=dropout_p,
+                                              rng=np.random.default_rng(5))
+
+    assert gradcheck(fn, [q, k, v])
+
+
+def test_causal_attention_refuses_more_queries_than_keys():
+    with pytest.raises(ValueError, match="at least as many keys as queries"):
+        F.scaled_dot_product_attention(leaf((1, 1, 4, 2)), leaf((1, 1, 3, 2)), leaf((1, 1, 3, 2)))
+
+
 def test_attention_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"\(B, H, T, D\)"):
         F.scaled_dot_product_attention(leaf((1, 1, 3, 2)), leaf((1, 1, 3, 4)), leaf((1, 1, 3, 4)))

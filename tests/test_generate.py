@@ -17,9 +17,15 @@ import pytest
 from safetensors.numpy import save_file
 
 from tinygrad_gpt import GPTModel, KVCache, Tensor, generate, generate_stream, manual_seed, no_grad
-from tinygrad_gpt.generation import forward_cached, sample_next_token, top_k_filter
+from tinygrad_gpt.generation import sample_next_token, top_k_filter
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def forward_cached(model, idx, cache):
+    """The cached step as generate runs it: the model's one forward with the cache, last logits."""
+    with no_grad():
+        return model(idx, last_only=True, kv_cache=cache).data[:, -1, :]    # (B, V)
 
 
 def tiny_model(seed=0, qkv_bias=False, vocab=97, ctx=12, emb=32, heads=4, layers=2):
@@ -89,6 +95,27 @@ def test_cache_is_preallocated_per_layer_and_never_reallocated():
     assert [id(a) for a in cache.keys + cache.values] == arrays
     with pytest.raises(ValueError, match="KV cache holds 12 positions; 13"):
         forward_cached(model, idx, cache)
+
+
+def test_the_cached_step_is_the_models_one_forward_with_positions_offset():
+    # prefill 5, then 3 positions at once: logits of all 3 equal the full forward's last 3
+    model = tiny_model(seed=8, qkv_bias=True)
+    idx = prompt(T=8, seed=8)
+    cache = KVCache.for_model(model, batch_size=2)
+    with no_grad():
+        model(idx[:, :5], kv_cache=cache)
+        part = model(idx[:, 5:], kv_cache=cache).data                  # (B, 3, V)
+        full = model(idx).data[:, 5:]                                  # (B, 3, V)
+    worst = float(np.abs(part - full).max())
+    print(f"3 cached positions after 5 vs the full forward: max |diff| {worst:.2e}")
+    assert worst < 1e-5 and cache.length == 8
+
+
+def test_a_kv_cache_is_refused_while_gradients_are_recorded():
+    model = tiny_model(seed=9)
+    cache = KVCache.for_model(model, batch_size=1)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model(prompt(B=1, T=3, seed=9), kv_cache=cache)
 
 
 # ----------------------------------------------------------------------------- top-k and temperature

@@ -207,6 +207,41 @@ def test_attention_non_causal_with_fewer_keys_than_queries(dt):
     both("attention_backward", (dout, q, k, v, att), dt)
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("Tq", [1, 2, T - 1])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_causal_attention_with_queries_shorter_than_keys_matches_reference(dt, Tq, dropout):
+    # the KV cache's case: the queries are the last Tq of the T key positions
+    rng = rng_for(dt)
+    q, dout = randn(rng, dt, B, H, Tq, D), randn(rng, dt, B, H, Tq, D)
+    k, v = randn(rng, dt, B, H, T, D), randn(rng, dt, B, H, T, D)
+    p = 0.25 if dropout else 0.0
+    keep = (rng.random((B, H, Tq, T)) >= p).astype(dt) if dropout else None
+    (out, att), _ = both("attention_forward", (q, k, v, True, keep, p), dt)
+    future = np.arange(T)[None, :] > (T - Tq + np.arange(Tq))[:, None]      # (Tq, T)
+    assert future.any() == (Tq > 1) and not att[..., future].any()       # the future gets exact zeros
+    assert np.allclose(att.sum(-1), 1.0, atol=1e-6)
+    both("attention_backward", (dout, q, k, v, att, keep, p), dt)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_attention_reads_strided_keys_and_values_in_place(dt):
+    # a KV cache hands over views of its first positions: (B, H, capacity, D)[:, :, :Tk]
+    rng = rng_for(dt)
+    cache_k, cache_v = randn(rng, dt, B, H, 11, D), randn(rng, dt, B, H, 11, D)
+    q = randn(rng, dt, B, H, 1, D)
+    k, v = cache_k[:, :, :T], cache_v[:, :, :T]
+    assert not k.flags.c_contiguous
+    both("attention_forward", (q, k, v, True), dt)
+
+
+@pytest.mark.parametrize("impl", [NB, R], ids=["numba", "reference"])
+def test_causal_attention_refuses_more_queries_than_keys(impl):
+    q = np.zeros((1, 1, 3, 2), np.float32)
+    with pytest.raises(ValueError, match="at least as many keys as queries"):
+        impl.attention_forward(q, q[:, :, :2], q[:, :, :2])
+
+
 def test_attention_large_scores_stay_finite():
     rng = rng_for(np.float32)
     q, k, v = (randn(rng, np.float32, B, H, T, D, scale=100.0) for _ in range(3))

@@ -1,22 +1,38 @@
 """Modules: PyTorch's nn.Module shape, the book's layers and parameter names.
 
+This room owns the layers (Linear, Embedding, LayerNorm, Dropout, FeedForward,
+MultiHeadAttention, TransformerBlock) built on the fused ops of functional.py, and the
+interface a KV cache offers attention (`LayerKV`); it knows nothing of GPT-2's files,
+training or sampling.
+
 A Module finds its parameters and sub-modules by looking at its own attributes in the
 order they were set, so `named_parameters()` yields the book's names in PyTorch's order:
 `tok_emb.weight`, `trf_blocks.0.att.W_query.weight`, ..., `out_head.weight`.
 """
 import math
 from collections import OrderedDict
+from typing import Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
 from . import functional as F
-from .tensor import Tensor, default_rng
+from .tensor import Tensor, default_rng, is_grad_enabled
+
+
+class LayerKV(Protocol):
+    """What MultiHeadAttention needs from a KV cache: one layer's keys and values.
+    generation.KVCache.layer(i) gives one; anything with this method will do."""
+
+    def append(self, k: np.ndarray, v: np.ndarray, start_pos: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Store k, v (B, H, T, D) at positions [start_pos, start_pos + T); return the keys
+        and values of positions [0, start_pos + T), (B, H, start_pos + T, D) each."""
+        ...
 
 
 class Parameter(Tensor):
     """A Tensor that a Module owns and an optimizer updates: requires_grad by default."""
 
-    def __init__(self, data, requires_grad=True):
+    def __init__(self, data, requires_grad: bool = True):
         super().__init__(data, requires_grad=requires_grad)
 
     def __repr__(self):
@@ -42,7 +58,7 @@ class Module:
     def children(self):
         return (m for _, m in self.named_children())
 
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, "Module"]]:
         yield prefix, self
         for name, child in self.named_children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
@@ -50,7 +66,7 @@ class Module:
     def modules(self):
         return (m for _, m in self.named_modules())
 
-    def named_parameters(self, prefix=""):
+    def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
         """(name, Parameter) pairs, each parameter once, in the order they were created."""
         seen = set()
         for module_name, module in self.named_modules(prefix):
@@ -59,20 +75,20 @@ class Module:
                     seen.add(id(value))
                     yield (f"{module_name}.{name}" if module_name else name), value
 
-    def parameters(self):
+    def parameters(self) -> List[Parameter]:
         return [p for _, p in self.named_parameters()]
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
     # ---- state
-    def state_dict(self):
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """name -> the parameter's array (not a copy, as PyTorch's tensors share storage)."""
         return OrderedDict((name, p.data) for name, p in self.named_parameters())
 
     _ignored_keys = ()   # entries the PyTorch twin of a module carries that we do not need (buffers)
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict, strict: bool = True) -> Tuple[List[str], List[str]]:
         """Copy arrays into the parameters, in place. With strict=True, missing or unexpected
         keys are an error; a wrong shape always is. Returns (missing, unexpected)."""
         params = dict(self.named_parameters())
@@ -103,15 +119,15 @@ class Module:
         return missing, unexpected
 
     # ---- modes
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "Module":
         for m in self.modules():
             m.training = mode
         return self
 
-    def eval(self):
+    def eval(self) -> "Module":
         return self.train(False)
 
-    def zero_grad(self, set_to_none=True):
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
             if set_to_none or p.grad is None:
                 p.grad = None
@@ -165,14 +181,14 @@ class Linear(Module):
     """y = x W^T + b, W: (out_features, in_features). PyTorch's initialisation:
     W and b ~ U(-1/sqrt(in), 1/sqrt(in))."""
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
         self.weight = Parameter(_uniform((out_features, in_features), bound))
         self.bias = Parameter(_uniform((out_features,), bound)) if bias else None
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
@@ -182,13 +198,13 @@ class Linear(Module):
 class Embedding(Module):
     """A lookup table (num_embeddings, embedding_dim), initialised N(0, 1) as PyTorch."""
 
-    def __init__(self, num_embeddings, embedding_dim):
+    def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = Parameter(default_rng().standard_normal((num_embeddings, embedding_dim),
                                                               dtype=np.float32))
 
-    def forward(self, ids):
+    def forward(self, ids) -> Tensor:
         return F.embedding(self.weight, ids)
 
     def extra_repr(self):
@@ -198,24 +214,24 @@ class Embedding(Module):
 class LayerNorm(Module):
     """The book's LayerNorm: parameters `scale` (ones) and `shift` (zeros), eps 1e-5."""
 
-    def __init__(self, emb_dim, eps=1e-5):
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
         self.scale = Parameter(np.ones(emb_dim, dtype=np.float32))
         self.shift = Parameter(np.zeros(emb_dim, dtype=np.float32))
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.scale, self.shift, self.eps)
 
 
 class Dropout(Module):
-    def __init__(self, p=0.5):
+    def __init__(self, p: float = 0.5):
         super().__init__()
         if not 0.0 <= p <= 1.0:                # as torch: at construction, not at the first forward
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = p
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.dropout(x, self.p, training=self.training)
 
     def extra_repr(self):
@@ -223,17 +239,17 @@ class Dropout(Module):
 
 
 class GELU(Module):
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.gelu(x)
 
 
 class FeedForward(Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: dict):
         super().__init__()
         C = cfg["emb_dim"]
         self.layers = Sequential(Linear(C, 4 * C), GELU(), Linear(4 * C, C))
 
-    def forward(self, x):                      # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+    def forward(self, x: Tensor) -> Tensor:    # (B, T, C) -> (B, T, 4C) -> (B, T, C)
         return self.layers(x)
 
 
@@ -244,7 +260,8 @@ class MultiHeadAttention(Module):
 
     _ignored_keys = ("mask",)
 
-    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, num_heads: int,
+                 qkv_bias: bool = False):
         super().__init__()
         if d_out % num_heads:
             raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
@@ -256,15 +273,26 @@ class MultiHeadAttention(Module):
         self.out_proj = Linear(d_out, d_out)
         self.dropout = Dropout(dropout)
 
-    def split_heads(self, x):                  # (B, T, C) -> (B, H, T, D)
+    def split_heads(self, x: Tensor) -> Tensor:                  # (B, T, C) -> (B, H, T, D)
         B, T, _ = x.shape
         return x.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x):                      # x: (B, T, C)
+    def forward(self, x: Tensor, kv_cache: Optional["LayerKV"] = None, start_pos: int = 0) -> Tensor:
+        """x: (B, T, C) at positions [start_pos, start_pos + T) -> (B, T, C).
+
+        Without a cache the T positions attend to each other (training, evaluation). With one
+        (inference, under no_grad), this layer's keys and values are written into it at
+        start_pos and the T queries attend to every cached position before and up to their
+        own: the same causal attention, with queries shorter than keys."""
         B, T, _ = x.shape
         q = self.split_heads(self.W_query(x))  # (B, H, T, D)
         k = self.split_heads(self.W_key(x))    # (B, H, T, D)
         v = self.split_heads(self.W_value(x))  # (B, H, T, D)
+        if kv_cache is not None:
+            if is_grad_enabled():
+                raise RuntimeError("a KV cache is for inference: run the model under no_grad()")
+            keys, values = kv_cache.append(k.data, v.data, start_pos)   # (B, H, start_pos + T, D)
+            k, v = Tensor(keys), Tensor(values)
         p = self.dropout.p if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=p)   # (B, H, T, D)
         ctx = ctx.transpose(1, 2).reshape(B, T, self.d_out)                        # (B, T, C)
@@ -274,7 +302,7 @@ class MultiHeadAttention(Module):
 class TransformerBlock(Module):
     """Pre-norm block: x + drop(att(norm1(x))), then x + drop(ff(norm2(x)))."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: dict):
         super().__init__()
         self.att = MultiHeadAttention(d_in=cfg["emb_dim"], d_out=cfg["emb_dim"],
                                       context_length=cfg["context_length"], num_heads=cfg["n_heads"],
@@ -284,7 +312,8 @@ class TransformerBlock(Module):
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_resid = Dropout(cfg["drop_rate"])
 
-    def forward(self, x):                      # (B, T, C)
-        x = x + self.drop_resid(self.att(self.norm1(x)))    # shortcut around attention
+    def forward(self, x: Tensor, kv_cache: Optional["LayerKV"] = None, start_pos: int = 0) -> Tensor:
+        """x: (B, T, C) at positions [start_pos, start_pos + T); kv_cache: see MultiHeadAttention."""
+        x = x + self.drop_resid(self.att(self.norm1(x), kv_cache, start_pos))   # shortcut around attention
         x = x + self.drop_resid(self.ff(self.norm2(x)))     # shortcut around the feed-forward
         return x

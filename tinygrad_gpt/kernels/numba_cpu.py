@@ -481,13 +481,14 @@ def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100):
 
 # ----------------------------------------------------------------------------- causal attention
 @njit(parallel=True, cache=True, fastmath=SAFE)
-def _attention_softmax(s, T, scale, causal, att):   # s, att: (B*H*T, Tk) rows of q k^T; att may be s
-    # att = softmax(s * scale) over keys 0..i for query row i (causal) or all keys; the masked
-    # upper triangle is skipped, not filled with -inf, and written as exact zeros.
+def _attention_softmax(s, Tq, offset, scale, causal, att):   # s, att: (B*H*Tq, Tk) rows of q k^T; att may be s
+    # att = softmax(s * scale) over keys 0..offset+i for query row i (causal; offset = Tk - Tq,
+    # the positions before the first query) or all keys; the masked future is skipped, not
+    # filled with -inf, and written as exact zeros.
     R, Tk = s.shape
     dt = s.dtype.type
     for r in prange(R):
-        end = r % T + 1 if causal else Tk
+        end = r % Tq + 1 + offset if causal else Tk
         m = dt(-np.inf)
         for j in range(end):
             m = max(m, s[r, j] * scale)
@@ -516,20 +517,30 @@ def _attention_softmax_backward(da, att, scale, ds):   # da, att, ds: (B*H*T, Tk
 
 
 def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
-    """q, k, v: (B, H, T, D). keep: None or a 0/1 mask (B, H, T, T) for dropout on the
-    attention weights, scaled by 1/(1-p). Returns (out (B, H, T, D), att (B, H, T, T)),
-    att being the softmax probabilities before dropout (what the backward needs)."""
-    q, k, v = _floats("attention_forward", q=q, k=k, v=v)
+    """q: (B, H, Tq, D), k, v: (B, H, Tk, D). keep: None or a 0/1 mask (B, H, Tq, Tk) for
+    dropout on the attention weights, scaled by 1/(1-p). Returns (out (B, H, Tq, D),
+    att (B, H, Tq, Tk)), att being the softmax probabilities before dropout. Causal: the
+    queries are the last Tq of the Tk positions (see reference.py).
+
+    k and v may be strided views (a KV cache's first Tk positions): they only meet BLAS,
+    which reads them in place, so they are not copied."""
+    (q,) = _floats("attention_forward", q=q)
     _ndim("attention_forward", "q", q, "BHTD")
+    for name, a in (("k", k), ("v", v)):
+        if not isinstance(a, np.ndarray) or a.dtype != q.dtype:
+            raise TypeError(f"attention_forward: {name} must be a {q.dtype} array like q, "
+                            f"found {getattr(a, 'dtype', type(a).__name__)}")
+        _ndim("attention_forward", name, a, "BHTD")
     B, H, T, D = q.shape
     Tk = k.shape[-2]
-    if causal and Tk != T:
-        raise ValueError(f"attention_forward: causal attention needs as many keys as queries, "
-                         f"found q {q.shape} and k {k.shape}")
+    if causal and Tk < T:
+        raise ValueError(f"attention_forward: causal attention needs at least as many keys as "
+                         f"queries (the queries are the last positions), found q {q.shape} "
+                         f"and k {k.shape}")
     dt = q.dtype.type
     s = np.matmul(q, k.swapaxes(-1, -2))                   # (B, H, T, Tk) raw scores, BLAS
     rows = s.reshape(-1, Tk)                               # (B*H*T, Tk) view
-    _attention_softmax(rows, T, dt(1.0 / math.sqrt(D)), bool(causal), rows)   # in place: s -> att
+    _attention_softmax(rows, T, Tk - T, dt(1.0 / math.sqrt(D)), bool(causal), rows)   # in place: s -> att
     att = s                                                # (B, H, T, Tk)
     if keep is None:
         a = att
