@@ -4,11 +4,18 @@ A Tensor wraps a NumPy array. Every op is a Function with a `forward` that compu
 arrays and a `backward` that maps the output's gradient to its inputs' gradients (see
 ops.py and functional.py). `Function.apply` records the op in the graph; `backward()`
 walks that graph once, from the output back to the leaves, without recursion.
+
+This room owns the engine and its extension points: grad mode (`no_grad`), the random
+generator, the op profiler, and the hooks that let tools observe every op without patching
+it (`register_forward_hook`, `register_backward_hook`; explain.py and the tests use them).
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import time
 from collections import defaultdict
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -104,6 +111,46 @@ if os.environ.get("TINYGRAD_GPT_DEBUG", "0") not in ("", "0"):
     atexit.register(lambda: print(_profile.table()))
 
 
+# ----------------------------------------------------------------------------- hooks
+_forward_hooks = []      # callables hook(ctx, inputs, output), after every Function.apply
+_backward_hooks = []     # callables hook(node, ctx, grad, input_grads), after every op's backward
+
+
+class RemovableHandle:
+    """What a register_*_hook returns, as torch's: `.remove()` takes the hook out again; as a
+    context manager it removes the hook on exit (`with register_forward_hook(f): ...`)."""
+
+    def __init__(self, hooks: list, hook: Callable):
+        self._hooks, self.hook = hooks, hook
+
+    def remove(self) -> None:
+        if self.hook in self._hooks:
+            self._hooks.remove(self.hook)
+
+    def __enter__(self) -> "RemovableHandle":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.remove()
+        return False
+
+
+def register_forward_hook(hook: Callable[["Function", tuple, "Tensor"], None]) -> RemovableHandle:
+    """Call hook(ctx, inputs, output) after every op's forward: ctx is the Function (its
+    class is the op), inputs the Tensors it was given, output the Tensor it made (recorded in
+    the graph or not). For tracing and checks; a hook must not change what it sees."""
+    _forward_hooks.append(hook)
+    return RemovableHandle(_forward_hooks, hook)
+
+
+def register_backward_hook(hook: Callable[["Tensor", "Function", np.ndarray, tuple], None]) -> RemovableHandle:
+    """Call hook(node, ctx, grad, input_grads) right after an op's backward ran and before its
+    gradients are added into its inputs: node is the op's output Tensor, grad dL/d(node),
+    input_grads what backward returned, one per input (None where it gives none)."""
+    _backward_hooks.append(hook)
+    return RemovableHandle(_backward_hooks, hook)
+
+
 # ----------------------------------------------------------------------------- helpers
 def _as_array(data, dtype=None):
     if isinstance(data, Tensor):
@@ -162,6 +209,8 @@ class Function:
         result = Tensor(out, requires_grad=requires_grad)
         if requires_grad:
             result._ctx = ctx
+        for hook in _forward_hooks:
+            hook(ctx, inputs, result)
         return result
 
     @property
@@ -170,9 +219,6 @@ class Function:
 
 
 # ----------------------------------------------------------------------------- the graph walk
-_backward_hooks = []     # callables hook(node, ctx, grad, input_grads): for tracing (explain.py)
-
-
 def topological_order(root):
     """Every tensor that `root` depends on and that needs a gradient, inputs before outputs.
     An explicit stack instead of recursion: a 12-layer GPT graph has thousands of nodes."""
