@@ -419,11 +419,8 @@ def test_backward_visits_each_node_once_after_every_node_that_consumes_it():
             stack.append(p)
     visited = []
     hook = lambda node, ctx, grad, input_grads: visited.append(id(node))   # noqa: E731
-    engine._backward_hooks.append(hook)
-    try:
+    with engine.register_backward_hook(hook):
         out.backward()
-    finally:
-        engine._backward_hooks.remove(hook)
     assert len(visited) == len(set(visited)) == len(seen)        # every op node, once
     position = {n: i for i, n in enumerate(visited)}
     for node, users in consumers.items():

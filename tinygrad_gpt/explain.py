@@ -5,16 +5,15 @@
     python -m tinygrad_gpt.explain --param trf_blocks.0.att.W_query.weight
     python -m tinygrad_gpt.explain --depth 12 --dot graph.dot
 
-One forward and one backward on one batch of text. The engine calls every hook in
-`tensor._backward_hooks` as hook(node, ctx, grad, input_grads) right after an op's backward
-ran and before its gradients are added into the inputs: that is where each line is printed.
-To name an op by the module that made it ("Linear trf_blocks.0.att.W_query"), the forward
-runs with `Function.apply` and every module's `forward` wrapped; both are put back afterwards.
+One forward and one backward on one batch of text, observed through the engine's hooks:
+a forward hook (`tensor.register_forward_hook`) names each op by the module running when it
+was made ("Linear trf_blocks.0.att.W_query", from `nn.module_stack()`), and a backward hook
+(`tensor.register_backward_hook`), called right after an op's backward ran and before its
+gradients are added into the inputs, is where each line is printed. Nothing is patched.
 """
 import argparse
 import contextlib
 import difflib
-import importlib
 import inspect
 import math
 import os
@@ -29,9 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tensor import Function, unbroadcast
-
-_engine = importlib.import_module(".tensor", __package__)   # the module (the package's `tensor` is a function)
+from .tensor import Function, register_backward_hook, unbroadcast
 
 USAGE_ERROR = 2
 ROOT = Path(__file__).resolve().parent.parent   # paths are printed relative to the repository
@@ -120,53 +117,35 @@ def kernel_locations(function_class):
 # ----------------------------------------------------------------------------- tracing
 @contextlib.contextmanager
 def record_modules(model):
-    """While inside, every op a module's forward makes is tagged with that module's name and
-    the transformer block around it (ctx.explain_scope). Yields `scope(name)` to tag ops made
-    outside the model, such as the loss. Nothing in nn.py or tensor.py is changed for good."""
-    from .nn import TransformerBlock
-    stack = []                                       # [(module name, module)], innermost last
-    original_apply = Function.__dict__["apply"]
+    """While inside, every op that records a graph node is tagged with the module whose forward
+    made it and the transformer block around it, read from the engine's module scope through a
+    forward hook. Yields (tags, scope): tags maps id(output tensor) -> (module name, block);
+    `with scope(name):` tags ops made outside the model, such as the loss."""
+    from .nn import TransformerBlock, module_stack
+    from .tensor import register_forward_hook
+    tags, labels = {}, []                            # labels: names given with scope(), innermost last
 
-    def apply(cls, *inputs, **options):
-        out = original_apply.__get__(None, cls)(*inputs, **options)
-        if out._ctx is not None:
-            name = stack[-1][0] if stack else None
+    def hook(ctx, inputs, out):
+        if out._ctx is None:                         # no graph node: backward will never see it
+            return
+        stack = module_stack()
+        if stack:
+            name = stack[-1][0]
             block = next((n for n, m in stack if isinstance(m, TransformerBlock)), None)
-            out._ctx.explain_scope = (name, block)
-        return out
-
-    def wrap(name, module, forward):
-        def forward_in_scope(*args, **kwargs):
-            stack.append((name, module))
-            try:
-                return forward(*args, **kwargs)
-            finally:
-                stack.pop()
-        return forward_in_scope
+        else:
+            name, block = (labels[-1] if labels else None), None
+        tags[id(out)] = (name, block)
 
     @contextlib.contextmanager
     def scope(name):
-        stack.append((name, None))
+        labels.append(name)
         try:
             yield
         finally:
-            stack.pop()
+            labels.pop()
 
-    modules = list(model.named_modules())            # listed first: wrapping adds to vars(module)
-    missing = object()
-    saved = [(m, m.__dict__.get("forward", missing)) for _, m in modules]
-    Function.apply = classmethod(apply)
-    try:
-        for name, module in modules:
-            module.forward = wrap(name, module, module.forward)
-        yield scope
-    finally:
-        Function.apply = original_apply
-        for module, forward in saved:
-            if forward is missing:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = forward
+    with register_forward_hook(hook):
+        yield tags, scope
 
 
 def _norm(a):
@@ -182,7 +161,7 @@ def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None):
     from . import functional as F
     names = {id(p): name for name, p in model.named_parameters()}
     model.zero_grad()
-    with record_modules(model) as scope:
+    with record_modules(model) as (tags, scope):
         logits = model(input_ids)                               # (B, T, V)
         with scope("loss"):
             loss = F.cross_entropy(logits, target_ids)
@@ -192,7 +171,7 @@ def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None):
         on_forward(trace.loss)
 
     def hook(node, ctx, grad, input_grads):
-        module, block = getattr(ctx, "explain_scope", (None, None))
+        module, block = tags.get(id(node), (None, None))
         inputs = []
         grads = tuple(input_grads) + (None,) * (len(ctx.parents) - len(input_grads))
         for parent, pg in zip(ctx.parents, grads):
@@ -211,12 +190,9 @@ def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None):
         if on_op is not None:
             on_op(op)
 
-    _engine._backward_hooks.append(hook)
     start = time.perf_counter()
-    try:
+    with register_backward_hook(hook):
         loss.backward()
-    finally:
-        _engine._backward_hooks.remove(hook)
     trace.seconds = time.perf_counter() - start
     return trace
 
