@@ -6,7 +6,7 @@ import pytest
 import tinygrad_gpt.functional as F
 from tinygrad_gpt import Function, GradcheckError, Tensor, gradcheck
 from tinygrad_gpt.gradcheck import max_gradcheck_error
-from tinygrad_gpt.kernels import get_backend, reference, set_backend
+from tinygrad_gpt.kernels import reference, use
 
 
 def leaf(shape, seed=0):
@@ -16,10 +16,8 @@ def leaf(shape, seed=0):
 @pytest.fixture
 def numpy_kernels():
     """Monkeypatching reference.py only matters while the NumPy backend is active."""
-    previous = get_backend()
-    set_backend("numpy")
-    yield reference
-    set_backend(previous)
+    with use("numpy"):
+        yield reference
 
 
 # ----------------------------------------------------------------------------- wrong backwards

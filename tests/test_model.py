@@ -192,10 +192,8 @@ def test_last_only_gives_the_last_row_of_the_full_forward():
 @pytest.fixture
 def reference_kernels():
     """The plain-NumPy kernels: thousands of tiny forwards, where numba's per-call cost dominates."""
-    previous = kernels.get_backend()
-    kernels.set_backend("numpy")
-    yield
-    kernels.set_backend(previous)
+    with kernels.use("numpy"):
+        yield
 
 
 def micro_float64_loss():

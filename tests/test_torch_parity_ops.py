@@ -11,7 +11,6 @@ import pytest
 
 import tinygrad_gpt.functional as F
 from tinygrad_gpt import Tensor, concatenate
-from tinygrad_gpt.kernels import get_backend, set_backend
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional

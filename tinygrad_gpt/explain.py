@@ -580,7 +580,7 @@ def main(argv=None, file=None):
 def run(args, file=None):
     check_args(args)
     from . import data
-    from .kernels import get_backend, set_backend
+    from .kernels import use
     from .model import GPTModel, get_config
     from .tensor import manual_seed
     from .tokenizer import get_gpt2_tokenizer
@@ -605,12 +605,8 @@ def run(args, file=None):
         raise UsageError(f"--param {args.param!r} is not a parameter of the {args.model} model"
                          + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {names[2]}"))
 
-    previous = get_backend()
-    set_backend(args.kernels)
-    try:
+    with use(args.kernels):                          # in-process callers (tests) keep theirs
         report(args, out, model, cfg, description, tokenizer, x, y)
-    finally:
-        set_backend(previous)                        # in-process callers (tests) keep theirs
     return 0
 
 

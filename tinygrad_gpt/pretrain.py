@@ -241,7 +241,8 @@ def adopt_checkpoint_config(args, ckpt):
         args.threads = options["threads"]         # BLAS splits work by thread count: keep the bits
     args.log_grad_norms = args.log_grad_norms or bool(options.get("log_grad_norms"))
     args.no_plot = args.no_plot or bool(options.get("no_plot"))
-    if "kernels" not in args.explicit and not os.environ.get("TINYGRAD_GPT_KERNELS") \
+    from .kernels import environment_choice
+    if "kernels" not in args.explicit and not environment_choice() \
             and cfg.get("kernels") in ("numpy", "numba"):
         args.kernels = cfg["kernels"]             # the same kernels give the same bits
 
@@ -405,8 +406,6 @@ def run(args):
         args.explicit = set()
     ckpt, ckpt_root = _open_checkpoint(args) if args.resume is not None else (None, None)
     check_args(args)
-    if args.kernels:
-        os.environ["TINYGRAD_GPT_KERNELS"] = args.kernels
     import hashlib
 
     from . import data
