@@ -92,7 +92,11 @@ def build_parser():
     p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
     p.add_argument("--start-context", default="Every effort moves you")
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--out", default="runs/pretrain", help="directory for the loss plot")
+    p.add_argument("--out", default="runs/pretrain",
+                   help="directory for the final model (model.safetensors + config.json) and the loss plot")
+    p.add_argument("--save-optimizer", action="store_true",
+                   help="also keep AdamW's state at the end: a resumable checkpoint (into --save-dir, "
+                        "or OUT/checkpoints)")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup (appendix D)")
     p.add_argument("--min-lr", type=float, default=None, help="cosine decay to this lr (appendix D)")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm")
@@ -393,11 +397,31 @@ def _plan_directories(args, ckpt, ckpt_root):
                 n += 1
                 fallback = f"{base}-{n}"
             check_writable(fallback, "--out")
-        if not args.no_plot:
-            check_writable(args.out, "--out")
+        check_writable(args.out, "--out")          # the final model goes there
     except CheckpointError as e:
         raise UsageError(str(e)) from None
     return save_dir, fallback
+
+
+def generate_command(directory):
+    """The command that generates from the model a finished run left in `directory`."""
+    prog = "examples/generate.py"
+    return " ".join(shlex.quote(p) for p in ["python", prog, "--checkpoint", str(directory)])
+
+
+def save_final_model(model, out):
+    """The book saves model.pth right after training: here model.safetensors + config.json in
+    OUT (Hugging Face's layout, through pretrained.save_pretrained), which generate.py
+    --checkpoint OUT loads. No optimizer state (that is --save-optimizer's checkpoint)."""
+    from .pretrained import save_pretrained
+    try:
+        directory = save_pretrained(model, out)
+    except OSError as e:
+        raise UsageError(f"cannot save the final model in {out} ({e.strerror or e}); "
+                         "fix: free some space or pass another --out") from None
+    print(f"Model saved to {directory} (model.safetensors, config.json)")
+    print(f"Generate with: {generate_command(directory)}", flush=True)
+    return directory
 
 
 def run(args):
@@ -523,7 +547,7 @@ def run(args):
                                 warmup_steps=args.warmup_steps, min_lr=args.min_lr, grad_clip=args.grad_clip,
                                 accum_steps=args.accum_steps, log_grad_norms=args.log_grad_norms,
                                 progress=progress, on_step=checkpointer.on_step)
-            if save_dir is not None or checkpointer.signum is not None:
+            if save_dir is not None or checkpointer.signum is not None or getattr(args, "save_optimizer", False):
                 checkpointer.save(state)          # at the end (on_step has usually done it)
             if checkpointer.signum is not None:
                 raise TrainingInterrupted(checkpointer.signum, checkpointer.last_path, state.global_step)
@@ -556,8 +580,9 @@ def run(args):
     session_tokens = state.tokens_seen - start_tokens
     print(f"Summary: {model.num_parameters():,} parameters, {steps} steps, {state.tokens_seen:,} tokens, "
           f"{minutes * 60:.1f} s, {session_tokens / max(minutes * 60, 1e-9):,.0f} tokens/s")
-    if checkpointer.last_path is not None and save_dir is not None:
+    if checkpointer.last_path is not None and (save_dir is not None or getattr(args, "save_optimizer", False)):
         print(f"Checkpoint saved to {checkpointer.last_path}")
+    save_final_model(model, args.out)
     if not args.no_plot and state.train_losses:
         try:
             os.makedirs(args.out, exist_ok=True)
