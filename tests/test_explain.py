@@ -310,7 +310,7 @@ def test_dot_collapsed_draws_each_block_as_one_node(traced):
 def test_dot_large_graphs_collapse_by_default(traced, monkeypatch):
     model, trace, _ = traced
     assert "subgraph" in explain.to_dot(trace, model)           # the tiny model: expanded
-    monkeypatch.setattr(explain, "EXPAND_AT_MOST_OPS", 10)
+    monkeypatch.setattr(explain.render_dot, "EXPAND_AT_MOST_OPS", 10)
     assert "subgraph" not in explain.to_dot(trace, model)
 
 
