@@ -122,23 +122,23 @@ class Module:
         return RemovableHandle(hooks, hook)
 
     # ---- the tree of modules and parameters
-    def named_children(self):
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
 
-    def children(self):
+    def children(self) -> Iterator["Module"]:
         return (m for _, m in self.named_children())
 
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
         yield prefix, self
         for name, child in self.named_children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def modules(self):
+    def modules(self) -> Iterator["Module"]:
         return (m for _, m in self.named_modules())
 
-    def named_parameters(self, prefix=""):
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, "Parameter"]]:
         """(name, Parameter) pairs, each parameter once, in the order they were created."""
         seen = set()
         for module_name, module in self.named_modules(prefix):
@@ -147,20 +147,20 @@ class Module:
                     seen.add(id(value))
                     yield (f"{module_name}.{name}" if module_name else name), value
 
-    def parameters(self):
+    def parameters(self) -> list:
         return [p for _, p in self.named_parameters()]
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
     # ---- state
-    def state_dict(self):
+    def state_dict(self) -> OrderedDict:
         """name -> the parameter's array (not a copy, as PyTorch's tensors share storage)."""
         return OrderedDict((name, p.data) for name, p in self.named_parameters())
 
     _ignored_keys = ()   # entries the PyTorch twin of a module carries that we do not need (buffers)
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: dict, strict: bool = True) -> tuple[list, list]:
         """Copy arrays into the parameters, in place. With strict=True, missing or unexpected
         keys are an error; a wrong shape always is. Returns (missing, unexpected)."""
         params = dict(self.named_parameters())
@@ -191,22 +191,22 @@ class Module:
         return missing, unexpected
 
     # ---- modes
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "Module":
         for m in self.modules():
             m.training = mode
         return self
 
-    def eval(self):
+    def eval(self) -> "Module":
         return self.train(False)
 
-    def zero_grad(self, set_to_none=True):
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
             if set_to_none or p.grad is None:
                 p.grad = None
             else:
                 p.grad.fill(0)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ""
 
     def __repr__(self):
