@@ -20,6 +20,11 @@ TRAINING_FAILED = 1
 DEFAULT_SAVE_EVERY = 50
 
 EPILOG = """\
+the result:
+  a finished run writes its model into OUT (model.safetensors + config.json, Hugging Face's
+  layout, no optimizer state: --save-optimizer adds a resumable checkpoint) and prints the
+  command that generates from it: python examples/generate.py --checkpoint OUT
+
 checkpoints:
   --save-dir DIR keeps the last 2 checkpoints in DIR/step-NNNNNN/ (model.safetensors,
   optimizer.safetensors, state.json), saved every --save-every steps, at the end, and on
