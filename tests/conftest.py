@@ -2,14 +2,14 @@
 import pytest
 
 from helpers import REQUIRE_REFERENCE, require
-from tinygrad_gpt.kernels import get_backend, reference, set_backend
+from tinygrad_gpt import kernels
+from tinygrad_gpt.kernels import reference
 
 
 @pytest.fixture(params=["numpy", "numba"])
 def backend(request):
     """Run the test once per kernel backend (kernels/reference.py, kernels/numba_cpu.py),
     restoring the previous one after; "numba" skips if numba_cpu does not import."""
-    previous = get_backend()
     if request.param == "numba":
         require("numba")
         try:
@@ -19,9 +19,8 @@ def backend(request):
             if REQUIRE_REFERENCE:
                 pytest.fail(message, pytrace=False)
             pytest.skip(message)
-    set_backend(request.param)
-    yield request.param
-    set_backend(previous)
+    with kernels.use(request.param):
+        yield request.param
 
 
 @pytest.fixture
@@ -29,7 +28,5 @@ def numpy_kernels():
     """The plain-NumPy kernels (reference.py) active for the test, the previous backend after.
     For monkeypatching reference.py (that only matters while it is active) and for thousands
     of tiny forwards (a gradient check), where numba's per-call cost dominates."""
-    previous = get_backend()
-    set_backend("numpy")
-    yield reference
-    set_backend(previous)
+    with kernels.use("numpy"):
+        yield reference

@@ -111,21 +111,21 @@ def isolated(monkeypatch, tmp_path):
     """main() sets the kernel backend, BLAS/numba threads and signal handlers: undo all."""
     import numba
     from threadpoolctl import threadpool_limits
-    from tinygrad_gpt.kernels import get_backend, set_backend
-    backend, numba_threads = get_backend(), numba.get_num_threads()
+    from tinygrad_gpt import kernels
+    numba_threads = numba.get_num_threads()
     limits = threadpool_limits(limits=None)
     monkeypatch.setenv("TINYGRAD_GPT_KERNELS", "numpy")
     monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with kernels.use():                          # whatever main() picks, the test's comes back
+            yield
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
         limits.restore_original_limits()
         numba.set_num_threads(numba_threads)
-        set_backend(backend)
 
 
 def run_cli(*argv):

@@ -106,8 +106,8 @@ def test_tracing_changes_no_gradient_and_is_undone_afterwards():
     explain.trace_backward(traced_model, x, y)
     assert Function.__dict__["apply"] is apply_before
     assert all("forward" not in vars(m) for m in traced_model.modules())
-    from tinygrad_gpt.tensor import _backward_hooks
-    assert _backward_hooks == []
+    from tinygrad_gpt.tensor import _backward_hooks, _forward_hooks
+    assert _backward_hooks == [] and _forward_hooks == []
     worst = max(float(np.abs(p.grad - q.grad).max())
                 for p, q in zip(plain.parameters(), traced_model.parameters()))
     print(f"worst difference from a plain backward: {worst:.1e}")
@@ -311,7 +311,7 @@ def test_dot_collapsed_draws_each_block_as_one_node(traced):
 def test_dot_large_graphs_collapse_by_default(traced, monkeypatch):
     model, trace, _ = traced
     assert "subgraph" in explain.to_dot(trace, model)           # the tiny model: expanded
-    monkeypatch.setattr(explain, "EXPAND_AT_MOST_OPS", 10)
+    monkeypatch.setattr(explain.render_dot, "EXPAND_AT_MOST_OPS", 10)
     assert "subgraph" not in explain.to_dot(trace, model)
 
 

@@ -9,7 +9,6 @@ import pytest
 
 import tinygrad_gpt.functional as F
 from tinygrad_gpt import Tensor, gradcheck, manual_seed
-from tinygrad_gpt.kernels import get_backend, set_backend
 
 
 @pytest.fixture(autouse=True)

@@ -74,13 +74,29 @@ def test_default_backend_is_numba_and_switch_works(monkeypatch):
     monkeypatch.delenv("TINYGRAD_GPT_KERNELS", raising=False)
     assert kernels._default_backend() == "numba"
     old = kernels.get_backend()
-    try:
-        kernels.set_backend("numba")
+    with kernels.use():
+        kernels.set_backend("numba")                     # the plain setter
         assert kernels.K.layernorm_forward is NB.layernorm_forward
         kernels.set_backend("numpy")
         assert kernels.K.layernorm_forward is R.layernorm_forward
-    finally:
-        kernels.set_backend(old)
+    assert kernels.get_backend() == old
+
+
+def test_use_switches_for_a_block_and_restores_even_on_an_error():
+    from tinygrad_gpt import kernels
+    old = kernels.get_backend()
+    with kernels.use("numpy") as K:
+        assert K.layernorm_forward is R.layernorm_forward and kernels.get_backend() == "numpy"
+        with kernels.use("numba"):
+            assert kernels.K.layernorm_forward is NB.layernorm_forward
+        assert kernels.get_backend() == "numpy"
+    assert kernels.get_backend() == old
+    with pytest.raises(ZeroDivisionError), kernels.use("numba" if old == "numpy" else "numpy"):
+        1 / 0
+    assert kernels.get_backend() == old
+    with pytest.raises(ValueError, match="unknown kernel backend 'cuda'"), kernels.use("cuda"):
+        pass
+    assert kernels.get_backend() == old
 
 
 # ----------------------------------------------------------------------------- layer norm

@@ -398,3 +398,47 @@ def test_resume_from_an_older_checkpoint_into_its_own_directory_is_refused(tmp_p
     shutil.copytree(checkpoint_dir, tmp_path / "ck")
     older = C.list_checkpoints(tmp_path / "ck")[0][1]
     refused(tmp_path, capsys, "--resume", older, words=["is not the newest", "--save-dir NEW_DIR"])
+
+
+# ----------------------------------------------------------------------------- the run keeps its result
+def test_a_finished_run_saves_its_model_and_generate_checkpoint_out_generates_from_it(tmp_path, text_file):
+    """`examples/pretrain.py --model tiny --epochs 1`, then the printed `examples/generate.py
+    --checkpoint OUT`: the text comes from the trained weights, not random ones."""
+    out = tmp_path / "run"
+    p = subprocess.run(cli(*TINY, "--epochs", "1", "--data", text_file, "--out", out),
+                       capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.name for f in out.iterdir()) == ["config.json", "model.safetensors"]   # no optimizer
+    command = [line for line in p.stdout.splitlines() if line.startswith("Generate with: ")]
+    assert command == [f"Generate with: python examples/generate.py --checkpoint {out}"], p.stdout[-500:]
+
+    from tinygrad_gpt import pretrained
+    from tinygrad_gpt.tokenizer import get_gpt2_tokenizer, text_to_token_ids
+    model = pretrained.load_checkpoint(out)
+    assert model.cfg["n_layers"] == 2 and model.cfg["context_length"] == 16
+    generate_script = REPO / "examples" / "generate.py"
+    g = subprocess.run([sys.executable, str(generate_script), "--checkpoint", str(out), "--max-new-tokens", "8",
+                        "--prompt", "Every effort moves you", "--kernels", "numpy"],
+                       capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=600)
+    assert g.returncode == 0, g.stderr
+    assert "random" not in g.stderr and f"model: {out}" in g.stderr, g.stderr
+    text = g.stdout.splitlines()[0]
+    # the same greedy tokens as the saved weights give in this process
+    from tinygrad_gpt import generate
+    from tinygrad_gpt.kernels import use
+    tok = get_gpt2_tokenizer()
+    with use("numpy"):
+        ids = generate(model, text_to_token_ids("Every effort moves you", tok), 8, 16)
+    expected = tok.decode(ids[0].tolist())
+    print(f"generated: {text!r}")
+    assert text == expected and len(text) > len("Every effort moves you")
+
+
+def test_save_optimizer_also_keeps_a_resumable_checkpoint(tmp_path, text_file):
+    out = tmp_path / "run"
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert run_cli(*TINY, "--epochs", "1", "--data", text_file, "--out", out, "--save-optimizer") == 0
+    step = C.latest_checkpoint(out / "checkpoints")
+    assert sorted(f.name for f in step.iterdir()) == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    assert f"Checkpoint saved to {step}" in stdout.getvalue()
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()

@@ -13,7 +13,6 @@ from helpers import require
 
 import tinygrad_gpt.functional as F
 from tinygrad_gpt import Tensor, concatenate
-from tinygrad_gpt.kernels import get_backend, set_backend
 
 torch = require("torch")
 TF = torch.nn.functional

@@ -4,7 +4,6 @@ The training run uses the bundled sample story, and the shared copy of the book'
 (the-verdict.txt, skipped when absent);
 the rest uses a micro GPT and hand-made batches so that every printed line can be predicted.
 """
-import importlib
 import math
 import re
 
@@ -12,16 +11,16 @@ import numpy as np
 import pytest
 
 import tinygrad_gpt.functional as F
-from tinygrad_gpt import Function, GPTModel, Tensor, get_config, is_grad_enabled, kernels, manual_seed
+from tinygrad_gpt import GPTModel, Tensor, get_config, is_grad_enabled, kernels, manual_seed
 from tinygrad_gpt.data import SAMPLE_TEXT_PATH, DataLoader, create_dataloader_v1, split_train_val
 from tinygrad_gpt.optim import AdamW
+from tinygrad_gpt.tensor import register_backward_hook, register_forward_hook
 from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
 from tinygrad_gpt.train import (calc_loss_batch, calc_loss_loader, evaluate_model,
                                 generate_and_print_sample, train_model_simple)
 
 from helpers import VERDICT, PairDataset, micro_model, needs_verdict
 
-tensor_module = importlib.import_module("tinygrad_gpt.tensor")   # tinygrad_gpt.tensor is the function
 
 
 EVAL_LINE = re.compile(r"^Ep \d+ \(Step \d{6}\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}$")
@@ -77,15 +76,14 @@ def test_calc_loss_loader_averages_the_first_num_batches():
 def test_evaluate_model_runs_under_no_grad_in_eval_mode_then_returns_to_train_mode():
     model = micro_model(drop_rate=0.5)
     calls = []
-    forward = model.forward
 
-    def spy(*args, **kwargs):
+    def spy(module, args):
         calls.append((is_grad_enabled(), [m.training for m in model.modules()]))
-        return forward(*args, **kwargs)
 
-    model.forward = spy
+    handle = model.register_forward_pre_hook(spy)
     train_loader, val_loader = batches(3, seed=1), batches(2, seed=2)
     train_loss, val_loss = evaluate_model(model, train_loader, val_loader, None, eval_iter=2)
+    handle.remove()
     assert len(calls) == 4                               # eval_iter batches of each loader
     assert all(not grad and not any(modes) for grad, modes in calls)
     assert all(m.training for m in model.modules())       # back in train mode
@@ -214,26 +212,22 @@ def test_a_float32_training_step_creates_no_float64_array(backend, monkeypatch):
     y = np.random.default_rng(1).integers(0, cfg["vocab_size"], (2, 16))
 
     seen = []                                            # (where, dtype) of every array made
-    apply = Function.apply.__func__
 
-    def recording_apply(cls, *inputs, **options):
-        out = apply(cls, *inputs, **options)
-        seen.append((f"{cls.__name__}.forward", out.dtype))
-        return out
+    def forward_hook(ctx, inputs, out):
+        seen.append((f"{ctx.name}.forward", out.dtype))
 
     def backward_hook(node, ctx, grad, input_grads):
         seen.append((f"{ctx.name} grad in", grad.dtype))
         seen.extend((f"{ctx.name}.backward", g.dtype) for g in input_grads if g is not None)
 
-    monkeypatch.setattr(Function, "apply", classmethod(recording_apply))
-    monkeypatch.setattr(tensor_module, "_backward_hooks", tensor_module._backward_hooks + [backward_hook])
     monkeypatch.setattr(kernels.K, "module", RecordingKernels(kernels.K.module, seen))
 
-    for _ in range(2):                                   # the second step has non-zero moments
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
+    with register_forward_hook(forward_hook), register_backward_hook(backward_hook):
+        for _ in range(2):                               # the second step has non-zero moments
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
 
     names = {where.split(" ")[0].split(".")[0] for where, _ in seen}
     assert {"Linear", "LayerNorm", "GELU", "Attention", "CrossEntropy", "Embedding", "Dropout"} <= names
@@ -249,17 +243,20 @@ def test_a_float32_training_step_creates_no_float64_array(backend, monkeypatch):
         assert p.dtype == p.grad.dtype == st["exp_avg"].dtype == st["exp_avg_sq"].dtype == np.float32, name
 
 
-def test_the_dtype_recorder_catches_a_stray_float64(monkeypatch):
+class _StrayGELU(F.GELU):
+    """A GELU whose constant is a NumPy float64 scalar: it upcasts (named GELU, as the real one)."""
+
+    def forward(ctx, x):
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2 / np.pi) * x))
+
+    @property
+    def name(self):
+        return "GELU"
+
+
+def test_the_dtype_recorder_catches_a_stray_float64():
     """The check above can fail: a GELU whose constant is a NumPy float64 scalar upcasts."""
     seen = []
-    apply = Function.apply.__func__
-
-    def recording_apply(cls, *inputs, **options):
-        out = apply(cls, *inputs, **options)
-        seen.append((cls.__name__, out.dtype))
-        return out
-
-    monkeypatch.setattr(Function, "apply", classmethod(recording_apply))
-    monkeypatch.setattr(F.GELU, "forward", lambda ctx, x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2 / np.pi) * x)))
-    F.gelu(Tensor(np.ones(3, dtype=np.float32)))
+    with register_forward_hook(lambda ctx, inputs, out: seen.append((ctx.name, out.dtype))):
+        _StrayGELU.apply(Tensor(np.ones(3, dtype=np.float32)))
     assert seen == [("GELU", np.float64)]

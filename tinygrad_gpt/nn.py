@@ -8,15 +8,23 @@ training or sampling.
 A Module finds its parameters and sub-modules by looking at its own attributes in the
 order they were set, so `named_parameters()` yields the book's names in PyTorch's order:
 `tok_emb.weight`, `trf_blocks.0.att.W_query.weight`, ..., `out_head.weight`.
+
+This room owns Module (the tree of parameters, state dicts, train/eval modes) and the book's
+layers. `Module.__call__` keeps the module scope, the stack of modules whose forward is
+running (`module_stack()`, with qualified names), and calls the module hooks
+(`register_module_forward_hook`, `Module.register_forward_hook`, and the pre-hooks):
+tracing observes modules through these, never by replacing a `forward`.
 """
+from __future__ import annotations
+
 import math
 from collections import OrderedDict
-from typing import Iterator, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
 from . import functional as F
-from .tensor import Tensor, default_rng, is_grad_enabled
+from .tensor import RemovableHandle, Tensor, default_rng, is_grad_enabled
 
 
 class LayerKV(Protocol):
@@ -27,6 +35,56 @@ class LayerKV(Protocol):
         """Store k, v (B, H, T, D) at positions [start_pos, start_pos + T); return the keys
         and values of positions [0, start_pos + T), (B, H, start_pos + T, D) each."""
         ...
+from .tensor import RemovableHandle, Tensor, default_rng
+
+# ----------------------------------------------------------------------------- module scope and hooks
+_scope = []                  # [[module, qualified name or None until asked]], innermost last
+_module_pre_hooks = []       # hook(module, args) before every module's forward
+_module_hooks = []           # hook(module, args, output) after every module's forward
+
+
+def register_module_forward_pre_hook(hook: Callable[["Module", tuple], None]) -> RemovableHandle:
+    """Call hook(module, args) before the forward of every module (torch's global twin)."""
+    _module_pre_hooks.append(hook)
+    return RemovableHandle(_module_pre_hooks, hook)
+
+
+def register_module_forward_hook(hook: Callable[["Module", tuple, Any], None]) -> RemovableHandle:
+    """Call hook(module, args, output) after the forward of every module."""
+    _module_hooks.append(hook)
+    return RemovableHandle(_module_hooks, hook)
+
+
+def _child_name(parent, child):
+    for name, value in vars(parent).items():       # a direct attribute: the usual case
+        if value is child:
+            return name
+    for name, m in parent.named_modules():         # deeper (a block calling a grandchild)
+        if m is child and name:
+            return name
+    return type(child).__name__                    # not in the tree: its class
+
+
+def module_stack() -> list:
+    """[(qualified name, module)] of the modules whose forward is running, outermost first.
+    Names are relative to the outermost one ("" for it): "trf_blocks.0.att.W_query" inside
+    model(x). Computed when asked, so a forward without anyone asking pays nothing for them."""
+    for i, entry in enumerate(_scope):
+        if entry[1] is None:
+            if i == 0:
+                entry[1] = ""
+            else:
+                parent_name = _scope[i - 1][1]
+                name = _child_name(_scope[i - 1][0], entry[0])
+                entry[1] = f"{parent_name}.{name}" if parent_name else name
+    return [(name, module) for module, name in _scope]
+
+
+def current_module():
+    """(qualified name, module) of the innermost running module, or (None, None) outside any."""
+    if not _scope:
+        return None, None
+    return module_stack()[-1]
 
 
 class Parameter(Tensor):
@@ -40,22 +98,52 @@ class Parameter(Tensor):
 
 
 class Module:
-    def __init__(self):
+    """PyTorch's nn.Module shape: sub-modules and Parameters as attributes, `forward` called
+    through `__call__`, which keeps the module scope and calls the hooks."""
+
+    def __init__(self) -> None:
         self.training = True
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args, **kwargs) -> Any:
         raise NotImplementedError
 
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+    def __call__(self, *args, **kwargs) -> Any:
+        own = self.__dict__.get("_hooks")
+        if _module_pre_hooks or own:
+            for hook in _module_pre_hooks + (own["pre"] if own else []):
+                hook(self, args)
+        _scope.append([self, None])
+        try:
+            out = self.forward(*args, **kwargs)
+        finally:
+            _scope.pop()
+        if _module_hooks or own:
+            for hook in _module_hooks + (own["post"] if own else []):
+                hook(self, args, out)
+        return out
+
+    def _own_hooks(self):
+        return self.__dict__.setdefault("_hooks", {"pre": [], "post": []})
+
+    def register_forward_pre_hook(self, hook: Callable[["Module", tuple], None]) -> RemovableHandle:
+        """Call hook(module, args) before this module's forward, as torch's."""
+        hooks = self._own_hooks()["pre"]
+        hooks.append(hook)
+        return RemovableHandle(hooks, hook)
+
+    def register_forward_hook(self, hook: Callable[["Module", tuple, Any], None]) -> RemovableHandle:
+        """Call hook(module, args, output) after this module's forward, as torch's."""
+        hooks = self._own_hooks()["post"]
+        hooks.append(hook)
+        return RemovableHandle(hooks, hook)
 
     # ---- the tree of modules and parameters
-    def named_children(self):
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
 
-    def children(self):
+    def children(self) -> Iterator["Module"]:
         return (m for _, m in self.named_children())
 
     def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, "Module"]]:
@@ -63,7 +151,7 @@ class Module:
         for name, child in self.named_children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def modules(self):
+    def modules(self) -> Iterator["Module"]:
         return (m for _, m in self.named_modules())
 
     def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
@@ -134,7 +222,7 @@ class Module:
             else:
                 p.grad.fill(0)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ""
 
     def __repr__(self):
