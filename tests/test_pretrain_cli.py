@@ -412,9 +412,9 @@ def test_a_finished_run_saves_its_model_and_generate_checkpoint_out_generates_fr
     command = [line for line in p.stdout.splitlines() if line.startswith("Generate with: ")]
     assert command == [f"Generate with: python examples/generate.py --checkpoint {out}"], p.stdout[-500:]
 
-    from tinygrad_gpt import pretrained
+    from tinygrad_gpt.checkpoint import load_model
     from tinygrad_gpt.tokenizer import get_gpt2_tokenizer, text_to_token_ids
-    model = pretrained.load_checkpoint(out)
+    model = load_model(out)
     assert model.cfg["n_layers"] == 2 and model.cfg["context_length"] == 16
     generate_script = REPO / "examples" / "generate.py"
     g = subprocess.run([sys.executable, str(generate_script), "--checkpoint", str(out), "--max-new-tokens", "8",
