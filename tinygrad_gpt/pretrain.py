@@ -79,7 +79,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def build_parser():
     p = _Parser(prog="pretrain.py", description=__doc__.split("\n\n")[0], epilog=EPILOG,
                 formatter_class=_Formatter)
-    p.add_argument("--model", default="124M", help="tiny, 124M, 355M, 774M or 1558M")
+    p.add_argument("--model", default="124M", help="micro, tiny, 124M, 355M, 774M or 1558M")
     p.add_argument("--data", default=None, help="a UTF-8 text file (default: the-verdict.txt)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=2)
@@ -416,13 +416,19 @@ def run(args):
     from .model import GPTModel, get_config
     from .optim import AdamW
     from .tensor import default_rng, manual_seed
-    from .tokenizer import get_gpt2_tokenizer
+    from .tokenizer import tokenizer_for
     from .train import NonFiniteLossError, Progress, TrainState, plot_losses, train_model
 
-    try:
-        text, description = data.load_training_text(args.data)
-    except data.DataError as e:
-        raise UsageError(str(e)) from None
+    cfg = dict(ckpt.config.get("model_config") or {}) if ckpt is not None else get_config(args.model)
+    if cfg.get("tokenizer") == "char" and args.data is None:      # the micro model reads its one sentence
+        from .char_tokenizer import MICRO_REPEATS, MICRO_SENTENCE, micro_text
+        text = micro_text()
+        description = f"Using the micro model's sentence {MICRO_SENTENCE!r}, {MICRO_REPEATS} times ({len(text)} characters)"
+    else:
+        try:
+            text, description = data.load_training_text(args.data)
+        except data.DataError as e:
+            raise UsageError(str(e)) from None
     text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if ckpt is not None:
         saved = ckpt.config.get("data", {})
@@ -435,11 +441,12 @@ def run(args):
         except ckpt_mod.CheckpointError as e:
             raise UsageError(str(e)) from None
 
-    tokenizer = get_gpt2_tokenizer()
-    if ckpt is not None:
-        cfg = dict(ckpt.config.get("model_config") or {})
-    else:
-        cfg = get_config(args.model)
+    try:
+        tokenizer = tokenizer_for(cfg)
+        tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+    except ValueError as e:
+        raise UsageError(f"training text {args.data or '(the default)'}: {e}") from None
+    if ckpt is None:
         cfg["context_length"] = args.context_length
         if args.drop_rate is not None:
             cfg["drop_rate"] = args.drop_rate

@@ -485,7 +485,8 @@ def load_checkpoint(path, cls=GPTModel):
 
 
 def _model_from_book_tensors(cls, cfg, tensors, source):
-    model = cls({k: cfg[k] for k in _REQUIRED_KEYS})
+    keep = _REQUIRED_KEYS + (("tokenizer",) if "tokenizer" in cfg else ())   # micro's "char" must survive
+    model = cls({k: cfg[k] for k in keep})
     params = dict(model.named_parameters())
     missing = [n for n in params if n not in tensors]
     wrong = [f"{n} {tuple(tensors[n].shape)} (expected {p.shape})"
