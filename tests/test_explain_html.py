@@ -164,6 +164,22 @@ def test_chromium_shows_an_ops_details_with_its_values(micro, tmp_path):
     assert "step 13: Attention" in details and trace.ops[12].backward_at in details
     assert details.count('<pre class="values">') == 4                # dL/d(out), dq, dk, dv
     assert "from step 12" in details and "the output of step 14" in details
+    assert "sum of" not in details                                    # read once
+
+
+@needs_chromium
+def test_chromium_shows_where_gradients_add_up(micro, tmp_path):
+    """norm1's output feeds W_query, W_key and W_value: its gradient is their sum, and the
+    page lists the three contributions with their norms."""
+    _, trace, records = micro
+    norm1 = next(r for r in records if r.module == "trf_blocks.0.norm1")
+    dom = render(explain_html.write_html(records, tmp_path / "micro.html"), f"#step={norm1.step}")
+    details = re.search(r'<div id="details">(.*?)</div>\s*<h2>Parameters', dom, re.S).group(1)
+    assert "dL/d(output) is the sum of 3 contributions" in details
+    for c in norm1.children:
+        op = trace.ops[c - 1]
+        k = next(k for k, i in enumerate(op.inputs) if i.node == trace.ops[norm1.step - 1].node)
+        assert f"step {c} Linear {op.module}</td><td>norm {op.inputs[k].grad_norm:.3g}" in details, op.module
 
 
 @needs_chromium
@@ -172,9 +188,10 @@ def test_chromium_folds_blocks_and_highlights_a_chain(tiny, tmp_path):
     name = "trf_blocks.0.att.W_query.weight"
     chain, n = explain.chain(trace, name)
     steps = [op.step for op, _ in chain]
-    path = explain_html.write_html(records, tmp_path / "tiny.html", highlight=(name, steps))
+    path = explain_html.write_html(records, tmp_path / "tiny.html", highlight=(name, steps, n))
     dom = render(path)
     assert errors_in(dom) == ""
+    assert f"{name}, 15 ops (of {n:,} chains through the graph)" in dom and n == 16
     assert sorted(map(int, op_nodes(dom))) == list(range(1, len(trace.ops) + 1))
     chained = re.findall(r'<g class="op chain" data-step="(\d+)"', dom)
     assert sorted(map(int, chained)) == sorted(steps) and len(steps) == 15

@@ -9,7 +9,9 @@ its way down, coloured by its norm (a log scale, in the legend). Each transforme
 frame that folds into one box (click its title; big graphs start folded). A click on a box
 shows what the op received (dL/d(its output)), what it returned for each input, their shapes
 and norms, the values when the records carry them, and the file:line of its backward code.
-`highlight=(name, steps)` draws one parameter's chain (explain.chain) in orange.
+`highlight=(name, steps)` or `(name, steps, number of chains)` draws one parameter's chain
+(explain.chain) in orange. An op whose output was read by several ops (norm1's, read by
+W_query, W_key and W_value) lists the contributions that were added into its gradient.
 
 The records are plain data, so this module needs nothing from the tracer: `records_from_trace`
 reads any object with explain.Trace's fields.
@@ -119,8 +121,9 @@ def page_data(records, title="backward", loss=None, highlight=None, folded=None)
         raise ValueError(f"records must be steps 1..{len(ops)} in order, got {steps[:5]}...")
     chain = None
     if highlight is not None:
-        name, chain_steps = highlight
-        chain = {"param": name, "steps": [int(s) for s in chain_steps]}
+        name, chain_steps, *n_chains = highlight
+        chain = {"param": name, "steps": [int(s) for s in chain_steps],
+                 "count": int(n_chains[0]) if n_chains else None}
     return {"title": title, "loss": _finite(loss), "ops": ops, "chain": chain,
             "folded": len(ops) > FOLD_ABOVE_OPS if folded is None else bool(folded)}
 
@@ -206,7 +209,8 @@ rect.cluster { fill: #f7f9fc; stroke: #99a; stroke-dasharray: 4 3; rx: 8; }
 text.cluster-title { font-size: 12px; font-weight: bold; fill: #335; pointer-events: all; cursor: pointer; }
 text.step { font-weight: bold; }
 path.edge { fill: none; stroke-width: 2; opacity: 0.9; }
-body.has-chain g.op:not(.chain), body.has-chain g.param:not(.chain), body.has-chain path.edge:not(.chain) { opacity: 0.25; }
+body.has-chain g.op:not(.chain), body.has-chain g.param:not(.chain), body.has-chain g.blockbox:not(.chain),
+body.has-chain path.edge:not(.chain) { opacity: 0.25; }
 g.chain rect { stroke: #e66a00 !important; stroke-width: 3 !important; }
 path.edge.chain { stroke: #e66a00 !important; stroke-width: 4; opacity: 1; }
 table { border-collapse: collapse; font-size: 12px; }
@@ -426,7 +430,7 @@ function draw() {
     } else if (n.kind === "block") {
       var bops = ops.filter(function (o) { return o.block === n.block; });
       var np = bops.reduce(function (s, o) { return s + o.params.length; }, 0);
-      grp.setAttribute("class", "blockbox");
+      grp.setAttribute("class", "blockbox" + (bops.some(function (o) { return chainSteps.indexOf(o.step) >= 0; }) ? " chain" : ""));
       grp.setAttribute("data-block", n.block);
       text(grp, cx, y + 14, "\u25b8 " + n.block + "  #" + bops[0].step + "-" + bops[bops.length - 1].step, "step");
       text(grp, cx, y + 27, bops.length + " ops, " + np + " parameters: click to unfold");
@@ -478,7 +482,18 @@ function showOp(o) {
   h += "<tr><th>output</th><td>" + dims(o.out_shape) + "</td></tr>";
   h += "<tr><th>received</th><td>dL/d(output), norm " + fmt(o.out_grad_norm) +
        (o.children.length ? ", from step " + o.children.join(", ") : " (the loss itself)") + "</td></tr>";
-  h += "</table>" + valuesBlock(o.out_grad_values);
+  h += "</table>";
+  if (o.children.length > 1) {                  // its output was read more than once: the gradients added up
+    h += "<p>dL/d(output) is the sum of " + o.children.length + " contributions, one from each op that read it:</p><table>";
+    o.children.forEach(function (c) {
+      byStep[c].inputs.forEach(function (i) {
+        if (i.source === "op:" + o.step) h += "<tr><td>step " + c + " " + esc(byStep[c].op) + " " + esc(byStep[c].module || "") +
+                                             "</td><td>norm " + fmt(i.grad_norm) + "</td></tr>";
+      });
+    });
+    h += "</table>";
+  }
+  h += valuesBlock(o.out_grad_values);
   h += "<h2>returned, one gradient per input</h2>";
   o.inputs.forEach(function (i, k) {
     var src = i.source.indexOf("op:") === 0 ? "the output of step " + i.source.slice(3) :
@@ -530,7 +545,8 @@ function legend() {
 var nparams = ops.reduce(function (s, o) { return s + o.params.length; }, 0);
 document.getElementById("summary").textContent = ops.length + " ops in the order backward ran them (#1 first), " +
   nparams + " parameter tensors reached" + (D.loss === null ? "" : ", loss " + Number(D.loss).toFixed(4)) +
-  (D.chain ? "; in orange: the chain of " + chainSteps.length + " ops from the loss to " + D.chain.param : "");
+  (D.chain ? "; in orange: the shortest chain from the loss to " + D.chain.param + ", " + chainSteps.length + " ops" +
+             (D.chain.count ? " (of " + Number(D.chain.count).toLocaleString("en-US") + " chains through the graph)" : "") : "");
 document.getElementById("fold-all").addEventListener("click", function () { blocks.forEach(function (b) { folded[b] = true; }); draw(); });
 document.getElementById("unfold-all").addEventListener("click", function () { blocks.forEach(function (b) { folded[b] = false; }); draw(); });
 if (D.chain) {
