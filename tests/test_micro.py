@@ -92,6 +92,7 @@ def test_pretrain_micro_refuses_a_text_with_other_characters(isolated_runtime, t
     err = capsys.readouterr().err
     assert code == 2
     assert "character ',' at position 22 is not in the micro tokenizer's 17 characters" in err, err
+    assert "fix: leave out --data (micro learns its own sentence)" in err
     assert len(err.strip().splitlines()) == 1
 
 

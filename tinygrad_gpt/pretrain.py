@@ -445,7 +445,9 @@ def run(args):
         tokenizer = tokenizer_for(cfg)
         tokenizer.encode(text, allowed_special={"<|endoftext|>"})
     except ValueError as e:
-        raise UsageError(f"training text {args.data or '(the default)'}: {e}") from None
+        fix = ("; fix: leave out --data (micro learns its own sentence) or use a text of those characters"
+               if cfg.get("tokenizer") == "char" else "")
+        raise UsageError(f"training text {args.data or '(the default)'}: {e}{fix}") from None
     if ckpt is None:
         cfg["context_length"] = args.context_length
         if args.drop_rate is not None:
