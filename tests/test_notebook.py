@@ -27,7 +27,10 @@ def executed():
 
 
 def text_of(nb):
-    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    """Each code cell's printed text. A cell's prints may arrive as several stream outputs (the
+    kernel flushes on a timer, even inside one print call): joined without a separator."""
+    return "\n".join("".join(o.get("text", "") for o in c.get("outputs", []))
+                     for c in nb.cells if c.cell_type == "code")
 
 
 def test_the_notebook_runs_on_this_checkout_without_an_error(executed):
