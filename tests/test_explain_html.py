@@ -1,10 +1,10 @@
-"""explain_html.py: the records built from a trace, the page they make, and that page rendered
+"""explain/render_html.py: the records built from a trace, the page they make, and that page rendered
 by a real browser (headless Chromium, offline): every op drawn with its step number, every
 parameter named, no script error, a click target's details, folding and the --param chain.
 
-The browser tests skip where Chromium is not installed (Debian: apt-get install chromium).
+The browser tests need Chromium (Debian: apt-get install chromium; .ci/run installs it): they skip
+without it, and fail under TINYGRAD_GPT_REQUIRE_REFERENCE=1 (helpers.require).
 """
-import importlib
 import re
 import shutil
 import subprocess
@@ -12,16 +12,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from tinygrad_gpt import GPTModel, explain, explain_html, get_config, manual_seed
-from tinygrad_gpt.char_tokenizer import MICRO_SENTENCE, micro_tokenizer
-from tinygrad_gpt.tensor import unbroadcast
+from helpers import require
 
-_engine = importlib.import_module("tinygrad_gpt.tensor")
+from tinygrad_gpt import GPTModel, explain, get_config, manual_seed
+from tinygrad_gpt.explain import render_html
+from tinygrad_gpt.char_tokenizer import MICRO_SENTENCE, micro_tokenizer
+from tinygrad_gpt.tensor import register_backward_hook, unbroadcast
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome")
                  if shutil.which(n)), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
-                                    "(Debian: apt-get install chromium); the page is not rendered")
 
 
 def trace_with_values(model_name="micro", T=8, seed=123):
@@ -42,11 +41,8 @@ def trace_with_values(model_name="micro", T=8, seed=123):
         seen.append((np.array(grad), [None if g is None or not p.requires_grad else unbroadcast(np.asarray(g), p.shape)
                                       for p, g in zip(ctx.parents, grads)]))
 
-    _engine._backward_hooks.append(hook)
-    try:
+    with register_backward_hook(hook):
         trace = explain.trace_backward(model, ids[None, :T], ids[None, 1:T + 1])
-    finally:
-        _engine._backward_hooks.remove(hook)
     assert len(seen) == len(trace.ops)
     return model, trace, {k + 1: v for k, v in enumerate(seen)}
 
@@ -54,13 +50,13 @@ def trace_with_values(model_name="micro", T=8, seed=123):
 @pytest.fixture(scope="module")
 def micro():
     model, trace, values = trace_with_values("micro")
-    return model, trace, explain_html.records_from_trace(trace, values)
+    return model, trace, render_html.records_from_trace(trace, values)
 
 
 @pytest.fixture(scope="module")
 def tiny():
     model, trace, _ = trace_with_values("tiny", T=16)
-    return model, trace, explain_html.records_from_trace(trace)
+    return model, trace, render_html.records_from_trace(trace)
 
 
 # ----------------------------------------------------------------------------- the records
@@ -97,32 +93,33 @@ def test_values_are_the_gradients_whose_norms_the_trace_printed(micro):
         for rec, inp in zip(r.inputs, op.inputs):
             if inp.grad_norm is not None:
                 assert np.linalg.norm(rec.grad_values) == pytest.approx(inp.grad_norm, rel=2e-3)
-    assert explain_html.small_values(np.zeros(explain_html.MAX_VALUES + 1)) is None
+    assert render_html.small_values(np.zeros(render_html.MAX_VALUES + 1)) is None
 
 
 def test_the_page_is_one_file_that_loads_nothing(micro, tmp_path):
     _, trace, records = micro
-    path = explain_html.write_html(records, tmp_path / "page.html", title="micro", loss=trace.loss)
+    path = render_html.write_html(records, tmp_path / "page.html", title="micro", loss=trace.loss)
     page = path.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and page.count("<script") == 3
     for fetches in ("<link", " src=", "@import", "fetch(", "XMLHttpRequest", "url(http", "href=\"http"):
         assert fetches not in page, fetches
     assert re.findall(r"https?://[^\s\"']+", page) == ["http://www.w3.org/2000/svg"] * 2   # the SVG namespace
-    data = explain_html.page_data(records, loss=trace.loss)
+    data = render_html.page_data(records, loss=trace.loss)
     assert len(data["ops"]) == 26 and data["folded"] is False
 
 
 def test_out_of_order_records_are_refused(micro):
     _, _, records = micro
     with pytest.raises(ValueError, match="steps 1..26 in order"):
-        explain_html.page_data(records[1:] + records[:1])
+        render_html.page_data(records[1:] + records[:1])
 
 
 # ----------------------------------------------------------------------------- in a browser
 def render(path, fragment=""):
     """The DOM after the page's scripts ran, as headless Chromium dumps it (offline)."""
+    browser = CHROMIUM or require("chromium", program=True)
     profile = path.parent / "chromium-profile"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-extensions",
            f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom",
            path.resolve().as_uri() + fragment]
@@ -141,10 +138,9 @@ def op_nodes(dom):
     return re.findall(r'<g class="op[^"]*" data-step="(\d+)"', dom)
 
 
-@needs_chromium
 def test_chromium_draws_every_op_and_names_every_parameter(micro, tmp_path):
     model, trace, records = micro
-    dom = render(explain_html.write_html(records, tmp_path / "micro.html", title="micro", loss=trace.loss))
+    dom = render(render_html.write_html(records, tmp_path / "micro.html", title="micro", loss=trace.loss))
     assert errors_in(dom) == ""
     assert 'data-ready="1"' in dom                                    # the script ran to its end
     assert sorted(map(int, op_nodes(dom))) == list(range(1, len(trace.ops) + 1))
@@ -155,10 +151,9 @@ def test_chromium_draws_every_op_and_names_every_parameter(micro, tmp_path):
     assert len(re.findall(r'<path [^>]*class="edge"', dom)) > len(trace.ops)
 
 
-@needs_chromium
 def test_chromium_shows_an_ops_details_with_its_values(micro, tmp_path):
     _, trace, records = micro
-    dom = render(explain_html.write_html(records, tmp_path / "micro.html"), "#step=13")
+    dom = render(render_html.write_html(records, tmp_path / "micro.html"), "#step=13")
     assert errors_in(dom) == ""
     details = re.search(r'<div id="details">(.*?)</div>\s*<h2>Parameters', dom, re.S).group(1)
     assert "step 13: Attention" in details and trace.ops[12].backward_at in details
@@ -167,13 +162,12 @@ def test_chromium_shows_an_ops_details_with_its_values(micro, tmp_path):
     assert "sum of" not in details                                    # read once
 
 
-@needs_chromium
 def test_chromium_shows_where_gradients_add_up(micro, tmp_path):
     """norm1's output feeds W_query, W_key and W_value: its gradient is their sum, and the
     page lists the three contributions with their norms."""
     _, trace, records = micro
     norm1 = next(r for r in records if r.module == "trf_blocks.0.norm1")
-    dom = render(explain_html.write_html(records, tmp_path / "micro.html"), f"#step={norm1.step}")
+    dom = render(render_html.write_html(records, tmp_path / "micro.html"), f"#step={norm1.step}")
     details = re.search(r'<div id="details">(.*?)</div>\s*<h2>Parameters', dom, re.S).group(1)
     assert "dL/d(output) is the sum of 3 contributions" in details
     for c in norm1.children:
@@ -182,13 +176,12 @@ def test_chromium_shows_where_gradients_add_up(micro, tmp_path):
         assert f"step {c} Linear {op.module}</td><td>norm {op.inputs[k].grad_norm:.3g}" in details, op.module
 
 
-@needs_chromium
 def test_chromium_folds_blocks_and_highlights_a_chain(tiny, tmp_path):
     model, trace, records = tiny
     name = "trf_blocks.0.att.W_query.weight"
     chain, n = explain.chain(trace, name)
     steps = [op.step for op, _ in chain]
-    path = explain_html.write_html(records, tmp_path / "tiny.html", highlight=(name, steps, n))
+    path = render_html.write_html(records, tmp_path / "tiny.html", highlight=(name, steps, n))
     dom = render(path)
     assert errors_in(dom) == ""
     assert f"{name}, 15 ops (of {n:,} chains through the graph)" in dom and n == 16
@@ -198,7 +191,7 @@ def test_chromium_folds_blocks_and_highlights_a_chain(tiny, tmp_path):
     assert f'<g class="param chain" data-param="{name}"' in dom
     assert len(re.findall(r'<path [^>]*class="edge chain"', dom)) == len(steps) + 1   # loss -> ... -> parameter
 
-    dom = render(explain_html.write_html(records, tmp_path / "folded.html", folded=True))
+    dom = render(render_html.write_html(records, tmp_path / "folded.html", folded=True))
     assert errors_in(dom) == ""
     assert re.findall(r'data-block="([^"]+)"', dom) == ["trf_blocks.1", "trf_blocks.0"]
     assert sorted(map(int, op_nodes(dom))) == list(range(1, len(trace.ops) + 1))   # hidden, still there
@@ -206,11 +199,10 @@ def test_chromium_folds_blocks_and_highlights_a_chain(tiny, tmp_path):
         assert f'data-param-row="{name}"' in dom, name
 
 
-@needs_chromium
 def test_a_script_error_reaches_the_errors_element(micro, tmp_path, monkeypatch):
     """The check above can fail: a page whose script throws shows it in #errors."""
     _, _, records = micro
-    monkeypatch.setattr(explain_html, "_SCRIPT", explain_html._SCRIPT.replace(
+    monkeypatch.setattr(render_html, "_SCRIPT", render_html._SCRIPT.replace(
         'document.body.setAttribute("data-ready", "1");', "null.boom;"))
-    dom = render(explain_html.write_html(records, tmp_path / "broken.html"))
+    dom = render(render_html.write_html(records, tmp_path / "broken.html"))
     assert "TypeError" in errors_in(dom) and 'data-ready="1"' not in dom

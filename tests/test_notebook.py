@@ -4,15 +4,13 @@ Executed with nbclient and ipykernel (the dev extras) in a kernel named python3,
 checkout: a first cell, added here, prints which tinygrad_gpt the kernel imported.
 """
 import re
-from pathlib import Path
 
 import pytest
+from helpers import REPO, require
 
-nbformat = pytest.importorskip("nbformat", reason="nbformat comes with nbclient: pip install -e '.[dev]'")
-nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[dev]' installs nbclient")
-pytest.importorskip("ipykernel", reason="pip install -e '.[dev]' installs ipykernel (the python3 kernel)")
-
-REPO = Path(__file__).resolve().parents[1]
+nbformat = require("nbformat")                       # nbclient's; both come with pip install -e ".[dev]"
+nbclient = require("nbclient")
+require("ipykernel")                                 # the python3 kernel
 NOTEBOOK = REPO / "examples" / "backward_walkthrough.ipynb"
 
 
