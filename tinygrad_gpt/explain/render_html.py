@@ -68,8 +68,9 @@ def small_values(array, limit=MAX_VALUES):
 def records_from_trace(trace, values=None):
     """[OpRecord] from an explain.Trace (anything with its fields: trace.ops of Op with step, name,
     module, block, node, out_shape, out_grad_norm, backward_at, inputs of Input with shape,
-    dtype, node, param, grad_shape, grad_norm). `values`, optional: {step: (dL/d(output),
-    [gradient each input receives, or None])} as arrays."""
+    dtype, node, param, grad_shape, grad_norm). The arrays come from the trace when it kept
+    them (trace_backward(keep_values=...): Op.out_grad, Input.grad), or from `values`:
+    {step: (dL/d(output), [gradient each input receives, or None])}."""
     made_by = {op.node: op.step for op in trace.ops}
     readers = {}
     for op in trace.ops:
@@ -78,7 +79,8 @@ def records_from_trace(trace, values=None):
                 readers.setdefault(made_by[i.node], []).append(op.step)
     records = []
     for op in trace.ops:
-        out_grad, input_grads = (values or {}).get(op.step, (None, []))
+        kept = (getattr(op, "out_grad", None), [getattr(i, "grad", None) for i in op.inputs])
+        out_grad, input_grads = (values or {}).get(op.step, kept)
         inputs = []
         for k, i in enumerate(op.inputs):
             if i.node in made_by:
