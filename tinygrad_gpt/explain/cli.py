@@ -159,14 +159,14 @@ def pauser(out, stdin):
         if state["eof"]:
             return
         print(f"[step {op.step}] Enter: next op, q: stop > ", end="", file=out, flush=True)
-        line = (sys.stdin if stdin is None else stdin).readline()
+        source = sys.stdin if stdin is None else stdin
+        line = source.readline()
         if line.strip().lower() in ("q", "quit"):
             raise StopBackward(op.step)
         if not line:
             state["eof"] = True
             print("(end of input: running to the end)", file=out, flush=True)
             return
-        source = sys.stdin if stdin is None else stdin
         if not (hasattr(source, "isatty") and source.isatty()):   # piped: no echoed Enter ends the line
             print(file=out)
 
