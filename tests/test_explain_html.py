@@ -206,3 +206,20 @@ def test_a_script_error_reaches_the_errors_element(micro, tmp_path, monkeypatch)
         'document.body.setAttribute("data-ready", "1");', "null.boom;"))
     dom = render(render_html.write_html(records, tmp_path / "broken.html"))
     assert "TypeError" in errors_in(dom) and 'data-ready="1"' not in dom
+
+
+def test_chromium_renders_the_cli_page_with_values_and_the_chain(tmp_path):
+    """explain_backward.py --model micro --param NAME --html FILE: the page Chromium draws has
+    every op and parameter, the chain in orange, and an op's values in its details."""
+    import io
+    name = "trf_blocks.0.att.W_query.weight"
+    page = tmp_path / "cli.html"
+    assert explain.main(["--model", "micro", "--param", name, "--html", str(page)], file=io.StringIO()) == 0
+    dom = render(page, "#step=2")
+    assert errors_in(dom) == ""
+    assert sorted(map(int, op_nodes(dom))) == list(range(1, 27))
+    assert f'<g class="param chain" data-param="{name}"' in dom
+    chained = sorted(map(int, re.findall(r'<g class="op[^"]*\bchain\b[^"]*" data-step="(\d+)"', dom)))   # step 2 also selected
+    assert chained == [1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15, 16]
+    details = re.search(r'<div id="details">(.*?)</div>\s*<h2>Parameters', dom, re.S).group(1)
+    assert "step 2: Linear" in details and details.count('<pre class="values">') == 3   # dL/d(out), dx, dW
