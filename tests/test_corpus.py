@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 
 from tinygrad_gpt import corpus as C
-from tinygrad_gpt.prepare_data import main as prepare_main
+from tinygrad_gpt.cli.prepare_data import main as prepare_main
 from tinygrad_gpt.tokenizer import ENDOFTEXT_ID, get_gpt2_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-STORY = (REPO / "tinygrad_gpt" / "data" / "sample_story.txt").read_text(encoding="utf-8")
+from helpers import REPO, STORY
 
 
 def make_docs(root, n=6, words=120):
@@ -132,14 +131,14 @@ def test_an_interrupted_run_leaves_no_corpus_and_the_next_run_redoes_it(tmp_path
 
 
 def test_a_kill_9_mid_prepare_leaves_only_temp_files_that_the_rerun_removes(tmp_path):
-    """What kill -9 leaves (a complete shard, a .tmp- one, no manifest) is no corpus; the
+    """What kill -9 leaves (a complete shard, fileio's temporary file of the next, no manifest) is no corpus; the
     rerun removes it and writes the same corpus as a clean run."""
     make_docs(tmp_path)
     assert prepare(tmp_path / "docs", "--out", tmp_path / "ref", "--shard-tokens", "50") == 0
     c = tmp_path / "c"
     c.mkdir()
     C.write_shard(c / "train_000000.bin", np.arange(50, dtype=np.uint16))
-    (c / ".tmp-train_000001.bin.999").write_bytes(bytes(1024) + b"\x01\x00")
+    (c / ".train_000001.bin.999.0badcafe.tmp").write_bytes(bytes(1024) + b"\x01\x00")
     (c / "notes.txt").write_text("mine")       # not the corpus's: kept
     assert not C.is_corpus_dir(c)
     assert prepare(tmp_path / "docs", "--out", c, "--shard-tokens", "50") == 0

@@ -6,7 +6,6 @@ parameters agree to float32 rounding, not bit for bit). SIGTERM to mpirun ends e
 with one checkpoint, and mpirun --resume continues the run.
 """
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,27 +13,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("mpi4py")          # CI installs the mpi extra: pip install -e ".[mpi]"
-
 import safetensors.numpy
 
 from tinygrad_gpt import checkpoint as C
 
-from test_checkpoint import ep_lines
-from test_pretrain_cli import cli, env
-from test_pretrain_corpus import corpus_dir  # noqa: F401  (the fixture)
-from test_corpus import STORY
+from helpers import STORY, cli, env, ep_lines, require, story_corpus
+
+require("mpi4py")                      # CI's second run installs the mpi extra: pip install -e ".[mpi]"
 
 RUN = ["--model", "tiny", "--context-length", "16", "--batch-size", "2", "--no-plot", "--threads", "1",
        "--kernels", "numpy", "--eval-freq", "3", "--eval-iter", "3", "--lr", "3e-3", "--drop-rate", "0"]
 
 
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    return story_corpus(tmp_path_factory.mktemp("corpus"))
+
+
 def mpirun():
-    """The mpirun beside this Python (the mpich wheel installs it there), else on PATH."""
+    """The mpirun beside this Python (the mpich wheel installs it into the venv's bin), else on PATH."""
     here = Path(sys.executable).parent / "mpirun"
-    found = str(here) if here.exists() else shutil.which("mpirun")
-    assert found, "mpi4py is installed but no mpirun was found: pip install mpich"
+    found = str(here) if here.exists() else require("mpirun", program=True)
     version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
     extra = ["--allow-run-as-root", "--oversubscribe"] if "Open MPI" in version else []
     return [found, *extra]
@@ -71,14 +70,18 @@ def test_two_ranks_with_one_row_each_print_the_lines_of_one_process_with_batch_2
         extra = ["--data", path, "--epochs", "2"]
     else:
         extra = ["--data", corpus_dir, "--max-steps", "12"]
-    one = run(cli(*RUN, *extra, "--save-dir", tmp_path / "one"), tmp_path)
-    two = run([*mpirun(), "-n", "2", *cli(*RUN, *extra, "--save-dir", tmp_path / "two")], tmp_path)
+    one = run(cli(*RUN, *extra, "--save-dir", tmp_path / "one", "--out", tmp_path / "out1"), tmp_path)
+    two = run([*mpirun(), "-n", "2", *cli(*RUN, *extra, "--save-dir", tmp_path / "two", "--out", tmp_path / "out2")],
+              tmp_path)
     print(two)
     assert "Data parallel: 2 MPI ranks" in two and "Allreduce:" in two
     assert len(ep_lines(one)) >= 4
     assert ep_lines(two) == ep_lines(one)
     assert two.count("Training completed") == 1, "only rank 0 prints"
     assert_close_models(C.latest_checkpoint(tmp_path / "one"), C.latest_checkpoint(tmp_path / "two"))
+    assert two.count("Model saved to") == 1, "only rank 0 saves the final model"
+    assert_close_models(tmp_path / "out1", tmp_path / "out2")
+    assert sorted(os.listdir(tmp_path / "out2")) == sorted(os.listdir(tmp_path / "out1"))
 
 
 def test_sigterm_to_mpirun_saves_one_checkpoint_and_mpirun_resume_continues(tmp_path, corpus_dir):

@@ -14,11 +14,8 @@ import pytest
 
 from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt.corpus import read_manifest
-from tinygrad_gpt.prepare_data import main as prepare_main
 
-from test_checkpoint import assert_same_run, ep_lines, isolated, run_cli
-from test_corpus import STORY
-from test_pretrain_cli import by_step, cli, env, start
+from helpers import STORY, assert_same_run, by_step, cli, env, ep_lines, isolated, run_cli, start, story_corpus
 
 TINY = ["--model", "tiny", "--context-length", "16", "--batch-size", "2", "--no-plot", "--threads", "1",
         "--kernels", "numpy", "--eval-freq", "4", "--eval-iter", "4", "--lr", "3e-3"]
@@ -34,14 +31,7 @@ def isolated_runtime(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     """The bundled story as 12 documents, 10 % of the tokens held out."""
-    root = tmp_path_factory.mktemp("corpus")
-    words = STORY.split()
-    step = len(words) // 12
-    for i in range(12):
-        (root / f"part{i:02d}.txt").write_text(" ".join(words[i * step:(i + 1) * step]), encoding="utf-8")
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert prepare_main([str(root), "--out", str(root / "c"), "--shard-tokens", "1000"]) == 0
-    return root / "c"
+    return story_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def losses(lines):

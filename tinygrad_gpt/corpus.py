@@ -14,21 +14,22 @@ A corpus directory, as `examples/prepare_data.py INPUT... --out DIR` writes it:
 
 The documents (one per input file) are GPT-2 BPE tokens, each followed by <|endoftext|>
 (50256). The manifest records the tokenizer, the token counts, the shards (tokens, bytes,
-sha256) and every input (path, bytes, sha256, tokens, split). Each shard is written to a
-temporary file, fsynced, then renamed; an interrupted run leaves no manifest, and the next
-run removes what it left and starts over (the output is a function of the inputs).
+sha256) and every input (path, bytes, sha256, tokens, split). Each shard and the manifest
+are written through fileio.atomic_replace (a temporary file beside it, fsynced, renamed); an
+interrupted run leaves no manifest, and the next run removes what it left and starts over
+(the output is a function of the inputs).
 
 Training reads the shards through np.memmap: a batch copies B windows of T+1 tokens out of
 the page cache, so the process's own memory does not grow with the corpus.
 """
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from .fileio import atomic_replace, atomic_write
 from .tokenizer import ENCODER_JSON_SHA256, ENDOFTEXT_ID, GPT2_VOCAB_SIZE, VOCAB_BPE_SHA256
 
 FORMAT = "tinygrad_gpt corpus"
@@ -41,7 +42,8 @@ HEADER_BYTES = HEADER_INTS * 4
 DEFAULT_SHARD_TOKENS = 100_000_000      # 200 MB, llm.c's shard size
 SPLITS = ("train", "val")
 _SHARD_NAME = re.compile(r"^(train|val)_(\d{6})\.bin$")
-_TMP_PREFIX = ".tmp-"
+# fileio.atomic_replace's temporary names for our files: .<name>.<pid>.<random>.tmp
+_LEFTOVER = re.compile(r"^\.((train|val)_\d{6}\.bin|manifest\.json)\.\d+\.[0-9a-f]+\.tmp$")
 
 
 class CorpusError(ValueError):
@@ -59,26 +61,20 @@ def shard_header(n_tokens):
     return header
 
 
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def is_leftover(name):
+    """A temporary file an interrupted write of a shard or the manifest left behind."""
+    return bool(_LEFTOVER.match(name))
 
 
 class ShardWriter:
-    """Streams tokens into DIR/.tmp-NAME (a zero header first), and on close() writes the
-    header, fsyncs and renames it to DIR/NAME: only a finished shard ever has its name."""
+    """Streams tokens into fileio.atomic_replace's temporary file beside DIR/NAME (a zero
+    header first), and on close() writes the header; atomic_replace then fsyncs and renames
+    it to DIR/NAME: only a finished shard ever has its name."""
 
     def __init__(self, directory, name):
         self.directory, self.name = Path(directory), name
-        self.tmp = self.directory / f"{_TMP_PREFIX}{name}.{os.getpid()}"
+        self._atomic = atomic_replace(self.directory / name)     # entered here, left in close/abort
+        self.tmp = self._atomic.__enter__()
         self.f = open(self.tmp, "wb")
         self.f.write(bytes(HEADER_BYTES))      # a zero magic: not a shard until close()
         self.tokens = 0
@@ -89,25 +85,28 @@ class ShardWriter:
 
     def close(self):
         """Finish the shard; returns its manifest entry {name, tokens, bytes, sha256}."""
-        self.f.seek(0)
-        self.f.write(shard_header(self.tokens).tobytes())
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        with open(self.tmp, "rb") as f:
-            h = hashlib.sha256()
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-        size = self.tmp.stat().st_size
-        os.replace(self.tmp, self.directory / self.name)
-        _fsync_dir(self.directory)
+        try:
+            self.f.seek(0)
+            self.f.write(shard_header(self.tokens).tobytes())
+            self.f.close()
+            with open(self.tmp, "rb") as f:
+                h = hashlib.sha256()
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+            size = self.tmp.stat().st_size
+        except BaseException:
+            self.abort()
+            raise
+        self._atomic.__exit__(None, None, None)                 # fsync, rename, fsync the directory
         return {"name": self.name, "tokens": self.tokens, "bytes": size, "sha256": h.hexdigest()}
 
     def abort(self):
+        """Remove the temporary file (atomic_replace's error path); DIR/NAME is untouched."""
         try:
             self.f.close()
         finally:
-            self.tmp.unlink(missing_ok=True)
+            err = RuntimeError(f"shard {self.name} aborted")
+            self._atomic.__exit__(RuntimeError, err, None)
 
 
 def write_shard(path, tokens):
@@ -151,18 +150,7 @@ def tokenizer_info():
 
 
 def write_manifest(directory, manifest):
-    directory = Path(directory)
-    tmp = directory / f"{_TMP_PREFIX}{MANIFEST}.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(json.dumps(manifest, indent=1).encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / MANIFEST)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
+    atomic_write(Path(directory) / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
 
 
 def is_corpus_dir(path):

@@ -19,27 +19,23 @@ from pathlib import Path
 
 import numpy as np
 
-from . import corpus as C
+from .. import corpus as C
+from ..fileio import fsync_dir
+from . import USAGE_ERROR, Formatter, Parser, UsageError
 
-USAGE_ERROR = 2
 DEFAULT_EXT = ".txt"
 BATCH_BYTES = 8 << 20          # text tokenized per encode_ordinary_batch call
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise C.CorpusError(f"{message} (see --help)")
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    def _get_help_string(self, action):        # no "(default: None)" after a help that says it
-        if action.default in (None, False, []):
+class _Formatter(Formatter):
+    def _get_help_string(self, action):        # --exclude's empty list too
+        if action.default == []:
             return action.help
         return super()._get_help_string(action)
 
 
 def build_parser():
-    p = _Parser(prog="prepare_data.py", description=__doc__, formatter_class=_Formatter)
+    p = Parser(prog="prepare_data.py", description=__doc__, formatter_class=_Formatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="text files, directories or globs")
     p.add_argument("--out", required=True, metavar="DIR", help="the corpus directory")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the tokens that validate")
@@ -120,7 +116,7 @@ def check_out_dir(out):
         raise C.CorpusError(f"--out {d} is a file, not a directory; fix: pass a directory path")
     try:
         d.mkdir(parents=True, exist_ok=True)
-        probe = d / f"{C._TMP_PREFIX}probe.{os.getpid()}"
+        probe = d / f".probe.{os.getpid()}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -133,9 +129,9 @@ def clean_out_dir(d):
     """Remove a previous or interrupted run's files (only the corpus's own names)."""
     (d / C.MANIFEST).unlink(missing_ok=True)     # first: from here on, d is no corpus
     for f in d.iterdir():
-        if C._SHARD_NAME.match(f.name) or (f.name.startswith(C._TMP_PREFIX) and f.is_file()):
+        if C._SHARD_NAME.match(f.name) or (C.is_leftover(f.name) and f.is_file()):
             f.unlink(missing_ok=True)
-    C._fsync_dir(d)
+    fsync_dir(d)
 
 
 def _settings(args):
@@ -225,7 +221,7 @@ def prepare(args):
                   f"{m['splits']['val']['tokens']:,} val tokens from {len(files)} files); --force prepares it again")
             return 0
     clean_out_dir(d)
-    from .tokenizer import get_gpt2_tokenizer
+    from ..tokenizer import get_gpt2_tokenizer
     enc = get_gpt2_tokenizer()
     threads = args.threads or os.cpu_count() or 1
     sizes = [f.stat().st_size for f in files]
@@ -317,7 +313,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return prepare(build_parser().parse_args(argv))
-    except C.CorpusError as e:
+    except (C.CorpusError, UsageError) as e:
         print(f"prepare_data.py: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:

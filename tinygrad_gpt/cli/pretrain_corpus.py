@@ -10,8 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import corpus as C
-from . import distributed
+from .. import corpus as C
+from .. import distributed
+from . import UsageError
 
 DEFAULT_MAX_STEPS = 1000
 
@@ -57,61 +58,61 @@ class CorpusRun:
         return train, val
 
 
-def open_run(args, ckpt, usage_error):
+def open_run(args, ckpt):
     """--data DIR: open and check the corpus, settle --order/--max-steps (from the checkpoint
     on --resume); returns a CorpusRun, or None when --data is not a directory."""
     if not is_corpus(args):
         for flag in ("order", "max_steps", "max_tokens"):
             if getattr(args, flag) is not None:
-                raise usage_error(f"--{flag.replace('_', '-')} needs --data DIR, a corpus prepared by "
+                raise UsageError(f"--{flag.replace('_', '-')} needs --data DIR, a corpus prepared by "
                                   "examples/prepare_data.py")
         return None
     directory = Path(args.data).expanduser().resolve()
     if not (directory / C.MANIFEST).is_file():
-        raise usage_error(f"training text {directory} is a directory, not a corpus (no {C.MANIFEST}); fix: pass "
+        raise UsageError(f"training text {directory} is a directory, not a corpus (no {C.MANIFEST}); fix: pass "
                           "a UTF-8 text file, or prepare a corpus there with examples/prepare_data.py INPUT... "
                           f"--out {directory}")
     try:
         manifest, streams = C.open_corpus(directory)
     except C.CorpusError as e:
-        raise usage_error(str(e)) from None
+        raise UsageError(str(e)) from None
     if ckpt is not None:
         saved = ckpt.config.get("data", {})
         if saved.get("sha256") != manifest["sha256"]:
-            raise usage_error(f"the corpus {directory} is not the one checkpoint {ckpt.path} was trained on "
+            raise UsageError(f"the corpus {directory} is not the one checkpoint {ckpt.path} was trained on "
                               f"({saved.get('path')}); fix: pass --data with that corpus")
         stored = ckpt.config.get("corpus", {})
         if args.order is not None and args.order != stored.get("order"):
-            raise usage_error(f"--order {args.order} conflicts with the checkpoint {ckpt.path}, trained with "
+            raise UsageError(f"--order {args.order} conflicts with the checkpoint {ckpt.path}, trained with "
                               f"--order {stored.get('order')}; drop --order")
         args.order = stored.get("order", "random")
         if args.max_steps is None and args.max_tokens is None:
             args.max_steps = int(stored.get("max_steps", DEFAULT_MAX_STEPS))
     args.order = args.order or "random"
     if args.max_steps is not None and args.max_tokens is not None:
-        raise usage_error("--max-steps and --max-tokens both given; pass one")
+        raise UsageError("--max-steps and --max-tokens both given; pass one")
     if args.max_tokens is not None:
         if args.max_tokens < 1:
-            raise usage_error(f"--max-tokens {args.max_tokens} is out of range: it must be at least 1")
+            raise UsageError(f"--max-tokens {args.max_tokens} is out of range: it must be at least 1")
         args.max_steps = math.ceil(args.max_tokens / (args.batch_size * args.accum_steps * args.context_length))
     args.max_steps = DEFAULT_MAX_STEPS if args.max_steps is None else args.max_steps
     if args.max_steps < 1:
-        raise usage_error(f"--max-steps {args.max_steps} is out of range: it must be at least 1")
+        raise UsageError(f"--max-steps {args.max_steps} is out of range: it must be at least 1")
     if ckpt is not None:
         done = int(ckpt.meta["train_state"]["global_step"]) + 1
         if args.max_steps < done:
-            raise usage_error(f"--max-steps {args.max_steps} is below the {done} steps the checkpoint "
+            raise UsageError(f"--max-steps {args.max_steps} is below the {done} steps the checkpoint "
                               f"{ckpt.path} has taken; pass --max-steps {done} or more")
     if "epochs" in getattr(args, "explicit", ()) and args.epochs != 1:
-        raise usage_error("--epochs has no meaning for a corpus (it has no epoch); use --max-steps or --max-tokens")
+        raise UsageError("--epochs has no meaning for a corpus (it has no epoch); use --max-steps or --max-tokens")
     args.epochs = 1
     for split in C.SPLITS:
         if len(streams[split]) <= args.context_length:
-            raise usage_error(f"the corpus {directory} has {len(streams[split])} {split} tokens, one window "
+            raise UsageError(f"the corpus {directory} has {len(streams[split])} {split} tokens, one window "
                               f"needs {args.context_length + 1}; fix: prepare more text or lower --context-length")
     val_windows = (len(streams["val"]) - 1) // args.context_length
     if val_windows < args.batch_size:
-        raise usage_error(f"the corpus {directory}'s val split has {val_windows} windows of {args.context_length} "
+        raise UsageError(f"the corpus {directory}'s val split has {val_windows} windows of {args.context_length} "
                           f"tokens, fewer than one batch of {args.batch_size}; fix: prepare it with a larger "
                           "--val-fraction, or lower --batch-size")
     return CorpusRun(directory, manifest, streams)
@@ -129,20 +130,20 @@ def continue_finished_run(state, args):
 
 
 # ----------------------------------------------------------------------------- data parallel
-def init_data_parallel(usage_error):
+def init_data_parallel():
     try:
         return distributed.init()
     except distributed.MPIUnavailable as e:
-        raise usage_error(str(e)) from None
+        raise UsageError(str(e)) from None
 
 
-def check_data_parallel(args, dp, usage_error):
+def check_data_parallel(args, dp):
     """Batch divisible by the ranks; --threads per rank (default: this machine's cores
     shared out); a warning when ranks x threads exceed the cores."""
     if dp is None:
         return
     if args.batch_size % dp.world:
-        raise usage_error(f"--batch-size {args.batch_size} is not divisible by the {dp.world} MPI ranks; "
+        raise UsageError(f"--batch-size {args.batch_size} is not divisible by the {dp.world} MPI ranks; "
                           f"fix: pass a multiple of {dp.world}")
     cores = os.cpu_count() or 1
     if args.threads is None:
@@ -159,3 +160,8 @@ def slice_loaders(train_loader, val_loader, dp):
     val = distributed.RankSlice(val_loader, dp.rank, dp.world)
     dp.val_sliced = val.even
     return train, val
+
+
+def is_root(dp):
+    """Rank 0 of an MPI job, or a plain process: the one that prints and writes."""
+    return dp is None or dp.rank == 0
