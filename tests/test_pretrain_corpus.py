@@ -123,3 +123,13 @@ def test_a_directory_without_a_manifest_is_refused(tmp_path, capsys):
     assert run_cli(*TINY, "--data", tmp_path / "d") == 2
     err = capsys.readouterr().err
     assert "is a directory, not a corpus (no manifest.json)" in err and "prepare_data.py" in err
+
+
+def test_the_micro_model_with_its_character_tokenizer_refuses_a_corpus_of_gpt2_tokens(tmp_path, capsys, corpus_dir):
+    """micro reads 17 characters; a corpus holds GPT-2 BPE ids up to 50256: one line, exit 2,
+    nothing written."""
+    assert run_cli("--model", "micro", "--data", corpus_dir, "--max-steps", 2, "--no-plot",
+                   "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model micro reads characters" in err and "GPT-2 tokens" in err
+    assert not (tmp_path / "out").exists()
