@@ -102,7 +102,7 @@ def test_without_the_version_check_that_backward_would_give_a_wrong_gradient(mon
     early = s + 1.0
     s.masked_fill_(MASK, 0.0)
     (early.sum() + s.sum()).backward()
-    np.testing.assert_array_equal(q.grad, 2.0 * ~MASK)    # wrong: early's share was masked too
+    np.testing.assert_array_equal(q.grad, np.broadcast_to(2.0 * ~MASK, q.shape))   # early's share masked too
     assert not np.allclose(q.grad, 1.0 + ~MASK)           # the true one: 1 + (1 where not filled)
 
 
