@@ -1,0 +1,59 @@
+"""The engine's backward trace (explain.py) over the book's own ch04.GPTModel running on
+tinygrad_gpt.torch: every op named by the book's module that made it. Needs the book's
+package (llms_from_scratch), not PyTorch."""
+import io
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llms_from_scratch")
+
+import tinygrad_gpt.torch as torch                                       # noqa: E402
+from tinygrad_gpt.torch.book import book_gpt_model, explain_book_backward, trace_book_backward  # noqa: E402
+
+CFG = {"vocab_size": 97, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
+       "drop_rate": 0.0, "qkv_bias": True}
+
+
+def test_trace_names_the_books_modules_and_its_composed_ops():
+    model = book_gpt_model(CFG, seed=1)
+    assert type(model).__module__ == "llms_from_scratch.ch04"
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 97, (2, 8)), rng.integers(0, 97, (2, 8))
+    trace = trace_book_backward(model, x, y)
+    by_module = {}
+    for op in trace.ops:
+        by_module.setdefault(op.module, Counter())[op.name] += 1
+    # the book's LayerNorm: mean, var, sqrt; its GELU: x ** 3 and tanh; its attention: matmul,
+    # masked_fill_ (recorded as MaskedFill), softmax
+    assert by_module["trf_blocks.0.norm1"] >= Counter({"Mean": 1, "Var": 1, "Sqrt": 1, "Sub": 1, "Div": 1})
+    assert by_module["trf_blocks.1.ff.layers.1"] >= Counter({"Pow": 1, "Tanh": 1})
+    assert by_module["trf_blocks.0.att"] >= Counter({"MatMul": 2, "MaskedFill": 1, "Softmax": 1})
+    assert by_module["trf_blocks.0.att.W_query"] == Counter({"Linear": 1})
+    assert by_module["loss"] == Counter({"CrossEntropy": 1}) and trace.ops[0].name == "CrossEntropy"
+    names = [n for n, _ in model.named_parameters()]
+    assert sorted(trace.received) == sorted(names) and set(trace.received.values()) == {1}
+    # tracing changes nothing: the same gradients as a plain backward
+    traced = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(torch.tensor(x)).flatten(0, 1), torch.tensor(y).flatten())
+    loss.backward()
+    assert loss.item() == pytest.approx(trace.loss, rel=1e-6)
+    for n, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, traced[n], rtol=1e-6, atol=1e-9, err_msg=n)
+
+
+def test_explain_book_backward_prints_the_listing_and_the_totals():
+    out = io.StringIO()
+    trace, model = explain_book_backward(context_length=16, depth=12, file=out)
+    text = out.getvalue()
+    print("\n" + text[:3000])
+    assert "llms_from_scratch.ch04.GPTModel (tiny)" in text
+    assert re.search(r"^\s+2\s+Linear\s+out_head\s", text, re.M)
+    assert "-> out_head.weight (50257x64) receives its gradient" in text
+    assert f"... {len(trace.ops) - 12} more ops not listed" in text
+    n = len(list(model.parameters()))
+    assert f"parameters reached: {n} of {n} tensors" in text
+    assert "MaskedFill" in text and "Var" in text
