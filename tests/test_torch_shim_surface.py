@@ -15,7 +15,7 @@ import tinygrad_gpt.torch as torch
 import tinygrad_gpt.torch.nn as nn
 from tinygrad_gpt.data import SAMPLE_TEXT_PATH
 from tinygrad_gpt.gradcheck import gradcheck, max_gradcheck_error
-from tinygrad_gpt.tensor import MissingFeature, Tensor
+from tinygrad_gpt.tensor import Tensor
 from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
 
 engine = importlib.import_module("tinygrad_gpt.tensor")

@@ -11,8 +11,6 @@ import math as _math
 
 import numpy as _np
 
-from .. import tensor as _engine_tensor           # noqa: F401  (the module, for readers)
-from ..tensor import CPU as _CPU
 from ..tensor import Device as device
 from ..tensor import MissingFeature as _Missing
 from ..tensor import Tensor, check_device as _check_device, default_rng as _default_rng
@@ -33,7 +31,7 @@ float64 = double = _np.dtype("float64")
 int64 = long = _np.dtype("int64")
 int32 = int = _np.dtype("int32")
 bool = _np.dtype("bool")
-_builtin_bool, _builtin_int, _builtin_float = type(True), type(1), type(1.0)
+_builtin_int = type(1)                            # `int` above is now torch.int
 
 
 # ----------------------------------------------------------------------------- making tensors
