@@ -506,12 +506,12 @@ class Tensor:
 
     def masked_fill_(self, mask, value):
         """masked_fill in place, as the book's attention does to its scores. The graph records it
-        as PyTorch does: the old value moves to a new node that keeps its place for any op that
-        already read it, self becomes masked_fill(old) and its version goes up, so a backward
-        through an op that read the old version errors (_check_versions) instead of sending the
-        gradient through the fill. The result is a new array, so refuse when anything else can see
-        the old one (a view of this tensor, a value saved for backward, .numpy()): in PyTorch that
-        memory would change too."""
+        as PyTorch does: the old value moves to a new node (the fill's input), self becomes the
+        fill's output and its version goes up. An op that read self before still has an edge to
+        self, which now means the new value, so a backward through it errors (_check_versions)
+        instead of sending its gradient through the fill. The result is a new array, so refuse
+        when anything else can see the old one (a view of this tensor, a value saved for
+        backward, .numpy()): in PyTorch that memory would change too."""
         if _grad_enabled and self.requires_grad and self._ctx is None:
             raise RuntimeError(f"masked_fill_: a leaf tensor that requires grad (shape {self.shape}) cannot "
                                f"be changed in place (as in PyTorch); use masked_fill, or no_grad()")
