@@ -312,7 +312,8 @@ def test_runner_binds_torch_and_offline_tiktoken_for_an_unmodified_script(tmp_pa
 def test_runner_usage_errors_are_one_line_and_exit_2(tmp_path):
     for args in ([], [str(tmp_path / "missing.py")]):
         done = run("-m", "tinygrad_gpt.torch", *args)
-        assert done.returncode == 2
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+        assert done.stderr.startswith("python -m tinygrad_gpt.torch: error: ")
         assert "usage: python -m tinygrad_gpt.torch SCRIPT" in done.stderr
 
 

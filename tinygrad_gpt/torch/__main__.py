@@ -12,9 +12,12 @@ USAGE = "usage: python -m tinygrad_gpt.torch SCRIPT [ARGS...]"
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE + "\n\n" + __doc__.split("\n\n", 1)[1].strip(), file=sys.stderr if not argv else sys.stdout)
-        return 2 if not argv else 0
+    if not argv:
+        print(f"python -m tinygrad_gpt.torch: error: no script given; {USAGE}", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
+        print(USAGE + "\n\n" + __doc__.split("\n\n", 1)[1].strip())
+        return 0
     script = argv[0]
     if not os.path.isfile(script):
         print(f"python -m tinygrad_gpt.torch: error: {script} is not a file; {USAGE}", file=sys.stderr)
