@@ -186,3 +186,20 @@ def test_book_generate_text_simple_and_generate_top_k_give_pytorchs_greedy_token
     t_stop = real_ch05.generate(book, torch.tensor(start), max_new_tokens=12, context_size=8, top_k=5, eos_id=eos)
     assert stop.tolist() == t_stop.tolist() and stop.shape[1] <= 9     # eos sits at index 9: never appended
     print(f"\ngreedy tokens (shim = pytorch): {simple.tolist()[0][6:]}; top_k=5: {top.tolist()[0][6:]}")
+
+
+def test_book_generate_with_temperature_samples_from_the_top_k_and_repeats_with_the_seed():
+    shim.manual_seed(2)
+    model = ch04.GPTModel(CFG).eval()
+    start = shim.tensor(token_batch((1, 4), 3))
+
+    def sample():
+        shim.manual_seed(9)
+        return ch05.generate(model, start, max_new_tokens=6, context_size=8, temperature=1.5, top_k=3)
+
+    out = sample()
+    assert out.shape == (1, 10) and out.tolist() == sample().tolist()
+    with shim.no_grad():
+        for t in range(4, 10):                                   # each token is one of the 3 likeliest
+            logits = model(out[:, max(0, t - 8):t])[:, -1, :].numpy()[0]
+            assert out.tolist()[0][t] in np.argsort(-logits)[:3]

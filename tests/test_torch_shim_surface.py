@@ -357,3 +357,23 @@ def test_book_ch05_script_is_plain_pytorch_too():
                          if not s.startswith("Every effort")]
     assert shape(real.stdout) == shape(ours.stdout)
     assert real.stdout.splitlines()[:2] == ours.stdout.splitlines()[:2]      # the same text and batches
+
+
+def test_multinomial_argmax_cat_stack_the_way_the_books_generate_uses_them():
+    torch.manual_seed(0)
+    assert torch.multinomial(torch.tensor([[0.0, 1.0, 0.0]]), num_samples=1).tolist() == [[1]]
+    draws = torch.multinomial(torch.tensor([[0.2, 0.8]] * 4000), num_samples=1)
+    assert draws.dtype == np.int64 and draws.shape == (4000, 1)
+    assert abs(draws.data.mean() - 0.8) < 0.03
+    pair = torch.multinomial(torch.tensor([0.5, 0.25, 0.25]), num_samples=2)
+    assert pair.shape == (2,) and len(set(pair.tolist())) == 2          # without replacement
+    g = lambda: torch.Generator().manual_seed(4)   # noqa: E731
+    probs = torch.softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=-1)
+    assert torch.multinomial(probs, 5, replacement=True, generator=g()).tolist() == \
+        torch.multinomial(probs, 5, replacement=True, generator=g()).tolist()
+    logits = torch.tensor([[0.1, 3.0, -1.0], [2.0, 0.0, 1.0]])
+    nxt = torch.argmax(logits, dim=-1, keepdim=True)
+    assert nxt.shape == (2, 1) and nxt.tolist() == [[1], [0]] and nxt.dtype == np.int64
+    idx = torch.cat((torch.tensor([[5, 6], [7, 8]]), nxt), dim=1)
+    assert idx.tolist() == [[5, 6, 1], [7, 8, 0]] and idx.dtype == np.int64
+    assert torch.stack([torch.ones(2), torch.zeros(2)], dim=1).tolist() == [[1, 0], [1, 0]]
