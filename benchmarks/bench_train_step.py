@@ -71,7 +71,7 @@ def worker_ours(args, cfg):
     from tinygrad_gpt.kernels import set_backend
     set_backend(args.kernels)                  # tinygrad_gpt is already imported: switch explicitly
     from tinygrad_gpt import functional as F
-    from tinygrad_gpt.pretrain import setup_threads
+    from tinygrad_gpt.cli import setup_threads
     from tinygrad_gpt.tensor import no_grad, profile
     runtime = setup_threads(args.threads)
     tg.manual_seed(123)

@@ -9,12 +9,13 @@ import re
 
 import numpy as np
 import pytest
+from helpers import require
 
-torch = pytest.importorskip("torch")
-real_ch02 = pytest.importorskip("llms_from_scratch.ch02")
-real_ch03 = pytest.importorskip("llms_from_scratch.ch03")
-real_ch04 = pytest.importorskip("llms_from_scratch.ch04")
-real_ch05 = pytest.importorskip("llms_from_scratch.ch05")
+torch = require("torch")
+real_ch02 = require("llms_from_scratch.ch02")
+real_ch03 = require("llms_from_scratch.ch03")
+real_ch04 = require("llms_from_scratch.ch04")
+real_ch05 = require("llms_from_scratch.ch05")
 
 import tinygrad_gpt.torch as shim                               # noqa: E402
 from tinygrad_gpt.tensor import Tensor                          # noqa: E402

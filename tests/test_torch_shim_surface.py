@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import require
 
 import tinygrad_gpt.torch as torch
 import tinygrad_gpt.torch.nn as nn
@@ -345,8 +346,7 @@ def test_book_ch05_script_trains_on_the_engine_and_prints_the_books_lines():
 def test_book_ch05_script_is_plain_pytorch_too():
     """The same file, the same flags, on real PyTorch (tiktoken's download replaced by the
     offline encoding): the same lines, other numbers (PyTorch's own initialisation)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("tiktoken")
+    require("torch")
     code = ("import runpy, sys, tiktoken\nfrom tinygrad_gpt.tokenizer import get_gpt2_tokenizer\n"
             "tiktoken.get_encoding = lambda name: get_gpt2_tokenizer()\n"
             "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from .. import explain
+from ..explain import Listing, one_batch, totals, trace_backward
 from ..model import get_config
 from ..tensor import Tensor, manual_seed
 from .binding import load_book_modules
@@ -27,11 +27,12 @@ def book_gpt_model(cfg, seed=123):
 
 
 def trace_book_backward(model, input_ids, target_ids, on_op=None, on_forward=None):
-    """explain.trace_backward on a book model (any tinygrad_gpt.torch.nn.Module taking (B, T)
-    token ids): forward, cross-entropy against target_ids (B, T), backward with the engine's
-    backward hook recording each op and the book's module that made it. Returns an explain.Trace."""
+    """explain's trace_backward (tinygrad_gpt/explain/trace.py) on a book model (any
+    tinygrad_gpt.torch.nn.Module taking (B, T) token ids): forward, cross-entropy against
+    target_ids (B, T), backward with the engine's backward hook recording each op and the
+    book's module that made it. Returns an explain.Trace."""
     ids = input_ids if isinstance(input_ids, Tensor) else Tensor(np.asarray(input_ids, dtype=np.int64))
-    return explain.trace_backward(model, ids, np.asarray(target_ids), on_op=on_op, on_forward=on_forward)
+    return trace_backward(model, ids, np.asarray(target_ids), on_op=on_op, on_forward=on_forward)
 
 
 def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=123, depth=None,
@@ -46,12 +47,12 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
     cfg["context_length"] = context_length
     gpt = book_gpt_model(cfg, seed).train()
     text, description = load_training_text(data, download=False)
-    x, y = explain.one_batch(text, get_gpt2_tokenizer(), batch_size, context_length)
+    x, y = one_batch(text, get_gpt2_tokenizer(), batch_size, context_length)
     print(description, file=out)
     print(f"the book's llms_from_scratch.ch04.GPTModel ({model}) on tinygrad_gpt's engine: "
           f"{sum(p.numel() for p in gpt.parameters()):,} parameters, one batch of {batch_size} x "
           f"{context_length} tokens", file=out)
-    listing = explain.Listing(gpt, depth=depth, file=out)
+    listing = Listing(gpt, depth=depth, file=out)
 
     def forward_done(loss):
         print(f"forward: loss {loss:.4f} (ln {cfg['vocab_size']} = {math.log(cfg['vocab_size']):.4f})", file=out)
@@ -61,5 +62,5 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
     if depth is not None and len(trace.ops) > depth:
         print(f"  ... {len(trace.ops) - depth} more ops not listed (depth={depth})", file=out)
     print("", file=out)
-    print("\n".join(explain.totals(trace, gpt)), file=out)
+    print("\n".join(totals(trace, gpt)), file=out)
     return trace, gpt

@@ -18,9 +18,10 @@ Parameter = _engine.Parameter
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 # torch.nn.Module methods outside the book's surface: a clear error instead of "no attribute"
+# (register_forward_hook and register_forward_pre_hook are the engine Module's own, see nn.py)
 _TORCH_MODULE_METHODS = frozenset("""
     add_module apply bfloat16 compile cpu cuda double float get_buffer get_parameter get_submodule half
-    ipu load_state_dict_post_hook register_backward_hook register_forward_hook register_forward_pre_hook
+    ipu load_state_dict_post_hook register_backward_hook
     register_full_backward_hook register_full_backward_pre_hook register_module register_parameter
     register_state_dict_pre_hook requires_grad_ set_extra_state share_memory to_empty type xpu
 """.split())

@@ -1,0 +1,151 @@
+"""The explain command: parse the flags, take one batch of text, trace, print, draw."""
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import os
+import sys
+
+import numpy as np
+
+from ..cli import USAGE_ERROR, UsageError  # noqa: F401
+from . import render_dot
+from .render_dot import write_dot
+from .render_text import Listing, chain_lines, totals
+from .trace import trace_backward
+
+DESCRIPTION = "Watch backpropagation run: every op of one backward pass through GPT-2, as it happens."
+
+
+# ----------------------------------------------------------------------------- the command line
+def build_parser():
+    p = argparse.ArgumentParser(prog="explain_backward.py", description=DESCRIPTION)
+    p.add_argument("--model", default="tiny", help="tiny (default), 124M, 355M, 774M or 1558M")
+    p.add_argument("--context-length", type=int, default=None,
+                   help="tokens per row of the batch (default: 32 for tiny, else 256)")
+    p.add_argument("--batch-size", type=int, default=1, help="rows in the batch (default: 1)")
+    p.add_argument("--data", default=None,
+                   help="a UTF-8 text file (default: the-verdict.txt if cached, else the bundled sample)")
+    p.add_argument("--drop-rate", type=float, default=None, help="dropout (default: the config's, 0.1)")
+    p.add_argument("--seed", type=int, default=123, help="initialisation and dropout seed (default: 123)")
+    p.add_argument("--kernels", choices=["numpy", "numba"], default="numpy",
+                   help="kernel backend (default: numpy, kernels/reference.py: the readable one)")
+    p.add_argument("--param", default=None, metavar="NAME",
+                   help="follow one parameter: the chain of ops from the loss down to it")
+    p.add_argument("--depth", type=int, default=None, metavar="N",
+                   help="list only the N ops nearest the loss (the first N that backward runs, "
+                        "the last N of the forward); the totals still count them all")
+    p.add_argument("--dot", default=None, metavar="FILE",
+                   help="write the computation graph in Graphviz DOT (and FILE.png if `dot` is installed)")
+    p.add_argument("--expand", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"--dot: draw every op of every block (default: when there are at most "
+                        f"{render_dot.EXPAND_AT_MOST_OPS} ops, as in the tiny model; else one node per block)")
+    return p
+
+
+def check_args(args):
+    from ..model import CONFIGS
+    if args.model not in CONFIGS:
+        raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(CONFIGS)}")
+    limit = CONFIGS[args.model]["context_length"]
+    if args.context_length is None:
+        args.context_length = min(32 if args.model == "tiny" else 256, limit)
+    if not 1 <= args.context_length <= limit:
+        raise UsageError(f"--context-length {args.context_length} must be in [1, {limit}] for {args.model}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.depth is not None and args.depth < 0:
+        raise UsageError(f"--depth {args.depth} must be at least 0")
+    if args.drop_rate is not None and not 0 <= args.drop_rate < 1:
+        raise UsageError(f"--drop-rate {args.drop_rate} must be in [0, 1)")
+
+
+def one_batch(text, tokenizer, batch_size, context_length):
+    """The first batch_size windows of the text: inputs (B, T) and targets shifted by one."""
+    ids = np.array(tokenizer.encode(text, allowed_special={"<|endoftext|>"}), dtype=np.int64)
+    need = batch_size * context_length + 1
+    if len(ids) < need:
+        raise UsageError(f"the text has {len(ids)} tokens; {batch_size} x {context_length} needs {need}: "
+                         f"use a longer --data or a smaller --context-length")
+    x = ids[:need - 1].reshape(batch_size, context_length)               # (B, T)
+    y = ids[1:need].reshape(batch_size, context_length)                  # (B, T)
+    return x, y
+
+
+def main(argv=None, file=None):
+    try:
+        return run(build_parser().parse_args(argv), file=file)
+    except UsageError as e:
+        print(f"explain_backward.py: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except BrokenPipeError:                          # `... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def run(args, file=None):
+    check_args(args)
+    from .. import data
+    from ..kernels import use
+    from ..model import GPTModel, get_config
+    from ..tensor import manual_seed
+    from ..tokenizer import get_gpt2_tokenizer
+    out = sys.stdout if file is None else file
+
+    try:
+        text, description = data.load_training_text(args.data, download=False)
+    except data.DataError as e:
+        raise UsageError(str(e)) from None
+    tokenizer = get_gpt2_tokenizer()
+    x, y = one_batch(text, tokenizer, args.batch_size, args.context_length)
+
+    cfg = get_config(args.model)
+    cfg["context_length"] = args.context_length
+    if args.drop_rate is not None:
+        cfg["drop_rate"] = args.drop_rate
+    manual_seed(args.seed)
+    model = GPTModel(cfg).train()
+    names = [name for name, _ in model.named_parameters()]
+    if args.param is not None and args.param not in names:
+        close = difflib.get_close_matches(args.param, names, n=3, cutoff=0.5)
+        raise UsageError(f"--param {args.param!r} is not a parameter of the {args.model} model"
+                         + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {names[2]}"))
+
+    with use(args.kernels):                          # in-process callers (tests) keep theirs
+        report(args, out, model, cfg, description, tokenizer, x, y)
+    return 0
+
+
+def report(args, out, model, cfg, description, tokenizer, x, y):
+    from ..kernels import get_backend
+    print(description, file=out)
+    print(f"GPT-2 {args.model}: {model.num_parameters():,} parameters in {len(model.parameters())} "
+          f"tensors, {cfg['n_layers']} blocks, dropout {cfg['drop_rate']}, kernels {get_backend()}", file=out)
+    preview = tokenizer.decode(x[0, :12].tolist()).replace("\n", " ")
+    print(f"one batch of {args.batch_size} x {args.context_length} tokens: {preview!r}...", file=out)
+    listing = Listing(model, depth=args.depth, file=out)
+
+    def forward_done(loss):
+        print(f"forward: loss {loss:.4f} (a uniform guess over {cfg['vocab_size']} tokens "
+              f"would give ln {cfg['vocab_size']} = {math.log(cfg['vocab_size']):.4f})", file=out)
+        if args.param is None:
+            print("\nbackward, op by op in the order it runs: each op receives dL/d(its output) "
+                  "and returns dL/d(each input)", file=out)
+            print(listing.header(), file=out, flush=True)
+
+    trace = trace_backward(model, x, y, on_op=listing if args.param is None else None,
+                           on_forward=forward_done)
+    if args.param is not None:
+        print("", file=out)
+        print("\n".join(chain_lines(trace, args.param, model)), file=out)
+    else:
+        if args.depth is not None and len(trace.ops) > args.depth:
+            print(f"  ... {len(trace.ops) - args.depth} more ops not listed (--depth {args.depth})", file=out)
+        print("", file=out)
+        print("\n".join(totals(trace, model)), file=out)
+    if args.dot:
+        title = (f"backward through GPT-2 {args.model}: loss {trace.loss:.4f}, {len(trace.ops)} ops, "
+                 f"{model.num_parameters():,} parameters")
+        write_dot(render_dot.to_dot(trace, model, expand=args.expand, title=title), args.dot, file=out)
+    return trace
