@@ -12,6 +12,7 @@ from helpers import require
 require("llms_from_scratch")
 
 import tinygrad_gpt.torch as torch                                       # noqa: E402
+from tinygrad_gpt import kernels                                          # noqa: E402
 from tinygrad_gpt.torch.book import book_gpt_model, explain_book_backward, trace_book_backward  # noqa: E402
 
 CFG = {"vocab_size": 97, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
@@ -64,3 +65,58 @@ def test_explain_book_backward_prints_the_listing_and_the_totals():
     n = len(list(model.parameters()))
     assert f"parameters reached: {n} of {n} tensors" in text
     assert "MaskedFill" in text and "Var" in text
+
+
+# ----------------------------------------------------------------------------- explain_backward.py --book
+def explain_cli(*argv):
+    from tinygrad_gpt import explain
+    out = io.StringIO()
+    code = explain.main(["--book", *argv], file=out)
+    return code, out.getvalue()
+
+
+def test_explain_cli_book_flag_traces_the_books_model_as_the_function_does():
+    code, text = explain_cli("--context-length", "16", "--depth", "50")
+    assert code == 0
+    out = io.StringIO()
+    with kernels.use("numpy"):                                               # the command's default
+        trace, model = explain_book_backward(context_length=16, depth=50, file=out)
+    timing = re.compile(r"backward took \d+\.\d+ s")                       # the same run, word for word,
+    assert timing.sub("", text) == timing.sub("", out.getvalue())            # but for the timing
+    assert "llms_from_scratch.ch04.GPTModel (tiny)" in text and "kernels numpy" in text
+    # the book's own module names, down to its attention's in-place masking
+    listed = re.findall(r"^\s+(\d+)\s+(\w+)\s+(\S+)\s+tinygrad_gpt/", text, re.M)
+    assert len(listed) == 50 and [int(s) for s, _, _ in listed] == list(range(1, 51))
+    names = {n for n, _ in model.named_modules()} | {"loss"}
+    assert {m for _, _, m in listed} <= names
+    assert ("MaskedFill", "trf_blocks.1.att") in {(op, m) for _, op, m in listed}
+    assert f"ops visited: {len(trace.ops)} " in text
+
+
+def test_explain_cli_book_param_and_dot(tmp_path):
+    code, text = explain_cli("--context-length", "8", "--param", "trf_blocks.0.att.W_query.weight",
+                             "--dot", str(tmp_path / "g.dot"))
+    assert code == 0
+    chain = re.findall(r"^\s+\d+\s+(\w+)\s+(\S+)\s+\d", text, re.M)
+    assert chain[0] == ("CrossEntropy", "loss") and chain[-1] == ("Linear", "trf_blocks.0.att.W_query")
+    assert ("MaskedFill", "trf_blocks.0.att") in chain
+    assert "-> trf_blocks.0.att.W_query.weight (64x64): gradient norm" in text
+    dot = (tmp_path / "g.dot").read_text()
+    # the book's TransformerBlock is a block: one cluster each (none without the class-name check)
+    assert dot.count("subgraph \"cluster_trf_blocks.") == 2 and "the book's GPTModel (tiny)" in dot
+
+
+def test_explain_cli_book_usage_errors(capsys, monkeypatch):
+    assert explain_cli("--param", "trf_blocks.0.att.W_q")[0] == 2
+    assert "did you mean trf_blocks.0.att.W_query.weight" in capsys.readouterr().err
+    # a flag of the explain command that --book does not pass on is refused, not ignored
+    from tinygrad_gpt.explain import cli
+    plain = cli.build_parser
+
+    def with_a_new_flag():
+        p = plain()
+        p.add_argument("--values", action="store_true")
+        return p
+    monkeypatch.setattr(cli, "build_parser", with_a_new_flag)
+    assert explain_cli("--values")[0] == 2
+    assert capsys.readouterr().err == "explain_backward.py: error: --book does not take --values\n"

@@ -318,6 +318,18 @@ def test_runner_usage_errors_are_one_line_and_exit_2(tmp_path):
         assert "usage: python -m tinygrad_gpt.torch SCRIPT" in done.stderr
 
 
+def test_explain_book_without_the_books_package_is_one_line_and_exit_2():
+    """examples/explain_backward.py --book where llms_from_scratch does not import (here: made
+    unimportable with a None in sys.modules, so the test runs with or without the package)."""
+    code = ("import sys; sys.modules['llms_from_scratch'] = None; sys.argv[0] = 'explain_backward.py'\n"
+            "from tinygrad_gpt.explain import main\nsys.exit(main(['--book', '--depth', '3']))\n")
+    done = run("-c", code)
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr == ("explain_backward.py: error: --book traces the book's own llms_from_scratch.ch04."
+                           "GPTModel, and the package llms_from_scratch is not installed: pip install "
+                           "--no-deps llms-from-scratch==1.0.19\n")
+
+
 EVAL = re.compile(r"^Ep (\d+) \(Step (\d{6})\): Train loss (\d+\.\d{3}), Val loss (\d+\.\d{3})$")
 SMALL = ["--data", str(SAMPLE_TEXT_PATH), "--max-chars", "5000", "--context-length", "32", "--emb-dim", "32",
          "--n-heads", "2", "--n-layers", "2", "--num-epochs", "2", "--eval-freq", "4", "--eval-iter", "2"]

@@ -119,7 +119,8 @@ def record_modules(model):
         stack = module_stack()
         if stack:
             name = stack[-1][0]
-            block = next((n for n, m in stack if isinstance(m, TransformerBlock)), None)
+            block = next((n for n, m in stack if isinstance(m, TransformerBlock)   # or the book's
+                          or type(m).__name__ == "TransformerBlock"), None)        # (ch04, --book)
         else:
             name, block = (labels[-1] if labels else None), None
         tags[id(out._ctx)] = (name, block)
