@@ -109,14 +109,29 @@ def test_explain_cli_book_param_and_dot(tmp_path):
 def test_explain_cli_book_usage_errors(capsys, monkeypatch):
     assert explain_cli("--param", "trf_blocks.0.att.W_q")[0] == 2
     assert "did you mean trf_blocks.0.att.W_query.weight" in capsys.readouterr().err
-    # a flag of the explain command that --book does not pass on is refused, not ignored
+    # flags of the explain command that --book does not pass on are refused, not ignored:
+    # those of today, and any added later
+    for flag in ("--values", "--step"):
+        assert explain_cli(flag)[0] == 2
+        assert capsys.readouterr().err == f"explain_backward.py: error: --book does not take {flag}\n"
+    assert explain_cli("--html", "x.html", "--values")[0] == 2
+    assert capsys.readouterr().err == "explain_backward.py: error: --book does not take --values, --html\n"
     from tinygrad_gpt.explain import cli
     plain = cli.build_parser
 
     def with_a_new_flag():
         p = plain()
-        p.add_argument("--values", action="store_true")
+        p.add_argument("--future-flag", action="store_true")
         return p
     monkeypatch.setattr(cli, "build_parser", with_a_new_flag)
-    assert explain_cli("--values")[0] == 2
-    assert capsys.readouterr().err == "explain_backward.py: error: --book does not take --values\n"
+    assert explain_cli("--future-flag")[0] == 2
+    assert capsys.readouterr().err == "explain_backward.py: error: --book does not take --future-flag\n"
+
+
+def test_explain_cli_book_micro_reads_its_sentence_with_its_characters():
+    code, text = explain_cli("--model", "micro", "--depth", "3")
+    assert code == 0
+    assert text.startswith("Using the micro model's sentence 'Every effort moves you onward.'")
+    assert "GPTModel (micro) on tinygrad_gpt's engine: 1,200 parameters in 18 tensors" in text
+    assert re.search(r"^\s+1\s+CrossEntropy\s+loss\s.*1x8x17 ", text, re.M)   # 17 characters, context 8
+    assert "parameters reached: 18 of 18 tensors" in text

@@ -544,7 +544,8 @@ def load_model(path: PathLike, cls: Type[GPTModel] = GPTModel) -> GPTModel:
 
 
 def _model_from_book_tensors(cls, cfg, tensors, source):
-    model = cls({k: cfg[k] for k in CONFIG_KEYS})
+    keep = CONFIG_KEYS + (("tokenizer",) if "tokenizer" in cfg else ())    # micro's "char" must survive
+    model = cls({k: cfg[k] for k in keep})
     params = dict(model.named_parameters())
     missing = [n for n in params if n not in tensors]
     wrong = [f"{n} {tuple(tensors[n].shape)} (expected {p.shape})"

@@ -31,7 +31,21 @@ GPT_CONFIG_124M = {
     "qkv_bias": False,
 }
 
+# micro: every array small enough to print. One sentence, one character per token (17 of them,
+# char_tokenizer.py), 8 wide, 8 positions, 2 heads of 4, 1 block, no dropout: 1,200 parameters.
+GPT_CONFIG_MICRO = {
+    "vocab_size": 17,        # len(char_tokenizer.micro_tokenizer().alphabet)
+    "context_length": 8,
+    "emb_dim": 8,
+    "n_heads": 2,
+    "n_layers": 1,
+    "drop_rate": 0.0,        # deterministic, so the numbers of a trace can be checked by hand
+    "qkv_bias": False,
+    "tokenizer": "char",     # tokenizer.tokenizer_for(cfg); the other configs use GPT-2's BPE
+}
+
 CONFIGS = {
+    "micro": GPT_CONFIG_MICRO,
     "tiny": {**GPT_CONFIG_124M, "context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2},
     "124M": GPT_CONFIG_124M,
     "355M": {**GPT_CONFIG_124M, "emb_dim": 1024, "n_layers": 24, "n_heads": 16},
@@ -43,7 +57,7 @@ CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
 
 
 def get_config(name: str) -> dict:
-    """A copy of a named config: "tiny", "124M", "355M", "774M" or "1558M"."""
+    """A copy of a named config: "micro", "tiny", "124M", "355M", "774M" or "1558M"."""
     if name not in CONFIGS:
         raise KeyError(f"unknown model {name!r}: choose one of {', '.join(CONFIGS)}")
     return copy.deepcopy(CONFIGS[name])

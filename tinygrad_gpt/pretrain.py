@@ -52,15 +52,14 @@ def run(args):
     with evaluations and samples, then keep the model and plot the losses. Every check of
     the input comes before anything is printed or written."""
     from . import data
-    from .tokenizer import get_gpt2_tokenizer
     if not hasattr(args, "explicit"):
         args.explicit = set()
     ckpt, ckpt_root = open_checkpoint(args) if args.resume is not None else (None, None)
     check_args(args)
     select_kernels(args.kernels)
-    text, description, text_sha = load_text(args, ckpt)
-    tokenizer = get_gpt2_tokenizer()
     cfg = model_config(args, ckpt)
+    text, description, text_sha = load_text(args, ckpt, cfg)
+    tokenizer = text_tokenizer(args, cfg, text)
     train_text, val_text = data.split_train_val(text, 0.9)
     check_windows_fit(args, tokenizer, train_text, val_text)
     save_dir, fallback = plan_directories(args, ckpt, ckpt_root)
@@ -88,15 +87,21 @@ def run(args):
     return 0
 
 
-def load_text(args, ckpt):
+def load_text(args, ckpt, cfg):
     """The training text, its description and sha256; a resumed run must get the same text,
-    and its checkpoint's tensor files are verified here, before anything is written."""
+    and its checkpoint's tensor files are verified here, before anything is written. The
+    micro model (a character tokenizer) reads its own sentence unless --data is given."""
     from . import checkpoint as ckpt_mod
     from . import data
-    try:
-        text, description = data.load_training_text(args.data)
-    except data.DataError as e:
-        raise UsageError(str(e)) from None
+    if cfg.get("tokenizer") == "char" and args.data is None:
+        from .char_tokenizer import MICRO_REPEATS, MICRO_SENTENCE, micro_text
+        text = micro_text()
+        description = f"Using the micro model's sentence {MICRO_SENTENCE!r}, {MICRO_REPEATS} times ({len(text)} characters)"
+    else:
+        try:
+            text, description = data.load_training_text(args.data)
+        except data.DataError as e:
+            raise UsageError(str(e)) from None
     text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if ckpt is not None:
         saved = ckpt.config.get("data", {})
@@ -109,6 +114,20 @@ def load_text(args, ckpt):
         except ckpt_mod.CheckpointError as e:
             raise UsageError(str(e)) from None
     return text, description, text_sha
+
+
+def text_tokenizer(args, cfg, text):
+    """The tokenizer the config was built for (GPT-2's BPE, or micro's characters), checked
+    against the training text: a character micro cannot read is a usage error."""
+    from .tokenizer import tokenizer_for
+    try:
+        tokenizer = tokenizer_for(cfg)
+        tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+    except ValueError as e:
+        fix = ("; fix: leave out --data (micro learns its own sentence) or use a text of those characters"
+               if cfg.get("tokenizer") == "char" else "")
+        raise UsageError(f"training text {args.data or '(the default)'}: {e}{fix}") from None
+    return tokenizer
 
 
 def model_config(args, ckpt):

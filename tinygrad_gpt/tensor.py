@@ -541,11 +541,9 @@ class Tensor:
         return ops.MaskedFill.apply(self, mask=mask.astype(bool, copy=False), value=float(value))
 
     def softmax(self, axis: int = -1, *, dim: int | None = None) -> "Tensor":
-        from . import functional as F
         return F.softmax(self, _axis(axis, dim))
 
     def log_softmax(self, axis: int = -1, *, dim: int | None = None) -> "Tensor":
-        from . import functional as F
         return F.log_softmax(self, _axis(axis, dim))
 
     # ---- torch's spellings: what the book's PyTorch code calls on a tensor (tinygrad_gpt/torch)
@@ -727,4 +725,8 @@ def concatenate(tensors: Iterable[Tensor], axis: int | None = None, *, dim: int 
 
 cat = concatenate
 
-from . import ops  # noqa: E402  (ops subclass Function; Tensor's methods look it up at call time)
+# The engine's one circle, by one mechanism: ops.py and functional.py subclass Function, and
+# Tensor's methods build their ops; so both are imported here, after Function and Tensor exist,
+# and looked up when a method is called.
+from . import ops  # noqa: E402
+from . import functional as F  # noqa: E402

@@ -105,12 +105,16 @@ def run(args):
     select_kernels(args.kernels)
     import numpy as np
     from ..generation import cpu_threads, generate_stream
-    from ..tokenizer import ENDOFTEXT_ID, get_gpt2_tokenizer, text_to_token_ids
+    from ..tokenizer import ENDOFTEXT_ID, text_to_token_ids, tokenizer_for
 
-    tokenizer = get_gpt2_tokenizer()
     model, source = load_model(args)
     cfg = model.cfg
-    idx = text_to_token_ids(args.prompt, tokenizer)                    # (1, T)
+    try:
+        tokenizer = tokenizer_for(cfg)                                 # GPT-2's BPE, or micro's characters
+        idx = text_to_token_ids(args.prompt, tokenizer)                # (1, T)
+    except ValueError as e:
+        raise UsageError(f"--prompt: {e}") from None
+    eos_id = ENDOFTEXT_ID if cfg.get("tokenizer", "gpt2") == "gpt2" else None   # micro has no <|endoftext|>
     if idx.max() >= cfg["vocab_size"]:
         raise UsageError(f"the prompt has token id {idx.max()}, beyond the model's vocabulary of "
                          f"{cfg['vocab_size']}: use a model with GPT-2's 50257 tokens")
@@ -127,7 +131,7 @@ def run(args):
     with cpu_threads(args.threads):
         for column in generate_stream(model, idx, args.max_new_tokens, context_size,
                                       temperature=args.temperature, top_k=args.top_k,
-                                      eos_id=ENDOFTEXT_ID if args.stop_at_eos else None,
+                                      eos_id=eos_id if args.stop_at_eos else None,
                                       rng=np.random.default_rng(args.seed), use_cache=not args.no_cache):
             token = int(column[0])
             first = time.perf_counter() - start if first is None else first

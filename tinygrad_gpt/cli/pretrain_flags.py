@@ -53,7 +53,7 @@ ECHOED_FLAGS = ("kernels",)
 
 def build_parser():
     p = Parser(prog="pretrain.py", description=DESCRIPTION, epilog=EPILOG, formatter_class=Formatter)
-    p.add_argument("--model", default="124M", help="tiny, 124M, 355M, 774M or 1558M")
+    p.add_argument("--model", default="124M", help="micro, tiny, 124M, 355M, 774M or 1558M")
     p.add_argument("--data", default=None, help="a UTF-8 text file (default: the-verdict.txt)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=2)

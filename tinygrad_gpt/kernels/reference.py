@@ -142,10 +142,9 @@ def attention_backward(dout, q, k, v, att, keep=None, p=0.0):
     a = att if drop is None else att * drop               # what multiplied v
     dv = a.swapaxes(-1, -2) @ dout                        # out = a @ v      -> dv = a^T dout
     da = dout @ v.swapaxes(-1, -2)                        #                  -> da = dout v^T
-    if drop is not None:
-        da = da * drop                                    # a = att * drop   -> datt = da * drop
+    datt = da if drop is None else da * drop              # a = att * drop   -> datt = da * drop
     # att = softmax(s): ds = att * (datt - sum(datt * att)); masked entries have att = 0
-    ds = att * (da - (da * att).sum(axis=-1, keepdims=True))
+    ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
     ds = ds * scale                                       # s = q k^T * scale
     dq = ds @ k                                           # (B, H, Tq, D)
     dk = ds.swapaxes(-1, -2) @ q                          # (B, H, Tk, D)

@@ -45,9 +45,11 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
     tinygrad_gpt.explain` does for the engine's model), then the totals; with param=NAME the
     chain of ops from the loss down to that parameter instead; with dot=FILE the graph too.
     model: a config name of tinygrad_gpt.model.CONFIGS. Returns (trace, model)."""
-    from ..data import DataError, load_training_text
+    from types import SimpleNamespace
+
+    from ..explain.cli import load_text
     from ..kernels import get_backend
-    from ..tokenizer import get_gpt2_tokenizer
+    from ..tokenizer import tokenizer_for
     out = sys.stdout if file is None else file
     cfg = get_config(model)
     cfg["context_length"] = context_length
@@ -59,11 +61,11 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
         close = difflib.get_close_matches(param, names, n=3, cutoff=0.5)
         raise UsageError(f"--param {param!r} is not a parameter of the book's {model} GPTModel"
                          + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {names[2]}"))
+    text, description = load_text(SimpleNamespace(data=data), cfg)   # micro: its own sentence
     try:
-        text, description = load_training_text(data, download=False)
-    except DataError as e:
+        x, y = one_batch(text, tokenizer_for(cfg), batch_size, context_length)   # BPE, or micro's characters
+    except ValueError as e:                          # UsageError included: a text too short, or unknown characters
         raise UsageError(str(e)) from None
-    x, y = one_batch(text, get_gpt2_tokenizer(), batch_size, context_length)
     print(description, file=out)
     print(f"the book's llms_from_scratch.ch04.GPTModel ({model}) on tinygrad_gpt's engine: "
           f"{gpt.num_parameters():,} parameters in {len(names)} tensors, dropout {cfg['drop_rate']}, "
