@@ -188,6 +188,7 @@ class Function:
     def __init__(self, *parents: "Tensor") -> None:
         self.parents = parents                         # the input Tensors, in order
         self.needs_input_grad = tuple(p.requires_grad for p in parents)
+        self.parent_versions = tuple(p._version for p in parents)   # see Tensor.masked_fill_
         self.saved = ()
 
     def save_for_backward(self, *arrays: np.ndarray) -> None:
@@ -265,6 +266,17 @@ def _accumulate(tensor, g, grad_in, siblings, op="backward"):
         tensor.grad += g                               # the leaf owns its grad: in place
     else:
         tensor.grad = tensor.grad + g
+
+
+def _check_versions(ctx):
+    """PyTorch's version counter: an input changed in place (masked_fill_) after this op read it
+    means the op's edge now leads to the new value, so its gradient would go to the wrong place."""
+    for parent, version in zip(ctx.parents, ctx.parent_versions):
+        if parent._version != version:
+            raise RuntimeError(f"backward(): an input of {ctx.name} (shape {parent.shape}) was modified by an "
+                               f"in-place operation after {ctx.name} used it: it is at version "
+                               f"{parent._version}, {ctx.name} saw version {version}; do the in-place op "
+                               f"before the tensor is used, or use the out-of-place masked_fill")
 
 
 _FREED_MESSAGE = ("backward(): this graph was already freed by an earlier backward() (each one "
@@ -361,6 +373,7 @@ class Tensor:
             if ctx is None:                            # a leaf: its .grad is final
                 continue
             g = node.grad
+            _check_versions(ctx)
             start = time.perf_counter() if _profile is not None else 0.0
             input_grads = ctx.backward(g)
             if not isinstance(input_grads, tuple):
@@ -441,17 +454,21 @@ class Tensor:
     __hash__ = object.__hash__
 
     # ---- reductions
-    def sum(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> "Tensor":
-        return ops.Sum.apply(self, axis=_axis(axis, dim), keepdims=keepdims)
+    def sum(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None,
+            keepdim: bool | None = None) -> "Tensor":
+        return ops.Sum.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
 
-    def mean(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> "Tensor":
-        return ops.Mean.apply(self, axis=_axis(axis, dim), keepdims=keepdims)
+    def mean(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None,
+             keepdim: bool | None = None) -> "Tensor":
+        return ops.Mean.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
 
-    def max(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> "Tensor":
-        return ops.Max.apply(self, axis=_axis(axis, dim), keepdims=keepdims)
+    def max(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None,
+            keepdim: bool | None = None) -> "Tensor":
+        return ops.Max.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
 
-    def argmax(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> np.ndarray:
-        return np.argmax(self.data, axis=_axis(axis, dim), keepdims=keepdims)
+    def argmax(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None,
+               keepdim: bool | None = None) -> np.ndarray:
+        return np.argmax(self.data, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim))
 
     # ---- shapes
     def reshape(self, *shape: int | Sequence[int]) -> "Tensor":
@@ -529,6 +546,151 @@ class Tensor:
     def log_softmax(self, axis: int = -1, *, dim: int | None = None) -> "Tensor":
         return F.log_softmax(self, _axis(axis, dim))
 
+    # ---- torch's spellings: what the book's PyTorch code calls on a tensor (tinygrad_gpt/torch)
+    _version = 0             # bumped by each in-place op; every Function records its inputs' versions
+
+    def var(self, axis=None, keepdims=False, *, dim=None, keepdim=None, unbiased=True, correction=None):
+        """Variance; unbiased=True (torch's default) divides by n - 1, unbiased=False by n."""
+        ddof = (1 if unbiased else 0) if correction is None else int(correction)
+        return ops.Var.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim), ddof=ddof)
+
+    def masked_fill_(self, mask, value):
+        """masked_fill in place, as the book's attention does to its scores. The graph records it
+        as PyTorch does: the old value moves to a new node (the fill's input), self becomes the
+        fill's output and its version goes up. An op that read self before still has an edge to
+        self, which now means the new value, so a backward through it errors (_check_versions)
+        instead of sending its gradient through the fill. The result is a new array, so refuse
+        when anything else can see the old one (a view of this tensor, a value saved for
+        backward, .numpy()): in PyTorch that memory would change too."""
+        if _grad_enabled and self.requires_grad and self._ctx is None:
+            raise RuntimeError(f"masked_fill_: a leaf tensor that requires grad (shape {self.shape}) cannot "
+                               f"be changed in place (as in PyTorch); use masked_fill, or no_grad()")
+        _refuse_if_shared(self, "masked_fill_")
+        if not _grad_enabled:                          # nothing to record: just the new value
+            self.data = self.masked_fill(mask, value).data
+        else:
+            old = Tensor.__new__(Tensor)
+            old.__dict__.update(self.__dict__)         # takes over self's node in the graph
+            new = old.masked_fill(mask, value)
+            self.data, self._ctx, self.requires_grad = new.data, new._ctx, new.requires_grad
+        self._version = self._version + 1
+        return self
+
+    def bool(self):
+        return Tensor(self.data.astype(bool))          # no gradient, as in PyTorch
+
+    device = property(lambda self: CPU)
+
+    def to(self, *args, **kwargs):
+        """.to("cpu") is this tensor (the only device); .to(dtype) casts. Other devices: an error."""
+        out = self
+        for arg in args + tuple(v for k, v in kwargs.items() if k in ("device", "dtype")):
+            if isinstance(arg, (str, Device)):
+                check_device(arg, "Tensor.to")
+            elif arg is not None:
+                out = out.astype(arg)
+        return out
+
+    def numel(self):
+        return self.data.size
+
+    def squeeze(self, dim=None):
+        """Drop axes of size 1 (only `dim`, if given and of size 1, as torch)."""
+        if dim is None:
+            return self.reshape(tuple(n for n in self.shape if n != 1))
+        dim = dim % max(self.ndim, 1)
+        if self.ndim == 0 or self.shape[dim] != 1:
+            return self
+        return self.reshape(self.shape[:dim] + self.shape[dim + 1:])
+
+    def contiguous(self):
+        return self                                    # NumPy arrays need no such call here
+
+    def __eq__(self, other):                           # like <, a plain boolean array
+        return False if other is None else self.data == _as_array(other)
+
+    def __ne__(self, other):
+        return True if other is None else self.data != _as_array(other)
+
+    def __bool__(self):                                # one element only, as torch
+        if self.data.size != 1:
+            raise RuntimeError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
+        return bool(self.data)
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __getattr__(self, name):                       # only reached when the name is not found
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise MissingFeature(f"Tensor.{name} is not implemented: tinygrad_gpt's Tensor has the part of "
+                             f"torch.Tensor that the book's code uses (see tinygrad_gpt/torch)")
+
+
+class MissingFeature(NotImplementedError, AttributeError):
+    """A part of PyTorch that tinygrad_gpt does not have. An AttributeError too, so hasattr()
+    and getattr(obj, name, default) keep working."""
+
+
+class Device:
+    """torch.device: "cpu" is the only one that computes here; others can be named, not used."""
+
+    def __init__(self, type="cpu", index=None):
+        if isinstance(type, Device):
+            type, index = type.type, type.index
+        if not isinstance(type, str):
+            raise TypeError(f"device: expected a string such as 'cpu', got {type!r}")
+        if ":" in type:
+            type, _, number = type.partition(":")
+            index = int(number)
+        self.type, self.index = type, index
+
+    def __str__(self):
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+    def __repr__(self):
+        return f"device(type={self.type!r}" + ("" if self.index is None else f", index={self.index}") + ")"
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            other = Device(other)
+        return isinstance(other, Device) and (self.type, self.index) == (other.type, other.index)
+
+    def __hash__(self):
+        return hash((self.type, self.index))
+
+
+CPU = Device("cpu")
+
+
+def check_device(device, where):
+    """None and "cpu" pass; any other device is a clear error (the engine computes with NumPy)."""
+    if device is None:
+        return CPU
+    device = Device(device)
+    if device.type != "cpu":
+        raise MissingFeature(f"{where}: device {str(device)!r} is not available: tinygrad_gpt computes "
+                             f"on the CPU with NumPy; use 'cpu'")
+    return device
+
+
+def _refuse_if_shared(tensor, op):
+    """An in-place op gives a tensor a new array; refuse if any other object can see the old one.
+    NumPy does not list an array's views, but each view holds a reference to the array that owns
+    the memory, so a reference count above the tensor's own says someone else is looking."""
+    import sys
+    a = tensor.data
+    # references to a: the tensor's, `a` here, getrefcount's argument; to the memory's owner
+    # when a is a view: a's own link (its .base) and getrefcount's argument
+    if sys.getrefcount(a) > 3 or (a.base is not None and sys.getrefcount(a.base) > 2):
+        raise MissingFeature(f"{op}: this tensor's memory is shared (with a view of it, a value saved for "
+                             f"backward, or an array from .numpy()); in PyTorch the in-place change "
+                             f"would show through all of them, here it cannot: use the out-of-place "
+                             f"{op.rstrip('_')} and assign the result")
+
 
 def _axis(axis, dim):
     """PyTorch readers write dim=; NumPy readers write axis=. Both mean the same."""
@@ -537,6 +699,11 @@ def _axis(axis, dim):
             raise TypeError("give either axis= or dim=, not both")
         return tuple(dim) if isinstance(dim, list) else dim
     return tuple(axis) if isinstance(axis, list) else axis
+
+
+def _keep(keepdims, keepdim):
+    """NumPy's keepdims= and PyTorch's keepdim= mean the same."""
+    return keepdims if keepdim is None else keepdim
 
 
 def _plain_index(index):

@@ -56,6 +56,9 @@ def build_parser():
     p.add_argument("--expand", action=argparse.BooleanOptionalAction, default=None,
                    help=f"--dot: draw every op of every block (default: when there are at most "
                         f"{render_dot.EXPAND_AT_MOST_OPS} ops, as in the tiny model; else one node per block)")
+    p.add_argument("--book", action="store_true",
+                   help="trace the book's own llms_from_scratch.ch04.GPTModel run on the engine "
+                        "(tinygrad_gpt.torch; needs the llms-from-scratch package), named by its modules")
     return p
 
 
@@ -114,6 +117,9 @@ def load_text(args, cfg):
 
 def run(args, file=None, stdin=None):
     check_args(args)
+    if args.book:                                    # the book's model: tinygrad_gpt/torch/book.py
+        from ..torch.book import run_book
+        return run_book(args, file=file)
     from ..kernels import use
     from ..model import GPTModel, get_config
     from ..tensor import manual_seed

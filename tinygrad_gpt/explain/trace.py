@@ -123,8 +123,9 @@ def kernel_locations(function_class):
 def record_modules(model):
     """While inside, every op that records a graph node is tagged with the module whose forward
     made it and the transformer block around it, read from the engine's module scope through a
-    forward hook. Yields (tags, scope): tags maps id(output tensor) -> (module name, block);
-    `with scope(name):` tags ops made outside the model, such as the loss."""
+    forward hook. Yields (tags, scope): tags maps id(op) -> (module name, block), the op being
+    the output's ctx (the node's own key: an in-place masked_fill_ moves a node to a new Tensor
+    object, its ctx goes with it); `with scope(name):` tags ops made outside the model."""
     from ..nn import TransformerBlock, module_stack
     from ..tensor import register_forward_hook
     tags, labels = {}, []                            # labels: names given with scope(), innermost last
@@ -135,10 +136,11 @@ def record_modules(model):
         stack = module_stack()
         if stack:
             name = stack[-1][0]
-            block = next((n for n, m in stack if isinstance(m, TransformerBlock)), None)
+            block = next((n for n, m in stack if isinstance(m, TransformerBlock)   # or the book's
+                          or type(m).__name__ == "TransformerBlock"), None)        # (ch04, --book)
         else:
             name, block = (labels[-1] if labels else None), None
-        tags[id(out)] = (name, block)
+        tags[id(out._ctx)] = (name, block)
 
     @contextlib.contextmanager
     def scope(name):
@@ -205,7 +207,7 @@ def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None, ke
     pending = defaultdict(list)      # tensor id -> [Contribution]: the readers that already ran
 
     def hook(node, ctx, grad, input_grads):
-        module, block = tags.get(id(node), (None, None))
+        module, block = tags.get(id(ctx), (None, None))
         step = len(trace.ops) + 1
         inputs = []
         grads = tuple(input_grads) + (None,) * (len(ctx.parents) - len(input_grads))

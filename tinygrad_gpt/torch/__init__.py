@@ -1,0 +1,294 @@
+"""A torch-shaped namespace over the engine: the part of PyTorch the book's code uses.
+
+    import tinygrad_gpt.torch as torch          # in a notebook: the book's calls, on our engine
+    python -m tinygrad_gpt.torch script.py      # a script's own `import torch` gets this
+
+Every name here maps onto the engine (tensor.py, ops.py, functional.py, nn.py, optim.py,
+data.py); nothing computes twice. A name PyTorch has and this namespace does not raises
+NotImplementedError naming it (an AttributeError too, so hasattr() still answers False).
+"""
+import math as _math
+
+import numpy as _np
+
+from ..tensor import Device as device
+from ..tensor import MissingFeature as _Missing
+from ..tensor import Tensor, check_device as _check_device, default_rng as _default_rng
+from ..tensor import cat as _cat
+from ..tensor import enable_grad, is_grad_enabled, no_grad
+from ..tensor import manual_seed as _manual_seed
+from .. import ops as _ops
+from .. import functional as _F
+
+inf = _math.inf
+nan = _math.nan
+pi = _math.pi
+e = _math.e
+
+# dtypes are NumPy's: x.dtype == torch.float32 holds for a float32 tensor
+float32 = float = _np.dtype("float32")
+float64 = double = _np.dtype("float64")
+int64 = long = _np.dtype("int64")
+int32 = int = _np.dtype("int32")
+bool = _np.dtype("bool")
+_builtin_int = type(1)                            # `int` above is now torch.int
+
+
+# ----------------------------------------------------------------------------- making tensors
+def _torch_dtype(data):
+    """The dtype torch.tensor gives: bools stay bool, Python ints int64, Python floats float32,
+    NumPy arrays keep theirs (torch.tensor(np.float64 array) is float64)."""
+    if isinstance(data, (_np.ndarray, _np.generic)):
+        return data.dtype
+    flat = _np.asarray(data)
+    if flat.dtype == _np.bool_:
+        return bool
+    if _np.issubdtype(flat.dtype, _np.integer):
+        return int64
+    if _np.issubdtype(flat.dtype, _np.floating):
+        return float32
+    raise TypeError(f"torch.tensor: cannot make a tensor from {type(data).__name__} of {flat.dtype}")
+
+
+def tensor(data, dtype=None, device=None, requires_grad=False):
+    """A new tensor holding a copy of data (a list, a number, a NumPy array or a Tensor)."""
+    _check_device(device, "torch.tensor")
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, (list, tuple)) and any(isinstance(x, Tensor) for x in data):
+        data = [x.data if isinstance(x, Tensor) else x for x in data]
+    dtype = _torch_dtype(data) if dtype is None else _np.dtype(dtype)
+    return Tensor(_np.array(data, dtype=dtype), requires_grad=requires_grad)
+
+
+def _size(size):
+    return tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else tuple(size)
+
+
+def ones(*size, dtype=None, device=None, requires_grad=False):
+    _check_device(device, "torch.ones")
+    return Tensor(_np.ones(_size(size), dtype=dtype or float32), requires_grad=requires_grad)
+
+
+def zeros(*size, dtype=None, device=None, requires_grad=False):
+    _check_device(device, "torch.zeros")
+    return Tensor(_np.zeros(_size(size), dtype=dtype or float32), requires_grad=requires_grad)
+
+
+def rand(*size, dtype=None, device=None, requires_grad=False, generator=None):
+    """U[0, 1) from the engine's generator (torch.manual_seed seeds it; PyTorch's own stream of
+    numbers is not reproduced, only its distribution)."""
+    _check_device(device, "torch.rand")
+    rng = _default_rng() if generator is None else generator.rng
+    return Tensor(rng.random(_size(size), dtype=_np.float32).astype(dtype or float32, copy=False),
+                  requires_grad=requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False):
+    """int64 for integer arguments, float32 otherwise, as torch."""
+    _check_device(device, "torch.arange")
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        integral = all(isinstance(v, (_builtin_int, _np.integer)) for v in (start, end, step))
+        dtype = int64 if integral else float32
+    return Tensor(_np.arange(start, end, step, dtype=dtype), requires_grad=requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, device=None):
+    _check_device(device, "torch.linspace")
+    return Tensor(_np.linspace(start, end, steps, dtype=dtype or float32))
+
+
+def manual_seed(seed):
+    """Seed the engine's generator: initialisation, dropout, rand, multinomial, shuffling."""
+    _manual_seed(seed)
+    return Generator().manual_seed(seed)
+
+
+class Generator:
+    """torch.Generator(): a seeded source for DataLoader(generator=...) and multinomial."""
+
+    def __init__(self, device="cpu"):
+        _check_device(device, "torch.Generator")
+        self.rng = _np.random.default_rng()
+
+    def manual_seed(self, seed):
+        self.rng = _np.random.default_rng(seed)
+        return self
+
+
+def is_tensor(obj):
+    return isinstance(obj, Tensor)
+
+
+# ----------------------------------------------------------------------------- ops
+def _t(x):
+    return x if isinstance(x, Tensor) else Tensor(_np.asarray(x))
+
+
+def cat(tensors, dim=0):
+    return _cat([_t(t) for t in tensors], dim=dim)
+
+
+concat = cat
+
+
+def stack(tensors, dim=0):
+    return cat([_t(t).unsqueeze(dim) for t in tensors], dim=dim)
+
+
+def softmax(input, dim=None, dtype=None):
+    if dim is None:
+        raise TypeError("torch.softmax: give dim= (the axis to normalise over)")
+    x = input if dtype is None else input.astype(dtype)
+    return _F.softmax(x, dim)
+
+
+def log_softmax(input, dim=None, dtype=None):
+    if dim is None:
+        raise TypeError("torch.log_softmax: give dim= (the axis to normalise over)")
+    x = input if dtype is None else input.astype(dtype)
+    return _F.log_softmax(x, dim)
+
+
+def argmax(input, dim=None, keepdim=False):
+    """The index of the largest value, an int64 tensor (no gradient)."""
+    return Tensor(_np.asarray(_np.argmax(_t(input).data, axis=dim, keepdims=keepdim), dtype=int64))
+
+
+def _gather(x, dim, index):
+    """x's values at `index` along dim (torch.gather), as one differentiable GetItem."""
+    grid = list(_np.ogrid[tuple(slice(n) for n in index.shape)])
+    grid[dim % x.ndim] = index
+    return x[tuple(grid)]
+
+
+def topk(input, k, dim=-1, largest=True, sorted=True):
+    """(values, indices) of the k largest along dim, largest first; values keep the gradient."""
+    x = _t(input)
+    keys = -x.data if largest else x.data
+    indices = _np.take(_np.argsort(keys, axis=dim, kind="stable"), _np.arange(k), axis=dim)
+    return _TopK(_gather(x, dim, indices), Tensor(indices.astype(_np.int64)))
+
+
+class _TopK(tuple):
+    """torch.return_types.topk: a pair with names."""
+    def __new__(cls, values, indices):
+        return super().__new__(cls, (values, indices))
+    values = property(lambda self: self[0])
+    indices = property(lambda self: self[1])
+
+
+def where(condition, input, other):
+    """input where condition holds, else other; gradients go to the side each element came from."""
+    cond = condition.data if isinstance(condition, Tensor) else _np.asarray(condition)
+    a, b = _t(input), _t(other)
+    if a.dtype != b.dtype and a.ndim == 0 and not a.requires_grad:
+        a = Tensor(a.data.astype(b.dtype))                 # a scalar such as tensor(-inf) meets b's dtype
+    elif a.dtype != b.dtype and b.ndim == 0 and not b.requires_grad:
+        b = Tensor(b.data.astype(a.dtype))
+    return _ops.Where.apply(a, b, condition=cond.astype(_np.bool_, copy=False))
+
+
+def multinomial(input, num_samples, replacement=False, generator=None):
+    """Draw category indices from each row of probabilities (int64, no gradient)."""
+    p = _t(input).data.astype(_np.float64)
+    rng = _default_rng() if generator is None else generator.rng
+    rows = p.reshape(-1, p.shape[-1])
+    out = _np.stack([rng.choice(p.shape[-1], size=num_samples, replace=replacement, p=r / r.sum())
+                     for r in rows])
+    return Tensor(out.reshape(p.shape[:-1] + (num_samples,)).astype(_np.int64))
+
+
+def triu(input, diagonal=0):
+    """The upper triangle (from `diagonal` up) of the last two axes; zeros below. Differentiable."""
+    x = _t(input)
+    below = ~_np.triu(_np.ones(x.shape[-2:], dtype=_np.bool_), diagonal)
+    return x.masked_fill(below, 0.0)
+
+
+def tril(input, diagonal=0):
+    x = _t(input)
+    above = ~_np.tril(_np.ones(x.shape[-2:], dtype=_np.bool_), diagonal)
+    return x.masked_fill(above, 0.0)
+
+
+def tanh(input):
+    return input.tanh()
+
+
+def sqrt(input):
+    return input.sqrt()
+
+
+def exp(input):
+    return input.exp()
+
+
+def log(input):
+    return input.log()
+
+
+def pow(input, exponent):
+    return input ** exponent
+
+
+def mean(input, dim=None, keepdim=False):
+    return input.mean(dim=dim, keepdim=keepdim)
+
+
+def sum(input, dim=None, keepdim=False):
+    return input.sum(dim=dim, keepdim=keepdim)
+
+
+def var(input, dim=None, keepdim=False, unbiased=True):
+    return input.var(dim=dim, keepdim=keepdim, unbiased=unbiased)
+
+
+def ones_like(input, dtype=None):
+    return Tensor(_np.ones_like(_t(input).data, dtype=dtype))
+
+
+def zeros_like(input, dtype=None):
+    return Tensor(_np.zeros_like(_t(input).data, dtype=dtype))
+
+
+# ----------------------------------------------------------------------------- devices
+class _Backend:
+    """torch.cuda, torch.backends.mps: not here, so scripts that ask pick "cpu"."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def is_available(self):
+        return False
+
+    def device_count(self):
+        return 0
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise _Missing(f"torch.{self._name}.{name}: tinygrad_gpt.torch has no {self._name} (CPU only)")
+
+
+cuda = _Backend("cuda")
+
+
+class _Backends:
+    mps = _Backend("backends.mps")
+    cuda = _Backend("backends.cuda")
+
+
+backends = _Backends()
+
+from . import nn, optim, utils  # noqa: E402  (they import the names above)
+
+
+def __getattr__(name):
+    """Any other torch name: not part of the surface the book uses."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise _Missing(f"torch.{name} is not implemented by tinygrad_gpt.torch, which maps the part of "
+                   f"PyTorch that the book's code uses onto the engine")

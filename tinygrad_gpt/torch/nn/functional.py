@@ -1,0 +1,59 @@
+"""torch.nn.functional: the engine's fused ops (functional.py) under torch's names and arguments."""
+from ... import functional as _F
+from ...tensor import MissingFeature
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy of logits (N, V) (or (..., V)) against int64 targets, one fused op."""
+    for name, value, default in (("weight", weight, None), ("size_average", size_average, None),
+                                 ("reduce", reduce, None), ("label_smoothing", label_smoothing, 0.0)):
+        if value != default:
+            raise MissingFeature(f"torch.nn.functional.cross_entropy({name}=...) is not implemented")
+    return _F.cross_entropy(input, target, ignore_index=ignore_index, reduction=reduction)
+
+
+def softmax(input, dim=None, dtype=None):
+    from .. import softmax as _softmax
+    return _softmax(input, dim=dim, dtype=dtype)
+
+
+def log_softmax(input, dim=None, dtype=None):
+    from .. import log_softmax as _log_softmax
+    return _log_softmax(input, dim=dim, dtype=dtype)
+
+
+def gelu(input, approximate="none"):
+    if approximate != "tanh":
+        raise MissingFeature("torch.nn.functional.gelu(approximate='none') (the erf form) is not "
+                             "implemented; approximate='tanh' is the book's")
+    return _F.gelu(input)
+
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    if inplace:
+        raise MissingFeature("torch.nn.functional.dropout(inplace=True) is not implemented")
+    return _F.dropout(input, p, training=training)
+
+
+def linear(input, weight, bias=None):
+    return _F.linear(input, weight, bias)
+
+
+def embedding(input, weight):
+    return _F.embedding(weight, input)
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """The engine's fused attention, for the causal case without a mask (the book's bonus)."""
+    if attn_mask is not None or scale is not None or not is_causal:
+        raise MissingFeature("torch.nn.functional.scaled_dot_product_attention: only is_causal=True "
+                             "without attn_mask or scale is implemented")
+    return _F.scaled_dot_product_attention(query, key, value, causal=True, dropout_p=dropout_p)
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise MissingFeature(f"torch.nn.functional.{name} is not implemented by tinygrad_gpt.torch")
+
