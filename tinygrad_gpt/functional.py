@@ -7,6 +7,7 @@ kernels/reference.py, next to the code that computes it). `K` is the active kern
 """
 import numpy as np
 
+from . import amp
 from .kernels import K
 from .tensor import Function, Tensor, _axis, default_rng
 
@@ -172,7 +173,13 @@ def embedding(weight, ids):
 class Linear(Function):
     def forward(ctx, x, w, b=None):            # x: (..., in)  w: (out, in)  b: (out,)
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # (N, in)
-        y2 = x2 @ w.T                                          # (N, out), one BLAS GEMM
+        ctx.bf16 = amp.is_autocast_enabled() and x2.dtype == np.float32 and w.dtype == np.float32
+        if ctx.bf16:                           # bf16 inputs, float32 accumulation and result
+            x2, wb = amp.to_bf16(x2), amp.weight_bf16(w)       # (N, in), (out, in) uint16 bits
+            y2 = amp.gemm(x2, wb, trans_b=True)                # (N, out) float32
+            w = wb                             # backward multiplies the same bf16 numbers
+        else:
+            y2 = x2 @ w.T                                      # (N, out), one BLAS GEMM
         if b is not None:
             y2 += b
         ctx.save_for_backward(x2, w)
@@ -182,8 +189,13 @@ class Linear(Function):
     def backward(ctx, grad):                   # y = x W^T + b
         x2, w = ctx.saved
         g2 = np.ascontiguousarray(grad).reshape(-1, w.shape[0])   # (N, out)
-        dx = (g2 @ w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None   # dx = dy W
-        dw = g2.T @ x2 if ctx.needs_input_grad[1] else None        # dW = dy^T x   (out, in)
+        if ctx.bf16:                           # the same two products, bf16 in, float32 out
+            gb = amp.to_bf16(g2)                                   # (N, out) bits
+            dx = amp.gemm(gb, w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
+            dw = amp.gemm(gb, x2, trans_a=True) if ctx.needs_input_grad[1] else None
+        else:
+            dx = (g2 @ w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None   # dx = dy W
+            dw = g2.T @ x2 if ctx.needs_input_grad[1] else None        # dW = dy^T x   (out, in)
         if len(ctx.needs_input_grad) == 3:
             db = g2.sum(axis=0) if ctx.needs_input_grad[2] else None   # db = sum of dy over rows
             return dx, dw, db

@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import amp
 from . import functional as F
 from .tensor import Tensor, default_rng
 
@@ -100,6 +101,7 @@ class Module:
             if name in params:
                 value = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
                 np.copyto(params[name].data, value, casting="same_kind")
+        amp.invalidate(params.values())       # their bf16 copies (autocast) are stale now
         return missing, unexpected
 
     # ---- modes

@@ -685,3 +685,70 @@ def warmup(verbose=True):
     if verbose:
         print(f"numba_cpu: kernels ready in {seconds:.1f} s", flush=True)
     return seconds
+
+
+# ----------------------------------------------------------------------------- bfloat16
+@njit(inline="always")
+def _bf16_bits(x):                             # float32 -> uint16 bits, round to nearest even
+    u = np.uint32(_f32_bits(x))
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint16((u >> np.uint32(16)) | np.uint32(0x0040))       # NaN stays a quiet NaN
+    return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@intrinsic
+def _f32_bits(typingctx, x):                   # reinterpret a float32's bits as uint32
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@njit(parallel=True, cache=True)
+def _to_bf16(x, out):                          # x: (M,) float32  out: (M,) uint16
+    for i in prange(x.size):
+        out[i] = _bf16_bits(x[i])
+
+
+def to_bf16(x):
+    """float32 -> bf16 bits (uint16), round to nearest even, one parallel pass (reference.to_bf16)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, dtype=np.uint16)
+    _to_bf16(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+from_bf16 = reference.from_bf16                # a shift and a view: NumPy is already one pass
+gemm_bf16 = reference.gemm_bf16                # the twin; the fast one is kernels/bf16_mkl.py
+
+
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _adamw_step_bf16(p, g, m, v, pb, decay, beta1, one_m_beta1, beta2, one_m_beta2, sqrt_bc2, eps,
+                     step_size):
+    # _adamw_step, and the bf16 copy of the new weight written from the register
+    for i in prange(p.size):
+        gi = g[i]
+        mi = m[i] * beta1 + one_m_beta1 * gi
+        vi = v[i] * beta2 + one_m_beta2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        pi = p[i] * decay - step_size * (mi / (math.sqrt(vi) / sqrt_bc2 + eps))
+        p[i] = pi
+        pb[i] = _bf16_bits(pi)
+
+
+def adamw_step_bf16(p, g, m, v, pb, lr, beta1, beta2, eps, weight_decay, step):
+    """adamw_step, and pb = to_bf16(p) of the updated weight, in the same pass."""
+    if not (p.dtype == np.float32 and pb.dtype == np.uint16 and pb.shape == p.shape
+            and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous
+            and pb.flags.c_contiguous):
+        return reference.adamw_step_bf16(p, g, m, v, pb, lr, beta1, beta2, eps, weight_decay, step)
+    _, g, _, _ = _floats("adamw_step_bf16", p=p, g=g, m=m, v=v)
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        _shape("adamw_step_bf16", name, a, p.shape)
+    dt = np.float32
+    lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    _adamw_step_bf16(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), pb.reshape(-1),
+                     dt(1.0 - lr * float(weight_decay)), dt(beta1), dt(1.0 - beta1), dt(beta2),
+                     dt(1.0 - beta2), dt(math.sqrt(bc2)), dt(eps), dt(lr / bc1))
