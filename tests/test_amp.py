@@ -323,3 +323,20 @@ def test_30_steps_under_autocast_stay_within_2_percent_of_float32():
     assert curves["float32"][-1] < 0.7 * curves["float32"][0]      # it does train
     assert rel.max() < 0.02
     assert not np.array_equal(curves["bfloat16"], curves["float32"])
+
+
+def test_pretrain_precision_flag_prints_the_choice_and_trains(tmp_path, monkeypatch, capsys):
+    from test_checkpoint import TINY, ep_lines, isolated, run_cli, small_text
+    text = tmp_path / "story.txt"
+    text.write_text(small_text(), encoding="utf-8")
+    out = {}
+    with isolated(monkeypatch, tmp_path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # the twin's note, on a CPU without AMX
+        for precision in ("float32", "bfloat16"):
+            assert run_cli(*TINY, "--epochs", "1", "--data", text, "--out", tmp_path / precision,
+                           "--precision", precision) == 0
+            out[precision] = capsys.readouterr().out
+    assert "Precision: float32 as requested" in out["float32"]
+    assert "Precision: bfloat16 autocast" in out["bfloat16"]
+    assert ep_lines(out["float32"]) and ep_lines(out["bfloat16"]) != ep_lines(out["float32"])
+    assert not amp.is_autocast_enabled()

@@ -106,6 +106,9 @@ def build_parser():
                    help="continue from a checkpoint: a --save-dir (its newest checkpoint) or a "
                         "step-NNNNNN directory")
     p.add_argument("--threads", type=int, default=None, help="threads for BLAS and numba (default: all cores)")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="bfloat16: autocast's bf16 matrix products (float32 master weights); auto: "
+                        "bfloat16 where the CPU has AMX-BF16 and oneMKL loads, else float32")
     p.add_argument("--kernels", choices=["numpy", "numba"], default=None,
                    help="kernel backend (default: $TINYGRAD_GPT_KERNELS or numba; on --resume, the checkpoint's)")
     p.add_argument("--log-grad-norms", action="store_true",
@@ -457,6 +460,11 @@ def run(args):
     # ---- from here on the input is valid
     print(description, flush=True)
     print(setup_threads(args.threads, warm_up=True), flush=True)
+    from .amp import autocast, choose_precision
+    from .kernels.threads import set_num_threads
+    precision, why = choose_precision(args.precision)
+    set_num_threads(args.threads, load_mkl=precision == "bfloat16")   # MKL's pool too
+    print(f"Precision: {why}", flush=True)
     n_tokens = len(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))
     print(f"Characters: {len(text)} Tokens: {n_tokens}", flush=True)
 
@@ -518,7 +526,7 @@ def run(args):
     progress = Progress(total_steps, enabled=args.progress)
     start, start_tokens = time.perf_counter(), state.tokens_seen
     try:
-        with _SignalHandlers(checkpointer):
+        with _SignalHandlers(checkpointer), autocast("bfloat16", enabled=precision == "bfloat16"):
             state = train_model(model, train_loader, val_loader, optimizer, args.epochs, args.eval_freq,
                                 args.eval_iter, args.start_context, tokenizer, state=state, peak_lr=args.lr,
                                 warmup_steps=args.warmup_steps, min_lr=args.min_lr, grad_clip=args.grad_clip,
