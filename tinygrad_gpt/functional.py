@@ -5,6 +5,9 @@ intermediate arrays alive and walk them all again in backward. Here each layer i
 Function whose backward is the derivative written out once (the math is in
 kernels/reference.py, next to the code that computes it). `K` is the active kernel backend.
 """
+import sys
+import weakref
+
 import numpy as np
 
 from . import amp
@@ -159,8 +162,32 @@ class Embedding(Function):
     def backward(ctx, grad):                   # scatter-add: a repeated id receives the sum
         ids, = ctx.saved
         C = grad.shape[-1]
-        dW = K.embedding_backward(np.ascontiguousarray(grad).reshape(-1, C), ids.reshape(-1), ctx.V)
-        return dW, None
+        g2, ids = np.ascontiguousarray(grad).reshape(-1, C), ids.reshape(-1)    # (N, C), (N,)
+        kept = _embedding_grad_buffer(ctx.parents[0].data, g2.dtype)
+        if kept is None:
+            return K.embedding_backward(g2, ids, ctx.V), None
+        kept[2] = K.embedding_backward_into(g2, ids, kept[1], kept[2])
+        return kept[1], None
+
+
+# weight array id -> [weakref to it, a kept (V, C) gradient buffer, its nonzero rows]. A fresh
+# (V, C) array every step (154 MB for GPT-2) costs the kernel's page zeroing; the kept one
+# only zeroes the rows the previous step wrote. Reused only while no one else holds it (it
+# is not still some parameter's .grad, e.g. when gradients accumulate over micro-batches).
+_embedding_grads = {}
+
+
+def _embedding_grad_buffer(weight, dtype):
+    key = (id(weight), np.dtype(dtype).str)
+    kept = _embedding_grads.get(key)
+    if kept is not None and kept[0]() is weight and sys.getrefcount(kept[1]) <= 2:  # the list + the call
+        return kept
+    if kept is not None and kept[0]() is weight:
+        return None                            # still in use: this backward gets a fresh array
+    kept = [weakref.ref(weight, lambda _r: _embedding_grads.pop(key, None)),
+            np.zeros(weight.shape, dtype=dtype), np.zeros(0, dtype=np.int64)]
+    _embedding_grads[key] = kept
+    return kept
 
 
 def embedding(weight, ids):

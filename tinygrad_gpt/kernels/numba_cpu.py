@@ -752,3 +752,21 @@ def adamw_step_bf16(p, g, m, v, pb, lr, beta1, beta2, eps, weight_decay, step):
     _adamw_step_bf16(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), pb.reshape(-1),
                      dt(1.0 - lr * float(weight_decay)), dt(beta1), dt(1.0 - beta1), dt(beta2),
                      dt(1.0 - beta2), dt(math.sqrt(bc2)), dt(eps), dt(lr / bc1))
+
+
+# ----------------------------------------------------------------------------- embedding, kept buffer
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _zero_rows(dW, rows):                      # dW: (V, C)  rows: (R,) distinct
+    for r in prange(rows.size):
+        dW[rows[r], :] = 0.0
+
+
+def embedding_backward_into(dout, ids, dW, stale_rows):
+    """embedding_backward into a kept (V, C) buffer, nonzero only in stale_rows (reference.py)."""
+    (dout,) = _floats("embedding_backward_into", dout=dout)
+    N, C = dout.shape
+    ids = _indices("embedding_backward_into", "ids", ids, N, dW.shape[0])
+    _shape("embedding_backward_into", "dW", dW, (dW.shape[0], C))
+    _zero_rows(dW, np.ascontiguousarray(stale_rows, dtype=np.int64))
+    _embedding_backward(dout, ids, dW)         # the same column-blocked scatter-add
+    return np.unique(ids)

@@ -219,3 +219,12 @@ def adamw_step_bf16(p, g, m, v, pb, lr, beta1, beta2, eps, weight_decay, step):
     the same pass (once per optimizer step, not once per GEMM)."""
     adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
     pb[...] = to_bf16(p)
+
+
+def embedding_backward_into(dout, ids, dW, stale_rows):
+    """embedding_backward into a kept (V, C) buffer: dW holds a previous step's gradient, which
+    is nonzero only in stale_rows; zero those, scatter-add dout. Touches O(N) rows, not V.
+    Returns the rows now nonzero (the next call's stale_rows)."""
+    dW[stale_rows] = 0.0
+    np.add.at(dW, ids, dout)                              # scatter-add, as embedding_backward
+    return np.unique(ids)
