@@ -117,7 +117,10 @@ def worker_ours(args, cfg):
     from tinygrad_gpt.kernels.threads import set_num_threads
     from tinygrad_gpt.pretrain import setup_threads
     from tinygrad_gpt.tensor import no_grad, profile
-    runtime = setup_threads(args.threads)
+    if args.plain_api:                         # as a user's own loop: no allocator tuning (mallopt)
+        runtime = f"plain API (no mallopt), {set_num_threads(args.threads, load_mkl=False)} threads, float32"
+    else:
+        runtime = setup_threads(args.threads)
     set_num_threads(args.threads, load_mkl=args.precision == "bfloat16")   # + MKL's pool
     bf16 = args.precision == "bfloat16"
     if bf16:
@@ -215,7 +218,8 @@ def run_worker(engine, args):
     worker, extra = ENGINES[engine]
     cmd = [sys.executable, __file__, "--worker", worker, "--model", args.model, "--batch", str(args.batch),
            "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--kernels", args.kernels] + extra + (["--threads", str(args.threads)] if args.threads else [])
+           "--kernels", args.kernels] + extra + (["--threads", str(args.threads)] if args.threads else []) \
+        + (["--plain-api"] if args.plain_api else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"the {engine} worker failed:\n{out.stderr[-3000:]}")
@@ -245,6 +249,8 @@ def main():
                    help="also torch: the book's default AdamW, fused AdamW, bf16 autocast + fused AdamW")
     p.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="float32",
                    help="ours: float32, bf16 autocast, or both side by side")
+    p.add_argument("--plain-api", action="store_true",
+                   help="ours without pretrain.setup_threads' allocator tuning, as a user's own loop")
     p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--torch-mode", choices=["default", "fused", "bf16"], default="default", help=argparse.SUPPRESS)
     args = p.parse_args()

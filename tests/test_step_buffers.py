@@ -59,3 +59,22 @@ def test_the_buffer_is_not_reused_while_someone_holds_it():
     F.embedding(w, a).sum().backward()
     want_b = R.embedding_backward(np.ones((7, 8), np.float32), b, 30)
     np.testing.assert_array_equal(w.grad, want_a + want_b)
+
+
+def test_linear_dw_goes_into_a_kept_buffer_only_while_nobody_holds_it():
+    rng = np.random.default_rng(3)
+    w = tg.nn.Parameter(rng.standard_normal((6, 4)).astype(np.float32))
+    xs = [rng.standard_normal((5, 4)).astype(np.float32) for _ in range(3)]
+    ids = []
+    for x in xs:
+        w.grad = None
+        F.linear(tg.Tensor(x), w).sum().backward()
+        np.testing.assert_allclose(w.grad, np.ones((5, 6), np.float32).T @ x, rtol=1e-6)
+        ids.append(id(w.grad))
+    assert len(set(ids)) == 1                     # the same buffer each step
+    held = w.grad
+    w.grad = None
+    F.linear(tg.Tensor(xs[0]), w).sum().backward()
+    np.testing.assert_allclose(held, np.ones((5, 6), np.float32).T @ xs[2], rtol=1e-6)   # untouched
+    F.linear(tg.Tensor(xs[1]), w).sum().backward()                                         # accumulates
+    np.testing.assert_allclose(w.grad, np.ones((5, 6), np.float32).T @ (xs[0] + xs[1]), rtol=1e-5)

@@ -216,17 +216,42 @@ class Linear(Function):
     def backward(ctx, grad):                   # y = x W^T + b
         x2, w = ctx.saved
         g2 = np.ascontiguousarray(grad).reshape(-1, w.shape[0])   # (N, out)
+        dw = None
+        if ctx.needs_input_grad[1]:            # into a kept (out, in) buffer: no fresh pages per step
+            dw = _kept_buffer(ctx.parents[1].data, "dW", w.shape, g2.dtype)
         if ctx.bf16:                           # the same two products, bf16 in, float32 out
             gb = amp.to_bf16(g2)                                   # (N, out) bits
             dx = amp.gemm(gb, w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
-            dw = amp.gemm(gb, x2, trans_a=True) if ctx.needs_input_grad[1] else None
+            if dw is not None:
+                amp.gemm(gb, x2, trans_a=True, out=dw)
         else:
             dx = (g2 @ w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None   # dx = dy W
-            dw = g2.T @ x2 if ctx.needs_input_grad[1] else None        # dW = dy^T x   (out, in)
+            if dw is not None:
+                np.matmul(g2.T, x2, out=dw)                        # dW = dy^T x   (out, in)
         if len(ctx.needs_input_grad) == 3:
             db = g2.sum(axis=0) if ctx.needs_input_grad[2] else None   # db = sum of dy over rows
             return dx, dw, db
         return dx, dw
+
+
+# (id(owner array), tag) -> [weakref to the owner, a kept array]: a gradient a layer writes every
+# step (Linear's dW: 154 MB for the output head), reused while nobody else holds it (not still a
+# parameter's .grad, not kept by the caller); otherwise the layer gets a fresh one.
+_kept = {}
+
+
+def _kept_buffer(owner, tag, shape, dtype):
+    key = (id(owner), tag)
+    entry = _kept.get(key)
+    if entry is not None and entry[0]() is owner:
+        a = entry[1]
+        if a.shape == tuple(shape) and a.dtype == dtype and sys.getrefcount(a) <= 3:   # entry, a, call
+            return a
+        if a.shape == tuple(shape) and a.dtype == dtype:
+            return np.empty(shape, dtype=dtype)                # in use: a fresh one this time
+    a = np.empty(shape, dtype=dtype)
+    _kept[key] = [weakref.ref(owner, lambda _r: _kept.pop(key, None)), a]
+    return a
 
 
 def linear(x, weight, bias=None):
