@@ -36,13 +36,11 @@ def test_the_embedding_gradient_buffer_is_reused_and_stays_right():
     W = rng.standard_normal((30, 8)).astype(np.float32)
     ids = [rng.integers(0, 30, (2, 5)) for _ in range(3)]
     w = tg.nn.Parameter(W.copy())
-    seen = []
     for i in ids:
         w.grad = None
         F.embedding(w, i).sum().backward()
         np.testing.assert_array_equal(w.grad, R.embedding_backward(np.ones((10, 8), np.float32), i.ravel(), 30))
-        seen.append(id(w.grad))
-    assert len(set(seen)) == 1                 # one kept buffer, not three fresh 30x8 arrays
+        assert w.grad is F._embedding_grads[(id(w.data), "<f4")][1]   # one kept buffer, not fresh ones
 
 
 def test_the_buffer_is_not_reused_while_someone_holds_it():
@@ -65,16 +63,27 @@ def test_linear_dw_goes_into_a_kept_buffer_only_while_nobody_holds_it():
     rng = np.random.default_rng(3)
     w = tg.nn.Parameter(rng.standard_normal((6, 4)).astype(np.float32))
     xs = [rng.standard_normal((5, 4)).astype(np.float32) for _ in range(3)]
-    ids = []
     for x in xs:
         w.grad = None
         F.linear(tg.Tensor(x), w).sum().backward()
         np.testing.assert_allclose(w.grad, np.ones((5, 6), np.float32).T @ x, rtol=1e-6)
-        ids.append(id(w.grad))
-    assert len(set(ids)) == 1                     # the same buffer each step
+        assert w.grad is F._kept[(id(w.data), "dW")][1]    # the same buffer each step
     held = w.grad
     w.grad = None
     F.linear(tg.Tensor(xs[0]), w).sum().backward()
     np.testing.assert_allclose(held, np.ones((5, 6), np.float32).T @ xs[2], rtol=1e-6)   # untouched
     F.linear(tg.Tensor(xs[1]), w).sum().backward()                                         # accumulates
     np.testing.assert_allclose(w.grad, np.ones((5, 6), np.float32).T @ (xs[0] + xs[1]), rtol=1e-5)
+
+
+def test_linear_outputs_alive_at_once_never_share_a_buffer():
+    rng = np.random.default_rng(4)
+    w = tg.nn.Parameter(rng.standard_normal((6, 4)).astype(np.float32))
+    x1, x2 = (rng.standard_normal((5, 4)).astype(np.float32) for _ in range(2))
+    a = F.linear(tg.Tensor(x1), w)
+    b = F.linear(tg.Tensor(x2), w)             # the same weight while a is alive
+    np.testing.assert_allclose(a.data, x1 @ w.data.T, rtol=1e-6)
+    np.testing.assert_allclose(b.data, x2 @ w.data.T, rtol=1e-6)
+    del a, b
+    for _ in range(3):                         # dropped outputs: the kept buffer is reused
+        assert np.shares_memory(F.linear(tg.Tensor(x1), w).data, F._kept[(id(w.data), "y")][1])

@@ -201,12 +201,13 @@ class Linear(Function):
     def forward(ctx, x, w, b=None):            # x: (..., in)  w: (out, in)  b: (out,)
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # (N, in)
         ctx.bf16 = amp.is_autocast_enabled() and x2.dtype == np.float32 and w.dtype == np.float32
+        y2 = _kept_buffer(w, "y", (x2.shape[0], w.shape[0]), np.result_type(x2, w))   # (N, out)
         if ctx.bf16:                           # bf16 inputs, float32 accumulation and result
             x2, wb = amp.to_bf16(x2), amp.weight_bf16(w)       # (N, in), (out, in) uint16 bits
-            y2 = amp.gemm(x2, wb, trans_b=True)                # (N, out) float32
+            amp.gemm(x2, wb, trans_b=True, out=y2)             # (N, out) float32
             w = wb                             # backward multiplies the same bf16 numbers
         else:
-            y2 = x2 @ w.T                                      # (N, out), one BLAS GEMM
+            np.matmul(x2, w.T, out=y2)                         # (N, out), one BLAS GEMM
         if b is not None:
             y2 += b
         ctx.save_for_backward(x2, w)
