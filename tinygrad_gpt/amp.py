@@ -181,9 +181,13 @@ def _drop_unowned():
 
 # ----------------------------------------------------------------------------- precision choice
 def choose_precision(requested="auto"):
-    """"float32" or "bfloat16" for a training run. "auto" picks bfloat16 where the fast path
-    exists (AMX-BF16 + MKL: the step measured 1.7x faster, benchmarks/RESULTS.md), float32
-    elsewhere (the twin is slower than float32). Returns (precision, a sentence why)."""
+    """"float32" or "bfloat16" for a training run, and a sentence why.
+
+    "auto" follows the measurements in benchmarks/RESULTS.md ("bf16 autocast"): on the 2-core
+    AMX-BF16 machine of 2026-12-01 the bf16 GEMMs alone were 1.2-1.9x faster, but the whole
+    124M step under autocast was 1.3-1.5x SLOWER than float32 (the float32 attention products
+    and numba kernels slowed down with MKL's pool in the process), so auto keeps float32
+    (the book's precision) until a measurement says otherwise; bfloat16 is there to ask for."""
     if requested == "float32":
         return "float32", "float32 as requested"
     if requested == "bfloat16":
@@ -193,5 +197,6 @@ def choose_precision(requested="auto"):
     if requested != "auto":
         raise ValueError(f"precision must be auto, float32 or bfloat16, got {requested!r}")
     if bf16_mkl.available():
-        return "bfloat16", "auto: bfloat16 autocast (this CPU has AMX-BF16 and oneMKL loaded)"
+        return "float32", ("auto: float32 (the bf16 step measured slower than float32 on this kind of "
+                           "CPU, benchmarks/RESULTS.md; --precision bfloat16 to try it)")
     return "float32", f"auto: float32 ({bf16_mkl.unavailable_reason()})"

@@ -108,7 +108,7 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None, help="threads for BLAS and numba (default: all cores)")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="bfloat16: autocast's bf16 matrix products (float32 master weights); auto: "
-                        "bfloat16 where the CPU has AMX-BF16 and oneMKL loads, else float32")
+                        "the measured faster one (float32 so far)")
     p.add_argument("--kernels", choices=["numpy", "numba"], default=None,
                    help="kernel backend (default: $TINYGRAD_GPT_KERNELS or numba; on --resume, the checkpoint's)")
     p.add_argument("--log-grad-norms", action="store_true",

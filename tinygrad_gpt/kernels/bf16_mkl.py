@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_THREADING_INTEL = 0               # MKL_THREADING_INTEL in mkl_service.h
 
 _lib = None            # the loaded libmkl_rt, or False after a failed attempt
 _omp = None            # libiomp5, loaded before MKL so that its block time can be set
@@ -70,7 +71,7 @@ def _load():
         omp = os.path.join(d, "libiomp5.so")
         try:
             if os.path.exists(omp):
-                _omp = ctypes.CDLL(omp, mode=ctypes.RTLD_GLOBAL)
+                _omp = ctypes.CDLL(omp)                # local: numba keeps its own libgomp
                 _omp.kmp_set_blocktime(ctypes.c_int(0))       # idle threads sleep at once
             lib = ctypes.CDLL(paths[0], mode=ctypes.RTLD_GLOBAL)
             fn = lib.cblas_gemm_bf16bf16f32
@@ -81,6 +82,11 @@ def _load():
         fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                        ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
                        ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+        # mkl_rt would pick GNU OpenMP when numba has loaded libgomp (measured: the bf16 GEMMs
+        # then ran at one core's speed); Intel OpenMP is the layer whose block time we set
+        lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
+        lib.MKL_Set_Threading_Layer.restype = ctypes.c_int
+        lib.MKL_Set_Threading_Layer(_THREADING_INTEL)
         lib.MKL_Set_Num_Threads.argtypes = [ctypes.c_int]
         lib.MKL_Get_Max_Threads.restype = ctypes.c_int
         _lib = lib
