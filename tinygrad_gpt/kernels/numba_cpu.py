@@ -681,6 +681,9 @@ def warmup(verbose=True):
         q = rng.standard_normal((1, 1, 3, 2)).astype(dt)
         out, att = attention_forward(q, q, q)
         attention_backward(out, q, q, q, att)
+        embedding_backward_into(x, ids, np.zeros((4, 5), dt), np.zeros(0, np.int64))
+    x = rng.standard_normal(7).astype(np.float32)           # bf16 autocast's kernels
+    adamw_step_bf16(x.copy(), x, np.zeros_like(x), np.zeros_like(x), to_bf16(x), 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)
     seconds = time.perf_counter() - t0
     if verbose:
         print(f"numba_cpu: kernels ready in {seconds:.1f} s", flush=True)
