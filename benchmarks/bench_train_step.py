@@ -114,17 +114,17 @@ def worker_ours(args, cfg):
     from tinygrad_gpt.kernels import set_backend
     set_backend(args.kernels)                  # tinygrad_gpt is already imported: switch explicitly
     from tinygrad_gpt import functional as F
+    from tinygrad_gpt.cli import setup_threads
     from tinygrad_gpt.kernels.threads import set_num_threads
-    from tinygrad_gpt.pretrain import setup_threads
     from tinygrad_gpt.tensor import no_grad, profile
-    if args.plain_api:                         # as a user's own loop: no allocator tuning (mallopt)
-        runtime = f"plain API (no mallopt), {set_num_threads(args.threads, load_mkl=False)} threads, float32"
-    else:
-        runtime = setup_threads(args.threads)
-    set_num_threads(args.threads, load_mkl=args.precision == "bfloat16")   # + MKL's pool
     bf16 = args.precision == "bfloat16"
+    if args.plain_api:                         # as a user's own loop: no allocator tuning (mallopt)
+        threads = set_num_threads(args.threads, load_mkl=bf16)
+        runtime = f"plain API (no mallopt), {threads} threads, {args.precision}"
+    else:
+        runtime = setup_threads(args.threads, precision=args.precision)    # MKL's pool too, for bf16
     if bf16:
-        runtime = runtime.replace("float32", f"bfloat16 autocast, GEMM {tg.amp.get_gemm_backend()}")
+        runtime = runtime.replace("bfloat16", f"bfloat16 autocast, GEMM {tg.amp.get_gemm_backend()}")
     tg.manual_seed(123)
     model = tg.GPTModel(cfg)
     opt = tg.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
@@ -250,7 +250,7 @@ def main():
     p.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="float32",
                    help="ours: float32, bf16 autocast, or both side by side")
     p.add_argument("--plain-api", action="store_true",
-                   help="ours without pretrain.setup_threads' allocator tuning, as a user's own loop")
+                   help="ours without cli.setup_threads' allocator tuning, as a user's own loop")
     p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--torch-mode", choices=["default", "fused", "bf16"], default="default", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -1,7 +1,7 @@
 """Watch one backward pass through GPT-2, op by op, down to every parameter.
 
     python examples/explain_backward.py                   # the tiny model
-    python examples/explain_backward.py --model 124M      # the book's GPT-2 (163M parameters)
+    python examples/explain_backward.py --model 124M      # the book's GPT-2 (162.4M parameters)
     python examples/explain_backward.py --param trf_blocks.0.att.W_query.weight
     python examples/explain_backward.py --dot graph.dot   # and graph.png where Graphviz is installed
     python examples/explain_backward.py --help

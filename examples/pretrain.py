@@ -2,6 +2,7 @@
 
     python examples/pretrain.py                      # the book's run (124M, 10 epochs)
     python examples/pretrain.py --model tiny --epochs 2
+    python examples/generate.py --checkpoint runs/pretrain   # then: text from the model it saved
     python examples/pretrain.py --help
 """
 import sys

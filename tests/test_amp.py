@@ -1,4 +1,5 @@
 """bf16 autocast: the rounding, the bf16 GEMM against its twin, Linear/AdamW under autocast."""
+import platform
 import resource
 import time
 import warnings
@@ -11,7 +12,26 @@ from tinygrad_gpt import amp
 from tinygrad_gpt import functional as F
 from tinygrad_gpt.kernels import bf16_mkl, reference as R
 
-MKL = pytest.mark.skipif(not bf16_mkl.available(), reason=f"no bf16 fast path: {bf16_mkl.unavailable_reason()}")
+from helpers import TINY, ep_lines, isolated, run_cli, small_text
+
+MKL_IS_A_DEPENDENCY = platform.system() == "Linux" and platform.machine() == "x86_64"   # setup.cfg
+
+
+@pytest.fixture
+def mkl():
+    """The fast path: skipped only on a CPU without AMX-BF16 or where setup.cfg installs no mkl;
+    on an AMX-BF16 x86_64 Linux machine a missing or unloadable MKL fails the test."""
+    if bf16_mkl.available():
+        return bf16_mkl
+    if not bf16_mkl.cpu_has_amx_bf16():
+        pytest.skip("this CPU has no AMX-BF16: the bf16 fast path cannot run here")
+    if not MKL_IS_A_DEPENDENCY:
+        pytest.skip(f"mkl is a dependency only on x86_64 Linux: {bf16_mkl.unavailable_reason()}")
+    pytest.fail(f"the CPU has AMX-BF16 and setup.cfg installs mkl here, but {bf16_mkl.unavailable_reason()}",
+                pytrace=False)
+
+
+MKL = pytest.mark.usefixtures("mkl")
 
 
 def bits(x):
@@ -129,8 +149,11 @@ def test_gemm_twin_rounds_its_inputs():
 @MKL
 def test_mkl_threads_sleep_when_idle():
     """After a bf16 GEMM, MKL's OpenMP threads must not spin (KMP_BLOCKTIME 0): spinning threads
-    would take the cores from NumPy's BLAS and numba. CPU time used while the caller sleeps."""
+    would take the cores from NumPy's BLAS and numba. CPU time used while the caller sleeps.
+    OpenBLAS's own workers spin for up to ~0.1 s after a NumPy matmul (an earlier test's): the
+    first sleep lets them settle, so that what is measured is MKL's pool alone."""
     a, b = rounded((512, 768), 0), rounded((768, 768), 1)
+    time.sleep(0.3)
     for _ in range(3):
         bf16_mkl.gemm_bf16(a, b)
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -325,7 +348,6 @@ def test_30_steps_under_autocast_stay_within_2_percent_of_float32():
 
 
 def test_pretrain_precision_flag_prints_the_choice_and_trains(tmp_path, monkeypatch, capsys):
-    from test_checkpoint import TINY, ep_lines, isolated, run_cli, small_text
     text = tmp_path / "story.txt"
     text.write_text(small_text(), encoding="utf-8")
     out = {}
@@ -339,3 +361,32 @@ def test_pretrain_precision_flag_prints_the_choice_and_trains(tmp_path, monkeypa
     assert "Precision: bfloat16 autocast" in out["bfloat16"]
     assert ep_lines(out["float32"]) and ep_lines(out["bfloat16"]) != ep_lines(out["float32"])
     assert not amp.is_autocast_enabled()
+
+
+def test_resume_keeps_the_checkpoint_precision_and_the_bits(tmp_path, monkeypatch, capsys):
+    """A bf16 run resumed without --precision continues in bf16 (the checkpoint's), bit for bit:
+    1 epoch + --resume --epochs 2 equals the 2-epoch run; --precision float32 on resume is
+    allowed and says that the losses will differ."""
+    from helpers import assert_same_run
+    from tinygrad_gpt import checkpoint as C
+    text = tmp_path / "story.txt"
+    text.write_text(small_text(), encoding="utf-8")
+    with isolated(monkeypatch, tmp_path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # the twin's note, on a CPU without AMX
+        assert run_cli(*TINY, "--epochs", "2", "--data", text, "--save-dir", tmp_path / "whole",
+                       "--precision", "bfloat16") == 0
+        whole = capsys.readouterr().out
+        assert run_cli(*TINY, "--epochs", "1", "--data", text, "--save-dir", tmp_path / "part",
+                       "--precision", "bfloat16") == 0
+        first = capsys.readouterr().out
+        assert run_cli("--resume", tmp_path / "part", "--epochs", "2") == 0
+        second = capsys.readouterr().out
+        assert_same_run(C.latest_checkpoint(tmp_path / "part"), C.latest_checkpoint(tmp_path / "whole"))
+        assert run_cli("--resume", tmp_path / "part", "--epochs", "3", "--precision", "float32") == 0
+        third = capsys.readouterr().out
+    assert "Precision: bfloat16 autocast" in second and "trained in" not in second
+    assert ep_lines(first) + ep_lines(second) == ep_lines(whole)
+    assert "Precision: float32 as requested" in third
+    assert "it was trained in bfloat16, this run continues in float32" in third
+    state = C.read_checkpoint(C.latest_checkpoint(tmp_path / "part"))
+    assert state.config["precision"] == "float32"

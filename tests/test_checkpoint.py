@@ -24,21 +24,8 @@ import pytest
 
 from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt import pretrain
-from tinygrad_gpt.data import SAMPLE_TEXT_PATH
 
-TINY = ["--model", "tiny", "--context-length", "16", "--batch-size", "2", "--no-plot",
-        "--threads", "1", "--kernels", "numpy", "--eval-freq", "2", "--eval-iter", "2"]
-
-
-def small_text(n_tokens=400):
-    """The first words of the bundled story, about n_tokens GPT-2 tokens."""
-    from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
-    words = SAMPLE_TEXT_PATH.read_text(encoding="utf-8").split()
-    tok = get_gpt2_tokenizer()
-    n = n_tokens * 3 // 4
-    while len(tok.encode(" ".join(words[:n]))) < n_tokens:
-        n += 10
-    return " ".join(words[:n])
+from helpers import MICRO, TINY, assert_same_run, ep_lines, isolated, run_cli, small_text
 
 
 @pytest.fixture(scope="module")
@@ -48,53 +35,10 @@ def text_file(tmp_path_factory):
     return path
 
 
-@contextlib.contextmanager
-def isolated(monkeypatch, tmp_path):
-    """main() sets the kernel backend, BLAS/numba threads and signal handlers: undo all."""
-    import numba
-    from threadpoolctl import threadpool_limits
-    from tinygrad_gpt.kernels import get_backend, set_backend
-    backend, numba_threads = get_backend(), numba.get_num_threads()
-    limits = threadpool_limits(limits=None)
-    monkeypatch.setenv("TINYGRAD_GPT_KERNELS", "numpy")
-    monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        limits.restore_original_limits()
-        numba.set_num_threads(numba_threads)
-        set_backend(backend)
-
-
 @pytest.fixture(autouse=True)
 def isolated_runtime(monkeypatch, tmp_path):
     with isolated(monkeypatch, tmp_path):
         yield
-
-
-def run_cli(*argv):
-    return pretrain.main([str(a) for a in argv])
-
-
-def ep_lines(text):
-    return [line for line in text.splitlines() if line.startswith("Ep ")]
-
-
-def assert_same_run(dir_a, dir_b):
-    """Two checkpoints hold the same run: tensor files byte for byte, the same TrainState
-    (loss history, epoch, batch, order, tokens) and the same generator states."""
-    for name in (C.MODEL_FILE, C.OPTIMIZER_FILE):
-        a, b = (Path(dir_a) / name).read_bytes(), (Path(dir_b) / name).read_bytes()
-        assert a == b, f"{name} differs between {dir_a} and {dir_b}"
-    ma = json.loads((Path(dir_a) / C.STATE_FILE).read_text())
-    mb = json.loads((Path(dir_b) / C.STATE_FILE).read_text())
-    for key in ("step", "train_state", "rng", "optimizer"):
-        assert ma[key] == mb[key], f"state.json[{key!r}] differs"
-    assert ma["train_state"]["train_losses"], "no losses recorded"
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +124,7 @@ def _toy(tmp_path):
     from tinygrad_gpt.model import GPTModel
     from tinygrad_gpt.optim import AdamW
     from tinygrad_gpt.train import TrainState
-    cfg = {"vocab_size": 11, "context_length": 4, "emb_dim": 8, "n_heads": 2, "n_layers": 1,
-           "drop_rate": 0.0, "qkv_bias": False}
+    cfg = {**MICRO, "context_length": 4, "n_layers": 1, "qkv_bias": False}
     model = GPTModel(cfg)
     opt = AdamW(model.parameters(), lr=1e-3)
     for p in model.parameters():
@@ -479,8 +422,7 @@ def test_a_non_finite_gradient_raises_before_the_optimizer_step(monkeypatch):
     from tinygrad_gpt.data import DataLoader
     from tinygrad_gpt.model import GPTModel
     from tinygrad_gpt.optim import AdamW
-    cfg = {"vocab_size": 11, "context_length": 4, "emb_dim": 8, "n_heads": 2, "n_layers": 1,
-           "drop_rate": 0.0, "qkv_bias": False}
+    cfg = {**MICRO, "context_length": 4, "n_layers": 1, "qkv_bias": False}
     model = GPTModel(cfg)
     before = [p.data.copy() for p in model.parameters()]
 

@@ -5,7 +5,6 @@ No test touches the network: an autouse fixture makes urllib fail, and the cache
 import hashlib
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +14,7 @@ from tinygrad_gpt.data import (SAMPLE_TEXT_PATH, DataError, DataLoader, GPTDatas
                                create_dataloader_v1, load_training_text, split_train_val)
 from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
 
-VERDICT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "the-verdict.txt"
-needs_verdict = pytest.mark.skipif(not VERDICT.is_file(),
-                                   reason=f"{VERDICT} is absent (shared test data)")
+from helpers import VERDICT, needs_verdict
 
 
 @pytest.fixture(autouse=True)
@@ -249,7 +246,7 @@ def test_unwritable_cache_still_uses_the_download(tmp_path, monkeypatch):
 
     def read_only(path, data_):
         raise PermissionError("read-only file system")
-    monkeypatch.setattr(data, "_write_atomically", read_only)
+    monkeypatch.setattr(data, "atomic_write", read_only)
     text, description = load_training_text(cache_dir=tmp_path)
     assert text == payload.decode() and "could not be cached" in description
 

@@ -80,3 +80,49 @@ def test_the_python_examples_in_the_doc_run():
     assert examples
     for body in examples:
         exec(compile("\n".join(body), str(DOC), "exec"), {})
+
+
+# ----------------------------------------------------------------------------- README's sample listing
+README = ROOT / "README.md"
+
+
+def readme_listings():
+    """(command line, [expected lines], line number) for each README block whose first line is
+    `$ python examples/explain_backward.py ...`."""
+    found = []
+    for path, language, body, start in blocks(README.read_text(encoding="utf-8")):
+        if body and body[0].startswith("$ python examples/explain_backward.py"):
+            found.append((body[0][2:], body[1:], start))
+    return found
+
+
+def test_the_readme_shows_an_explain_listing_with_its_command():
+    assert readme_listings(), "README.md lost its `$ python examples/explain_backward.py ...` listing"
+
+
+@pytest.mark.parametrize("command, expected, fence_line", readme_listings(),
+                         ids=[f"README-line-{n}" for _, _, n in readme_listings()])
+def test_the_readme_listing_is_what_its_command_prints(command, expected, fence_line, monkeypatch):
+    """Every line of the block (but `...`) must be a line of the command's output, in order:
+    rerun the command from the repository's root and paste its lines when this fails."""
+    import io
+    import shlex
+    from tinygrad_gpt import explain
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "examples/explain_backward.py"], command
+    monkeypatch.chdir(ROOT)                          # the command's paths are relative to the root
+    out = io.StringIO()
+    assert explain.main(argv[2:], file=out) == 0
+    printed = [line.rstrip() for line in out.getvalue().splitlines()]
+    position = 0
+    for k, line in enumerate(expected):
+        want = line.rstrip()
+        if want.strip() == "...":
+            continue
+        try:
+            position = printed.index(want, position) + 1
+        except ValueError:
+            raise AssertionError(
+                f"README.md:{fence_line + k + 2} is not what `{command}` prints "
+                f"({'out of order' if want in printed else 'no such line'}):\n    {want}\n"
+                "rerun the command and paste its output") from None

@@ -5,11 +5,12 @@ parser for the subset explain.py writes; pydot and Graphviz's `dot` are used whe
 """
 import io
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
+
+from helpers import require
 
 from tinygrad_gpt import Function, GPTModel, get_config, manual_seed
 from tinygrad_gpt import explain
@@ -105,8 +106,8 @@ def test_tracing_changes_no_gradient_and_is_undone_afterwards():
     explain.trace_backward(traced_model, x, y)
     assert Function.__dict__["apply"] is apply_before
     assert all("forward" not in vars(m) for m in traced_model.modules())
-    from tinygrad_gpt.tensor import _backward_hooks
-    assert _backward_hooks == []
+    from tinygrad_gpt.tensor import _backward_hooks, _forward_hooks
+    assert _backward_hooks == [] and _forward_hooks == []
     worst = max(float(np.abs(p.grad - q.grad).max())
                 for p, q in zip(plain.parameters(), traced_model.parameters()))
     print(f"worst difference from a plain backward: {worst:.1e}")
@@ -188,6 +189,8 @@ def test_cli_param_prints_a_chain_ending_at_that_parameter():
     code, out = run_cli("--context-length", "8", "--param", name)
     assert code == 0
     lines = out.rstrip().splitlines()
+    why = next(k for k, line in enumerate(lines) if line.startswith("why "))   # the chain count, explained
+    lines = lines[:why]
     assert lines[-1].strip().startswith(f"-> {name} (")
     chain = [line for line in lines if re.match(r"^\s+\d+  \w+", line)]
     assert chain[0].split()[1] == "CrossEntropy"
@@ -310,7 +313,7 @@ def test_dot_collapsed_draws_each_block_as_one_node(traced):
 def test_dot_large_graphs_collapse_by_default(traced, monkeypatch):
     model, trace, _ = traced
     assert "subgraph" in explain.to_dot(trace, model)           # the tiny model: expanded
-    monkeypatch.setattr(explain, "EXPAND_AT_MOST_OPS", 10)
+    monkeypatch.setattr(explain.render_dot, "EXPAND_AT_MOST_OPS", 10)
     assert "subgraph" not in explain.to_dot(trace, model)
 
 
@@ -319,14 +322,14 @@ def test_dot_labels_escape_quotes_and_backslashes():
 
 
 def test_dot_parses_with_pydot_when_installed(traced):
-    pydot = pytest.importorskip("pydot")
+    pydot = require("pydot")
     model, trace, _ = traced
     (graph,) = pydot.graph_from_dot_data(explain.to_dot(trace, model))
     assert graph.get_name() == "backward"
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 def test_cli_dot_writes_the_graph_and_graphviz_renders_it(tmp_path):
+    require("dot", program=True)                               # Graphviz
     path = tmp_path / "graph.dot"
     code, out = run_cli("--context-length", "8", "--depth", "0", "--no-expand", "--dot", str(path))
     assert code == 0

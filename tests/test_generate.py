@@ -17,9 +17,15 @@ import pytest
 from safetensors.numpy import save_file
 
 from tinygrad_gpt import GPTModel, KVCache, Tensor, generate, generate_stream, manual_seed, no_grad
-from tinygrad_gpt.generation import forward_cached, sample_next_token, top_k_filter
+from tinygrad_gpt.generation import sample_next_token, top_k_filter
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def forward_cached(model, idx, cache):
+    """The cached step as generate runs it: the model's one forward with the cache, last logits."""
+    with no_grad():
+        return model(idx, last_only=True, kv_cache=cache).data[:, -1, :]    # (B, V)
 
 
 def tiny_model(seed=0, qkv_bias=False, vocab=97, ctx=12, emb=32, heads=4, layers=2):
@@ -91,6 +97,27 @@ def test_cache_is_preallocated_per_layer_and_never_reallocated():
         forward_cached(model, idx, cache)
 
 
+def test_the_cached_step_is_the_models_one_forward_with_positions_offset():
+    # prefill 5, then 3 positions at once: logits of all 3 equal the full forward's last 3
+    model = tiny_model(seed=8, qkv_bias=True)
+    idx = prompt(T=8, seed=8)
+    cache = KVCache.for_model(model, batch_size=2)
+    with no_grad():
+        model(idx[:, :5], kv_cache=cache)
+        part = model(idx[:, 5:], kv_cache=cache).data                  # (B, 3, V)
+        full = model(idx).data[:, 5:]                                  # (B, 3, V)
+    worst = float(np.abs(part - full).max())
+    print(f"3 cached positions after 5 vs the full forward: max |diff| {worst:.2e}")
+    assert worst < 1e-5 and cache.length == 8
+
+
+def test_a_kv_cache_is_refused_while_gradients_are_recorded():
+    model = tiny_model(seed=9)
+    cache = KVCache.for_model(model, batch_size=1)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model(prompt(B=1, T=3, seed=9), kv_cache=cache)
+
+
 # ----------------------------------------------------------------------------- top-k and temperature
 @pytest.mark.parametrize("k", [1, 3, 49, 50, 80])
 def test_top_k_filter_keeps_exactly_k_candidates(k):
@@ -160,19 +187,19 @@ def test_eos_stops_without_appending_it(use_cache):
 def test_eos_in_a_batch_pads_finished_rows_and_stops_when_all_are_done():
     model = tiny_model(seed=11)
     idx = prompt(B=2, T=4, seed=11)
-    free = generate(model, idx, 20, 12)
-    eos = int(free[0, 4 + 2])
+    free = generate(model, idx, 20, 12)                                   # greedy: deterministic
+    # eos: a token both rows draw, first at different steps (so one row is padded while the other runs)
+    first = {t: [int(np.flatnonzero(free[b, 4:] == t)[0]) for b in range(2)]
+             for t in set(free[0, 4:].tolist()) & set(free[1, 4:].tolist())}
+    eos = min((t for t, f in first.items() if f[0] != f[1]), key=lambda t: max(first[t]))
+    f = first[eos]
     out = generate(model, idx, 20, 12, eos_id=eos)
+    # stops at the step where the last row draws eos, without appending it (as the book)
+    assert out.shape == (2, 4 + max(f)) and max(f) < 20
     for b in range(2):
-        row = out[b, 4:]
-        hits = np.flatnonzero(row == eos)
-        if len(hits):                                                     # eos, then only eos
-            assert (row[hits[0]:] == eos).all()
-            np.testing.assert_array_equal(row[:hits[0]], free[b, 4:4 + hits[0]])
-    if out.shape[1] < 24:                 # stopped early: every row finished; as the book, the
-        n = out.shape[1]                   # eos that ends the last row(s) is not appended
-        for b in range(2):
-            assert (out[b, 4:] == eos).any() or free[b, n] == eos
+        np.testing.assert_array_equal(out[b, :4 + f[b]], free[b, :4 + f[b]])   # the same tokens up to eos
+        assert (out[b, 4 + f[b]:] == eos).all()                               # then only eos (padding)
+    assert (out[int(np.argmin(f)), 4 + min(f):] == eos).sum() == max(f) - min(f) > 0
 
 
 def test_output_is_an_integer_array_of_the_prompts_dtype():

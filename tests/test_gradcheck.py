@@ -4,22 +4,13 @@ import numpy as np
 import pytest
 
 import tinygrad_gpt.functional as F
+from tinygrad_gpt import ops
 from tinygrad_gpt import Function, GradcheckError, Tensor, gradcheck
 from tinygrad_gpt.gradcheck import max_gradcheck_error
-from tinygrad_gpt.kernels import get_backend, reference, set_backend
 
 
 def leaf(shape, seed=0):
     return Tensor(np.random.default_rng(seed).standard_normal(shape), requires_grad=True)
-
-
-@pytest.fixture
-def numpy_kernels():
-    """Monkeypatching reference.py only matters while the NumPy backend is active."""
-    previous = get_backend()
-    set_backend("numpy")
-    yield reference
-    set_backend(previous)
 
 
 # ----------------------------------------------------------------------------- wrong backwards
@@ -194,3 +185,72 @@ def test_gradcheck_handles_scalar_outputs_and_scalar_inputs():
     x = Tensor(np.array(0.7), requires_grad=True)
     assert gradcheck(lambda a: (a * a).tanh(), [x])
     assert gradcheck(lambda a: (a * a).sum(), [leaf((2, 3))])
+
+
+# ----------------------------------------------------------------------------- the defaults' resolution
+def scaled_backward(op, factor):
+    """A subclass of the Function `op` whose backward returns every gradient times `factor`:
+    a backward with a relative slip. Installed by monkeypatching the module attribute the op's
+    wrapper looks up at call time (F.Softmax, ops.MatMul), so Function.apply is untouched."""
+    class Scaled(op):
+        def backward(ctx, grad):
+            out = op.backward(ctx, grad)
+            if not isinstance(out, tuple):
+                return out * factor
+            return tuple(None if g is None else g * factor for g in out)
+    Scaled.__name__ = Scaled.__qualname__ = op.__name__
+    return Scaled
+
+
+FIXED_TARGETS = np.array([0, 4, -100, 2, 2, 1])
+# (name, module, Function class, fn, input shapes); each fn deterministic (dropout masks reseeded)
+FUSED = [
+    ("layer_norm", F, "LayerNorm", lambda x, w, b: F.layer_norm(x, w, b), [(3, 5), (5,), (5,)]),
+    ("softmax", F, "Softmax", lambda x: F.softmax(x), [(3, 5)]),
+    ("softmax_axis0", F, "Softmax", lambda x: F.softmax(x, axis=0), [(4, 3)]),
+    ("log_softmax", F, "LogSoftmax", lambda x: F.log_softmax(x), [(3, 5)]),
+    ("gelu", F, "GELU", F.gelu, [(3, 5)]),
+    ("cross_entropy_mean", F, "CrossEntropy", lambda z: F.cross_entropy(z, FIXED_TARGETS), [(6, 5)]),
+    ("cross_entropy_sum", F, "CrossEntropy",
+     lambda z: F.cross_entropy(z, FIXED_TARGETS, reduction="sum"), [(6, 5)]),
+    ("cross_entropy_none", F, "CrossEntropy",
+     lambda z: F.cross_entropy(z.reshape(2, 3, 5), FIXED_TARGETS.reshape(2, 3), reduction="none"), [(6, 5)]),
+    ("attention_causal", F, "Attention", lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+     [(1, 2, 4, 3)] * 3),
+    ("attention_full", F, "Attention",
+     lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=False), [(2, 1, 3, 2)] * 3),
+    ("attention_dropout", F, "Attention",
+     lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, rng=np.random.default_rng(7)),
+     [(1, 2, 4, 3)] * 3),
+    ("linear", F, "Linear", lambda x, w, b: F.linear(x, w, b), [(2, 3, 4), (5, 4), (5,)]),
+    ("linear_no_bias", F, "Linear", lambda x, w: F.linear(x, w), [(3, 4), (5, 4)]),
+    ("embedding", F, "Embedding", lambda w: F.embedding(w, np.array([[1, 3, 1], [6, 0, 1]])), [(7, 4)]),
+    ("dropout_fixed_mask", F, "Dropout", lambda x: F.dropout(x, 0.4, rng=np.random.default_rng(3)), [(4, 5)]),
+    ("matmul", ops, "MatMul", lambda a, b: a @ b, [(3, 4), (4, 2)]),
+    ("matmul_batched", ops, "MatMul", lambda a, b: a @ b, [(2, 1, 3, 4), (3, 4, 2)]),
+]
+
+
+@pytest.mark.parametrize("name, module, op, fn, shapes", FUSED, ids=[c[0] for c in FUSED])
+def test_gradcheck_defaults_pass_each_fused_op_and_fail_its_backward_off_by_1e_5(
+        backend, monkeypatch, name, module, op, fn, shapes):
+    inputs = [leaf(shape, seed) for seed, shape in enumerate(shapes)]
+    called = []
+    right = getattr(module, op)
+
+    class Counted(right):                              # proves the fn really goes through `op`
+        def backward(ctx, grad):
+            called.append(op)
+            return right.backward(ctx, grad)
+
+    monkeypatch.setattr(module, op, Counted)
+    assert gradcheck(fn, inputs)                       # the right backward passes the defaults
+    assert called, f"{name} never called {op}.backward"
+    err = max_gradcheck_error(fn, inputs)
+    monkeypatch.setattr(module, op, scaled_backward(right, 1 + 1e-5))
+    with pytest.raises(GradcheckError, match="analytic .* numeric"):
+        gradcheck(fn, inputs)
+    # torch's tolerances (atol 1e-5, rtol 1e-3) would have let the slip through:
+    assert gradcheck(fn, inputs, atol=1e-5, rtol=1e-3)
+    print(f"\n{name:20s} {backend}: correct backward's worst |analytic - numeric| {err:.1e}")
+    assert err < 1e-8                                  # ~1e-9: the defaults have a 10x margin

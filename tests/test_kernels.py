@@ -9,7 +9,9 @@ import inspect
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
+from helpers import require
+
+require("numba")
 
 from tinygrad_gpt.kernels import numba_cpu as NB      # noqa: E402
 from tinygrad_gpt.kernels import reference as R       # noqa: E402
@@ -72,13 +74,29 @@ def test_default_backend_is_numba_and_switch_works(monkeypatch):
     monkeypatch.delenv("TINYGRAD_GPT_KERNELS", raising=False)
     assert kernels._default_backend() == "numba"
     old = kernels.get_backend()
-    try:
-        kernels.set_backend("numba")
+    with kernels.use():
+        kernels.set_backend("numba")                     # the plain setter
         assert kernels.K.layernorm_forward is NB.layernorm_forward
         kernels.set_backend("numpy")
         assert kernels.K.layernorm_forward is R.layernorm_forward
-    finally:
-        kernels.set_backend(old)
+    assert kernels.get_backend() == old
+
+
+def test_use_switches_for_a_block_and_restores_even_on_an_error():
+    from tinygrad_gpt import kernels
+    old = kernels.get_backend()
+    with kernels.use("numpy") as K:
+        assert K.layernorm_forward is R.layernorm_forward and kernels.get_backend() == "numpy"
+        with kernels.use("numba"):
+            assert kernels.K.layernorm_forward is NB.layernorm_forward
+        assert kernels.get_backend() == "numpy"
+    assert kernels.get_backend() == old
+    with pytest.raises(ZeroDivisionError), kernels.use("numba" if old == "numpy" else "numpy"):
+        1 / 0
+    assert kernels.get_backend() == old
+    with pytest.raises(ValueError, match="unknown kernel backend 'cuda'"), kernels.use("cuda"):
+        pass
+    assert kernels.get_backend() == old
 
 
 # ----------------------------------------------------------------------------- layer norm
@@ -203,6 +221,41 @@ def test_attention_non_causal_with_fewer_keys_than_queries(dt):
     k, v = randn(rng, dt, B, H, T - 1, D), randn(rng, dt, B, H, T - 1, D)
     (out, att), _ = both("attention_forward", (q, k, v, False), dt)
     both("attention_backward", (dout, q, k, v, att), dt)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("Tq", [1, 2, T - 1])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_causal_attention_with_queries_shorter_than_keys_matches_reference(dt, Tq, dropout):
+    # the KV cache's case: the queries are the last Tq of the T key positions
+    rng = rng_for(dt)
+    q, dout = randn(rng, dt, B, H, Tq, D), randn(rng, dt, B, H, Tq, D)
+    k, v = randn(rng, dt, B, H, T, D), randn(rng, dt, B, H, T, D)
+    p = 0.25 if dropout else 0.0
+    keep = (rng.random((B, H, Tq, T)) >= p).astype(dt) if dropout else None
+    (out, att), _ = both("attention_forward", (q, k, v, True, keep, p), dt)
+    future = np.arange(T)[None, :] > (T - Tq + np.arange(Tq))[:, None]      # (Tq, T)
+    assert future.any() == (Tq > 1) and not att[..., future].any()       # the future gets exact zeros
+    assert np.allclose(att.sum(-1), 1.0, atol=1e-6)
+    both("attention_backward", (dout, q, k, v, att, keep, p), dt)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_attention_reads_strided_keys_and_values_in_place(dt):
+    # a KV cache hands over views of its first positions: (B, H, capacity, D)[:, :, :Tk]
+    rng = rng_for(dt)
+    cache_k, cache_v = randn(rng, dt, B, H, 11, D), randn(rng, dt, B, H, 11, D)
+    q = randn(rng, dt, B, H, 1, D)
+    k, v = cache_k[:, :, :T], cache_v[:, :, :T]
+    assert not k.flags.c_contiguous
+    both("attention_forward", (q, k, v, True), dt)
+
+
+@pytest.mark.parametrize("impl", [NB, R], ids=["numba", "reference"])
+def test_causal_attention_refuses_more_queries_than_keys(impl):
+    q = np.zeros((1, 1, 3, 2), np.float32)
+    with pytest.raises(ValueError, match="at least as many keys as queries"):
+        impl.attention_forward(q, q[:, :, :2], q[:, :, :2])
 
 
 def test_attention_large_scores_stay_finite():

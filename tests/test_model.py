@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 import tinygrad_gpt.functional as F
-from tinygrad_gpt import GPTModel, Tensor, generate_text_simple, get_config, kernels, manual_seed, nn, no_grad
+from tinygrad_gpt import GPTModel, Tensor, generate_text_simple, get_config, manual_seed, nn, no_grad
 from tinygrad_gpt.gradcheck import GradcheckError, compare_gradients, gradcheck
 from tinygrad_gpt.model import CONFIGS
+
+from helpers import MICRO, micro_model, require
 
 gradcheck_module = importlib.import_module("tinygrad_gpt.gradcheck")   # the package's
 # attribute `tinygrad_gpt.gradcheck` is the function, which shadows the module of that name
 
-MICRO = {"vocab_size": 11, "context_length": 6, "emb_dim": 8, "n_heads": 2, "n_layers": 2,
-         "drop_rate": 0.0, "qkv_bias": True}
 
 # the book's names and shapes for GPT_CONFIG_124M (ch04), a few of each kind
 BOOK_124M_SHAPES = {
@@ -44,11 +44,6 @@ BOOK_124M_SHAPES = {
 BLOCK_NAMES = ["att.W_query.weight", "att.W_key.weight", "att.W_value.weight", "att.out_proj.weight",
                "att.out_proj.bias", "ff.layers.0.weight", "ff.layers.0.bias", "ff.layers.2.weight",
                "ff.layers.2.bias", "norm1.scale", "norm1.shift", "norm2.scale", "norm2.shift"]
-
-
-def micro_model(seed=0, **overrides):
-    manual_seed(seed)
-    return GPTModel({**MICRO, **overrides})
 
 
 def ids(shape, vocab=11, seed=0):
@@ -78,8 +73,8 @@ def gpt124m_256():
 
 
 def book_meta_model(cfg):
-    torch = pytest.importorskip("torch")
-    ch04 = pytest.importorskip("llms_from_scratch.ch04")
+    torch = require("torch")
+    ch04 = require("llms_from_scratch.ch04")
     with torch.device("meta"):                           # shapes without memory
         return ch04.GPTModel(cfg)
 
@@ -189,15 +184,6 @@ def test_last_only_gives_the_last_row_of_the_full_forward():
 
 
 # ----------------------------------------------------------------------------- gradient check
-@pytest.fixture
-def reference_kernels():
-    """The plain-NumPy kernels: thousands of tiny forwards, where numba's per-call cost dominates."""
-    previous = kernels.get_backend()
-    kernels.set_backend("numpy")
-    yield
-    kernels.set_backend(previous)
-
-
 def micro_float64_loss():
     """The micro GPT in float64 and a function of its parameters: the cross-entropy loss."""
     model = micro_model(seed=0)
@@ -207,7 +193,7 @@ def micro_float64_loss():
     return model, (lambda *params: F.cross_entropy(model(x), y))
 
 
-def test_whole_micro_gpt_passes_the_float64_gradient_check_on_every_parameter(monkeypatch, reference_kernels):
+def test_whole_micro_gpt_passes_the_float64_gradient_check_on_every_parameter(monkeypatch, numpy_kernels):
     model, loss = micro_float64_loss()
     params = model.parameters()
     assert sum(p.size for p in params) == 1984 and all(p.dtype == np.float64 for p in params)
@@ -234,7 +220,7 @@ def test_whole_micro_gpt_passes_the_float64_gradient_check_on_every_parameter(mo
     assert worst_rel < 1e-6
 
 
-def test_gradient_check_of_the_whole_gpt_fails_when_gelu_backward_is_wrong(monkeypatch, reference_kernels):
+def test_gradient_check_of_the_whole_gpt_fails_when_gelu_backward_is_wrong(monkeypatch, numpy_kernels):
     model, loss = micro_float64_loss()
     inputs = [model.trf_blocks[0].ff.layers[0].bias, model.trf_blocks[1].att.W_query.weight]
     assert gradcheck(loss, inputs)

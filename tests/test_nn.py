@@ -13,8 +13,7 @@ from tinygrad_gpt import Tensor, manual_seed, no_grad
 from tinygrad_gpt.nn import (GELU, Dropout, Embedding, FeedForward, LayerNorm, Linear, Module,
                              MultiHeadAttention, Parameter, Sequential, TransformerBlock)
 
-CFG = {"vocab_size": 11, "context_length": 6, "emb_dim": 8, "n_heads": 2, "n_layers": 2,
-       "drop_rate": 0.0, "qkv_bias": True}
+from helpers import MICRO as CFG
 
 
 def randn(*shape, seed=0, dtype=np.float64):
@@ -454,3 +453,60 @@ def test_no_grad_forward_records_no_graph():
     with no_grad():
         y = blk(Tensor(randn(1, 6, 8, dtype=np.float32)))
     assert not y.requires_grad and y._ctx is None
+
+
+# ----------------------------------------------------------------------------- module scope and hooks
+def test_module_stack_names_the_running_modules_as_named_modules_does():
+    from tinygrad_gpt import nn as nn_module
+    from tinygrad_gpt.model import GPTModel, get_config
+    from tinygrad_gpt.tensor import register_forward_hook
+    cfg = get_config("tiny")
+    cfg["context_length"] = 8
+    model = GPTModel(cfg)
+    seen = []                                              # (op, innermost module name, stack names)
+
+    def hook(ctx, inputs, out):
+        stack = nn_module.module_stack()
+        seen.append((ctx.name, stack[-1][0] if stack else None, [n for n, _ in stack]))
+
+    with register_forward_hook(hook):
+        model(np.zeros((1, 8), dtype=np.int64))
+    ops = {(op, name) for op, name, _ in seen}
+    names = {n for n, _ in model.named_modules()}
+    assert ("Linear", "trf_blocks.0.att.W_query") in ops
+    assert ("LayerNorm", "trf_blocks.1.norm2") in ops
+    assert ("GELU", "trf_blocks.0.ff.layers.1") in ops
+    assert ("Linear", "out_head") in ops
+    assert all(name in names for _, name, _ in seen)
+    # GPTModel.forward walks its blocks itself (each takes its layer of the KV cache), so the
+    # Sequential trf_blocks is not running; its child is still named as named_modules names it
+    assert ["", "trf_blocks.0", "trf_blocks.0.att", "trf_blocks.0.att.W_query"] in \
+        [stack for op, name, stack in seen if name == "trf_blocks.0.att.W_query"]
+    assert nn_module.module_stack() == [] and nn_module.current_module() == (None, None)
+
+
+def test_module_hooks_see_args_and_output_and_are_removed_by_their_handles():
+    from tinygrad_gpt.nn import Linear, Sequential, register_module_forward_hook
+    seq = Sequential(Linear(3, 2), Linear(2, 1))
+    x = Tensor(np.ones((4, 3), dtype=np.float32))
+    calls = []
+    pre = seq.register_forward_pre_hook(lambda m, args: calls.append(("pre", type(m).__name__, args[0].shape)))
+    post = seq[1].register_forward_hook(lambda m, args, out: calls.append(("post", args[0].shape, out.shape)))
+    every = register_module_forward_hook(lambda m, args, out: calls.append(("any", type(m).__name__)))
+    seq(x)
+    assert calls == [("pre", "Sequential", (4, 3)), ("any", "Linear"), ("any", "Linear"),
+                     ("post", (4, 2), (4, 1)), ("any", "Sequential")]   # global hooks first, as torch
+    for h in (pre, post, every):
+        h.remove()
+    calls.clear()
+    seq(x)
+    assert calls == []
+    assert "_hooks" not in dict(seq.named_parameters())   # the hook lists are not parameters
+
+
+def test_module_scope_is_unwound_when_a_forward_raises():
+    from tinygrad_gpt import nn as nn_module
+    lin = nn_module.Linear(3, 2)
+    with pytest.raises(Exception):
+        lin(Tensor(np.ones((4, 5), dtype=np.float32)))
+    assert nn_module.module_stack() == []

@@ -24,7 +24,7 @@ import pytest
 from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt import pretrain
 
-from test_checkpoint import TINY, assert_same_run, ep_lines, isolated, run_cli, small_text
+from helpers import TINY, assert_same_run, ep_lines, isolated, run_cli, small_text
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "pretrain.py"
@@ -332,8 +332,8 @@ def test_a_signal_without_save_dir_saves_into_out_checkpoints(tmp_path, text_fil
 
 
 def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_bytes(tmp_path, text_file, baseline):
-    """kill -9 three times at seeded random moments after training starts (mid-step,
-    mid-evaluation, mid-save alike); each time the newest checkpoint loads and --resume goes
+    """kill -9 three times, each at a seeded random moment after a new checkpoint appears
+    (mid-step, mid-evaluation, mid-save alike), so every round makes progress; each time the newest checkpoint loads and --resume goes
     on from it. Final parameters, AdamW state, generators and loss history, and every
     printed Ep line, equal the uninterrupted run's."""
     rng = random.Random(int(os.environ.get("KILL_TEST_SEED", "5")))
@@ -341,9 +341,16 @@ def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_b
     fresh = cli(*RUN, "--data", text_file, "--save-dir", save, "--save-every", "2")
     resume = cli("--resume", save)
     table, kills = {}, 0
-    for delay in [rng.uniform(0.3, 2.0) for _ in range(3)]:
-        proc = start(resume if C.latest_checkpoint(save) else fresh, tmp_path)
+    for delay in [rng.uniform(0.0, 0.5) for _ in range(3)]:
+        before = C.latest_checkpoint(save)
+        proc = start(resume if before else fresh, tmp_path)
         lines = read_until(proc, "Checkpoints:")       # training is about to start
+        # Wait for an event, not a clock (a loaded machine may be slow to start): a checkpoint
+        # newer than the one this run began from. Then kill at a seeded random moment after it.
+        deadline = time.monotonic() + 300
+        while C.latest_checkpoint(save) == before and proc.poll() is None:
+            assert time.monotonic() < deadline, "no new checkpoint within 300 s"
+            time.sleep(0.01)
         time.sleep(delay)
         proc.kill()
         out, err = proc.communicate(timeout=60)
@@ -355,9 +362,9 @@ def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_b
         newest = C.latest_checkpoint(save)
         print(f"killed after {delay:.2f} s; newest checkpoint {newest and newest.name}; "
               f"left: {sorted(p.name for p in save.iterdir()) if save.exists() else []}")
-        if newest is not None:
-            C.load_checkpoint(newest)
-            assert len(C.list_checkpoints(save)) <= 3      # 3 if killed between a save and its prune
+        assert newest is not None and newest != before     # this round made progress
+        C.load_checkpoint(newest)
+        assert len(C.list_checkpoints(save)) <= 3          # 3 if killed between a save and its prune
     r = subprocess.run(resume if C.latest_checkpoint(save) else fresh, cwd=tmp_path, env=env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -391,3 +398,47 @@ def test_resume_from_an_older_checkpoint_into_its_own_directory_is_refused(tmp_p
     shutil.copytree(checkpoint_dir, tmp_path / "ck")
     older = C.list_checkpoints(tmp_path / "ck")[0][1]
     refused(tmp_path, capsys, "--resume", older, words=["is not the newest", "--save-dir NEW_DIR"])
+
+
+# ----------------------------------------------------------------------------- the run keeps its result
+def test_a_finished_run_saves_its_model_and_generate_checkpoint_out_generates_from_it(tmp_path, text_file):
+    """`examples/pretrain.py --model tiny --epochs 1`, then the printed `examples/generate.py
+    --checkpoint OUT`: the text comes from the trained weights, not random ones."""
+    out = tmp_path / "run"
+    p = subprocess.run(cli(*TINY, "--epochs", "1", "--data", text_file, "--out", out),
+                       capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.name for f in out.iterdir()) == ["config.json", "model.safetensors"]   # no optimizer
+    command = [line for line in p.stdout.splitlines() if line.startswith("Generate with: ")]
+    assert command == [f"Generate with: python examples/generate.py --checkpoint {out}"], p.stdout[-500:]
+
+    from tinygrad_gpt.checkpoint import load_model
+    from tinygrad_gpt.tokenizer import get_gpt2_tokenizer, text_to_token_ids
+    model = load_model(out)
+    assert model.cfg["n_layers"] == 2 and model.cfg["context_length"] == 16
+    generate_script = REPO / "examples" / "generate.py"
+    g = subprocess.run([sys.executable, str(generate_script), "--checkpoint", str(out), "--max-new-tokens", "8",
+                        "--prompt", "Every effort moves you", "--kernels", "numpy"],
+                       capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=600)
+    assert g.returncode == 0, g.stderr
+    assert "random" not in g.stderr and f"model: {out}" in g.stderr, g.stderr
+    text = g.stdout.splitlines()[0]
+    # the same greedy tokens as the saved weights give in this process
+    from tinygrad_gpt import generate
+    from tinygrad_gpt.kernels import use
+    tok = get_gpt2_tokenizer()
+    with use("numpy"):
+        ids = generate(model, text_to_token_ids("Every effort moves you", tok), 8, 16)
+    expected = tok.decode(ids[0].tolist())
+    print(f"generated: {text!r}")
+    assert text == expected and len(text) > len("Every effort moves you")
+
+
+def test_save_optimizer_also_keeps_a_resumable_checkpoint(tmp_path, text_file):
+    out = tmp_path / "run"
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert run_cli(*TINY, "--epochs", "1", "--data", text_file, "--out", out, "--save-optimizer") == 0
+    step = C.latest_checkpoint(out / "checkpoints")
+    assert sorted(f.name for f in step.iterdir()) == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    assert f"Checkpoint saved to {step}" in stdout.getvalue()
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()

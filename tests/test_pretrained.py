@@ -13,6 +13,8 @@ import urllib.error
 
 import numpy as np
 import pytest
+
+from helpers import require
 from safetensors.numpy import load_file, save_file
 
 from tinygrad_gpt import GPTModel, no_grad
@@ -316,8 +318,8 @@ def test_save_pretrained_leaves_a_tied_head_out(tmp_path):
 
 # ----------------------------------------------------------------------------- transformers as a second oracle
 def hf_logits(directory, ids):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require("torch")
+    transformers = require("transformers")
     model, info = transformers.GPT2LMHeadModel.from_pretrained(str(directory), output_loading_info=True)
     model.eval()
     with torch.no_grad():
@@ -351,3 +353,33 @@ def test_tied_round_trip_through_transformers(tmp_path):
     logits, info = hf_logits(tmp_path / "out", IDS)
     assert not info.get("missing_keys") and not info.get("unexpected_keys")
     report("tied round trip", logits, ours(model, IDS).astype(np.float64), 1e-4)
+
+
+# ----------------------------------------------------------------------------- the one mapping table
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_the_mapping_table_names_every_book_parameter_once_with_its_shape(qkv_bias):
+    cfg = {"vocab_size": V, "context_length": NPOS, "emb_dim": C, "n_heads": H, "n_layers": L,
+           "drop_rate": 0.0, "qkv_bias": qkv_bias}
+    params = {n: p.shape for n, p in GPTModel(cfg).named_parameters()}
+    table = P.hf_to_book(L) + [P.LM_HEAD]
+    named = [b for row in table for b in row.book]
+    assert len(named) == len(set(named))                               # nothing mapped twice
+    assert set(params) <= set(named)                                   # every parameter mapped
+    assert set(named) - set(params) == (set() if qkv_bias else        # only the absent qkv biases
+                                        {f"trf_blocks.{i}.att.W_{w}.bias" for i in range(L)
+                                         for w in ("query", "key", "value")})
+    shapes = P.book_shapes(cfg)
+    assert all(shapes[n] == s for n, s in params.items())
+    hf = P.hf_shapes(cfg)
+    assert hf["h.0.attn.c_attn.weight"] == (C, 3 * C) and hf["h.1.mlp.c_fc.weight"] == (C, 4 * C)
+    assert len(hf) == 2 + 12 * L + 2
+
+
+def test_to_hf_inverts_to_book_for_every_row():
+    rng = np.random.default_rng(0)
+    cfg = {"vocab_size": V, "context_length": NPOS, "emb_dim": C, "n_layers": L}
+    hf = P.hf_shapes(cfg)
+    for row in P.hf_to_book(L):
+        a = rng.standard_normal(hf[row.hf]).astype(np.float32)
+        back = P.to_hf(row, P.to_book(row, a))
+        assert back.shape == a.shape and np.array_equal(back, a), row.hf

@@ -419,11 +419,8 @@ def test_backward_visits_each_node_once_after_every_node_that_consumes_it():
             stack.append(p)
     visited = []
     hook = lambda node, ctx, grad, input_grads: visited.append(id(node))   # noqa: E731
-    engine._backward_hooks.append(hook)
-    try:
+    with engine.register_backward_hook(hook):
         out.backward()
-    finally:
-        engine._backward_hooks.remove(hook)
     assert len(visited) == len(set(visited)) == len(seen)        # every op node, once
     position = {n: i for i, n in enumerate(visited)}
     for node, users in consumers.items():
@@ -458,5 +455,43 @@ def test_integer_tensor_times_a_float_number_is_not_truncated():
     # as PyTorch: int tensor * 0.5 is a float result, not [0, 0]
     out = Tensor(np.array([1, 2])) * 0.5
     np.testing.assert_array_equal(out.data, [0.5, 1.0])
-    assert Tensor(np.ones(2, np.float32)) * 0.5 is not None
-    assert (Tensor(np.ones(2, np.float32)) * 0.5).dtype == np.float32
+    half = Tensor(np.ones(2, np.float32)) * 0.5        # a float tensor keeps its dtype
+    assert half.dtype == np.float32
+    np.testing.assert_array_equal(half.data, np.float32([0.5, 0.5]))
+
+
+# ----------------------------------------------------------------------------- hooks
+def test_forward_hook_sees_every_op_with_its_inputs_and_output_and_remove_stops_it():
+    from tinygrad_gpt.tensor import register_forward_hook
+    seen = []
+    handle = register_forward_hook(lambda ctx, inputs, out: seen.append((ctx.name, [i.shape for i in inputs],
+                                                                         out.shape, out._ctx is ctx)))
+    a = Tensor(np.ones((2, 3), dtype=np.float32), requires_grad=True)
+    b = Tensor(np.ones(3, dtype=np.float32))
+    (a * b).sum()
+    handle.remove()
+    a + b
+    assert seen == [("Mul", [(2, 3), (3,)], (2, 3), True), ("Sum", [(2, 3)], (), True)]
+    handle.remove()                                       # twice is harmless, as torch's
+
+
+def test_forward_hook_is_called_under_no_grad_and_a_context_manager_removes_it():
+    from tinygrad_gpt.tensor import _forward_hooks, no_grad, register_forward_hook
+    seen = []
+    with register_forward_hook(lambda ctx, inputs, out: seen.append((ctx.name, out._ctx))):
+        with no_grad():
+            Tensor(np.ones(2, dtype=np.float32), requires_grad=True).exp()
+    assert seen == [("Exp", None)]
+    assert _forward_hooks == []
+
+
+def test_backward_hook_handle_gets_the_output_grad_and_the_input_grads():
+    from tinygrad_gpt.tensor import _backward_hooks, register_backward_hook
+    seen = []
+    a = Tensor(np.array([1.0, 2.0], dtype=np.float32), requires_grad=True)
+    out = (a * 3.0).sum()
+    with register_backward_hook(lambda node, ctx, grad, gs: seen.append((ctx.name, grad.tolist(),
+                                                                         [g.tolist() for g in gs if g is not None]))):
+        out.backward()
+    assert seen == [("Sum", 1.0, [[1.0, 1.0]]), ("Mul", [1.0, 1.0], [[3.0, 3.0]])]   # none for the constant 3
+    assert _backward_hooks == []

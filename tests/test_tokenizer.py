@@ -1,13 +1,11 @@
 """The offline GPT-2 tokenizer gives the book's token IDs; the ch05 helpers round-trip."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from tinygrad_gpt.tokenizer import (ENDOFTEXT_ID, get_gpt2_tokenizer, text_to_token_ids,
                                     token_ids_to_text)
 
-VERDICT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "the-verdict.txt"
+from helpers import VERDICT, needs_verdict
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +22,7 @@ def test_vocab_size_and_endoftext_id_are_gpt2s(tokenizer):
     assert tokenizer.encode("<|endoftext|>", allowed_special={"<|endoftext|>"}) == [ENDOFTEXT_ID]
 
 
-@pytest.mark.skipif(not VERDICT.is_file(), reason=f"{VERDICT} is absent (shared test data)")
+@needs_verdict
 def test_the_verdict_tokenizes_to_5145_tokens_as_in_the_book(tokenizer):
     text = VERDICT.read_text(encoding="utf-8")
     assert len(text) == 20479

@@ -10,10 +10,12 @@ import re
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-ch03 = pytest.importorskip("llms_from_scratch.ch03")
-ch04 = pytest.importorskip("llms_from_scratch.ch04")
-ch05 = pytest.importorskip("llms_from_scratch.ch05")
+from helpers import PairDataset, require
+
+torch = require("torch")
+ch03 = require("llms_from_scratch.ch03")
+ch04 = require("llms_from_scratch.ch04")
+ch05 = require("llms_from_scratch.ch05")
 
 import tinygrad_gpt.functional as F                      # noqa: E402
 from tinygrad_gpt import GPTModel, Tensor, manual_seed    # noqa: E402
@@ -22,7 +24,6 @@ from tinygrad_gpt.nn import MultiHeadAttention            # noqa: E402
 from tinygrad_gpt.optim import AdamW                      # noqa: E402
 from tinygrad_gpt.tokenizer import get_gpt2_tokenizer     # noqa: E402
 from tinygrad_gpt.train import train_model_simple         # noqa: E402
-from test_train import PairDataset                        # noqa: E402  (tests/ is on sys.path)
 
 CFG = {"vocab_size": 50257, "context_length": 32, "emb_dim": 64, "n_heads": 4, "n_layers": 2,
        "drop_rate": 0.0, "qkv_bias": False}

@@ -9,11 +9,12 @@ import math
 import numpy as np
 import pytest
 
+from helpers import require
+
 import tinygrad_gpt.functional as F
 from tinygrad_gpt import Tensor, concatenate
-from tinygrad_gpt.kernels import get_backend, set_backend
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 TF = torch.nn.functional
 
 TOL = {"float64": 1e-10, "float32": 1e-5}

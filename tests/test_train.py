@@ -1,57 +1,35 @@
 """The book's chapter-5 training loop: losses, evaluation, printing, and float32 discipline.
 
-The run on the-verdict.txt uses the shared copy of the book's text (skipped when absent);
+The training run uses the bundled sample story, and the shared copy of the book's text
+(the-verdict.txt, skipped when absent);
 the rest uses a micro GPT and hand-made batches so that every printed line can be predicted.
 """
-import importlib
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tinygrad_gpt.functional as F
-from tinygrad_gpt import Function, GPTModel, Tensor, get_config, is_grad_enabled, kernels, manual_seed
-from tinygrad_gpt.data import DataLoader, create_dataloader_v1, split_train_val
+from tinygrad_gpt import GPTModel, Tensor, get_config, is_grad_enabled, kernels, manual_seed
+from tinygrad_gpt.data import SAMPLE_TEXT_PATH, DataLoader, create_dataloader_v1, split_train_val
 from tinygrad_gpt.optim import AdamW
+from tinygrad_gpt.tensor import register_backward_hook, register_forward_hook
 from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
 from tinygrad_gpt.train import (calc_loss_batch, calc_loss_loader, evaluate_model,
                                 generate_and_print_sample, train_model_simple)
 
-tensor_module = importlib.import_module("tinygrad_gpt.tensor")   # tinygrad_gpt.tensor is the function
+from helpers import VERDICT, PairDataset, micro_model, needs_verdict
 
-VERDICT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "the-verdict.txt"
-needs_verdict = pytest.mark.skipif(not VERDICT.is_file(),
-                                   reason=f"{VERDICT} is absent (the book's text, shared test data)")
+
 
 EVAL_LINE = re.compile(r"^Ep \d+ \(Step \d{6}\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}$")
-MICRO = {"vocab_size": 11, "context_length": 6, "emb_dim": 8, "n_heads": 2, "n_layers": 2,
-         "drop_rate": 0.0, "qkv_bias": True}
-
-
-def micro_model(seed=0, **overrides):
-    manual_seed(seed)
-    return GPTModel({**MICRO, **overrides})
 
 
 def batches(n, B=2, T=6, vocab=11, seed=0):
     """A loader for the book's loop: a list of (inputs, targets) int64 pairs, (B, T) each."""
     rng = np.random.default_rng(seed)
     return [(rng.integers(0, vocab, (B, T)), rng.integers(0, vocab, (B, T))) for _ in range(n)]
-
-
-class PairDataset:
-    """Fixed (inputs, targets) rows, (n, T) each, indexable by an array as GPTDatasetV1."""
-
-    def __init__(self, inputs, targets):
-        self.input_ids, self.target_ids = inputs, targets
-
-    def __len__(self):
-        return len(self.input_ids)
-
-    def __getitem__(self, idx):
-        return self.input_ids[idx], self.target_ids[idx]
 
 
 def loader(n, B=2, T=6, vocab=11, seed=0):
@@ -98,15 +76,14 @@ def test_calc_loss_loader_averages_the_first_num_batches():
 def test_evaluate_model_runs_under_no_grad_in_eval_mode_then_returns_to_train_mode():
     model = micro_model(drop_rate=0.5)
     calls = []
-    forward = model.forward
 
-    def spy(*args, **kwargs):
+    def spy(module, args):
         calls.append((is_grad_enabled(), [m.training for m in model.modules()]))
-        return forward(*args, **kwargs)
 
-    model.forward = spy
+    handle = model.register_forward_pre_hook(spy)
     train_loader, val_loader = batches(3, seed=1), batches(2, seed=2)
     train_loss, val_loss = evaluate_model(model, train_loader, val_loader, None, eval_iter=2)
+    handle.remove()
     assert len(calls) == 4                               # eval_iter batches of each loader
     assert all(not grad and not any(modes) for grad, modes in calls)
     assert all(m.training for m in model.modules())       # back in train mode
@@ -165,10 +142,12 @@ def test_train_model_simple_takes_one_adamw_step_per_batch():
 
 
 # ----------------------------------------------------------------------------- the-verdict.txt
-@needs_verdict
-def test_training_the_tiny_gpt_on_the_verdict_lowers_the_loss_and_prints_the_books_lines(capsys):
+@pytest.mark.parametrize("source", ["sample_story", pytest.param("the-verdict", marks=needs_verdict)])
+def test_training_the_tiny_gpt_on_real_text_lowers_the_loss_and_prints_the_books_lines(capsys, source):
+    """Runs everywhere on the package's bundled story; on the book's text too where shared/ is."""
     tokenizer = get_gpt2_tokenizer()
-    train_text, val_text = split_train_val(VERDICT.read_text(encoding="utf-8"))
+    path = SAMPLE_TEXT_PATH if source == "sample_story" else VERDICT
+    train_text, val_text = split_train_val(path.read_text(encoding="utf-8"))
     # context 32; a stride of 128 keeps one epoch to a few steps
     train_loader = create_dataloader_v1(train_text, batch_size=4, max_length=32, stride=128,
                                         shuffle=True, drop_last=True, tokenizer=tokenizer, rng=123)
@@ -233,26 +212,22 @@ def test_a_float32_training_step_creates_no_float64_array(backend, monkeypatch):
     y = np.random.default_rng(1).integers(0, cfg["vocab_size"], (2, 16))
 
     seen = []                                            # (where, dtype) of every array made
-    apply = Function.apply.__func__
 
-    def recording_apply(cls, *inputs, **options):
-        out = apply(cls, *inputs, **options)
-        seen.append((f"{cls.__name__}.forward", out.dtype))
-        return out
+    def forward_hook(ctx, inputs, out):
+        seen.append((f"{ctx.name}.forward", out.dtype))
 
     def backward_hook(node, ctx, grad, input_grads):
         seen.append((f"{ctx.name} grad in", grad.dtype))
         seen.extend((f"{ctx.name}.backward", g.dtype) for g in input_grads if g is not None)
 
-    monkeypatch.setattr(Function, "apply", classmethod(recording_apply))
-    monkeypatch.setattr(tensor_module, "_backward_hooks", tensor_module._backward_hooks + [backward_hook])
     monkeypatch.setattr(kernels.K, "module", RecordingKernels(kernels.K.module, seen))
 
-    for _ in range(2):                                   # the second step has non-zero moments
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
+    with register_forward_hook(forward_hook), register_backward_hook(backward_hook):
+        for _ in range(2):                               # the second step has non-zero moments
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
 
     names = {where.split(" ")[0].split(".")[0] for where, _ in seen}
     assert {"Linear", "LayerNorm", "GELU", "Attention", "CrossEntropy", "Embedding", "Dropout"} <= names
@@ -268,17 +243,20 @@ def test_a_float32_training_step_creates_no_float64_array(backend, monkeypatch):
         assert p.dtype == p.grad.dtype == st["exp_avg"].dtype == st["exp_avg_sq"].dtype == np.float32, name
 
 
-def test_the_dtype_recorder_catches_a_stray_float64(monkeypatch):
+class _StrayGELU(F.GELU):
+    """A GELU whose constant is a NumPy float64 scalar: it upcasts (named GELU, as the real one)."""
+
+    def forward(ctx, x):
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2 / np.pi) * x))
+
+    @property
+    def name(self):
+        return "GELU"
+
+
+def test_the_dtype_recorder_catches_a_stray_float64():
     """The check above can fail: a GELU whose constant is a NumPy float64 scalar upcasts."""
     seen = []
-    apply = Function.apply.__func__
-
-    def recording_apply(cls, *inputs, **options):
-        out = apply(cls, *inputs, **options)
-        seen.append((cls.__name__, out.dtype))
-        return out
-
-    monkeypatch.setattr(Function, "apply", classmethod(recording_apply))
-    monkeypatch.setattr(F.GELU, "forward", lambda ctx, x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2 / np.pi) * x)))
-    F.gelu(Tensor(np.ones(3, dtype=np.float32)))
+    with register_forward_hook(lambda ctx, inputs, out: seen.append((ctx.name, out.dtype))):
+        _StrayGELU.apply(Tensor(np.ones(3, dtype=np.float32)))
     assert seen == [("GELU", np.float64)]

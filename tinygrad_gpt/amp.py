@@ -180,6 +180,14 @@ def _drop_unowned():
 
 
 # ----------------------------------------------------------------------------- precision choice
+def resolve_precision(requested="auto"):
+    """"float32" or "bfloat16": what a run with --precision `requested` trains in, decided
+    without loading MKL (so that a float32 run keeps MKL's pool out of the process)."""
+    if requested not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"precision must be auto, float32 or bfloat16, got {requested!r}")
+    return "bfloat16" if requested == "bfloat16" else "float32"
+
+
 def choose_precision(requested="auto"):
     """"float32" or "bfloat16" for a training run, and a sentence why.
 
@@ -187,16 +195,16 @@ def choose_precision(requested="auto"):
     AMX-BF16 machine of 2026-12-01 the bf16 GEMMs alone were 1.2-1.9x faster, but the whole
     124M step under autocast was 1.3-1.5x SLOWER than float32 (the float32 attention products
     and numba kernels slowed down with MKL's pool in the process), so auto keeps float32
-    (the book's precision) until a measurement says otherwise; bfloat16 is there to ask for."""
+    (the book's precision) until a measurement says otherwise; bfloat16 is there to ask for.
+    Only "bfloat16" loads MKL (to say which GEMM it runs on)."""
+    precision = resolve_precision(requested)
     if requested == "float32":
         return "float32", "float32 as requested"
     if requested == "bfloat16":
         if bf16_mkl.available():
             return "bfloat16", "bfloat16 autocast on oneMKL's AMX-BF16 GEMM"
         return "bfloat16", f"bfloat16 autocast through the NumPy twin ({bf16_mkl.unavailable_reason()})"
-    if requested != "auto":
-        raise ValueError(f"precision must be auto, float32 or bfloat16, got {requested!r}")
-    if bf16_mkl.available():
-        return "float32", ("auto: float32 (the bf16 step measured slower than float32 on this kind of "
+    if bf16_mkl.cpu_has_amx_bf16():
+        return precision, ("auto: float32 (the bf16 step measured slower than float32 on this kind of "
                            "CPU, benchmarks/RESULTS.md; --precision bfloat16 to try it)")
-    return "float32", f"auto: float32 ({bf16_mkl.unavailable_reason()})"
+    return precision, "auto: float32 (this CPU has no AMX-BF16: bf16 would run through the NumPy twin)"

@@ -21,6 +21,12 @@ fsync'ed), then renamed into place: a kill at any instant leaves the previous ch
 complete, and a half-written one is never mistaken for a checkpoint (leftovers, named
 .tmp-*, are removed by the next save). Loading checks the format, the sizes and the
 sha256 of the tensor files before parsing them.
+
+This room owns this project's own runs on disk: the TrainState (a run's progress), saving,
+finding, verifying and restoring checkpoints, and `load_model`, which turns a checkpoint (or
+a plain directory of the book's parameter names) back into a GPTModel for inference. It
+builds on model.py and pretrained.py (a Hugging Face directory handed to load_model goes
+there) and imports nothing from train.py: train.py imports TrainState from here.
 """
 import errno
 import hashlib
@@ -30,10 +36,18 @@ import re
 import secrets
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Type, Union
 
 import numpy as np
+
+from .fileio import atomic_replace, fsync_dir, fsync_file, write_synced
+from .model import CONFIG_KEYS, GPTModel
+from .pretrained import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsReader, WeightsError, from_pretrained,
+                         listing, read_json, set_layer_norm_eps)
+
+PathLike = Union[str, Path]
 
 FORMAT = "tinygrad_gpt checkpoint"
 VERSION = 1
@@ -57,44 +71,34 @@ class CheckpointSaveError(CheckpointError):
         self.path, self.previous, self.disk_full = path, previous, disk_full
 
 
-def step_dir_name(global_step):
+def step_dir_name(global_step: int) -> str:
     return f"step-{global_step:06d}"
+
+
+@dataclass
+class TrainState:
+    """Everything about a run's progress that is not in the model or the optimizer."""
+    epoch: int = 0                 # the epoch in progress (0-based)
+    batch: int = 0                 # the next batch of that epoch
+    global_step: int = -1          # optimizer steps taken - 1 (the book counts from -1)
+    tokens_seen: int = 0
+    order: list = None             # this epoch's batch order (the shuffled sample indices)
+    train_losses: list = field(default_factory=list)
+    val_losses: list = field(default_factory=list)
+    track_tokens_seen: list = field(default_factory=list)
+    grad_norms: list = field(default_factory=list)    # (step, global norm, per-block norms)
 
 
 # ----------------------------------------------------------------------------- writing
 def _write_file(path, data):
-    """Write bytes to a new file and fsync it (state.json, the latest pointer)."""
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path):
-    """Make a rename or a new entry in `path` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write bytes to a new file and fsync it (state.json, the latest pointer's temporary file)."""
+    write_synced(path, data)
 
 
 def _write_pointer(root, name):
-    """root/latest <- name, atomically: a temporary file, fsync, rename."""
-    tmp = root / f".{LATEST}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
+    """root/latest <- name, atomically (fileio.atomic_replace: a temporary file, fsync, rename)."""
+    with atomic_replace(root / LATEST) as tmp:
         _write_file(tmp, (name + "\n").encode())
-        os.replace(tmp, root / LATEST)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(root)
 
 
 def _write_tensors(path, tensors):
@@ -113,8 +117,8 @@ def _write_tensors(path, tensors):
         m = re.search(r"os error (\d+)", str(e))
         code = int(m.group(1)) if m else errno.EIO
         raise OSError(code, os.strerror(code), str(path)) from None
+    fsync_file(path)
     with open(path, "rb") as f:
-        os.fsync(f.fileno())
         return _size_and_sha256(f)
 
 
@@ -163,7 +167,8 @@ def _jsonable(obj):
     return obj
 
 
-def save_checkpoint(save_dir, model, optimizer, state, rngs, config, keep=KEEP):
+def save_checkpoint(save_dir: PathLike, model: GPTModel, optimizer, state: TrainState,
+                    rngs: Dict[str, np.random.Generator], config: dict, keep: int = KEEP) -> Path:
     """Save the run as of `state` (after a completed step) into save_dir/step-NNNNNN.
 
     rngs: {name: np.random.Generator}, e.g. {"default": tensor.default_rng(),
@@ -192,7 +197,7 @@ def save_checkpoint(save_dir, model, optimizer, state, rngs, config, keep=KEEP):
                 "rng": {k: _jsonable(g.bit_generator.state) for k, g in rngs.items()},
                 "optimizer": _jsonable(opt_json)}
         _write_file(tmp / STATE_FILE, json.dumps(meta, indent=1).encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if final.exists():                   # the same step saved again: swap, then drop the old one
             old = root / f".old-{name}-{os.getpid()}"
@@ -204,7 +209,7 @@ def save_checkpoint(save_dir, model, optimizer, state, rngs, config, keep=KEEP):
                 os.rename(old, final)
             raise
         tmp = None
-        _fsync_dir(root)
+        fsync_dir(root)
         _write_pointer(root, name)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -224,7 +229,7 @@ def save_checkpoint(save_dir, model, optimizer, state, rngs, config, keep=KEEP):
     return final
 
 
-def prune(save_dir, keep=KEEP, current=None):
+def prune(save_dir: PathLike, keep: int = KEEP, current: Optional[str] = None) -> None:
     """Keep the newest `keep` checkpoints; drop older ones and leftovers of killed saves.
     A checkpoint is renamed away before it is deleted, so a kill mid-delete never leaves a
     half-deleted step- directory behind."""
@@ -245,7 +250,7 @@ def prune(save_dir, keep=KEEP, current=None):
 
 
 # ----------------------------------------------------------------------------- finding
-def list_checkpoints(save_dir):
+def list_checkpoints(save_dir: PathLike) -> List[Tuple[int, Path]]:
     """[(step, path)] of the complete checkpoints in save_dir, oldest first."""
     root = Path(save_dir)
     if not root.is_dir():
@@ -258,13 +263,13 @@ def list_checkpoints(save_dir):
     return sorted(found)
 
 
-def latest_checkpoint(save_dir):
+def latest_checkpoint(save_dir: PathLike) -> Optional[Path]:
     """The newest complete checkpoint in save_dir, or None."""
     found = list_checkpoints(save_dir)
     return found[-1][1] if found else None
 
 
-def resolve_checkpoint(path):
+def resolve_checkpoint(path: PathLike) -> Tuple[Path, Path]:
     """A --resume argument -> (checkpoint directory, its save directory).
 
     Accepts a save directory (its newest checkpoint), a checkpoint directory, a file inside
@@ -320,7 +325,7 @@ def _bad(path, what, fix="fix: resume from another checkpoint (the save director
     return CheckpointError(f"checkpoint {path} is {what}; {fix}")
 
 
-def read_checkpoint(path):
+def read_checkpoint(path: PathLike) -> "Checkpoint":
     """Read and check a checkpoint's state.json and the presence and size of its tensor
     files (cheap: the tensors are not read). Returns a Checkpoint without tensors."""
     ckpt_dir, _ = resolve_checkpoint(path)
@@ -359,7 +364,7 @@ def read_checkpoint(path):
     return Checkpoint(ckpt_dir, meta)
 
 
-def load_tensors(ckpt):
+def load_tensors(ckpt: "Checkpoint") -> "Checkpoint":
     """Check both tensor files' sha256, then parse them (safetensors: no code runs)."""
     import safetensors.numpy
     from safetensors import SafetensorError
@@ -382,7 +387,7 @@ def load_tensors(ckpt):
     return ckpt
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: PathLike) -> "Checkpoint":
     """read_checkpoint + load_tensors: a verified Checkpoint, tensors included."""
     return load_tensors(read_checkpoint(path))
 
@@ -405,9 +410,9 @@ def _check_tensors(ckpt, tensors, expected, what):
                               "model does not", "fix: resume with the model config it was saved with")
 
 
-def restore_checkpoint(ckpt, model, optimizer, rngs):
+def restore_checkpoint(ckpt: "Checkpoint", model: GPTModel, optimizer,
+                       rngs: Dict[str, np.random.Generator]) -> TrainState:
     """Load a verified checkpoint into model, optimizer and generators; returns its TrainState."""
-    from .train import TrainState
     if ckpt.model is None:
         load_tensors(ckpt)
     params = dict(model.named_parameters())
@@ -448,7 +453,7 @@ def restore_checkpoint(ckpt, model, optimizer, rngs):
 
 
 # ----------------------------------------------------------------------------- directories
-def check_writable(directory, flag="--save-dir"):
+def check_writable(directory: PathLike, flag: str = "--save-dir") -> None:
     """Raise CheckpointError unless `directory` exists as a writable directory or can be
     created; creates nothing (a probe directory is made and removed in the nearest existing
     ancestor, which works for root too, where permission bits do not stop writes)."""
@@ -469,3 +474,88 @@ def check_writable(directory, flag="--save-dir"):
     except OSError as e:
         raise CheckpointError(f"{flag} {d} is not writable ({existing}: {e.strerror}); "
                               f"fix: choose a directory you can write to") from None
+
+
+# ----------------------------------------------------------------------------- a model for inference
+def _book_config(obj, depth=2):
+    """The book's config dict in obj: at the top level, or nested up to `depth` levels down
+    (a training checkpoint's state.json keeps it at ["config"]["model_config"])."""
+    if not isinstance(obj, dict):
+        return None
+    if all(k in obj for k in CONFIG_KEYS):
+        return obj
+    if depth:
+        for value in obj.values():
+            found = _book_config(value, depth - 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _is_training_checkpoint(path):
+    """This module's layout: a step directory with state.json, a save directory of them,
+    its `latest` pointer, or a file inside a step directory."""
+    d = path.parent if path.is_file() else path
+    return ((d / STATE_FILE).is_file() or (d / LATEST).is_file() or path.name == LATEST
+            or any(d.glob("step-*/state.json")))
+
+
+def load_model(path: PathLike, cls: Type[GPTModel] = GPTModel) -> GPTModel:
+    """A model this package trained, for inference (returned in eval mode). Two layouts:
+
+    - a training checkpoint written by save_checkpoint (pretrain.py): a step directory
+      (model.safetensors, optimizer.safetensors, state.json), its save directory (the
+      newest step) or the `latest` pointer; the files are verified (sizes, sha256) and the
+      config is state.json's config["model_config"];
+    - a plain directory: model.safetensors with the book's parameter names (tok_emb.weight,
+      trf_blocks.0.att.W_query.weight, ..., out_head.weight; other tensors ignored) and the
+      book's config dict (vocab_size, context_length, emb_dim, n_heads, n_layers, drop_rate,
+      qkv_bias) in config.json, at its top level or nested; a Hugging Face config.json
+      (model_type "gpt2") goes to pretrained.from_pretrained instead.
+    Missing or mis-shaped tensors raise WeightsError naming them. (This was
+    pretrained.load_checkpoint: loading our own runs is this room's job.)"""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    if _is_training_checkpoint(path):
+        ckpt = load_checkpoint(path)                            # verified (sizes, sha256)
+        cfg = _book_config(ckpt.config)
+        if cfg is None:
+            raise WeightsError(f"checkpoint {ckpt.path}: state.json has no model config "
+                               f"(expected config.model_config with {', '.join(CONFIG_KEYS)})")
+        return _model_from_book_tensors(cls, cfg, ckpt.model, ckpt.path / WEIGHTS_FILE)
+    directory, weights = (path.parent, path) if path.is_file() else (path, path / WEIGHTS_FILE)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing (a checkpoint is a directory with "
+                                f"{WEIGHTS_FILE} and {CONFIG_FILE}, or a pretrain.py save directory)")
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing: it should hold the model config "
+                                f"({', '.join(CONFIG_KEYS)})")
+    obj = read_json(config_path)
+    if obj.get("model_type") == "gpt2" and weights.name == WEIGHTS_FILE:
+        return from_pretrained(directory, cls=cls)
+    cfg = _book_config(obj)
+    if cfg is None:
+        raise WeightsError(f"{config_path} has no model config: expected {', '.join(CONFIG_KEYS)}")
+    with SafetensorsReader(weights) as f:
+        tensors = {k: f.get(k) for k in f.keys}
+    return _model_from_book_tensors(cls, cfg, tensors, weights)
+
+
+def _model_from_book_tensors(cls, cfg, tensors, source):
+    keep = CONFIG_KEYS + (("tokenizer",) if "tokenizer" in cfg else ())    # micro's "char" must survive
+    model = cls({k: cfg[k] for k in keep})
+    params = dict(model.named_parameters())
+    missing = [n for n in params if n not in tensors]
+    wrong = [f"{n} {tuple(tensors[n].shape)} (expected {p.shape})"
+             for n, p in params.items() if n in tensors and tuple(tensors[n].shape) != p.shape]
+    if missing or wrong:
+        parts = ([f"missing tensors: {listing(missing)}"] if missing else []) + \
+                ([f"mis-shaped tensors: {listing(wrong, 6)}"] if wrong else [])
+        raise WeightsError(f"{source} does not fit its config: {'; '.join(parts)}")
+    for n, p in params.items():
+        np.copyto(p.data, tensors[n], casting="unsafe")
+    if "layer_norm_epsilon" in cfg:
+        set_layer_norm_eps(model, cfg["layer_norm_epsilon"])
+    return model.eval()

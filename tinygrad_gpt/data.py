@@ -8,13 +8,12 @@ enough exposed state (`rng`, `epoch_order`, `iter_batches`) to resume mid-epoch 
 import hashlib
 import http.client
 import math
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from .fileio import atomic_write, cache_root
 from .tokenizer import ENDOFTEXT, get_gpt2_tokenizer
 
 VERDICT_URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/"
@@ -153,27 +152,8 @@ def _download(url, timeout=DOWNLOAD_TIMEOUT):
         return response.read()
 
 
-def _write_atomically(path, data):
-    """Write bytes so that readers never see a half-written file: a temp file, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _is_verdict(data):
     return hashlib.sha256(data).hexdigest() == VERDICT_SHA256
-
-
-def default_cache_dir():
-    """$TINYGRAD_GPT_CACHE, else ~/.cache/tinygrad_gpt."""
-    env = os.environ.get("TINYGRAD_GPT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tinygrad_gpt"
 
 
 def load_training_text(path=None, cache_dir=None, download=True):
@@ -188,7 +168,7 @@ def load_training_text(path=None, cache_dir=None, download=True):
         text = read_text_file(path)
         return text, f"Using {_shown(Path(path).expanduser())} ({len(text):,} characters)"
 
-    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     cached = cache_dir / VERDICT_NAME
     raw = cached.read_bytes() if cached.is_file() else b""
     if _is_verdict(raw):                                        # a damaged copy is ignored
@@ -206,7 +186,8 @@ def load_training_text(path=None, cache_dir=None, download=True):
             if _is_verdict(data):
                 text = data.decode("utf-8")
                 try:
-                    _write_atomically(cached, data)
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(cached, data)
                     where = f"downloaded to {_shown(cached)}"
                 except OSError:          # a read-only cache should not stop training
                     where = "downloaded (could not be cached)"

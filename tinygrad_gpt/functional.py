@@ -12,7 +12,7 @@ import numpy as np
 
 from . import amp
 from .kernels import K
-from .tensor import Function, Tensor, _axis, default_rng
+from .tensor import Function, Tensor, _axis, default_rng, is_grad_enabled
 
 
 def _rows(x, axis):
@@ -294,12 +294,14 @@ def dropout(x, p=0.5, training=True, rng=None):
 
 # ----------------------------------------------------------------------------- attention
 class Attention(Function):
-    def forward(ctx, q, k, v, keep=None, causal=True, p=0.0):  # q, k, v: (B, H, T, D)
-        q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    def forward(ctx, q, k, v, keep=None, causal=True, p=0.0):  # q: (B, H, Tq, D)  k, v: (B, H, Tk, D)
+        if is_grad_enabled() and any(ctx.needs_input_grad):   # kept for backward: contiguous
+            q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+        # under no_grad, k and v may stay views of a KV cache: the kernels read them in place
         out, att = K.attention_forward(q, k, v, causal, keep, p)
         ctx.save_for_backward(q, k, v, att, keep)
         ctx.p = p
-        return out                                              # (B, H, T, D)
+        return out                                              # (B, H, Tq, D)
 
     def backward(ctx, grad):
         q, k, v, att, keep = ctx.saved
@@ -308,10 +310,15 @@ class Attention(Function):
 
 
 def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, rng=None):
-    """softmax(q k^T / sqrt(D), causal mask) @ v over (B, H, T, D), with dropout on the
-    attention weights (as the book's MultiHeadAttention). One op, one analytic backward."""
-    if q.shape[-1] != k.shape[-1] or k.shape != v.shape:
+    """softmax(q k^T / sqrt(D), causal mask) @ v, q: (B, H, Tq, D), k, v: (B, H, Tk, D), with
+    dropout on the attention weights (as the book's MultiHeadAttention). One op, one analytic
+    backward. Causal with Tq < Tk (a KV cache's keys before the new queries): the queries are
+    the last Tq positions, query i sees keys j <= Tk - Tq + i."""
+    if q.shape[-1] != k.shape[-1] or k.shape != v.shape or q.shape[:-2] != k.shape[:-2]:
         raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit (B, H, T, D)")
+    if causal and k.shape[-2] < q.shape[-2]:
+        raise ValueError(f"attention: causal attention needs at least as many keys as queries, "
+                         f"found q {q.shape} and k {k.shape}")
     if not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"attention dropout probability must be in [0, 1], got {dropout_p}")
     if dropout_p == 1.0:                       # every weight dropped: the output is zero

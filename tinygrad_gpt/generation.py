@@ -8,9 +8,10 @@ costs a forward over t positions. With it, each layer keeps the keys and values 
 positions it has seen (`KVCache`, preallocated (B, H, context, D) per layer), and a new token
 costs one position's forward: its own q, k, v, and attention over the cached k, v.
 
-`forward_cached` runs the model's own modules (block.norm1, att.W_query, block.ff, ...) one
-step at a time; only the attention over the cache is written here, in plain NumPy, because
-the fused attention op in functional.py takes as many keys as queries. nn.py is unchanged.
+This room owns sampling (greedy, temperature, top-k, eos), the generate loop and the cache
+object; it has no forward of its own. The cached step is the model's one forward,
+`model(new_ids, last_only=True, kv_cache=cache)`: each MultiHeadAttention appends its keys
+and values to the cache and the fused attention op attends with queries shorter than keys.
 
 The sliding window. The book's model has learned absolute positions, and the uncached path
 crops the sequence to its last `context_size` tokens, so once the sequence is longer than the
@@ -26,14 +27,16 @@ than the work itself. `with cpu_threads(1): generate(...)` decodes on one thread
 """
 import contextlib
 import sys
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
+from .model import GPTModel
 from .tensor import Tensor, default_rng, no_grad
 
 
 @contextlib.contextmanager
-def cpu_threads(n):
+def cpu_threads(n: Optional[int]) -> Iterator[None]:
     """At most n BLAS and numba threads inside the block, restored after it (None: unchanged).
     BLAS is limited through threadpoolctl (the dev extra); without it, only numba is."""
     if n is None:
@@ -59,7 +62,7 @@ def cpu_threads(n):
 
 
 # ----------------------------------------------------------------------------- sampling
-def as_generator(rng=None):
+def as_generator(rng: Union[None, int, np.random.Generator] = None) -> np.random.Generator:
     """None -> the engine's global generator (seeded by manual_seed); an int -> a new
     np.random.Generator seeded with it; a Generator -> itself."""
     if rng is None:
@@ -71,7 +74,7 @@ def as_generator(rng=None):
     raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator, not {type(rng).__name__}")
 
 
-def top_k_filter(logits, top_k):
+def top_k_filter(logits: np.ndarray, top_k: int) -> np.ndarray:
     """The book's top-k: keep the logits >= the k-th largest of each row, set the rest to -inf.
 
     Exactly k candidates survive when the k-th largest value is unique in its row. As in the
@@ -85,7 +88,8 @@ def top_k_filter(logits, top_k):
     return np.where(logits < kth, -np.inf, logits).astype(logits.dtype, copy=False)
 
 
-def sample_next_token(logits, temperature=0.0, top_k=None, rng=None):
+def sample_next_token(logits: np.ndarray, temperature: float = 0.0, top_k: Optional[int] = None,
+                      rng: Union[None, int, np.random.Generator] = None) -> np.ndarray:
     """One step of the book's `generate`: logits (B, V) -> next token ids (B,) int64.
 
     top-k filtering first, then: temperature 0 -> argmax (greedy); temperature > 0 ->
@@ -110,7 +114,8 @@ class KVCache:
 
     keys[l], values[l]: (B, H, capacity, D), allocated once; positions [0, length) are valid."""
 
-    def __init__(self, n_layers, batch_size, n_heads, capacity, head_dim, dtype=np.float32):
+    def __init__(self, n_layers: int, batch_size: int, n_heads: int, capacity: int, head_dim: int,
+                 dtype=np.float32):
         shape = (batch_size, n_heads, capacity, head_dim)                # (B, H, context, D)
         self.keys = [np.zeros(shape, dtype=dtype) for _ in range(n_layers)]
         self.values = [np.zeros(shape, dtype=dtype) for _ in range(n_layers)]
@@ -118,59 +123,35 @@ class KVCache:
         self.length = 0
 
     @classmethod
-    def for_model(cls, model, batch_size, capacity=None):
+    def for_model(cls, model: GPTModel, batch_size: int, capacity: Optional[int] = None) -> "KVCache":
+        """A cache for `model` (its layers, heads, head size, dtype), `capacity` positions
+        (default: its context length)."""
         cfg = model.cfg
         H = cfg["n_heads"]
         capacity = cfg["context_length"] if capacity is None else capacity
         dtype = model.tok_emb.weight.data.dtype
         return cls(cfg["n_layers"], batch_size, H, capacity, cfg["emb_dim"] // H, dtype)
 
-    def reset(self):
+    def reset(self) -> None:
         self.length = 0                                        # stale entries are overwritten
 
-
-def _attend(q, keys, values, start):
-    """Causal attention of Tn new queries at window positions [start, start + Tn) over the
-    keys/values of positions [0, start + Tn). q: (B, H, Tn, D), keys/values: (B, H, L, D)."""
-    Tn, D = q.shape[-2], q.shape[-1]
-    L = keys.shape[-2]
-    s = q @ keys.swapaxes(-1, -2)                              # (B, H, Tn, L) scores
-    s *= 1.0 / float(np.sqrt(D))                               # a Python float keeps float32
-    if Tn > 1:                                                 # query i sees keys j <= start + i
-        future = np.arange(L)[None, :] > (start + np.arange(Tn))[:, None]   # (Tn, L)
-        s[..., future] = -np.inf
-    s -= s.max(axis=-1, keepdims=True)
-    np.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)                         # (B, H, Tn, L) attention weights
-    return s @ values                                          # (B, H, Tn, D)
+    def layer(self, i: int) -> "LayerKV":
+        """Layer i's keys and values, for its MultiHeadAttention (nn.LayerKV)."""
+        return LayerKV(self.keys[i], self.values[i])
 
 
-def forward_cached(model, idx, cache):
-    """Run tokens idx (B, Tn) at window positions [cache.length, cache.length + Tn) through the
-    model, appending their keys and values to the cache. Returns the last position's logits
-    (B, V). Inference only: dropout is skipped (the model must be in eval mode to match)."""
-    B, Tn = idx.shape
-    start, end = cache.length, cache.length + Tn
-    if end > cache.capacity:
-        raise ValueError(f"KV cache holds {cache.capacity} positions; {end} were asked for")
-    with no_grad():
-        x = model.tok_emb(idx).data + model.pos_emb(np.arange(start, end)).data   # (B, Tn, C)
-        for layer, block in enumerate(model.trf_blocks):
-            att = block.att
-            H, D = att.num_heads, att.head_dim
-            h = block.norm1(Tensor(x))                                          # (B, Tn, C)
-            q = att.W_query(h).data.reshape(B, Tn, H, D).transpose(0, 2, 1, 3)  # (B, H, Tn, D)
-            k = att.W_key(h).data.reshape(B, Tn, H, D).transpose(0, 2, 1, 3)    # (B, H, Tn, D)
-            v = att.W_value(h).data.reshape(B, Tn, H, D).transpose(0, 2, 1, 3)  # (B, H, Tn, D)
-            cache.keys[layer][:, :, start:end] = k
-            cache.values[layer][:, :, start:end] = v
-            ctx = _attend(q, cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end], start)
-            ctx = ctx.transpose(0, 2, 1, 3).reshape(B, Tn, H * D)              # (B, Tn, C)
-            x = x + att.out_proj(Tensor(ctx)).data                             # shortcut around attention
-            x = x + block.ff(block.norm2(Tensor(x))).data                      # shortcut around the MLP
-        cache.length = end
-        x = model.final_norm(Tensor(x[:, -1:, :]))                             # (B, 1, C)
-        return model.out_head(x).data[:, -1, :]                                # (B, V)
+class LayerKV:
+    """One layer's slice of a KVCache: MultiHeadAttention appends its new keys and values and
+    attends over the first start_pos + T positions (views, no copy)."""
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray):
+        self.keys, self.values = keys, values                  # (B, H, capacity, D) each
+
+    def append(self, k: np.ndarray, v: np.ndarray, start_pos: int) -> Tuple[np.ndarray, np.ndarray]:
+        end = start_pos + k.shape[-2]
+        self.keys[:, :, start_pos:end] = k                     # (B, H, T, D) new positions
+        self.values[:, :, start_pos:end] = v
+        return self.keys[:, :, :end], self.values[:, :, :end]  # (B, H, end, D)
 
 
 # ----------------------------------------------------------------------------- generate
@@ -198,8 +179,10 @@ def _check_args(model, idx, max_new_tokens, context_size, temperature, top_k):
         None if top_k is None else int(top_k)
 
 
-def generate_stream(model, idx, max_new_tokens, context_size=None, temperature=0.0, top_k=None,
-                    eos_id=None, rng=None, use_cache=True):
+def generate_stream(model: GPTModel, idx, max_new_tokens: int, context_size: Optional[int] = None,
+                    temperature: float = 0.0, top_k: Optional[int] = None, eos_id: Optional[int] = None,
+                    rng: Union[None, int, np.random.Generator] = None,
+                    use_cache: bool = True) -> Iterator[np.ndarray]:
     """`generate`, one step at a time: yields each new column of token ids, (B,) int64.
 
     Stopping at eos_id, as the book: when the sampled token equals eos_id, stop without
@@ -219,13 +202,14 @@ def generate_stream(model, idx, max_new_tokens, context_size=None, temperature=0
         for _ in range(max_new_tokens):
             window = seq[:, -context_size:]                                     # (B, W) the book's crop
             if cache is None:
-                with no_grad():
-                    logits = model(window, last_only=True).data[:, -1, :]       # (B, V)
+                new = window                                                    # the book's loop
             elif seq.shape[1] <= context_size and cache.length == seq.shape[1] - 1:
-                logits = forward_cached(model, seq[:, -1:], cache)              # one new position
+                new = seq[:, -1:]                                               # one new position
             else:                                                               # first step, or the window slid
                 cache.reset()
-                logits = forward_cached(model, window, cache)                   # (re-)prefill the window
+                new = window                                                    # (re-)prefill the window
+            with no_grad():
+                logits = model(new, last_only=True, kv_cache=cache).data[:, -1, :]   # (B, V)
             nxt = sample_next_token(logits, temperature, top_k, rng)           # (B,)
             if eos_id is not None:
                 nxt = np.where(finished, eos_id, nxt)
@@ -239,8 +223,9 @@ def generate_stream(model, idx, max_new_tokens, context_size=None, temperature=0
         model.train(was_training)
 
 
-def generate(model, idx, max_new_tokens, context_size=None, temperature=0.0, top_k=None,
-             eos_id=None, rng=None, use_cache=True):
+def generate(model: GPTModel, idx, max_new_tokens: int, context_size: Optional[int] = None, temperature: float = 0.0,
+             top_k: Optional[int] = None, eos_id: Optional[int] = None,
+             rng: Union[None, int, np.random.Generator] = None, use_cache: bool = True) -> np.ndarray:
     """The book's generate (chapter 5), on NumPy, with a KV cache.
 
     idx: integer token ids (B, T). Returns (B, T + new) in idx's integer dtype: greedy at

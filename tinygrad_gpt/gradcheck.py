@@ -7,6 +7,14 @@ same number one element at a time:
     (<f(x + eps e_i), R> - <f(x - eps e_i), R>) / (2 eps)
 
 In float64 the two agree to ~1e-9 for a correct backward; a wrong one is off by O(1).
+
+The defaults, atol 1e-8 and rtol 1e-6, are stricter than torch.autograd.gradcheck's (1e-5,
+1e-3) on purpose. Central differences with eps 1e-6 in float64 are off by about
+eps^2 |third derivative| + 1e-16 |f| / eps, ~1e-10 for the ops here, so torch's tolerances
+leave four orders of magnitude unused: with them a backward off by 1e-4 relative (a wrong
+constant, a dropped small term) still passes. With these a correct backward passes and a
+slip of 1e-5 relative fails, on every fused op (tests/test_gradcheck.py shows both).
+Loosen them only for a function that is itself inaccurate (a large sum, say), and say why.
 """
 import numpy as np
 
@@ -55,12 +63,14 @@ def compare_gradients(fn, inputs, eps=1e-6, seed=0):
     return results
 
 
-def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exception=True):
+def gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6, seed=0, raise_exception=True):
     """Check fn's analytic gradients against central differences, in float64.
 
     fn:      takes the input Tensors, returns a Tensor (any shape); it must be
              deterministic (reseed any dropout inside it).
     inputs:  Tensors; those with requires_grad=True are checked, every element of each.
+    atol, rtol: an element fails when |analytic - numeric| > atol + rtol |numeric|; 1000
+             times stricter than torch's defaults (see the module docstring for why).
     Returns True, or raises GradcheckError naming the input and element that disagree
     (returns False instead with raise_exception=False).
     """

@@ -1,10 +1,25 @@
-"""GPT-2 as the book builds it (chapter 4), on this engine, with the book's configs."""
+"""GPT-2 as the book builds it (chapter 4), on this engine, with the book's configs.
+
+This room owns the model: `GPTModel` (its one forward, for training, evaluation and cached
+generation alike), the named configs, and the book's chapter-4 greedy loop. It builds on nn.py
+and knows nothing of files: Hugging Face weights are pretrained.py's, this project's own
+checkpoints checkpoint.py's, sampling and the KV cache object generation.py's.
+"""
 import copy
+from typing import Optional, Protocol
 
 import numpy as np
 
-from .nn import Dropout, Embedding, LayerNorm, Linear, Module, Sequential, TransformerBlock
+from .nn import Dropout, Embedding, LayerKV, LayerNorm, Linear, Module, Sequential, TransformerBlock
 from .tensor import Tensor, no_grad
+
+
+class KVCacheLike(Protocol):
+    """What GPTModel.forward needs from a KV cache (generation.KVCache is one)."""
+    length: int                                  # positions already cached: the next one's offset
+    capacity: int
+
+    def layer(self, i: int) -> LayerKV: ...
 
 GPT_CONFIG_124M = {
     "vocab_size": 50257,     # GPT-2's BPE vocabulary
@@ -16,7 +31,21 @@ GPT_CONFIG_124M = {
     "qkv_bias": False,
 }
 
+# micro: every array small enough to print. One sentence, one character per token (17 of them,
+# char_tokenizer.py), 8 wide, 8 positions, 2 heads of 4, 1 block, no dropout: 1,200 parameters.
+GPT_CONFIG_MICRO = {
+    "vocab_size": 17,        # len(char_tokenizer.micro_tokenizer().alphabet)
+    "context_length": 8,
+    "emb_dim": 8,
+    "n_heads": 2,
+    "n_layers": 1,
+    "drop_rate": 0.0,        # deterministic, so the numbers of a trace can be checked by hand
+    "qkv_bias": False,
+    "tokenizer": "char",     # tokenizer.tokenizer_for(cfg); the other configs use GPT-2's BPE
+}
+
 CONFIGS = {
+    "micro": GPT_CONFIG_MICRO,
     "tiny": {**GPT_CONFIG_124M, "context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2},
     "124M": GPT_CONFIG_124M,
     "355M": {**GPT_CONFIG_124M, "emb_dim": 1024, "n_layers": 24, "n_heads": 16},
@@ -24,18 +53,18 @@ CONFIGS = {
     "1558M": {**GPT_CONFIG_124M, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},
 }
 
-_REQUIRED_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
+CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
 
 
-def get_config(name):
-    """A copy of a named config: "tiny", "124M", "355M", "774M" or "1558M"."""
+def get_config(name: str) -> dict:
+    """A copy of a named config: "micro", "tiny", "124M", "355M", "774M" or "1558M"."""
     if name not in CONFIGS:
         raise KeyError(f"unknown model {name!r}: choose one of {', '.join(CONFIGS)}")
     return copy.deepcopy(CONFIGS[name])
 
 
 def _check_config(cfg):
-    missing = [k for k in _REQUIRED_KEYS if k not in cfg]
+    missing = [k for k in CONFIG_KEYS if k not in cfg]
     if missing:
         raise KeyError(f"GPT config is missing {', '.join(missing)}")
     if cfg["emb_dim"] % cfg["n_heads"]:
@@ -46,7 +75,7 @@ class GPTModel(Module):
     # the book's causal-mask buffers, trf_blocks.N.att.mask, are accepted and ignored:
     # MultiHeadAttention._ignored_keys
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: dict):
         super().__init__()
         _check_config(cfg)
         self.cfg = dict(cfg)
@@ -57,40 +86,42 @@ class GPTModel(Module):
         self.final_norm = LayerNorm(cfg["emb_dim"])
         self.out_head = Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
-    def forward(self, in_idx, last_only=False):
+    def forward(self, in_idx, last_only: bool = False, kv_cache: Optional["KVCacheLike"] = None) -> Tensor:
         """in_idx: integer (B, T) -> logits (B, T, V); with last_only, (B, 1, V) for the last
-        position alone (generation needs no more, and the output head is the biggest matmul)."""
+        position alone (generation needs no more, and the output head is the biggest matmul).
+
+        The one forward of the model: training, evaluation and cached generation all run it.
+        With a kv_cache (generation.KVCache, under no_grad) the T tokens sit at positions
+        [kv_cache.length, kv_cache.length + T): their positional embeddings start there, every
+        layer appends their keys and values to the cache and attends over all cached ones, and
+        kv_cache.length advances by T."""
         idx = in_idx.data if isinstance(in_idx, Tensor) else np.asarray(in_idx)
         if idx.ndim != 2:
             raise ValueError(f"GPTModel expects token ids of shape (batch, tokens), got {idx.shape}")
         B, T = idx.shape
-        if T > self.cfg["context_length"]:
-            raise ValueError(f"{T} tokens exceed the model's context length {self.cfg['context_length']}")
+        start = 0 if kv_cache is None else kv_cache.length       # position offset of the first token
+        if kv_cache is not None and start + T > kv_cache.capacity:
+            raise ValueError(f"KV cache holds {kv_cache.capacity} positions; {start + T} were asked for")
+        if start + T > self.cfg["context_length"]:
+            raise ValueError(f"{start + T} tokens exceed the model's context length {self.cfg['context_length']}")
         tok_embeds = self.tok_emb(idx)                           # (B, T, C)
-        pos_embeds = self.pos_emb(np.arange(T))                  # (T, C)
+        pos_embeds = self.pos_emb(np.arange(start, start + T))   # (T, C)
         x = self.drop_emb(tok_embeds + pos_embeds)               # (B, T, C)
-        x = self.trf_blocks(x)                                   # (B, T, C)
+        for i, block in enumerate(self.trf_blocks):
+            x = block(x, None if kv_cache is None else kv_cache.layer(i), start)   # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.length = start + T
         if last_only:
             x = x[:, -1:, :]                                     # (B, 1, C)
         x = self.final_norm(x)
         return self.out_head(x)                                  # (B, T, V)
 
-    # ---- Hugging Face GPT-2 files (pretrained.py does the work)
-    @classmethod
-    def from_pretrained(cls, path, download=False):
-        """A model from a Hugging Face GPT-2 directory (config.json + model.safetensors), or
-        "gpt2" / "gpt2-medium" / "gpt2-large" / "gpt2-xl" from the cache (fetched first with
-        download=True). See pretrained.from_pretrained."""
-        from .pretrained import from_pretrained
-        return from_pretrained(path, download_missing=download, cls=cls)
-
-    def save_pretrained(self, directory):
-        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
-        from .pretrained import save_pretrained
-        return save_pretrained(self, directory)
+    # GPTModel.from_pretrained(path) and model.save_pretrained(dir) are pretrained.py's
+    # (Hugging Face files); the package's face, tinygrad_gpt/__init__.py, binds them here so
+    # that this room imports nothing above it.
 
     # ---- where the parameters are
-    def summary(self):
+    def summary(self) -> str:
         """The parameter count, taken apart: where GPT-2's parameters come from."""
         cfg = self.cfg
         C, V, L = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"]
@@ -122,7 +153,7 @@ class GPTModel(Module):
         return "\n".join(lines)
 
 
-def generate_text_simple(model, idx, max_new_tokens, context_size):
+def generate_text_simple(model: GPTModel, idx, max_new_tokens: int, context_size: int) -> np.ndarray:
     """Greedy decoding, the book's chapter 4: append the most likely next token, repeatedly."""
     idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
     for _ in range(max_new_tokens):

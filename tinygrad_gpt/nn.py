@@ -1,23 +1,97 @@
 """Modules: PyTorch's nn.Module shape, the book's layers and parameter names.
 
+This room owns the layers (Linear, Embedding, LayerNorm, Dropout, FeedForward,
+MultiHeadAttention, TransformerBlock) built on the fused ops of functional.py, and the
+interface a KV cache offers attention (`LayerKV`); it knows nothing of GPT-2's files,
+training or sampling.
+
 A Module finds its parameters and sub-modules by looking at its own attributes in the
 order they were set, so `named_parameters()` yields the book's names in PyTorch's order:
 `tok_emb.weight`, `trf_blocks.0.att.W_query.weight`, ..., `out_head.weight`.
+
+This room owns Module (the tree of parameters, state dicts, train/eval modes) and the book's
+layers. `Module.__call__` keeps the module scope, the stack of modules whose forward is
+running (`module_stack()`, with qualified names), and calls the module hooks
+(`register_module_forward_hook`, `Module.register_forward_hook`, and the pre-hooks):
+tracing observes modules through these, never by replacing a `forward`.
 """
+from __future__ import annotations
+
 import math
 from collections import OrderedDict
+from typing import Any, Callable, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
 from . import amp
 from . import functional as F
-from .tensor import Tensor, default_rng
+from .tensor import RemovableHandle, Tensor, default_rng, is_grad_enabled
+
+
+class LayerKV(Protocol):
+    """What MultiHeadAttention needs from a KV cache: one layer's keys and values.
+    generation.KVCache.layer(i) gives one; anything with this method will do."""
+
+    def append(self, k: np.ndarray, v: np.ndarray, start_pos: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Store k, v (B, H, T, D) at positions [start_pos, start_pos + T); return the keys
+        and values of positions [0, start_pos + T), (B, H, start_pos + T, D) each."""
+        ...
+from .tensor import RemovableHandle, Tensor, default_rng
+
+# ----------------------------------------------------------------------------- module scope and hooks
+_scope = []                  # [[module, qualified name or None until asked]], innermost last
+_module_pre_hooks = []       # hook(module, args) before every module's forward
+_module_hooks = []           # hook(module, args, output) after every module's forward
+
+
+def register_module_forward_pre_hook(hook: Callable[["Module", tuple], None]) -> RemovableHandle:
+    """Call hook(module, args) before the forward of every module (torch's global twin)."""
+    _module_pre_hooks.append(hook)
+    return RemovableHandle(_module_pre_hooks, hook)
+
+
+def register_module_forward_hook(hook: Callable[["Module", tuple, Any], None]) -> RemovableHandle:
+    """Call hook(module, args, output) after the forward of every module."""
+    _module_hooks.append(hook)
+    return RemovableHandle(_module_hooks, hook)
+
+
+def _child_name(parent, child):
+    for name, value in vars(parent).items():       # a direct attribute: the usual case
+        if value is child:
+            return name
+    for name, m in parent.named_modules():         # deeper (a block calling a grandchild)
+        if m is child and name:
+            return name
+    return type(child).__name__                    # not in the tree: its class
+
+
+def module_stack() -> list:
+    """[(qualified name, module)] of the modules whose forward is running, outermost first.
+    Names are relative to the outermost one ("" for it): "trf_blocks.0.att.W_query" inside
+    model(x). Computed when asked, so a forward without anyone asking pays nothing for them."""
+    for i, entry in enumerate(_scope):
+        if entry[1] is None:
+            if i == 0:
+                entry[1] = ""
+            else:
+                parent_name = _scope[i - 1][1]
+                name = _child_name(_scope[i - 1][0], entry[0])
+                entry[1] = f"{parent_name}.{name}" if parent_name else name
+    return [(name, module) for module, name in _scope]
+
+
+def current_module():
+    """(qualified name, module) of the innermost running module, or (None, None) outside any."""
+    if not _scope:
+        return None, None
+    return module_stack()[-1]
 
 
 class Parameter(Tensor):
     """A Tensor that a Module owns and an optimizer updates: requires_grad by default."""
 
-    def __init__(self, data, requires_grad=True):
+    def __init__(self, data, requires_grad: bool = True):
         super().__init__(data, requires_grad=requires_grad)
 
     def __repr__(self):
@@ -25,33 +99,63 @@ class Parameter(Tensor):
 
 
 class Module:
-    def __init__(self):
+    """PyTorch's nn.Module shape: sub-modules and Parameters as attributes, `forward` called
+    through `__call__`, which keeps the module scope and calls the hooks."""
+
+    def __init__(self) -> None:
         self.training = True
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args, **kwargs) -> Any:
         raise NotImplementedError
 
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+    def __call__(self, *args, **kwargs) -> Any:
+        own = self.__dict__.get("_hooks")
+        if _module_pre_hooks or own:
+            for hook in _module_pre_hooks + (own["pre"] if own else []):
+                hook(self, args)
+        _scope.append([self, None])
+        try:
+            out = self.forward(*args, **kwargs)
+        finally:
+            _scope.pop()
+        if _module_hooks or own:
+            for hook in _module_hooks + (own["post"] if own else []):
+                hook(self, args, out)
+        return out
+
+    def _own_hooks(self):
+        return self.__dict__.setdefault("_hooks", {"pre": [], "post": []})
+
+    def register_forward_pre_hook(self, hook: Callable[["Module", tuple], None]) -> RemovableHandle:
+        """Call hook(module, args) before this module's forward, as torch's."""
+        hooks = self._own_hooks()["pre"]
+        hooks.append(hook)
+        return RemovableHandle(hooks, hook)
+
+    def register_forward_hook(self, hook: Callable[["Module", tuple, Any], None]) -> RemovableHandle:
+        """Call hook(module, args, output) after this module's forward, as torch's."""
+        hooks = self._own_hooks()["post"]
+        hooks.append(hook)
+        return RemovableHandle(hooks, hook)
 
     # ---- the tree of modules and parameters
-    def named_children(self):
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
 
-    def children(self):
+    def children(self) -> Iterator["Module"]:
         return (m for _, m in self.named_children())
 
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, "Module"]]:
         yield prefix, self
         for name, child in self.named_children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def modules(self):
+    def modules(self) -> Iterator["Module"]:
         return (m for _, m in self.named_modules())
 
-    def named_parameters(self, prefix=""):
+    def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
         """(name, Parameter) pairs, each parameter once, in the order they were created."""
         seen = set()
         for module_name, module in self.named_modules(prefix):
@@ -60,20 +164,20 @@ class Module:
                     seen.add(id(value))
                     yield (f"{module_name}.{name}" if module_name else name), value
 
-    def parameters(self):
+    def parameters(self) -> List[Parameter]:
         return [p for _, p in self.named_parameters()]
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
     # ---- state
-    def state_dict(self):
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """name -> the parameter's array (not a copy, as PyTorch's tensors share storage)."""
         return OrderedDict((name, p.data) for name, p in self.named_parameters())
 
     _ignored_keys = ()   # entries the PyTorch twin of a module carries that we do not need (buffers)
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict, strict: bool = True) -> Tuple[List[str], List[str]]:
         """Copy arrays into the parameters, in place. With strict=True, missing or unexpected
         keys are an error; a wrong shape always is. Returns (missing, unexpected)."""
         params = dict(self.named_parameters())
@@ -105,22 +209,22 @@ class Module:
         return missing, unexpected
 
     # ---- modes
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "Module":
         for m in self.modules():
             m.training = mode
         return self
 
-    def eval(self):
+    def eval(self) -> "Module":
         return self.train(False)
 
-    def zero_grad(self, set_to_none=True):
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
             if set_to_none or p.grad is None:
                 p.grad = None
             else:
                 p.grad.fill(0)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ""
 
     def __repr__(self):
@@ -167,14 +271,14 @@ class Linear(Module):
     """y = x W^T + b, W: (out_features, in_features). PyTorch's initialisation:
     W and b ~ U(-1/sqrt(in), 1/sqrt(in))."""
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
         self.weight = Parameter(_uniform((out_features, in_features), bound))
         self.bias = Parameter(_uniform((out_features,), bound)) if bias else None
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
@@ -184,13 +288,13 @@ class Linear(Module):
 class Embedding(Module):
     """A lookup table (num_embeddings, embedding_dim), initialised N(0, 1) as PyTorch."""
 
-    def __init__(self, num_embeddings, embedding_dim):
+    def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = Parameter(default_rng().standard_normal((num_embeddings, embedding_dim),
                                                               dtype=np.float32))
 
-    def forward(self, ids):
+    def forward(self, ids) -> Tensor:
         return F.embedding(self.weight, ids)
 
     def extra_repr(self):
@@ -200,24 +304,24 @@ class Embedding(Module):
 class LayerNorm(Module):
     """The book's LayerNorm: parameters `scale` (ones) and `shift` (zeros), eps 1e-5."""
 
-    def __init__(self, emb_dim, eps=1e-5):
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
         self.scale = Parameter(np.ones(emb_dim, dtype=np.float32))
         self.shift = Parameter(np.zeros(emb_dim, dtype=np.float32))
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.scale, self.shift, self.eps)
 
 
 class Dropout(Module):
-    def __init__(self, p=0.5):
+    def __init__(self, p: float = 0.5):
         super().__init__()
         if not 0.0 <= p <= 1.0:                # as torch: at construction, not at the first forward
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = p
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.dropout(x, self.p, training=self.training)
 
     def extra_repr(self):
@@ -225,17 +329,17 @@ class Dropout(Module):
 
 
 class GELU(Module):
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.gelu(x)
 
 
 class FeedForward(Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: dict):
         super().__init__()
         C = cfg["emb_dim"]
         self.layers = Sequential(Linear(C, 4 * C), GELU(), Linear(4 * C, C))
 
-    def forward(self, x):                      # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+    def forward(self, x: Tensor) -> Tensor:    # (B, T, C) -> (B, T, 4C) -> (B, T, C)
         return self.layers(x)
 
 
@@ -246,7 +350,8 @@ class MultiHeadAttention(Module):
 
     _ignored_keys = ("mask",)
 
-    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, num_heads: int,
+                 qkv_bias: bool = False):
         super().__init__()
         if d_out % num_heads:
             raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
@@ -258,15 +363,26 @@ class MultiHeadAttention(Module):
         self.out_proj = Linear(d_out, d_out)
         self.dropout = Dropout(dropout)
 
-    def split_heads(self, x):                  # (B, T, C) -> (B, H, T, D)
+    def split_heads(self, x: Tensor) -> Tensor:                  # (B, T, C) -> (B, H, T, D)
         B, T, _ = x.shape
         return x.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x):                      # x: (B, T, C)
+    def forward(self, x: Tensor, kv_cache: Optional["LayerKV"] = None, start_pos: int = 0) -> Tensor:
+        """x: (B, T, C) at positions [start_pos, start_pos + T) -> (B, T, C).
+
+        Without a cache the T positions attend to each other (training, evaluation). With one
+        (inference, under no_grad), this layer's keys and values are written into it at
+        start_pos and the T queries attend to every cached position before and up to their
+        own: the same causal attention, with queries shorter than keys."""
         B, T, _ = x.shape
         q = self.split_heads(self.W_query(x))  # (B, H, T, D)
         k = self.split_heads(self.W_key(x))    # (B, H, T, D)
         v = self.split_heads(self.W_value(x))  # (B, H, T, D)
+        if kv_cache is not None:
+            if is_grad_enabled():
+                raise RuntimeError("a KV cache is for inference: run the model under no_grad()")
+            keys, values = kv_cache.append(k.data, v.data, start_pos)   # (B, H, start_pos + T, D)
+            k, v = Tensor(keys), Tensor(values)
         p = self.dropout.p if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=p)   # (B, H, T, D)
         ctx = ctx.transpose(1, 2).reshape(B, T, self.d_out)                        # (B, T, C)
@@ -276,7 +392,7 @@ class MultiHeadAttention(Module):
 class TransformerBlock(Module):
     """Pre-norm block: x + drop(att(norm1(x))), then x + drop(ff(norm2(x)))."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: dict):
         super().__init__()
         self.att = MultiHeadAttention(d_in=cfg["emb_dim"], d_out=cfg["emb_dim"],
                                       context_length=cfg["context_length"], num_heads=cfg["n_heads"],
@@ -286,7 +402,8 @@ class TransformerBlock(Module):
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_resid = Dropout(cfg["drop_rate"])
 
-    def forward(self, x):                      # (B, T, C)
-        x = x + self.drop_resid(self.att(self.norm1(x)))    # shortcut around attention
+    def forward(self, x: Tensor, kv_cache: Optional["LayerKV"] = None, start_pos: int = 0) -> Tensor:
+        """x: (B, T, C) at positions [start_pos, start_pos + T); kv_cache: see MultiHeadAttention."""
+        x = x + self.drop_resid(self.att(self.norm1(x), kv_cache, start_pos))   # shortcut around attention
         x = x + self.drop_resid(self.ff(self.norm2(x)))     # shortcut around the feed-forward
         return x

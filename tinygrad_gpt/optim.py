@@ -1,6 +1,13 @@
 """AdamW written out by hand, with torch.optim.AdamW's semantics, plus the book's
-appendix-D helpers: warmup + cosine schedule and global-norm gradient clipping."""
+appendix-D helpers: warmup + cosine schedule and global-norm gradient clipping.
+
+This room owns parameter updates: it reads `.grad` and writes `.data` of the Tensors it is
+given (the fused update is kernels' adamw_step), and knows nothing of models or training.
+"""
+from __future__ import annotations
+
 import math
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -13,7 +20,8 @@ class AdamW:
     """torch.optim.AdamW: decoupled weight decay (p -= lr * wd * p) before the Adam update,
     bias-corrected moments. The update itself is one fused pass (kernels: adamw_step)."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         if isinstance(params, Tensor):         # iterating a Tensor would give its rows, not it
             raise TypeError("AdamW: params must be an iterable of Parameters (e.g. model.parameters()) "
                             "or of param-group dicts, not a single Tensor; wrap it in a list")
@@ -36,17 +44,17 @@ class AdamW:
         self.state = {}                        # id(param) -> {"step", "exp_avg", "exp_avg_sq"}
 
     @property
-    def params(self):
+    def params(self) -> list:
         return [p for group in self.param_groups for p in group["params"]]
 
-    def zero_grad(self, set_to_none=True):
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
             if set_to_none or p.grad is None:
                 p.grad = None
             else:
                 p.grad.fill(0)
 
-    def step(self):
+    def step(self) -> None:
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -66,7 +74,7 @@ class AdamW:
                                       beta1, beta2, group["eps"], group["weight_decay"], st["step"])
 
     # ---- state, in torch's layout: parameters are numbered in order
-    def state_dict(self):
+    def state_dict(self) -> dict:
         index = {id(p): i for i, p in enumerate(self.params)}
         state = {index[pid]: dict(st) for pid, st in self.state.items() if pid in index}
         groups, start = [], 0
@@ -77,7 +85,7 @@ class AdamW:
             start += n
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Take the moments and hyperparameters of state_dict(), copied. Checked first, so
         an error leaves this optimizer as it was."""
         params = self.params
@@ -102,7 +110,7 @@ class AdamW:
         self.state = state
 
 
-def clip_grad_norm_(params, max_norm):
+def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> float:
     """Scale all gradients so their global L2 norm is at most max_norm (torch.nn.utils
     .clip_grad_norm_). Returns the norm before clipping."""
     params = [params] if isinstance(params, Tensor) else params   # torch takes one tensor too
@@ -115,7 +123,8 @@ def clip_grad_norm_(params, max_norm):
     return total
 
 
-def lr_at_step(step, peak_lr, total_steps, warmup_steps=0, min_lr=None, initial_lr=3e-5):
+def lr_at_step(step: int, peak_lr: float, total_steps: int, warmup_steps: int = 0,
+               min_lr: float | None = None, initial_lr: float = 3e-5) -> float:
     """The book's appendix D schedule: linear warmup from initial_lr (the book's 3e-5) to
     peak_lr, then cosine decay to min_lr. Without warmup and min_lr, a constant peak_lr
     (the chapter-5 run)."""

@@ -14,19 +14,25 @@ query, key and value side by side, is split in three first, as the book's
 `load_weights_into_gpt` does. The output head is tied to wte in GPT-2: we copy wte into
 `out_head` (the book's way), or take lm_head.weight when the file has one.
 
+Every name and layout rule is in one table, `hf_to_book()` (as nanoGPT's from_pretrained
+keeps one list of transposed weights): reading, writing and the expected shapes all walk it.
+
 Only the safetensors format is read (through its NumPy API): never a pickle.
+
+This room owns the Hugging Face format and nothing else: this project's own checkpoints are
+checkpoint.py's (which may use this room; this room imports neither it nor train.py).
 """
 import json
-import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, TextIO, Tuple, Type, Union
 
 import numpy as np
 
-from .model import GPTModel, _REQUIRED_KEYS
+from .fileio import atomic_replace, atomic_write, cache_root
+from .model import GPTModel
 from .nn import LayerNorm
 
 CONFIG_FILE = "config.json"
@@ -34,6 +40,9 @@ WEIGHTS_FILE = "model.safetensors"
 HF_URL = "https://huggingface.co/{name}/resolve/main/{file}"
 GPT2_MODELS = {"gpt2": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")     # causal-mask buffers, not weights
+
+
+PathLike = Union[str, Path]
 
 
 class WeightsError(ValueError):
@@ -45,16 +54,9 @@ class DownloadError(OSError):
 
 
 # ----------------------------------------------------------------------------- where files live
-def cache_root():
-    """$TINYGRAD_GPT_CACHE, else $XDG_CACHE_HOME/tinygrad_gpt, else ~/.cache/tinygrad_gpt."""
-    if os.environ.get("TINYGRAD_GPT_CACHE"):
-        return Path(os.environ["TINYGRAD_GPT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tinygrad_gpt"
-
-
-def cache_dir(name):
-    """Where `download(name)` puts a model's two files: <cache_root>/<name>/."""
+def cache_dir(name: str) -> Path:
+    """Where `download(name)` puts a model's two files: <cache_root>/<name>/ (fileio.cache_root:
+    $TINYGRAD_GPT_CACHE, else $XDG_CACHE_HOME/tinygrad_gpt, else ~/.cache/tinygrad_gpt)."""
     return cache_root() / name
 
 
@@ -64,7 +66,8 @@ def _manual_instructions(name, directory):
             f"or pass that directory to --pretrained")
 
 
-def download(name, directory=None, timeout=20.0, progress=None):
+def download(name: str, directory: Optional[PathLike] = None, timeout: float = 20.0,
+             progress: Optional[TextIO] = None) -> Path:
     """Fetch GPT-2's config.json and model.safetensors from the Hugging Face hub into
     `directory` (default: cache_dir(name)). Files already there are kept. Returns the directory.
     `progress`: a file to print one line per download to (None: quiet)."""
@@ -79,22 +82,19 @@ def download(name, directory=None, timeout=20.0, progress=None):
         url = HF_URL.format(name=name, file=file)
         if progress is not None:
             print(f"downloading {url} -> {target}", file=progress, flush=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{file}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                shutil.copyfileobj(response, out, length=1 << 20)
-            os.replace(tmp, target)        # whole file or nothing: no half-written weights
+            with atomic_replace(target) as tmp:        # whole file or nothing: no half-written weights
+                with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                    shutil.copyfileobj(response, out, length=1 << 20)
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", None) or e
             raise DownloadError(f"could not download {url} ({reason}); offline? "
                                 f"{_manual_instructions(name, directory)}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     return directory
 
 
-def resolve(path_or_name, download_missing=False, progress=None):
+def resolve(path_or_name: PathLike, download_missing: bool = False,
+            progress: Optional[TextIO] = None) -> Path:
     """A directory with config.json and model.safetensors: `path_or_name` itself, or for
     "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl" its cache directory (downloaded there
     first with download_missing=True)."""
@@ -124,7 +124,8 @@ def resolve(path_or_name, download_missing=False, progress=None):
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_json(path):
+def read_json(path: PathLike) -> dict:
+    """A JSON object from a file; WeightsError naming the file if it is not one."""
     try:
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
@@ -135,7 +136,7 @@ def _read_json(path):
     return cfg
 
 
-def config_from_hf(hf, source="config.json"):
+def config_from_hf(hf: dict, source: str = "config.json") -> Tuple[dict, float, bool]:
     """HF GPT-2 config dict -> (the book's cfg dict, layer-norm eps, tie_word_embeddings)."""
     if hf.get("model_type", "gpt2") != "gpt2":
         raise WeightsError(f"{source}: model_type is {hf['model_type']!r}, not 'gpt2'")
@@ -173,26 +174,91 @@ def config_from_hf(hf, source="config.json"):
     return cfg, eps, bool(hf.get("tie_word_embeddings", True))
 
 
-def hf_shapes(cfg):
-    """The tensors a GPT-2 model.safetensors must hold (names without `transformer.`) and
-    their shapes, Conv1D weights as (in, out). lm_head.weight is optional, (V, C)."""
+# ----------------------------------------------------------------------------- the one mapping table
+class Mapping(NamedTuple):
+    """One Hugging Face tensor and the book parameter(s) it holds."""
+    hf: str                     # name in model.safetensors, without "transformer."
+    book: Tuple[str, ...]       # the book's parameter name(s); several = packed side by side
+    conv1d: bool                # a Conv1D weight: stored (in, out), the book's Linear has (out, in)
+
+
+# Per block, "h.{i}." on the HF side and "trf_blocks.{i}." on the book's. c_attn packs query,
+# key and value along its last axis (the book's load_weights_into_gpt splits it in three).
+_BLOCK = [
+    ("ln_1.weight", ("norm1.scale",), False),
+    ("ln_1.bias", ("norm1.shift",), False),
+    ("attn.c_attn.weight", ("att.W_query.weight", "att.W_key.weight", "att.W_value.weight"), True),
+    ("attn.c_attn.bias", ("att.W_query.bias", "att.W_key.bias", "att.W_value.bias"), False),
+    ("attn.c_proj.weight", ("att.out_proj.weight",), True),
+    ("attn.c_proj.bias", ("att.out_proj.bias",), False),
+    ("ln_2.weight", ("norm2.scale",), False),
+    ("ln_2.bias", ("norm2.shift",), False),
+    ("mlp.c_fc.weight", ("ff.layers.0.weight",), True),
+    ("mlp.c_fc.bias", ("ff.layers.0.bias",), False),
+    ("mlp.c_proj.weight", ("ff.layers.2.weight",), True),
+    ("mlp.c_proj.bias", ("ff.layers.2.bias",), False),
+]
+# GPT-2 ties the output head to wte: lm_head.weight (no "transformer." prefix) is optional
+# and, when absent, out_head takes a copy of wte (the book's way). It is handled beside the table.
+LM_HEAD = Mapping("lm_head.weight", ("out_head.weight",), False)
+
+
+def hf_to_book(n_layers: int) -> List[Mapping]:
+    """The table for a model of n_layers blocks, in the file's order: wte, wpe, h.0 ... h.N-1, ln_f."""
+    rows = [Mapping("wte.weight", ("tok_emb.weight",), False),
+            Mapping("wpe.weight", ("pos_emb.weight",), False)]
+    for i in range(n_layers):
+        rows += [Mapping(f"h.{i}.{hf}", tuple(f"trf_blocks.{i}.{b}" for b in book), conv1d)
+                 for hf, book, conv1d in _BLOCK]
+    rows += [Mapping("ln_f.weight", ("final_norm.scale",), False),
+             Mapping("ln_f.bias", ("final_norm.shift",), False)]
+    return rows
+
+
+def book_shapes(cfg: dict) -> Dict[str, Tuple[int, ...]]:
+    """The shape of every book parameter the table names (qkv biases included), from cfg."""
     C, V, P, L = cfg["emb_dim"], cfg["vocab_size"], cfg["context_length"], cfg["n_layers"]
-    shapes = {"wte.weight": (V, C), "wpe.weight": (P, C)}
+    shapes = {"tok_emb.weight": (V, C), "pos_emb.weight": (P, C), "out_head.weight": (V, C),
+              "final_norm.scale": (C,), "final_norm.shift": (C,)}
+    per_block = {"norm1.scale": (C,), "norm1.shift": (C,), "norm2.scale": (C,), "norm2.shift": (C,),
+                 "att.out_proj.weight": (C, C), "att.out_proj.bias": (C,),
+                 "ff.layers.0.weight": (4 * C, C), "ff.layers.0.bias": (4 * C,),
+                 "ff.layers.2.weight": (C, 4 * C), "ff.layers.2.bias": (C,)}
+    for w in ("W_query", "W_key", "W_value"):
+        per_block.update({f"att.{w}.weight": (C, C), f"att.{w}.bias": (C,)})
     for i in range(L):
-        h = f"h.{i}."
-        shapes.update({
-            h + "ln_1.weight": (C,), h + "ln_1.bias": (C,),
-            h + "attn.c_attn.weight": (C, 3 * C), h + "attn.c_attn.bias": (3 * C,),
-            h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
-            h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
-            h + "mlp.c_fc.weight": (C, 4 * C), h + "mlp.c_fc.bias": (4 * C,),
-            h + "mlp.c_proj.weight": (4 * C, C), h + "mlp.c_proj.bias": (C,),
-        })
-    shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+        shapes.update({f"trf_blocks.{i}.{k}": v for k, v in per_block.items()})
     return shapes
 
 
-def _listing(items, n=8):
+def _hf_shape(row: Mapping, shapes: Dict[str, Tuple[int, ...]]) -> Tuple[int, ...]:
+    """The HF tensor's shape: the book's, transposed for Conv1D, packed along the last axis."""
+    parts = [shapes[b][::-1] if row.conv1d else shapes[b] for b in row.book]
+    return parts[0][:-1] + (sum(p[-1] for p in parts),)
+
+
+def to_book(row: Mapping, value: np.ndarray) -> List[np.ndarray]:
+    """HF tensor -> the book's array(s): split the packed ones, transpose Conv1D weights."""
+    parts = np.split(value, len(row.book), axis=-1) if len(row.book) > 1 else [value]
+    return [p.T if row.conv1d else p for p in parts]
+
+
+def to_hf(row: Mapping, values: List[np.ndarray]) -> np.ndarray:
+    """The book's array(s) -> the HF tensor (float32, contiguous): the inverse of to_book."""
+    parts = [v.T if row.conv1d else v for v in values]
+    packed = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+    return np.ascontiguousarray(packed, dtype=np.float32)
+
+
+def hf_shapes(cfg: dict) -> Dict[str, Tuple[int, ...]]:
+    """The tensors a GPT-2 model.safetensors must hold (names without `transformer.`) and
+    their shapes, Conv1D weights as (in, out). lm_head.weight is optional, (V, C)."""
+    shapes = book_shapes(cfg)
+    return {row.hf: _hf_shape(row, shapes) for row in hf_to_book(cfg["n_layers"])}
+
+
+def listing(items, n: int = 8) -> str:
+    """The first n items, comma-separated, and how many more (for error messages)."""
     items = list(items)
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
@@ -207,7 +273,7 @@ def _not_safetensors(path, err):
                         "or corrupted: download it again")
 
 
-class _SafetensorsReader:
+class SafetensorsReader:
     """safetensors' NumPy API, errors turned into WeightsError naming the file."""
 
     def __init__(self, path):
@@ -249,21 +315,22 @@ class _SafetensorsReader:
         self.close()
 
 
-def set_layer_norm_eps(model, eps):
+def set_layer_norm_eps(model: GPTModel, eps: float) -> None:
     """The book's LayerNorm keeps eps on the module: set it on every one."""
     for m in model.modules():
         if isinstance(m, LayerNorm):
             m.eps = float(eps)
 
 
-def from_pretrained(path_or_name, download_missing=False, cls=GPTModel, progress=None):
+def from_pretrained(path_or_name: PathLike, download_missing: bool = False, cls: Type[GPTModel] = GPTModel,
+                    progress: Optional[TextIO] = None) -> GPTModel:
     """Build a GPTModel from a Hugging Face GPT-2 directory (config.json + model.safetensors)
     or a GPT-2 name in the cache; returned in eval mode. Missing, unexpected or mis-shaped
     tensors raise WeightsError naming them; a damaged file raises WeightsError naming it."""
     directory = resolve(path_or_name, download_missing, progress=progress)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    cfg, eps, tied = config_from_hf(_read_json(config_path), str(config_path))
-    with _SafetensorsReader(weights_path) as f:
+    cfg, eps, tied = config_from_hf(read_json(config_path), str(config_path))
+    with SafetensorsReader(weights_path) as f:
         names = {}                                             # HF name without prefix -> key in file
         for key in f.keys:
             name = key[len("transformer."):] if key.startswith("transformer.") else key
@@ -271,7 +338,7 @@ def from_pretrained(path_or_name, download_missing=False, cls=GPTModel, progress
                 raise WeightsError(f"{weights_path}: {name} appears twice ({names[name]} and {key})")
             names[name] = key
         expected = hf_shapes(cfg)
-        optional = {"lm_head.weight": (cfg["vocab_size"], cfg["emb_dim"])}
+        optional = {LM_HEAD.hf: (cfg["vocab_size"], cfg["emb_dim"])}
         if not tied:                                           # an untied head must be in the file
             expected.update(optional)
             optional = {}
@@ -282,56 +349,29 @@ def from_pretrained(path_or_name, download_missing=False, cls=GPTModel, progress
                  for n, shape in {**expected, **optional}.items() if n in names and f.shape(names[n]) != shape]
         problems = []
         if missing:
-            problems.append(f"missing tensors: {_listing(missing)}")
+            problems.append(f"missing tensors: {listing(missing)}")
         if wrong:
-            problems.append(f"mis-shaped tensors: {_listing(wrong, 6)}")
+            problems.append(f"mis-shaped tensors: {listing(wrong, 6)}")
         if unexpected:
-            problems.append(f"unexpected tensors: {_listing(unexpected)}")
+            problems.append(f"unexpected tensors: {listing(unexpected)}")
         if problems:
             raise WeightsError(f"{weights_path} does not fit {config_path.name} (n_layer "
                                f"{cfg['n_layers']}, n_embd {cfg['emb_dim']}, vocab {cfg['vocab_size']}, "
                                f"n_positions {cfg['context_length']}): {'; '.join(problems)}")
 
         model = cls(cfg)
-
-        def get(name):
-            return f.get(names[name])
-
-        def put(param, value):                                 # copy in place, cast to float32
-            np.copyto(param.data, value, casting="unsafe")
-
-        put(model.tok_emb.weight, get("wte.weight"))
-        put(model.pos_emb.weight, get("wpe.weight"))
-        for i, blk in enumerate(model.trf_blocks):
-            h = f"h.{i}."
-            q_w, k_w, v_w = np.split(get(h + "attn.c_attn.weight"), 3, axis=-1)   # 3 x (C, C) (in, out)
-            q_b, k_b, v_b = np.split(get(h + "attn.c_attn.bias"), 3, axis=-1)     # 3 x (C,)
-            put(blk.att.W_query.weight, q_w.T)
-            put(blk.att.W_key.weight, k_w.T)
-            put(blk.att.W_value.weight, v_w.T)
-            put(blk.att.W_query.bias, q_b)
-            put(blk.att.W_key.bias, k_b)
-            put(blk.att.W_value.bias, v_b)
-            put(blk.att.out_proj.weight, get(h + "attn.c_proj.weight").T)
-            put(blk.att.out_proj.bias, get(h + "attn.c_proj.bias"))
-            put(blk.ff.layers[0].weight, get(h + "mlp.c_fc.weight").T)            # (4C, C)
-            put(blk.ff.layers[0].bias, get(h + "mlp.c_fc.bias"))
-            put(blk.ff.layers[2].weight, get(h + "mlp.c_proj.weight").T)          # (C, 4C)
-            put(blk.ff.layers[2].bias, get(h + "mlp.c_proj.bias"))
-            put(blk.norm1.scale, get(h + "ln_1.weight"))
-            put(blk.norm1.shift, get(h + "ln_1.bias"))
-            put(blk.norm2.scale, get(h + "ln_2.weight"))
-            put(blk.norm2.shift, get(h + "ln_2.bias"))
-        put(model.final_norm.scale, get("ln_f.weight"))
-        put(model.final_norm.shift, get("ln_f.bias"))
-        # GPT-2 ties the output head to the token embedding; the book copies wte into out_head
-        put(model.out_head.weight, get("lm_head.weight") if "lm_head.weight" in names else get("wte.weight"))
+        params = dict(model.named_parameters())
+        for row in hf_to_book(cfg["n_layers"]) + ([LM_HEAD] if LM_HEAD.hf in names else []):
+            for book, value in zip(row.book, to_book(row, f.get(names[row.hf]))):
+                np.copyto(params[book].data, value, casting="unsafe")    # in place, cast to float32
+        if LM_HEAD.hf not in names:            # tied: the book copies wte into out_head
+            np.copyto(params["out_head.weight"].data, f.get(names["wte.weight"]), casting="unsafe")
     set_layer_norm_eps(model, eps)
     return model.eval()
 
 
 # ----------------------------------------------------------------------------- writing
-def hf_config(model):
+def hf_config(model: GPTModel) -> dict:
     """config.json for GPT2LMHeadModel describing `model`."""
     cfg = model.cfg
     tied = bool(np.array_equal(model.out_head.weight.data, model.tok_emb.weight.data))
@@ -363,43 +403,27 @@ def hf_config(model):
     return out
 
 
-def hf_state_dict(model):
+def hf_state_dict(model: GPTModel) -> Dict[str, np.ndarray]:
     """The model's weights as GPT2LMHeadModel names them (`transformer.` prefix, Conv1D (in, out)
     layout). Without qkv bias, c_attn.bias is written as zeros (the same function); an untied
     head is written as lm_head.weight, a tied one is left out, as transformers does."""
-    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)      # noqa: E731
-    C = model.cfg["emb_dim"]
-    t = "transformer."
-    sd = {t + "wte.weight": f32(model.tok_emb.weight.data),
-          t + "wpe.weight": f32(model.pos_emb.weight.data)}
-    for i, blk in enumerate(model.trf_blocks):
-        h = f"{t}h.{i}."
-        att = blk.att
-        biases = [lin.bias.data if lin.bias is not None else np.zeros(C, np.float32)
-                  for lin in (att.W_query, att.W_key, att.W_value)]
-        sd.update({
-            h + "ln_1.weight": f32(blk.norm1.scale.data), h + "ln_1.bias": f32(blk.norm1.shift.data),
-            h + "attn.c_attn.weight": f32(np.concatenate(
-                [att.W_query.weight.data.T, att.W_key.weight.data.T, att.W_value.weight.data.T], axis=1)),  # (C, 3C)
-            h + "attn.c_attn.bias": f32(np.concatenate(biases)),                                           # (3C,)
-            h + "attn.c_proj.weight": f32(att.out_proj.weight.data.T),
-            h + "attn.c_proj.bias": f32(att.out_proj.bias.data),
-            h + "ln_2.weight": f32(blk.norm2.scale.data), h + "ln_2.bias": f32(blk.norm2.shift.data),
-            h + "mlp.c_fc.weight": f32(blk.ff.layers[0].weight.data.T),                                   # (C, 4C)
-            h + "mlp.c_fc.bias": f32(blk.ff.layers[0].bias.data),
-            h + "mlp.c_proj.weight": f32(blk.ff.layers[2].weight.data.T),                                 # (4C, C)
-            h + "mlp.c_proj.bias": f32(blk.ff.layers[2].bias.data),
-        })
-    sd.update({t + "ln_f.weight": f32(model.final_norm.scale.data),
-               t + "ln_f.bias": f32(model.final_norm.shift.data)})
+    params = dict(model.named_parameters())
+    shapes = book_shapes(model.cfg)
+
+    def book(name):                            # a missing qkv bias is a bias of zeros
+        return params[name].data if name in params else np.zeros(shapes[name], np.float32)
+
+    sd = {"transformer." + row.hf: to_hf(row, [book(b) for b in row.book])
+          for row in hf_to_book(model.cfg["n_layers"])}
     if not np.array_equal(model.out_head.weight.data, model.tok_emb.weight.data):
-        sd["lm_head.weight"] = f32(model.out_head.weight.data)
+        sd[LM_HEAD.hf] = to_hf(LM_HEAD, [model.out_head.weight.data])
     return sd
 
 
-def save_pretrained(model, directory):
+def save_pretrained(model: GPTModel, directory: PathLike) -> Path:
     """Write config.json and model.safetensors as GPT2LMHeadModel.save_pretrained does, so
-    transformers.GPT2LMHeadModel.from_pretrained(directory) loads the model. Returns the path."""
+    transformers.GPT2LMHeadModel.from_pretrained(directory) loads the model. Returns the path.
+    Each file is written atomically (fileio.atomic_replace)."""
     from safetensors.numpy import save_file
     eps = {float(m.eps) for m in model.modules() if isinstance(m, LayerNorm)}
     if len(eps) > 1:
@@ -408,94 +432,13 @@ def save_pretrained(model, directory):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     sd = hf_state_dict(model)
-    tmp = directory / (WEIGHTS_FILE + ".part")
-    save_file(sd, str(tmp), metadata={"format": "pt"})        # transformers requires format "pt"
-    os.replace(tmp, directory / WEIGHTS_FILE)
-    with open(directory / CONFIG_FILE, "w", encoding="utf-8") as f:
-        json.dump(hf_config(model), f, indent=2)
-        f.write("\n")
+    with atomic_replace(directory / WEIGHTS_FILE) as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt"})    # transformers requires format "pt"
+    atomic_write(directory / CONFIG_FILE, (json.dumps(hf_config(model), indent=2) + "\n").encode("utf-8"))
     return directory
 
 
-# ----------------------------------------------------------------------------- our own checkpoints
-def _book_config(obj, depth=2):
-    """The book's config dict in obj: at the top level, or nested up to `depth` levels down
-    (a training checkpoint's state.json keeps it at ["config"]["model_config"])."""
-    if not isinstance(obj, dict):
-        return None
-    if all(k in obj for k in _REQUIRED_KEYS):
-        return obj
-    if depth:
-        for value in obj.values():
-            found = _book_config(value, depth - 1)
-            if found is not None:
-                return found
-    return None
-
-
-def _is_training_checkpoint(path):
-    """checkpoint.py's layout: a step directory with state.json, a save directory of them,
-    its `latest` pointer, or a file inside a step directory."""
-    d = path.parent if path.is_file() else path
-    return ((d / "state.json").is_file() or (d / "latest").is_file() or path.name == "latest"
-            or any(d.glob("step-*/state.json")))
-
-
-def load_checkpoint(path, cls=GPTModel):
-    """A model this package trained, for inference (returned in eval mode). Two layouts:
-
-    - a training checkpoint written by checkpoint.save_checkpoint (pretrain.py): a step
-      directory (model.safetensors, optimizer.safetensors, state.json), its save directory
-      (the newest step) or the `latest` pointer; checkpoint.py verifies the files and the
-      config is state.json's config["model_config"];
-    - a plain directory: model.safetensors with the book's parameter names (tok_emb.weight,
-      trf_blocks.0.att.W_query.weight, ..., out_head.weight; other tensors ignored) and the
-      book's config dict (vocab_size, context_length, emb_dim, n_heads, n_layers, drop_rate,
-      qkv_bias) in config.json, at its top level or nested; a Hugging Face config.json
-      (model_type "gpt2") goes to from_pretrained instead.
-    Missing or mis-shaped tensors raise WeightsError naming them."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint directory")
-    if _is_training_checkpoint(path):
-        from . import checkpoint
-        ckpt = checkpoint.load_checkpoint(path)                 # verified (sizes, sha256)
-        cfg = _book_config(ckpt.config)
-        if cfg is None:
-            raise WeightsError(f"checkpoint {ckpt.path}: state.json has no model config "
-                               f"(expected config.model_config with {', '.join(_REQUIRED_KEYS)})")
-        return _model_from_book_tensors(cls, cfg, ckpt.model, ckpt.path / WEIGHTS_FILE)
-    directory, weights = (path.parent, path) if path.is_file() else (path, path / WEIGHTS_FILE)
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing (a checkpoint is a directory with "
-                                f"{WEIGHTS_FILE} and {CONFIG_FILE}, or a pretrain.py save directory)")
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing: it should hold the model config "
-                                f"({', '.join(_REQUIRED_KEYS)})")
-    obj = _read_json(config_path)
-    if obj.get("model_type") == "gpt2" and weights.name == WEIGHTS_FILE:
-        return from_pretrained(directory, cls=cls)
-    cfg = _book_config(obj)
-    if cfg is None:
-        raise WeightsError(f"{config_path} has no model config: expected {', '.join(_REQUIRED_KEYS)}")
-    with _SafetensorsReader(weights) as f:
-        tensors = {k: f.get(k) for k in f.keys}
-    return _model_from_book_tensors(cls, cfg, tensors, weights)
-
-
-def _model_from_book_tensors(cls, cfg, tensors, source):
-    model = cls({k: cfg[k] for k in _REQUIRED_KEYS})
-    params = dict(model.named_parameters())
-    missing = [n for n in params if n not in tensors]
-    wrong = [f"{n} {tuple(tensors[n].shape)} (expected {p.shape})"
-             for n, p in params.items() if n in tensors and tuple(tensors[n].shape) != p.shape]
-    if missing or wrong:
-        parts = ([f"missing tensors: {_listing(missing)}"] if missing else []) + \
-                ([f"mis-shaped tensors: {_listing(wrong, 6)}"] if wrong else [])
-        raise WeightsError(f"{source} does not fit its config: {'; '.join(parts)}")
-    for n, p in params.items():
-        np.copyto(p.data, tensors[n], casting="unsafe")
-    if "layer_norm_epsilon" in cfg:
-        set_layer_norm_eps(model, cfg["layer_norm_epsilon"])
-    return model.eval()
+def model_from_pretrained(cls: Type[GPTModel], path: PathLike, download: bool = False) -> GPTModel:
+    """GPTModel.from_pretrained(path, download=False): see from_pretrained. The package's face
+    (tinygrad_gpt/__init__.py) binds it to GPTModel; model.py itself knows nothing of HF."""
+    return from_pretrained(path, download_missing=download, cls=cls)

@@ -4,19 +4,28 @@ A Tensor wraps a NumPy array. Every op is a Function with a `forward` that compu
 arrays and a `backward` that maps the output's gradient to its inputs' gradients (see
 ops.py and functional.py). `Function.apply` records the op in the graph; `backward()`
 walks that graph once, from the output back to the leaves, without recursion.
+
+This room owns the engine and its extension points: grad mode (`no_grad`), the random
+generator, the op profiler, and the hooks that let tools observe every op without patching
+it (`register_forward_hook`, `register_backward_hook`; explain.py and the tests use them).
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import time
 from collections import defaultdict
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+Axis = "int | tuple[int, ...] | list[int] | None"   # an axis argument, as NumPy's
 
 # ----------------------------------------------------------------------------- grad mode
 _grad_enabled = True
 
 
-def is_grad_enabled():
+def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
@@ -30,12 +39,12 @@ def _set_grad_enabled(mode):
         _grad_enabled = previous
 
 
-def no_grad():
+def no_grad() -> contextlib.AbstractContextManager:
     """`with no_grad():` records no graph: for evaluation and generation, as torch.no_grad()."""
     return _set_grad_enabled(False)
 
 
-def enable_grad():
+def enable_grad() -> contextlib.AbstractContextManager:
     return _set_grad_enabled(True)
 
 
@@ -43,14 +52,14 @@ def enable_grad():
 _rng = np.random.default_rng(0)
 
 
-def manual_seed(seed):
+def manual_seed(seed: int) -> np.random.Generator:
     """Seed the generator behind parameter initialisation and dropout, as torch.manual_seed."""
     global _rng
     _rng = np.random.default_rng(seed)
     return _rng
 
 
-def default_rng():
+def default_rng() -> np.random.Generator:
     """The global generator (initialisation, dropout). Its `bit_generator.state` is a plain dict."""
     return _rng
 
@@ -104,6 +113,46 @@ if os.environ.get("TINYGRAD_GPT_DEBUG", "0") not in ("", "0"):
     atexit.register(lambda: print(_profile.table()))
 
 
+# ----------------------------------------------------------------------------- hooks
+_forward_hooks = []      # callables hook(ctx, inputs, output), after every Function.apply
+_backward_hooks = []     # callables hook(node, ctx, grad, input_grads), after every op's backward
+
+
+class RemovableHandle:
+    """What a register_*_hook returns, as torch's: `.remove()` takes the hook out again; as a
+    context manager it removes the hook on exit (`with register_forward_hook(f): ...`)."""
+
+    def __init__(self, hooks: list, hook: Callable):
+        self._hooks, self.hook = hooks, hook
+
+    def remove(self) -> None:
+        if self.hook in self._hooks:
+            self._hooks.remove(self.hook)
+
+    def __enter__(self) -> "RemovableHandle":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.remove()
+        return False
+
+
+def register_forward_hook(hook: Callable[["Function", tuple, "Tensor"], None]) -> RemovableHandle:
+    """Call hook(ctx, inputs, output) after every op's forward: ctx is the Function (its
+    class is the op), inputs the Tensors it was given, output the Tensor it made (recorded in
+    the graph or not). For tracing and checks; a hook must not change what it sees."""
+    _forward_hooks.append(hook)
+    return RemovableHandle(_forward_hooks, hook)
+
+
+def register_backward_hook(hook: Callable[["Tensor", "Function", np.ndarray, tuple], None]) -> RemovableHandle:
+    """Call hook(node, ctx, grad, input_grads) right after an op's backward ran and before its
+    gradients are added into its inputs: node is the op's output Tensor, grad dL/d(node),
+    input_grads what backward returned, one per input (None where it gives none)."""
+    _backward_hooks.append(hook)
+    return RemovableHandle(_backward_hooks, hook)
+
+
 # ----------------------------------------------------------------------------- helpers
 def _as_array(data, dtype=None):
     if isinstance(data, Tensor):
@@ -115,7 +164,7 @@ def _as_array(data, dtype=None):
     return np.asarray(data, dtype=np.float32 if dtype is None else dtype)   # numbers, lists
 
 
-def unbroadcast(grad, shape):
+def unbroadcast(grad: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """The adjoint of broadcasting is summing: reduce `grad` back to an operand's `shape`."""
     if grad.shape == tuple(shape):
         return grad
@@ -136,22 +185,22 @@ class Function:
     `backward(ctx, grad) -> gradient of each input` (None where an input needs none).
     A backward may return a gradient of a broadcast shape: the engine sums it back."""
 
-    def __init__(self, *parents):
+    def __init__(self, *parents: "Tensor") -> None:
         self.parents = parents                         # the input Tensors, in order
         self.needs_input_grad = tuple(p.requires_grad for p in parents)
         self.saved = ()
 
-    def save_for_backward(self, *arrays):
+    def save_for_backward(self, *arrays: np.ndarray) -> None:
         self.saved = arrays
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, grad):
+    def backward(self, grad: np.ndarray) -> Any:
         raise NotImplementedError
 
     @classmethod
-    def apply(cls, *inputs, **options):
+    def apply(cls, *inputs: "Tensor", **options: Any) -> "Tensor":
         """Run forward on the inputs' arrays; record the op if any input needs a gradient."""
         ctx = cls(*inputs)
         start = time.perf_counter() if _profile is not None else 0.0
@@ -162,18 +211,17 @@ class Function:
         result = Tensor(out, requires_grad=requires_grad)
         if requires_grad:
             result._ctx = ctx
+        for hook in _forward_hooks:
+            hook(ctx, inputs, result)
         return result
 
     @property
-    def name(self):
+    def name(self) -> str:
         return type(self).__name__
 
 
 # ----------------------------------------------------------------------------- the graph walk
-_backward_hooks = []     # callables hook(node, ctx, grad, input_grads): for tracing (explain.py)
-
-
-def topological_order(root):
+def topological_order(root: "Tensor") -> list:
     """Every tensor that `root` depends on and that needs a gradient, inputs before outputs.
     An explicit stack instead of recursion: a 12-layer GPT graph has thousands of nodes."""
     order, visited = [], set()
@@ -231,7 +279,7 @@ class Tensor:
 
     __array_priority__ = 1000                          # ndarray + Tensor -> Tensor.__radd__
 
-    def __init__(self, data, requires_grad=False, dtype=None):
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
         self.data = _as_array(data, dtype)
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -244,46 +292,46 @@ class Tensor:
     dtype = property(lambda self: self.data.dtype)
     size = property(lambda self: self.data.size)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.data)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         op = f", op={self._ctx.name}" if self._ctx is not None else ""
         return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}{grad}{op})"
 
-    def item(self):
+    def item(self) -> Any:
         return self.data.item()
 
-    def numpy(self):
+    def numpy(self) -> np.ndarray:
         return self.data
 
-    def tolist(self):
+    def tolist(self) -> Any:
         return self.data.tolist()
 
-    def detach(self):
+    def detach(self) -> "Tensor":
         """The same array, cut from the graph."""
         return Tensor(self.data)
 
-    def requires_grad_(self, mode=True):
+    def requires_grad_(self, mode: bool = True) -> "Tensor":
         self.requires_grad = bool(mode)
         return self
 
-    def astype(self, dtype):
+    def astype(self, dtype: Any) -> "Tensor":
         """A cast that stays in the graph (a new leaf would silently stop the gradient);
         the same dtype gives self, as torch's .float() on a float tensor."""
         if np.dtype(dtype) == self.dtype:
             return self
         return ops.Cast.apply(self, dtype=np.dtype(dtype))
 
-    def float(self):
+    def float(self) -> "Tensor":
         return self.astype(np.float32)
 
-    def double(self):
+    def double(self) -> "Tensor":
         return self.astype(np.float64)
 
     # ---- backward
-    def backward(self, grad=None, retain_graph=False):
+    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
         """Fill `.grad` of every leaf this tensor depends on with d(self)/d(leaf), adding
         to what is there. Intermediate gradients are freed as soon as they are used, and
         so is the graph (unless retain_graph=True)."""
@@ -339,42 +387,42 @@ class Tensor:
         dtype = self.dtype if np.issubdtype(self.dtype, np.floating) else np.result_type(self.dtype, other)
         return Tensor(_as_array(other, dtype))
 
-    def __add__(self, other):
+    def __add__(self, other: Any) -> "Tensor":
         return ops.Add.apply(self, self._lift(other))
 
-    def __radd__(self, other):
+    def __radd__(self, other: Any) -> "Tensor":
         return ops.Add.apply(self._lift(other), self)
 
-    def __sub__(self, other):
+    def __sub__(self, other: Any) -> "Tensor":
         return ops.Sub.apply(self, self._lift(other))
 
-    def __rsub__(self, other):
+    def __rsub__(self, other: Any) -> "Tensor":
         return ops.Sub.apply(self._lift(other), self)
 
-    def __mul__(self, other):
+    def __mul__(self, other: Any) -> "Tensor":
         return ops.Mul.apply(self, self._lift(other))
 
-    def __rmul__(self, other):
+    def __rmul__(self, other: Any) -> "Tensor":
         return ops.Mul.apply(self._lift(other), self)
 
-    def __truediv__(self, other):
+    def __truediv__(self, other: Any) -> "Tensor":
         return ops.Div.apply(self, self._lift(other))
 
-    def __rtruediv__(self, other):
+    def __rtruediv__(self, other: Any) -> "Tensor":
         return ops.Div.apply(self._lift(other), self)
 
-    def __pow__(self, exponent):
+    def __pow__(self, exponent: float) -> "Tensor":
         if isinstance(exponent, Tensor):
             raise TypeError("x ** y: the exponent must be a Python number, not a Tensor")
         return ops.Pow.apply(self, exponent=float(exponent))
 
-    def __neg__(self):
+    def __neg__(self) -> "Tensor":
         return ops.Neg.apply(self)
 
-    def __matmul__(self, other):
+    def __matmul__(self, other: Any) -> "Tensor":
         return ops.MatMul.apply(self, self._lift(other))
 
-    def __rmatmul__(self, other):
+    def __rmatmul__(self, other: Any) -> "Tensor":
         return ops.MatMul.apply(self._lift(other), self)
 
     # comparisons give plain boolean arrays: they have no gradient
@@ -393,51 +441,51 @@ class Tensor:
     __hash__ = object.__hash__
 
     # ---- reductions
-    def sum(self, axis=None, keepdims=False, *, dim=None):
+    def sum(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> "Tensor":
         return ops.Sum.apply(self, axis=_axis(axis, dim), keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False, *, dim=None):
+    def mean(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> "Tensor":
         return ops.Mean.apply(self, axis=_axis(axis, dim), keepdims=keepdims)
 
-    def max(self, axis=None, keepdims=False, *, dim=None):
+    def max(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> "Tensor":
         return ops.Max.apply(self, axis=_axis(axis, dim), keepdims=keepdims)
 
-    def argmax(self, axis=None, keepdims=False, *, dim=None):
+    def argmax(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None) -> np.ndarray:
         return np.argmax(self.data, axis=_axis(axis, dim), keepdims=keepdims)
 
     # ---- shapes
-    def reshape(self, *shape):
+    def reshape(self, *shape: int | Sequence[int]) -> "Tensor":
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         return ops.Reshape.apply(self, shape=tuple(shape))
 
     view = reshape
 
-    def flatten(self, start_dim=0, end_dim=-1):
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
         s = self.shape
         end = end_dim % self.ndim if self.ndim else 0
         return self.reshape(s[:start_dim] + (-1,) + s[end + 1:])
 
-    def unsqueeze(self, axis):
+    def unsqueeze(self, axis: int) -> "Tensor":
         axis = axis % (self.ndim + 1)
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
 
-    def permute(self, *axes):
+    def permute(self, *axes: int | Sequence[int]) -> "Tensor":
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         return ops.Permute.apply(self, axes=tuple(axes))
 
-    def transpose(self, axis0=-2, axis1=-1):
+    def transpose(self, axis0: int = -2, axis1: int = -1) -> "Tensor":
         axes = list(range(self.ndim))
         axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
         return self.permute(axes)
 
     @property
-    def T(self):
+    def T(self) -> "Tensor":
         return self.permute(tuple(reversed(range(self.ndim))))
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> "Tensor":
         return ops.GetItem.apply(self, index=_plain_index(index))
 
-    def split(self, split_size, axis=-1, *, dim=None):
+    def split(self, split_size: int | Sequence[int], axis: int = -1, *, dim: int | None = None) -> list:
         """Views along `axis`: an int gives pieces of that size, a list gives the sizes."""
         axis = _axis(axis, dim) % self.ndim
         n = self.shape[axis]
@@ -452,35 +500,33 @@ class Tensor:
             start += size
         return pieces
 
-    def chunk(self, chunks, axis=-1, *, dim=None):
+    def chunk(self, chunks: int, axis: int = -1, *, dim: int | None = None) -> list:
         axis = _axis(axis, dim)
         n = self.shape[axis]
         return self.split(-(-n // chunks), axis)
 
     # ---- elementwise
-    def exp(self):
+    def exp(self) -> "Tensor":
         return ops.Exp.apply(self)
 
-    def log(self):
+    def log(self) -> "Tensor":
         return ops.Log.apply(self)
 
-    def tanh(self):
+    def tanh(self) -> "Tensor":
         return ops.Tanh.apply(self)
 
-    def sqrt(self):
+    def sqrt(self) -> "Tensor":
         return ops.Sqrt.apply(self)
 
-    def masked_fill(self, mask, value):
+    def masked_fill(self, mask: Any, value: float) -> "Tensor":
         """Where mask is True, `value`; elsewhere self. mask broadcasts against self."""
         mask = mask.data if isinstance(mask, Tensor) else np.asarray(mask)
         return ops.MaskedFill.apply(self, mask=mask.astype(bool, copy=False), value=float(value))
 
-    def softmax(self, axis=-1, *, dim=None):
-        from . import functional as F
+    def softmax(self, axis: int = -1, *, dim: int | None = None) -> "Tensor":
         return F.softmax(self, _axis(axis, dim))
 
-    def log_softmax(self, axis=-1, *, dim=None):
-        from . import functional as F
+    def log_softmax(self, axis: int = -1, *, dim: int | None = None) -> "Tensor":
         return F.log_softmax(self, _axis(axis, dim))
 
 
@@ -500,11 +546,11 @@ def _plain_index(index):
     return index.data if isinstance(index, Tensor) else index
 
 
-def tensor(data, requires_grad=False, dtype=None):
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 
 
-def concatenate(tensors, axis=None, *, dim=None):
+def concatenate(tensors: Iterable[Tensor], axis: int | None = None, *, dim: int | None = None) -> Tensor:
     """Join tensors along an existing axis (torch.cat), axis 0 unless told."""
     axis = _axis(axis, dim)                            # a default of 0 here made dim= a conflict
     return ops.Concatenate.apply(*tensors, axis=0 if axis is None else axis)
@@ -512,4 +558,8 @@ def concatenate(tensors, axis=None, *, dim=None):
 
 cat = concatenate
 
-from . import ops  # noqa: E402  (ops subclass Function; Tensor's methods look it up at call time)
+# The engine's one circle, by one mechanism: ops.py and functional.py subclass Function, and
+# Tensor's methods build their ops; so both are imported here, after Function and Tensor exist,
+# and looked up when a method is called.
+from . import ops  # noqa: E402
+from . import functional as F  # noqa: E402

@@ -76,3 +76,25 @@ def token_ids_to_text(token_ids, tokenizer):
     if flat.ndim != 1:
         raise ValueError(f"token_ids_to_text expects shape (1, n) or (n,), got {flat.shape}")
     return tokenizer.decode(flat.tolist())
+
+
+# ----------------------------------------------------------------------------- which tokenizer a config reads
+TOKENIZERS = ("gpt2", "char")   # a config's "tokenizer" key (absent: "gpt2")
+
+
+def tokenizer_for(cfg):
+    """The tokenizer a model config was built for: cfg["tokenizer"], "gpt2" (the default, GPT-2's
+    BPE) or "char" (the micro model's characters, char_tokenizer.py). Checks that the config's
+    vocab_size is the tokenizer's, so ids and embedding rows cannot silently disagree."""
+    name = cfg.get("tokenizer", "gpt2")
+    if name == "gpt2":
+        tokenizer = get_gpt2_tokenizer()
+    elif name == "char":
+        from .char_tokenizer import micro_tokenizer
+        tokenizer = micro_tokenizer()
+    else:
+        raise ValueError(f"unknown tokenizer {name!r} in the model config; choose one of {', '.join(TOKENIZERS)}")
+    if cfg.get("vocab_size", tokenizer.n_vocab) != tokenizer.n_vocab:
+        raise ValueError(f"the config's vocab_size {cfg['vocab_size']} is not the {name} tokenizer's "
+                         f"{tokenizer.n_vocab}")
+    return tokenizer

@@ -3,16 +3,16 @@
 `train_model_simple` is the book's loop line for line. `train_model` is the same loop with
 what a long CPU run needs on top (all off by default): a learning-rate schedule, gradient
 clipping and accumulation, a live progress line, callbacks for checkpoints, and a
-`TrainState` that lets a run stop and resume exactly where it was.
+`TrainState` (checkpoint.py's) that lets a run stop and resume exactly where it was.
 """
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import functional as F
+from .checkpoint import TrainState
 from .generation import generate
 from .optim import clip_grad_norm_, lr_at_step
 from .tensor import no_grad
@@ -67,20 +67,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, step, what):
         super().__init__(f"{what} is not finite at step {step}")
         self.step, self.what = step, what
-
-
-@dataclass
-class TrainState:
-    """Everything about a run's progress that is not in the model or the optimizer."""
-    epoch: int = 0                 # the epoch in progress (0-based)
-    batch: int = 0                 # the next batch of that epoch
-    global_step: int = -1          # optimizer steps taken - 1 (the book counts from -1)
-    tokens_seen: int = 0
-    order: list = None             # this epoch's batch order (the shuffled sample indices)
-    train_losses: list = field(default_factory=list)
-    val_losses: list = field(default_factory=list)
-    track_tokens_seen: list = field(default_factory=list)
-    grad_norms: list = field(default_factory=list)    # (step, global norm, per-block norms)
 
 
 def global_grad_norm(params):

@@ -4,8 +4,15 @@
     TINYGRAD_GPT_KERNELS=numba   numba_cpu.py, compiled (the default)
 
 Code calls kernels through `K`, e.g. `K.layernorm_forward(x, w, b, eps)`, so switching
-with `set_backend` takes effect at once everywhere.
+takes effect at once everywhere:
+
+    with kernels.use("numpy"):      # for a block; the previous backend comes back after
+        ...
+    kernels.set_backend("numba")    # the plain setter, for a whole program (a CLI flag)
+
+The environment variable is read once, at import, for the default; nothing here writes it.
 """
+import contextlib
 import os
 
 from . import reference
@@ -43,8 +50,28 @@ def get_backend():
     return K.name
 
 
+@contextlib.contextmanager
+def use(name=None):
+    """`with use("numpy"):` runs the block on that backend and puts the previous one back,
+    even on an error. `use(None)` keeps the current backend and restores it on exit (for
+    code that may call set_backend inside)."""
+    previous = K.name
+    if name is not None:
+        set_backend(name)
+    try:
+        yield K
+    finally:
+        set_backend(previous)
+
+
+def environment_choice():
+    """The backend $TINYGRAD_GPT_KERNELS asks for, or None when it is unset or empty."""
+    name = os.environ.get("TINYGRAD_GPT_KERNELS", "").strip().lower()
+    return name or None
+
+
 def _default_backend():
-    name = os.environ.get("TINYGRAD_GPT_KERNELS", "numba").strip().lower()
+    name = environment_choice() or "numba"
     if name not in _BACKENDS:
         raise ValueError(f"TINYGRAD_GPT_KERNELS={name!r}: expected one of {', '.join(_BACKENDS)}")
     if name == "numba":

@@ -13,7 +13,7 @@ cores. Intel OpenMP threads spin for KMP_BLOCKTIME (200 ms) after each parallel 
 while they spin NumPy's GEMMs on the same two cores run 3-4x slower. So before loading MKL
 we load its OpenMP runtime and set the block time to 0 with `kmp_set_blocktime` (no
 environment variable is written); MKL's thread count follows numba's, and `set_num_threads`
-sets it again (tinygrad_gpt.autocast.set_num_threads sets all three pools).
+sets it again (kernels.threads.set_num_threads sets all three pools).
 """
 import ctypes
 import glob

@@ -13,8 +13,9 @@ reads the float32 LLVM IR of every kernel and fails on any float -> double conve
 
 The first call compiles (about 15 s for all kernels here, once); `cache=True` stores the
 machine code in __pycache__ and later processes load it in well under a second. The cache
-does not notice edits to *other* files and freezes module globals, so the constants live
-here. `warmup()` compiles everything up front.
+does not notice edits to *other* files (vector_math.py, whose exp and tanh are inlined into
+these kernels, included: touch this file after editing it) and freezes module globals, so
+the constants live here. `warmup()` compiles everything up front.
 
 Letters in the shape comments: N rows, C channels, V vocabulary,
 B batch, H heads, T time, D head size, M any number of elements (a flat view).
@@ -23,10 +24,8 @@ import math
 import os
 import time
 
-import llvmlite.ir as llvm_ir
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba import njit, prange
 
 from . import reference
 
@@ -95,107 +94,8 @@ def _indices(fn, name, idx, n, limit, ignore=None):
     return idx
 
 
-# ----------------------------------------------------------------------------- exp and tanh that vectorize
-# numba lowers math.exp / math.tanh to one scalar libm call per element (no SVML here), so a
-# loop around them runs one element at a time while NumPy's own exp and tanh use AVX-512.
-# For float32 we inline Cephes' expf and tanhf, written without branches so that LLVM
-# vectorizes them (8 float32 lanes: LLVM picks 256-bit AVX here); float64 (gradient checks)
-# keeps math.exp / math.tanh.
-# Worst relative error against float64 on a sweep of float32 inputs: exp 1.2e-7 on [-20, 0]
-# and 3e-7 on [-86.6, 88.7], tanh 1.4e-7 (NumPy's float32 exp 2.1e-7, tanh 1.1e-7).
-# `inline="always"` inlines them into numba's IR, where they get the caller's fastmath flags.
-@intrinsic
-def _select(typingctx, cond, a, b):
-    """`a if cond else b` as one LLVM select: no branch in numba's IR, so a loop around it
-    still vectorizes (and inlining it does not trip numba's SSA checks)."""
-    if cond != types.boolean or a != b:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.select(args[0], args[1], args[2])
-    return a(cond, a, b), codegen
-
-
-@intrinsic
-def _ldexp_f32(typingctx, y, n):
-    """y * 2**n for float32 y and an integer n, by adding n to y's exponent field (valid while
-    the result is a normal float32; `_exp_f32` only uses it there)."""
-    if y != types.float32 or not isinstance(n, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i32 = llvm_ir.IntType(32)
-        e = args[1]
-        if n.bitwidth != 32:
-            e = builder.trunc(e, i32) if n.bitwidth > 32 else builder.sext(e, i32)
-        bits = builder.add(builder.bitcast(args[0], i32), builder.shl(e, llvm_ir.Constant(i32, 23)))
-        return builder.bitcast(bits, llvm_ir.FloatType())
-    return types.float32(y, n), codegen
-
-
-@njit(inline="always")
-def _exp_f32(x):
-    # exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in
-    # a short exact part and a correction), exp(r) a degree-7 polynomial (Cephes expf).
-    # Results below 2.5e-38 (x < -86.6) flush to 0 where NumPy returns subnormals.
-    f = np.float32
-    xc = min(f(89.0), max(f(-87.0), x))      # max(c, NaN) is c: the float -> int conversion stays defined
-    n = math.floor(xc * f(1.44269504088896341) + f(0.5))
-    nf = f(n)
-    r = xc - nf * f(0.693359375)
-    r = r - nf * f(-2.12194440e-4)
-    p = f(1.9875691500e-4)
-    p = p * r + f(1.3981999507e-3)
-    p = p * r + f(8.3334519073e-3)
-    p = p * r + f(4.1665795894e-2)
-    p = p * r + f(1.6666665459e-1)
-    p = p * r + f(5.0000001201e-1)
-    y = _ldexp_f32(p * (r * r) + r + f(1.0), n)
-    y = _select(x > f(-86.6), y, f(0.0))
-    y = _select(x < f(88.7228394), y, f(np.inf))
-    return _select(x == x, y, x)             # NaN in, NaN out
-
-
-@njit(inline="always")
-def _tanh_f32(x):
-    # Cephes tanhf: below |x| = 0.625 an odd polynomial x + x^3 P(x^2); above it
-    # sign(x) (1 - 2 / (exp(2|x|) + 1)), which has no cancellation there and tends to +-1
-    # (exp overflows to inf: 2 / inf = 0). NaN goes the exp way and stays NaN.
-    f = np.float32
-    a = abs(x)
-    z = x * x
-    p = f(-5.70498872745e-3)
-    p = p * z + f(2.06390887954e-2)
-    p = p * z + f(-5.37397155531e-2)
-    p = p * z + f(1.33314422036e-1)
-    p = p * z + f(-3.33332819422e-1)
-    small = p * z * x + x
-    big = f(1.0) - f(2.0) / (_exp_f32(f(2.0) * a) + f(1.0))
-    return _select(a < f(0.625), small, _select(x < f(0.0), -big, big))
-
-
-def _exp(x):
-    """exp for kernels: the vectorizable `_exp_f32` for float32, math.exp for float64."""
-    return math.exp(x)
-
-
-@overload(_exp, inline="always")
-def _exp_by_dtype(x):
-    if x == types.float32:
-        return lambda x: _exp_f32(x)
-    return lambda x: math.exp(x)
-
-
-def _tanh(x):
-    """tanh for kernels: the vectorizable `_tanh_f32` for float32, math.tanh for float64."""
-    return math.tanh(x)
-
-
-@overload(_tanh, inline="always")
-def _tanh_by_dtype(x):
-    if x == types.float32:
-        return lambda x: _tanh_f32(x)
-    return lambda x: math.tanh(x)
+# exp and tanh that vectorize (Cephes expf/tanhf as LLVM-level code): vector_math.py
+from .vector_math import _exp, _exp_f32, _f32_bits, _tanh, _tanh_f32  # noqa: E402,F401  (the tests inspect them here)
 
 
 # ----------------------------------------------------------------------------- layer norm
@@ -481,13 +381,14 @@ def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100):
 
 # ----------------------------------------------------------------------------- causal attention
 @njit(parallel=True, cache=True, fastmath=SAFE)
-def _attention_softmax(s, T, scale, causal, att):   # s, att: (B*H*T, Tk) rows of q k^T; att may be s
-    # att = softmax(s * scale) over keys 0..i for query row i (causal) or all keys; the masked
-    # upper triangle is skipped, not filled with -inf, and written as exact zeros.
+def _attention_softmax(s, Tq, offset, scale, causal, att):   # s, att: (B*H*Tq, Tk) rows of q k^T; att may be s
+    # att = softmax(s * scale) over keys 0..offset+i for query row i (causal; offset = Tk - Tq,
+    # the positions before the first query) or all keys; the masked future is skipped, not
+    # filled with -inf, and written as exact zeros.
     R, Tk = s.shape
     dt = s.dtype.type
     for r in prange(R):
-        end = r % T + 1 if causal else Tk
+        end = r % Tq + 1 + offset if causal else Tk
         m = dt(-np.inf)
         for j in range(end):
             m = max(m, s[r, j] * scale)
@@ -516,20 +417,30 @@ def _attention_softmax_backward(da, att, scale, ds):   # da, att, ds: (B*H*T, Tk
 
 
 def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
-    """q, k, v: (B, H, T, D). keep: None or a 0/1 mask (B, H, T, T) for dropout on the
-    attention weights, scaled by 1/(1-p). Returns (out (B, H, T, D), att (B, H, T, T)),
-    att being the softmax probabilities before dropout (what the backward needs)."""
-    q, k, v = _floats("attention_forward", q=q, k=k, v=v)
+    """q: (B, H, Tq, D), k, v: (B, H, Tk, D). keep: None or a 0/1 mask (B, H, Tq, Tk) for
+    dropout on the attention weights, scaled by 1/(1-p). Returns (out (B, H, Tq, D),
+    att (B, H, Tq, Tk)), att being the softmax probabilities before dropout. Causal: the
+    queries are the last Tq of the Tk positions (see reference.py).
+
+    k and v may be strided views (a KV cache's first Tk positions): they only meet BLAS,
+    which reads them in place, so they are not copied."""
+    (q,) = _floats("attention_forward", q=q)
     _ndim("attention_forward", "q", q, "BHTD")
+    for name, a in (("k", k), ("v", v)):
+        if not isinstance(a, np.ndarray) or a.dtype != q.dtype:
+            raise TypeError(f"attention_forward: {name} must be a {q.dtype} array like q, "
+                            f"found {getattr(a, 'dtype', type(a).__name__)}")
+        _ndim("attention_forward", name, a, "BHTD")
     B, H, T, D = q.shape
     Tk = k.shape[-2]
-    if causal and Tk != T:
-        raise ValueError(f"attention_forward: causal attention needs as many keys as queries, "
-                         f"found q {q.shape} and k {k.shape}")
+    if causal and Tk < T:
+        raise ValueError(f"attention_forward: causal attention needs at least as many keys as "
+                         f"queries (the queries are the last positions), found q {q.shape} "
+                         f"and k {k.shape}")
     dt = q.dtype.type
     s = np.matmul(q, k.swapaxes(-1, -2))                   # (B, H, T, Tk) raw scores, BLAS
     rows = s.reshape(-1, Tk)                               # (B*H*T, Tk) view
-    _attention_softmax(rows, T, dt(1.0 / math.sqrt(D)), bool(causal), rows)   # in place: s -> att
+    _attention_softmax(rows, T, Tk - T, dt(1.0 / math.sqrt(D)), bool(causal), rows)   # in place: s -> att
     att = s                                                # (B, H, T, Tk)
     if keep is None:
         a = att
@@ -697,13 +608,6 @@ def _bf16_bits(x):                             # float32 -> uint16 bits, round t
     if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
         return np.uint16((u >> np.uint32(16)) | np.uint32(0x0040))       # NaN stays a quiet NaN
     return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
-
-
-@intrinsic
-def _f32_bits(typingctx, x):                   # reinterpret a float32's bits as uint32
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], llvm_ir.IntType(32))
-    return types.uint32(types.float32), codegen
 
 
 @njit(parallel=True, cache=True)

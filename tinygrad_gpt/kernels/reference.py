@@ -107,23 +107,30 @@ def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100):
 
 # ----------------------------------------------------------------------------- causal attention
 def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
-    """q, k, v: (B, H, T, D). keep: None or a 0/1 mask (B, H, T, T) for dropout on the
-    attention weights, scaled by 1/(1-p). Returns (out (B, H, T, D), att (B, H, T, T)),
-    att being the softmax probabilities before dropout (what the backward needs)."""
+    """q: (B, H, Tq, D), k, v: (B, H, Tk, D). keep: None or a 0/1 mask (B, H, Tq, Tk) for
+    dropout on the attention weights, scaled by 1/(1-p). Returns (out (B, H, Tq, D),
+    att (B, H, Tq, Tk)), att being the softmax probabilities before dropout (what the
+    backward needs).
+
+    Causal: the queries are the last Tq of the Tk positions (Tq == Tk in training; Tq < Tk
+    when the keys of earlier positions come from a KV cache), so query i sits at position
+    Tk - Tq + i and sees the keys j <= Tk - Tq + i."""
     D = q.shape[-1]
     scale = 1.0 / math.sqrt(D)
-    s = (q @ k.swapaxes(-1, -2)) * scale                  # (B, H, T, T) scores
+    s = (q @ k.swapaxes(-1, -2)) * scale                  # (B, H, Tq, Tk) scores
     if causal:
-        T = q.shape[-2]
-        if k.shape[-2] != T:
-            raise ValueError(f"attention_forward: causal attention needs as many keys as queries, "
-                             f"found q {q.shape} and k {k.shape}")
-        s = np.where(np.triu(np.ones((T, T), dtype=bool), 1), -np.inf, s)
+        Tq, Tk = q.shape[-2], k.shape[-2]
+        if Tk < Tq:
+            raise ValueError(f"attention_forward: causal attention needs at least as many keys as "
+                             f"queries (the queries are the last positions), found q {q.shape} "
+                             f"and k {k.shape}")
+        future = np.triu(np.ones((Tq, Tk), dtype=bool), Tk - Tq + 1)   # j > Tk - Tq + i
+        s = np.where(future, -np.inf, s)
     s = s - s.max(axis=-1, keepdims=True)
     att = np.exp(s)
-    att /= att.sum(axis=-1, keepdims=True)                # (B, H, T, T)
+    att /= att.sum(axis=-1, keepdims=True)                # (B, H, Tq, Tk)
     a = att if keep is None else att * keep * (1.0 / (1.0 - p))
-    out = a @ v                                           # (B, H, T, D)
+    out = a @ v                                           # (B, H, Tq, D)
     return out.astype(q.dtype, copy=False), att.astype(q.dtype, copy=False)
 
 
@@ -135,13 +142,12 @@ def attention_backward(dout, q, k, v, att, keep=None, p=0.0):
     a = att if drop is None else att * drop               # what multiplied v
     dv = a.swapaxes(-1, -2) @ dout                        # out = a @ v      -> dv = a^T dout
     da = dout @ v.swapaxes(-1, -2)                        #                  -> da = dout v^T
-    if drop is not None:
-        da = da * drop                                    # a = att * drop   -> datt = da * drop
+    datt = da if drop is None else da * drop              # a = att * drop   -> datt = da * drop
     # att = softmax(s): ds = att * (datt - sum(datt * att)); masked entries have att = 0
-    ds = att * (da - (da * att).sum(axis=-1, keepdims=True))
+    ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
     ds = ds * scale                                       # s = q k^T * scale
-    dq = ds @ k                                           # (B, H, T, D)
-    dk = ds.swapaxes(-1, -2) @ q                          # (B, H, T, D)
+    dq = ds @ k                                           # (B, H, Tq, D)
+    dk = ds.swapaxes(-1, -2) @ q                          # (B, H, Tk, D)
     dt = q.dtype
     return dq.astype(dt, copy=False), dk.astype(dt, copy=False), dv.astype(dt, copy=False)
 

@@ -15,7 +15,7 @@ def set_num_threads(threads=None, load_mkl=True):
     threads = int(threads or os.cpu_count() or 1)
     try:
         from threadpoolctl import threadpool_limits
-        threadpool_limits(threads, user_api="blas")
+        threadpool_limits(threads)              # every BLAS and OpenMP library loaded now
     except ImportError:                        # threadpoolctl is a dependency; stay usable without
         pass
     try:

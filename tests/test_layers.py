@@ -1,0 +1,139 @@
+"""The rooms' import rules (docs: STYLE.md, "Layers point one way"), read from the source with
+ast, so a lazy import inside a function counts as much as one at the top."""
+import ast
+
+import pytest
+from pathlib import Path
+
+import tinygrad_gpt
+
+PKG = Path(tinygrad_gpt.__file__).parent
+
+
+def imported_rooms(name):
+    """The package modules that tinygrad_gpt/<name>.py imports, anywhere in the file."""
+    tree = ast.parse((PKG / f"{name}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tinygrad_gpt"):
+            found.add((node.module.split(".") + [""])[1])
+    return found
+
+
+def test_checkpoint_imports_nothing_from_train():
+    assert not {"train", "pretrain"} & imported_rooms("checkpoint")
+
+
+def test_pretrained_imports_neither_checkpoint_nor_train():
+    assert not {"checkpoint", "train", "pretrain"} & imported_rooms("pretrained")
+
+
+def test_model_and_nn_import_no_higher_room():
+    higher = {"pretrained", "checkpoint", "train", "pretrain", "generation", "explain"}
+    assert not higher & imported_rooms("model")
+    assert not (higher | {"model"}) & imported_rooms("nn")
+
+
+def test_fileio_imports_no_room():
+    assert imported_rooms("fileio") == set()
+
+
+def test_generation_has_no_forward_of_its_own():
+    tree = ast.parse((PKG / "generation.py").read_text(encoding="utf-8"))
+    names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert not {"forward", "forward_cached", "_attend"} & names
+    calls = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not {"W_query", "W_key", "W_value", "trf_blocks", "norm1", "ff"} & calls
+
+
+def test_readme_spelling_gptmodel_from_pretrained_still_works():
+    from tinygrad_gpt import GPTModel, pretrained
+    assert GPTModel.from_pretrained.__func__ is pretrained.model_from_pretrained
+    assert GPTModel.save_pretrained is pretrained.save_pretrained
+
+
+# ----------------------------------------------------------------------------- docs/architecture.md
+ARCHITECTURE = PKG.parent / "docs" / "architecture.md"
+ENGINE_CIRCLE = {("tensor", "ops"), ("tensor", "functional")}   # the one circle the doc names
+
+
+def documented_layers():
+    """{room: layer} from the table between the layers:begin/end markers of docs/architecture.md."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    table = text.split("<!-- layers:begin -->")[1].split("<!-- layers:end -->")[0]
+    layers = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isdigit():
+            layers[cells[1]] = int(cells[0])
+    return layers
+
+
+def room_imports():
+    """{room: set of rooms it imports}, every import of the package (lazy ones too), resolved
+    to the longest documented room name ("explain.trace", else "explain")."""
+    rooms = {}
+    for path in sorted(PKG.rglob("*.py")):
+        parts = list(path.relative_to(PKG).with_suffix("").parts)
+        if parts == ["__init__"]:
+            continue                                          # the package's face, not a room
+        room = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        here = parts[:-1]                                     # the package the file sits in
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = here[:len(here) - (node.level - 1)] if node.level > 1 else here
+                target = base + (node.module.split(".") if node.module else [])
+                found.update([".".join(target + [a.name]) for a in node.names] + [".".join(target)])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tinygrad_gpt."):
+                target = node.module.split(".")[1:]
+                found.update([".".join(target + [a.name]) for a in node.names] + [".".join(target)])
+            elif isinstance(node, ast.Import):
+                found.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("tinygrad_gpt."))
+        rooms[room] = found
+    return rooms
+
+
+def resolve(name, layers):
+    """The documented room a dotted import name lands in, or None (a name inside a room)."""
+    parts = name.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in layers:
+            return ".".join(parts[:n])
+    return None
+
+
+def test_every_room_of_the_package_is_on_the_architecture_drawing():
+    layers, rooms = documented_layers(), room_imports()
+    assert len(layers) > 20, "the layer table of docs/architecture.md was not found"
+    missing = sorted(set(rooms) - set(layers))
+    stale = sorted(set(layers) - set(rooms))
+    assert not missing, f"rooms not in docs/architecture.md's layer table: {missing}"
+    assert not stale, f"docs/architecture.md lists rooms that do not exist: {stale}"
+
+
+def test_every_import_points_to_the_same_layer_or_a_lower_one():
+    layers = documented_layers()
+    upward = set()
+    for room, names in room_imports().items():
+        for name in names:
+            target = resolve(name, layers)
+            if target is None or target == room or (room, target) in ENGINE_CIRCLE:
+                continue
+            if layers[target] > layers[room]:
+                upward.add(f"{room} (layer {layers[room]}) imports {target} (layer {layers[target]})")
+    print(f"{sum(map(len, room_imports().values()))} imports checked")
+    assert not upward, "imports that point up:\n" + "\n".join(sorted(upward))
+
+
+def test_the_layer_check_catches_an_upward_import(monkeypatch):
+    """The check above can fail: model importing train is reported."""
+    real = room_imports()
+    monkeypatch.setitem(globals(), "room_imports", lambda: {**real, "model": real["model"] | {"train"}})
+    with pytest.raises(AssertionError, match=r"model \(layer 4\) imports train \(layer 7\)"):
+        test_every_import_points_to_the_same_layer_or_a_lower_one()

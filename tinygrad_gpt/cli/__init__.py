@@ -1,0 +1,93 @@
+"""The command-line layer: what the pretrain, generate and explain commands share.
+
+This room owns argument-parsing conventions (a mistake is one line on stderr and exit code 2,
+never argparse's usage block or a traceback) and the runtime set-up a command does once for
+its process: one thread count for BLAS, numba and MKL, glibc's allocator tuned, the kernel backend
+chosen. The commands themselves are tinygrad_gpt.pretrain, tinygrad_gpt.cli.generate and
+tinygrad_gpt.explain; examples/*.py are two-line wrappers over them. Nothing below the CLI
+imports this package.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+USAGE_ERROR = 2
+
+
+class UsageError(ValueError):
+    """A mistake in what the user asked for: one line, exit code 2, nothing written."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):                  # one line, not argparse's usage block
+        raise UsageError(f"{message} (see --help)")
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action):        # no "(default: None)" after a help that says it
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def usage_error(prog: str, error: Exception) -> int:
+    """Print `prog: error: message` on one line of stderr; the exit code for it."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def add_runtime_flags(p: argparse.ArgumentParser, threads_help: str, kernels_help: str,
+                      kernels_default: str | None = None) -> None:
+    """--threads and --kernels, the same two flags in every command."""
+    p.add_argument("--threads", type=int, default=None, help=threads_help)
+    p.add_argument("--kernels", choices=["numpy", "numba"], default=kernels_default, help=kernels_help)
+
+
+def select_kernels(name: str | None) -> None:
+    """A command owns its process: the plain setter (None keeps the default from the environment)."""
+    if name:
+        from ..kernels import set_backend
+        set_backend(name)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to reuse freed memory instead of returning it to the OS.
+
+    A training step allocates and frees arrays of 100-150 MB (logits, the embedding and
+    output-head gradients). Above its mmap threshold (32 MB at most) glibc maps each one
+    fresh and unmaps it on free, so every step pays the kernel for zeroing new pages
+    (measured in benchmarks/RESULTS.md). From the heap, the same memory is simply reused.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 32))
+    except (OSError, AttributeError):       # not glibc: nothing to tune
+        return False
+
+
+def setup_threads(threads: int | None = None, warm_up: bool = False, precision: str = "float32") -> str:
+    """One thread count for the three pools (OpenBLAS, numba, and oneMKL's when precision is
+    "bfloat16": kernels/threads.py), the allocator tuned, the kernels compiled (when warm_up);
+    returns a line describing the runtime."""
+    import numba
+    from threadpoolctl import threadpool_info
+    from ..kernels import K, get_backend
+    from ..kernels.threads import set_num_threads
+    threads = set_num_threads(threads, load_mkl=False)
+    keep_freed_memory()
+    layer = ""
+    if warm_up and get_backend() == "numba":
+        K.warmup(verbose=True)
+        layer = f" ({numba.threading_layer()} threading layer)"
+    if precision == "bfloat16":                # MKL after numba's pool has started, then the same count
+        set_num_threads(threads, load_mkl=True)
+    blases = [i for i in threadpool_info() if i.get("user_api") == "blas"]   # numba may load scipy's too
+    blas = next((i for i in blases if "numpy" in i.get("filepath", "")), blases[0] if blases else {})
+    return (f"Runtime: numpy {np.__version__} ({blas.get('internal_api', '?')} {blas.get('version', '')} "
+            f"{blas.get('architecture', '')}), numba {numba.__version__}{layer}, kernels {get_backend()}, "
+            f"{threads} threads, {precision}")

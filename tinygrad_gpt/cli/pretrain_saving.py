@@ -1,0 +1,156 @@
+"""The pretrain command's saving: where checkpoints go (planned before anything is written),
+the checkpointer that saves at its cadence and after Ctrl-C/SIGTERM, the signal handlers,
+and the final model a finished run leaves in --out.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import UsageError
+from .pretrain_flags import _same_dir, resume_command
+
+
+class TrainingInterrupted(BaseException):
+    """SIGINT/SIGTERM: raised at the first safe point after the signal (once its checkpoint is
+    saved), or at once on a second signal. BaseException, like KeyboardInterrupt, so that no
+    `except Exception` swallows it."""
+
+    def __init__(self, signum, path=None, step=None, immediate=False):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.path, self.step, self.immediate = signum, path, step, immediate
+
+
+class Checkpointer:
+    """The on_step hook: saves at the cadence, at the end, and at the first safe point after
+    SIGINT/SIGTERM (the state then is a completed step, its evaluation included)."""
+
+    def __init__(self, save_dir, every, fallback_dir, model, optimizer, rngs, config, n_batches,
+                 accum_steps, num_epochs, last_path=None, last_step=None):
+        self.save_dir, self.every, self.fallback_dir = save_dir, every, fallback_dir
+        self.model, self.optimizer, self.rngs, self.config = model, optimizer, rngs, config
+        self.n_batches, self.accum_steps, self.num_epochs = n_batches, accum_steps, num_epochs
+        self.last_path, self.last_step = last_path, last_step
+        self.signum = None                       # set by the signal handler
+
+    def save(self, state):
+        from ..checkpoint import save_checkpoint
+        if state.global_step < 0 or state.global_step == self.last_step:
+            return self.last_path                # nothing new since the last save
+        target = self.save_dir if self.save_dir is not None else self.fallback_dir
+        self.last_path = save_checkpoint(target, self.model, self.optimizer, state, self.rngs, self.config)
+        self.last_step = state.global_step
+        return self.last_path
+
+    def on_step(self, state):
+        if state.order is not None and state.batch + self.accum_steps > self.n_batches:
+            return        # the epoch's last step: the epoch-end call comes right after the sample
+        final = state.order is None and state.epoch >= self.num_epochs
+        due = self.save_dir is not None and (final or (state.global_step + 1) % self.every == 0)
+        if due or self.signum is not None:
+            self.save(state)
+        if self.signum is not None:
+            raise TrainingInterrupted(self.signum, self.last_path, state.global_step)
+
+
+class _SignalHandlers:
+    """SIGINT/SIGTERM set a flag that the next on_step honours; a second one stops at once."""
+
+    def __init__(self, checkpointer):
+        self.ckpt, self.previous = checkpointer, {}
+
+    def _handle(self, signum, frame):
+        if self.ckpt.signum is None:
+            self.ckpt.signum = signum
+            # os.write, not print: a handler may run in the middle of a print to the same stream
+            os.write(2, f"\n{signal.Signals(signum).name} received: saving a checkpoint after the current "
+                        "step (send it again to stop without saving)\n".encode())
+        else:
+            raise TrainingInterrupted(signum, self.ckpt.last_path, self.ckpt.last_step, immediate=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+def report_interrupt(e, checkpointer, args):
+    name = signal.Signals(e.signum).name
+    if e.path is None:
+        print(f"Interrupted by {name} before any checkpoint was saved", file=sys.stderr, flush=True)
+        return
+    if e.immediate:
+        print(f"{name} again: stopped without saving the step in progress; the last checkpoint "
+              f"(after step {checkpointer.last_step}) is {e.path}", file=sys.stderr)
+    else:
+        print(f"Interrupted by {name}: checkpoint after step {checkpointer.last_step} saved to {e.path}",
+              file=sys.stderr)
+    print(f"Resume with: {resume_command(Path(e.path).parent, args)}", file=sys.stderr, flush=True)
+
+
+def plan_directories(args, ckpt, ckpt_root):
+    """Where checkpoints go, checked before anything is written. Returns (save_dir, fallback)."""
+    from ..checkpoint import CheckpointError, check_writable, latest_checkpoint, list_checkpoints
+    save_dir = args.save_dir
+    if save_dir is None and ckpt is not None:
+        save_dir = str(ckpt_root)                 # a resumed run goes on saving where it was
+    if save_dir is None and args.save_every is not None:
+        save_dir = os.path.join(args.out, "checkpoints")
+    try:
+        if save_dir is not None:
+            check_writable(save_dir, "--save-dir")
+            newest = latest_checkpoint(save_dir) if Path(save_dir).is_dir() else None
+            if ckpt is None and newest is not None:
+                raise UsageError(f"--save-dir {save_dir} already holds checkpoints (newest {newest}); "
+                                 f"fix: resume with --resume {save_dir}, or pick a new directory")
+            if ckpt is not None and newest is not None:
+                if not _same_dir(save_dir, ckpt_root):
+                    raise UsageError(f"--save-dir {save_dir} already holds checkpoints of another run "
+                                     f"(newest {newest}); fix: pick a new directory")
+                if not _same_dir(newest, ckpt.path):
+                    raise UsageError(f"checkpoint {ckpt.path} is not the newest in {ckpt_root} ({newest.name}); "
+                                     "continuing there would discard the newer ones: "
+                                     "fix: add --save-dir NEW_DIR to continue it in a new directory")
+        fallback = None
+        if save_dir is None:                      # interrupts still save: into OUT/checkpoints
+            base = os.path.join(args.out, "checkpoints")
+            fallback, n = base, 1
+            while Path(fallback).exists() and (not Path(fallback).is_dir() or list_checkpoints(fallback)):
+                n += 1
+                fallback = f"{base}-{n}"
+            check_writable(fallback, "--out")
+        check_writable(args.out, "--out")          # the final model goes there
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    return save_dir, fallback
+
+
+def generate_command(directory):
+    """The command that generates from the model a finished run left in `directory`."""
+    prog = "examples/generate.py"
+    return " ".join(shlex.quote(p) for p in ["python", prog, "--checkpoint", str(directory)])
+
+
+def save_final_model(model, out):
+    """The book saves model.pth right after training: here model.safetensors + config.json in
+    OUT (Hugging Face's layout, through pretrained.save_pretrained), which generate.py
+    --checkpoint OUT loads. No optimizer state (that is --save-optimizer's checkpoint)."""
+    from ..pretrained import save_pretrained
+    try:
+        directory = save_pretrained(model, out)
+    except OSError as e:
+        raise UsageError(f"cannot save the final model in {out} ({e.strerror or e}); "
+                         "fix: free some space or pass another --out") from None
+    print(f"Model saved to {directory} (model.safetensors, config.json)")
+    print(f"Generate with: {generate_command(directory)}", flush=True)
+    return directory

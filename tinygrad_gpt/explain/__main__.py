@@ -1,0 +1,6 @@
+"""`python -m tinygrad_gpt.explain`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,236 @@
+"""The explain command: parse the flags, take one batch of text, trace, print, draw.
+
+--values prints the arrays (meant for --model micro, where every gradient fits on a few
+lines), --step pauses after each op until Enter (q stops backward there), --html writes the
+graph as one page (render_html.py), with the values and the --param chain when given.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import os
+import sys
+
+import numpy as np
+
+from ..cli import USAGE_ERROR, UsageError  # noqa: F401
+from . import render_dot
+from .render_dot import write_dot
+from .render_text import MAX_PRINTED, Listing, chain_lines, totals
+from .trace import chain, trace_backward
+
+DESCRIPTION = "Watch backpropagation run: every op of one backward pass through GPT-2, as it happens."
+
+
+# ----------------------------------------------------------------------------- the command line
+def build_parser():
+    p = argparse.ArgumentParser(prog="explain_backward.py", description=DESCRIPTION)
+    p.add_argument("--model", default="tiny",
+                   help="tiny (default), micro (every array printable), 124M, 355M, 774M or 1558M")
+    p.add_argument("--context-length", type=int, default=None,
+                   help="tokens per row of the batch (default: 32 for tiny, 8 for micro, else 256)")
+    p.add_argument("--batch-size", type=int, default=1, help="rows in the batch (default: 1)")
+    p.add_argument("--data", default=None,
+                   help="a UTF-8 text file (default: the-verdict.txt if cached, else the bundled sample; "
+                        "micro: its own sentence)")
+    p.add_argument("--drop-rate", type=float, default=None, help="dropout (default: the config's, 0.1)")
+    p.add_argument("--seed", type=int, default=123, help="initialisation and dropout seed (default: 123)")
+    p.add_argument("--kernels", choices=["numpy", "numba"], default="numpy",
+                   help="kernel backend (default: numpy, kernels/reference.py: the readable one)")
+    p.add_argument("--param", default=None, metavar="NAME",
+                   help="follow one parameter: the chain of ops from the loss down to it")
+    p.add_argument("--values", action="store_true",
+                   help=f"print each op's dL/d(output) and the gradient it returns for each input as arrays "
+                        f"(norms only for arrays of more than {MAX_PRINTED} numbers; try --model micro)")
+    p.add_argument("--step", action="store_true",
+                   help="pause after each op of backward: Enter goes on, q stops")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="write the backward graph as one self-contained HTML page (values for small "
+                        "models, the --param chain highlighted)")
+    p.add_argument("--depth", type=int, default=None, metavar="N",
+                   help="list only the N ops nearest the loss (the first N that backward runs, "
+                        "the last N of the forward); the totals still count them all")
+    p.add_argument("--dot", default=None, metavar="FILE",
+                   help="write the computation graph in Graphviz DOT (and FILE.png if `dot` is installed)")
+    p.add_argument("--expand", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"--dot: draw every op of every block (default: when there are at most "
+                        f"{render_dot.EXPAND_AT_MOST_OPS} ops, as in the tiny model; else one node per block)")
+    return p
+
+
+def check_args(args):
+    from ..model import CONFIGS
+    if args.model not in CONFIGS:
+        raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(CONFIGS)}")
+    limit = CONFIGS[args.model]["context_length"]
+    if args.context_length is None:
+        args.context_length = min(32 if args.model == "tiny" else 256, limit)   # micro: its 8
+    if not 1 <= args.context_length <= limit:
+        raise UsageError(f"--context-length {args.context_length} must be in [1, {limit}] for {args.model}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.depth is not None and args.depth < 0:
+        raise UsageError(f"--depth {args.depth} must be at least 0")
+    if args.drop_rate is not None and not 0 <= args.drop_rate < 1:
+        raise UsageError(f"--drop-rate {args.drop_rate} must be in [0, 1)")
+
+
+def one_batch(text, tokenizer, batch_size, context_length):
+    """The first batch_size windows of the text: inputs (B, T) and targets shifted by one."""
+    ids = np.array(tokenizer.encode(text, allowed_special={"<|endoftext|>"}), dtype=np.int64)
+    need = batch_size * context_length + 1
+    if len(ids) < need:
+        raise UsageError(f"the text has {len(ids)} tokens; {batch_size} x {context_length} needs {need}: "
+                         f"use a longer --data or a smaller --context-length")
+    x = ids[:need - 1].reshape(batch_size, context_length)               # (B, T)
+    y = ids[1:need].reshape(batch_size, context_length)                  # (B, T)
+    return x, y
+
+
+def main(argv=None, file=None, stdin=None):
+    try:
+        return run(build_parser().parse_args(argv), file=file, stdin=stdin)
+    except UsageError as e:
+        print(f"explain_backward.py: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except BrokenPipeError:                          # `... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def load_text(args, cfg):
+    """The text to take the batch from: --data, else micro's sentence for a character model,
+    else the default training text (never downloaded here)."""
+    from .. import data
+    if args.data is None and cfg.get("tokenizer") == "char":
+        from ..char_tokenizer import MICRO_REPEATS, MICRO_SENTENCE, micro_text
+        return micro_text(), f"Using the micro model's sentence {MICRO_SENTENCE!r}, {MICRO_REPEATS} times"
+    try:
+        return data.load_training_text(args.data, download=False)
+    except data.DataError as e:
+        raise UsageError(str(e)) from None
+
+
+def run(args, file=None, stdin=None):
+    check_args(args)
+    from ..kernels import use
+    from ..model import GPTModel, get_config
+    from ..tensor import manual_seed
+    from ..tokenizer import tokenizer_for
+    out = sys.stdout if file is None else file
+
+    cfg = get_config(args.model)
+    text, description = load_text(args, cfg)
+    try:
+        tokenizer = tokenizer_for(cfg)               # GPT-2's BPE, or micro's characters
+        x, y = one_batch(text, tokenizer, args.batch_size, args.context_length)
+    except UsageError:
+        raise
+    except ValueError as e:                          # a character micro's tokenizer does not know
+        fix = "; fix: leave out --data (micro reads its own sentence)" if cfg.get("tokenizer") == "char" else ""
+        raise UsageError(f"--data {args.data}: {e}{fix}") from None
+    cfg["context_length"] = args.context_length
+    if args.drop_rate is not None:
+        cfg["drop_rate"] = args.drop_rate
+    manual_seed(args.seed)
+    model = GPTModel(cfg).train()
+    names = [name for name, _ in model.named_parameters()]
+    if args.param is not None and args.param not in names:
+        close = difflib.get_close_matches(args.param, names, n=3, cutoff=0.5)
+        raise UsageError(f"--param {args.param!r} is not a parameter of the {args.model} model"
+                         + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {names[2]}"))
+
+    with use(args.kernels):                          # in-process callers (tests) keep theirs
+        report(args, out, model, cfg, description, tokenizer, x, y, stdin=stdin)
+    return 0
+
+
+class StopBackward(Exception):
+    """--step: the user typed q. Raised from the listing's hook, it ends backward there."""
+
+
+def pauser(out, stdin):
+    """--step: after each op, wait for a line on stdin; q (or quit) stops, end of input stops
+    pausing and lets backward run to the end."""
+    state = {"eof": False}
+
+    def pause(op):
+        if state["eof"]:
+            return
+        print(f"[step {op.step}] Enter: next op, q: stop > ", end="", file=out, flush=True)
+        source = sys.stdin if stdin is None else stdin
+        line = source.readline()
+        if line.strip().lower() in ("q", "quit"):
+            raise StopBackward(op.step)
+        if not line:
+            state["eof"] = True
+            print("(end of input: running to the end)", file=out, flush=True)
+            return
+        if not (hasattr(source, "isatty") and source.isatty()):   # piped: no echoed Enter ends the line
+            print(file=out)
+
+    return pause
+
+
+def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
+    from ..kernels import get_backend
+    print(description, file=out)
+    print(f"GPT-2 {args.model}: {model.num_parameters():,} parameters in {len(model.parameters())} "
+          f"tensors, {cfg['n_layers']} block{'s' if cfg['n_layers'] != 1 else ''}, dropout {cfg['drop_rate']}, kernels {get_backend()}", file=out)
+    preview = tokenizer.decode(x[0, :12].tolist()).replace("\n", " ")
+    print(f"one batch of {args.batch_size} x {args.context_length} tokens: {preview!r}...", file=out)
+    listing = Listing(model, depth=args.depth, file=out, values=args.values,
+                      pause=pauser(out, stdin) if args.step else None)
+
+    def forward_done(loss):
+        print(f"forward: loss {loss:.4f} (a uniform guess over {cfg['vocab_size']} tokens "
+              f"would give ln {cfg['vocab_size']} = {math.log(cfg['vocab_size']):.4f})", file=out)
+        if args.param is None:
+            print("\nbackward, op by op in the order it runs: each op receives dL/d(its output) "
+                  "and returns dL/d(each input)", file=out)
+            print(listing.header(), file=out, flush=True)
+
+    keep = None
+    if args.values or args.html:                     # arrays the listing prints or the page shows
+        from .render_html import MAX_VALUES
+        keep = max(MAX_PRINTED if args.values else 0, MAX_VALUES if args.html else 0)
+    try:
+        trace = trace_backward(model, x, y, on_op=listing if args.param is None else None,
+                               on_forward=forward_done, keep_values=keep)
+    except StopBackward as e:
+        print(f"\nstopped after step {e.args[0]} (q): the ops below it did not run, "
+              "and no parameter below them received a gradient", file=out)
+        return None
+    if args.param is not None:
+        print("", file=out)
+        print("\n".join(chain_lines(trace, args.param, model)), file=out)
+    else:
+        if args.depth is not None and len(trace.ops) > args.depth:
+            print(f"  ... {len(trace.ops) - args.depth} more ops not listed (--depth {args.depth})", file=out)
+        print("", file=out)
+        print("\n".join(totals(trace, model)), file=out)
+    if args.dot:
+        title = (f"backward through GPT-2 {args.model}: loss {trace.loss:.4f}, {len(trace.ops)} ops, "
+                 f"{model.num_parameters():,} parameters")
+        write_dot(render_dot.to_dot(trace, model, expand=args.expand, title=title), args.dot, file=out)
+    if args.html:
+        write_page(args, out, trace, model)
+    return trace
+
+
+def write_page(args, out, trace, model):
+    from . import render_html
+    highlight = None
+    if args.param is not None:
+        ops, n = chain(trace, args.param)
+        highlight = (args.param, [op.step for op, _ in ops], n)
+    title = (f"backward through GPT-2 {args.model}: loss {trace.loss:.4f}, {len(trace.ops)} ops, "
+             f"{model.num_parameters():,} parameters")
+    try:
+        path = render_html.write_html(render_html.records_from_trace(trace), args.html, title=title,
+                                      loss=trace.loss, highlight=highlight)
+    except OSError as e:
+        raise UsageError(f"--html {args.html}: {e.strerror or e}") from None
+    print(f"wrote {path} ({len(trace.ops)} ops{', values' if trace.ops[0].out_grad is not None else ''}"
+          f"{', the chain of ' + args.param if highlight else ''}): open it in a browser", file=out)

@@ -1,0 +1,306 @@
+"""Tracing one backward pass: the data structure a trace is, and how it is recorded.
+
+A Trace is a list of Op records in the order backward ran them. Each Op keeps the op's
+name, the module path whose forward made it (from the engine's module scope) and its
+transformer block, the shape of its output and the norm of the gradient it was handed, the
+file:line of its backward code, and one Input per operand: its shape and dtype, the
+parameter's name when it is one, and the shape and norm of the gradient it gets back.
+With `keep_values`, the arrays themselves too (dL/d(output), each input's gradient), for a
+model small enough to print (micro). Where a tensor was read by several ops its gradient is
+their sum: the op that made it lists those contributions (Contribution), in the order they
+were added. Renderers (render_text.py, render_dot.py) read only these records. Recorded through the
+engine's hooks (tensor.register_forward_hook, tensor.register_backward_hook): nothing is patched.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import re
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..tensor import register_backward_hook, unbroadcast
+
+ROOT = Path(__file__).resolve().parent.parent.parent   # paths are printed relative to the repository
+
+
+# ----------------------------------------------------------------------------- what a trace holds
+@dataclass
+class Input:
+    shape: tuple
+    dtype: str
+    node: int                 # id() of the tensor (unique while the graph is alive)
+    param: str = None         # the parameter's name, when the input is one
+    grad_shape: tuple = None  # what the op's backward returned for this input (None: no gradient)
+    grad_norm: float = None   # the norm of what the input receives (summed back to its shape)
+    arg: str = None           # the name forward gives it ("x", "w", "b", "q", ...)
+    grad: np.ndarray = None   # what it receives, summed to its shape (kept with keep_values, when small)
+
+
+@dataclass
+class Contribution:
+    """One reader's share of a tensor's gradient: what op `step` sent back to it."""
+    step: int
+    name: str                 # the reading op: Linear, Add, LayerNorm, ...
+    module: str
+    norm: float
+    grad: np.ndarray = None   # kept with keep_values, when small
+
+
+@dataclass
+class Op:
+    step: int                 # 1 is the first op backward runs: the loss
+    name: str                 # the Function: Linear, LayerNorm, Attention, ...
+    module: str               # the module whose forward made it: "trf_blocks.0.att.W_query"
+    block: str                # the transformer block it ran in ("trf_blocks.0"), or None
+    node: int                 # id() of the tensor it made
+    out_shape: tuple
+    out_grad_norm: float      # the norm of dL/d(its output), the gradient it was handed
+    inputs: list              # [Input]
+    backward_at: str          # file:line of its backward code
+    out_grad: np.ndarray = None   # dL/d(its output) itself (kept with keep_values, when small)
+    contributions: list = field(default_factory=list)   # [Contribution] summed into dL/d(its output)
+
+    def params(self):
+        """Names of the parameters this op hands a gradient to."""
+        return [i.param for i in self.inputs if i.param is not None and i.grad_shape is not None]
+
+
+@dataclass
+class Trace:
+    ops: list = field(default_factory=list)          # [Op], in the order backward ran them
+    loss: float = None
+    seconds: float = 0.0                              # backward's wall time, printing included
+    received: Counter = field(default_factory=Counter)   # parameter name -> ops that fed it
+
+
+# ----------------------------------------------------------------------------- where code lives
+_locations = {}
+
+
+def _shown(path):
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def source_location(fn):
+    """'tinygrad_gpt/functional.py:101' for a function (the line of its `def`)."""
+    fn = getattr(fn, "py_func", fn)                  # a numba dispatcher: its Python source
+    if fn not in _locations:
+        try:
+            _, line = inspect.getsourcelines(fn)
+            _locations[fn] = f"{_shown(inspect.getsourcefile(fn))}:{line}"
+        except (OSError, TypeError):
+            _locations[fn] = "?"
+    return _locations[fn]
+
+
+def kernel_locations(function_class):
+    """The kernels (kernels/reference.py or numba_cpu.py) an op's backward calls as K.name."""
+    from ..kernels import K
+    try:
+        source = inspect.getsource(function_class.backward)
+    except (OSError, TypeError):
+        return []
+    found = []
+    for name in dict.fromkeys(re.findall(r"\bK\.(\w+)", source)):
+        fn = getattr(K.module, name, None)
+        if fn is not None:
+            found.append((name, source_location(fn)))
+    return found
+
+
+# ----------------------------------------------------------------------------- tracing
+@contextlib.contextmanager
+def record_modules(model):
+    """While inside, every op that records a graph node is tagged with the module whose forward
+    made it and the transformer block around it, read from the engine's module scope through a
+    forward hook. Yields (tags, scope): tags maps id(output tensor) -> (module name, block);
+    `with scope(name):` tags ops made outside the model, such as the loss."""
+    from ..nn import TransformerBlock, module_stack
+    from ..tensor import register_forward_hook
+    tags, labels = {}, []                            # labels: names given with scope(), innermost last
+
+    def hook(ctx, inputs, out):
+        if out._ctx is None:                         # no graph node: backward will never see it
+            return
+        stack = module_stack()
+        if stack:
+            name = stack[-1][0]
+            block = next((n for n, m in stack if isinstance(m, TransformerBlock)), None)
+        else:
+            name, block = (labels[-1] if labels else None), None
+        tags[id(out)] = (name, block)
+
+    @contextlib.contextmanager
+    def scope(name):
+        labels.append(name)
+        try:
+            yield
+        finally:
+            labels.pop()
+
+    with register_forward_hook(hook):
+        yield tags, scope
+
+
+def _norm(a):
+    a = np.ascontiguousarray(a).ravel()
+    return math.sqrt(float(np.dot(a, a)))
+
+
+_arg_names = {}
+
+
+def argument_names(function_class, n):
+    """The names forward gives its first n tensor arguments: Linear -> x, w, b."""
+    if function_class not in _arg_names:
+        try:
+            params = list(inspect.signature(function_class.forward).parameters.values())[1:]   # after ctx
+        except (TypeError, ValueError):
+            params = []
+        _arg_names[function_class] = params
+    params, names = _arg_names[function_class], []
+    for k in range(n):
+        if params and params[-1].kind is inspect.Parameter.VAR_POSITIONAL and k >= len(params) - 1:
+            names.append(f"{params[-1].name}[{k - len(params) + 1}]")
+        else:
+            names.append(params[k].name if k < len(params) else f"input {k}")
+    return names
+
+
+def _kept(a, limit):
+    """A float copy of a gradient for the trace, or None when values are not kept or it is big."""
+    if limit is None or np.size(a) > limit:
+        return None
+    return np.array(a, copy=True)
+
+
+def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None, keep_values=None):
+    """Forward `model` on input_ids (B, T), cross-entropy against target_ids (B, T), then
+    backward with a hook that records every op as it runs. `on_forward(loss)` is called between
+    the two, `on_op(op)` for each op as backward runs it (to print them; an exception it raises
+    stops backward there). The model's gradients are reset first. keep_values: None (norms
+    only), or keep every gradient array of at most this many numbers. Returns a Trace."""
+    from .. import functional as F
+    names = {id(p): name for name, p in model.named_parameters()}
+    model.zero_grad()
+    with record_modules(model) as (tags, scope):
+        logits = model(input_ids)                               # (B, T, V)
+        with scope("loss"):
+            loss = F.cross_entropy(logits, target_ids)
+    del logits
+    trace = Trace(loss=loss.item())
+    if on_forward is not None:
+        on_forward(trace.loss)
+
+    pending = defaultdict(list)      # tensor id -> [Contribution]: the readers that already ran
+
+    def hook(node, ctx, grad, input_grads):
+        module, block = tags.get(id(node), (None, None))
+        step = len(trace.ops) + 1
+        inputs = []
+        grads = tuple(input_grads) + (None,) * (len(ctx.parents) - len(input_grads))
+        args = argument_names(type(ctx), len(ctx.parents))
+        for parent, pg, arg in zip(ctx.parents, grads, args):
+            inp = Input(parent.shape, str(parent.dtype), id(parent),
+                        names.get(id(parent)) if parent._ctx is None else None, arg=arg)
+            if pg is not None and parent.requires_grad:          # what the engine will add in
+                inp.grad_shape = tuple(np.shape(pg))
+                summed = unbroadcast(np.asarray(pg), parent.shape)
+                inp.grad_norm = _norm(summed)
+                inp.grad = _kept(summed, keep_values)
+                pending[id(parent)].append(Contribution(step, ctx.name, module, inp.grad_norm, inp.grad))
+                if inp.param is not None:
+                    trace.received[inp.param] += 1
+            inputs.append(inp)
+        op = Op(step=step, name=ctx.name, module=module, block=block, node=id(node),
+                out_shape=node.shape, out_grad_norm=_norm(grad), inputs=inputs,
+                backward_at=source_location(type(ctx).backward), out_grad=_kept(grad, keep_values),
+                contributions=pending.pop(id(node), []))
+        trace.ops.append(op)
+        if on_op is not None:
+            on_op(op)
+
+    start = time.perf_counter()
+    with register_backward_hook(hook):
+        loss.backward()
+    trace.seconds = time.perf_counter() - start
+    return trace
+
+
+# ----------------------------------------------------------------------------- one parameter's chain
+def consumers(trace):
+    """tensor id -> [(step, input index)]: the ops that read it, in the order backward ran them."""
+    readers = defaultdict(list)
+    for op in trace.ops:
+        for k, i in enumerate(op.inputs):
+            if i.grad_shape is not None:
+                readers[i.node].append((op.step, k))
+    return readers
+
+
+def chain(trace, name):
+    """The shortest chain of ops from the loss down to parameter `name`: [(op, input index)],
+    loss first, and how many chains there are in all."""
+    steps, n, _ = _chain_and_counts(trace, name)
+    return steps, n
+
+
+def chain_counts(trace, name):
+    """Why `name` has as many chains as it has: along its shortest chain, each tensor read by
+    several ops, with the chains that reach it through each reader. [(op, input index,
+    [(reader step, chains through it)])]: op reads the tensor on the chain; the tensor's
+    count is the sum of its readers' (a chain to it goes through exactly one of them)."""
+    steps, _, paths = _chain_and_counts(trace, name)
+    readers = consumers(trace)
+    out = []
+    for op, k in steps:
+        node = op.inputs[k].node
+        through = [(s, paths.get(trace.ops[s - 1].node, 0)) for s, _ in readers[node]]
+        through = [(s, c) for s, c in through if c]                  # readers that reach the loss
+        if len(through) > 1:
+            out.append((op, k, through))
+    return out
+
+
+def _chain_and_counts(trace, name):
+    readers = consumers(trace)
+    root = trace.ops[0].node
+    length, via, paths = {root: 0}, {}, {root: 1}
+    # backward ran every op after all the ops that read its output: one pass settles each tensor
+    for op in trace.ops:
+        if op.node != root and op.node in readers:
+            _settle(op.node, readers, trace, length, via, paths)
+    param_node = next((i.node for op in trace.ops for i in op.inputs if i.param == name), None)
+    if param_node is None:
+        return [], 0, paths
+    _settle(param_node, readers, trace, length, via, paths)
+    steps, node = [], param_node
+    while node != root:
+        step, k = via[node]
+        steps.append((trace.ops[step - 1], k))
+        node = trace.ops[step - 1].node
+    return steps[::-1], paths[param_node], paths
+
+
+def _settle(node, readers, trace, length, via, paths):
+    best = None
+    paths[node] = 0
+    for step, k in readers[node]:
+        out = trace.ops[step - 1].node
+        if out not in length:                        # read by an op that does not reach the loss
+            continue
+        paths[node] += paths[out]
+        if best is None or length[out] + 1 < best[0]:
+            best = (length[out] + 1, (step, k))
+    if best is not None:
+        length[node], via[node] = best
