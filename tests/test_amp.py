@@ -1,4 +1,5 @@
 """bf16 autocast: the rounding, the bf16 GEMM against its twin, Linear/AdamW under autocast."""
+import os
 import platform
 import resource
 import time
@@ -12,7 +13,7 @@ from tinygrad_gpt import amp
 from tinygrad_gpt import functional as F
 from tinygrad_gpt.kernels import bf16_mkl, reference as R
 
-from helpers import TINY, ep_lines, isolated, run_cli, small_text
+from helpers import TINY, ep_lines, isolated, require, run_cli, small_text
 
 MKL_IS_A_DEPENDENCY = platform.system() == "Linux" and platform.machine() == "x86_64"   # setup.cfg
 
@@ -390,3 +391,47 @@ def test_resume_keeps_the_checkpoint_precision_and_the_bits(tmp_path, monkeypatc
     assert "it was trained in bfloat16, this run continues in float32" in third
     state = C.read_checkpoint(C.latest_checkpoint(tmp_path / "part"))
     assert state.config["precision"] == "float32"
+
+
+GEMMS_AFTER = """
+import sys
+if sys.argv[1] == "torch":
+    import torch  # noqa: F401  (puts GNU OpenMP into the global scope)
+import numpy as np
+from tinygrad_gpt.kernels import bf16_mkl, reference as R
+from tinygrad_gpt.kernels.threads import set_num_threads
+assert bf16_mkl.available(), bf16_mkl.unavailable_reason()
+set_num_threads(2)
+rng = np.random.default_rng(0)
+worst = 0.0
+for _ in range(60):
+    for ta, tb in ((False, False), (False, True), (True, False)):
+        m, k, n = (int(v) for v in rng.integers(8, 400, 3))
+        a = R.to_bf16(rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32))
+        b = R.to_bf16(rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32))
+        want = R.gemm_bf16(a, b, ta, tb)
+        worst = max(worst, float(np.abs(bf16_mkl.gemm_bf16(a, b, ta, tb) - want).max() / np.abs(want).max()))
+print(worst, bf16_mkl.get_num_threads(), bf16_mkl.single_thread_reason())
+"""
+
+
+@MKL
+@pytest.mark.parametrize("first", ["nothing", "torch"])
+def test_mkl_gemms_stay_right_with_torch_imported_first(first):
+    """torch puts GNU OpenMP into the global symbol scope; MKL's Intel-OpenMP threads then split
+    the work wrongly (1 in 90 GEMMs was off by 70%). bf16_mkl falls back to one thread there;
+    without torch it keeps both cores. 180 GEMMs of random shapes against the twin."""
+    import subprocess
+    import sys
+    if first == "torch":
+        require("torch")
+    out = subprocess.run([sys.executable, "-c", GEMMS_AFTER, first], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    worst, threads, why = out.stdout.split(" ", 2)
+    print(f"after {first}: worst relative error {worst}, MKL threads {threads}, {why.strip()}")
+    assert float(worst) < 1e-4
+    if first == "torch":
+        assert threads == "1" and "GNU OpenMP" in why
+    else:
+        assert int(threads) == min(2, os.cpu_count()) and why.strip() == "None"

@@ -202,7 +202,8 @@ def choose_precision(requested="auto"):
         return "float32", "float32 as requested"
     if requested == "bfloat16":
         if bf16_mkl.available():
-            return "bfloat16", "bfloat16 autocast on oneMKL's AMX-BF16 GEMM"
+            single = bf16_mkl.single_thread_reason()
+            return "bfloat16", "bfloat16 autocast on oneMKL's AMX-BF16 GEMM" + (f" ({single})" if single else "")
         return "bfloat16", f"bfloat16 autocast through the NumPy twin ({bf16_mkl.unavailable_reason()})"
     if bf16_mkl.cpu_has_amx_bf16():
         return precision, ("auto: float32 (the bf16 step measured slower than float32 on this kind of "

@@ -23,11 +23,12 @@ import sys
 import numpy as np
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-_THREADING_INTEL = 0               # MKL_THREADING_INTEL in mkl_service.h
+_THREADING_INTEL, _THREADING_SEQUENTIAL = 0, 1    # MKL_THREADING_* in mkl_service.h
 
 _lib = None            # the loaded libmkl_rt, or False after a failed attempt
 _omp = None            # libiomp5, loaded before MKL so that its block time can be set
 _why = None            # why the fast path is unavailable (a sentence), or None
+_single = None         # why MKL runs on one thread (a sentence), or None
 
 
 def _candidate_dirs():
@@ -86,7 +87,7 @@ def _load():
         # then ran at one core's speed); Intel OpenMP is the layer whose block time we set
         lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
         lib.MKL_Set_Threading_Layer.restype = ctypes.c_int
-        lib.MKL_Set_Threading_Layer(_THREADING_INTEL)
+        lib.MKL_Set_Threading_Layer(_THREADING_SEQUENTIAL if _gnu_openmp_is_global() else _THREADING_INTEL)
         lib.MKL_Set_Num_Threads.argtypes = [ctypes.c_int]
         lib.MKL_Get_Max_Threads.restype = ctypes.c_int
         _lib = lib
@@ -96,6 +97,27 @@ def _load():
     if _why is None:
         _why = "oneMKL (libmkl_rt) is not installed: pip install mkl"
     return _lib
+
+
+def _gnu_openmp_is_global():
+    """True when GNU OpenMP's omp_* functions are in the process's global symbol scope (torch
+    puts its libgomp there: `import torch` before the first bf16 GEMM). MKL's Intel-OpenMP
+    layer would then call libgomp's omp_get_thread_num from Intel OpenMP threads, and its
+    threads split the work wrongly: measured, 1 in 90 GEMMs off by 70% with torch imported.
+    MKL then runs sequentially (correct, one core). numba keeps its libgomp local: no conflict."""
+    global _single
+    scope = ctypes.CDLL(None)
+    if hasattr(scope, "omp_get_thread_num") and not hasattr(scope, "kmp_set_blocktime"):
+        _single = ("GNU OpenMP (libgomp) is loaded globally, e.g. by torch, so MKL's bf16 GEMM "
+                   "runs on one thread")
+        return True
+    return False
+
+
+def single_thread_reason():
+    """Why MKL runs on one thread whatever set_num_threads says (a sentence), or None."""
+    _load()
+    return _single
 
 
 def _numba_threads():
@@ -117,8 +139,8 @@ def unavailable_reason():
 
 
 def set_num_threads(n):
-    """MKL's thread count (its OpenMP pool); no-op when MKL is not loaded."""
-    if _lib:
+    """MKL's thread count (its OpenMP pool); no-op when MKL is not loaded or runs sequentially."""
+    if _lib and _single is None:
         _lib.MKL_Set_Num_Threads(int(n))
         if _omp is not None:          # a new team must not spin either
             _omp.kmp_set_blocktime(ctypes.c_int(0))
