@@ -4,6 +4,7 @@ the other.
 
     python benchmarks/bench_pretrain.py --data ../shared/data/the-verdict.txt
     python benchmarks/bench_pretrain.py --data ../shared/data/the-verdict.txt --compare-torch
+    python benchmarks/bench_pretrain.py --data ../shared/data/the-verdict.txt --precision both
 
 Prints each run's wall time (process start to exit: imports, model init, training,
 evaluation and sampling), its final losses, and the ratio.
@@ -71,6 +72,8 @@ def main():
     p.add_argument("--data", required=True, help="the-verdict.txt")
     p.add_argument("--compare-torch", action="store_true")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="float32",
+                   help="ours: pretrain.py --precision (both: one run each)")
     p.add_argument("--logs", default="/tmp", help="where the two runs' logs go")
     p.add_argument("--worker", choices=["torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -79,8 +82,10 @@ def main():
         return
 
     threads = ["--threads", str(args.threads)] if args.threads else []
-    runs = [("tinygrad_gpt", [sys.executable, "examples/pretrain.py", "--data", os.path.abspath(args.data),
-                              "--no-plot", "--out", os.path.join(args.logs, "bench-pretrain-out")] + threads)]
+    precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
+    runs = [(f"tinygrad_gpt-{prec}", [sys.executable, "examples/pretrain.py", "--data", os.path.abspath(args.data),
+                                      "--no-plot", "--out", os.path.join(args.logs, "bench-pretrain-out"),
+                                      "--precision", prec] + threads) for prec in precisions]
     if args.compare_torch:
         runs.append(("book's PyTorch", [sys.executable, __file__, "--worker", "torch", "--data",
                                         os.path.abspath(args.data)] + threads))
@@ -94,8 +99,9 @@ def main():
     print("|---|---|---|---|")
     for name, wall, (tl, vl) in results:
         print(f"| {name} | {wall / 60:.2f} min | {tl} | {vl} |")
-    if len(results) == 2:
-        print(f"\nratio (tinygrad_gpt / PyTorch): {results[0][1] / results[1][1]:.2f}x")
+    if args.compare_torch:
+        for name, wall, _ in results[:-1]:
+            print(f"ratio ({name} / PyTorch): {wall / results[-1][1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
     python benchmarks/bench_train_step.py                       # 124M, batch 2 x 256
     python benchmarks/bench_train_step.py --compare-torch       # + the book's GPTModel, alternating
+    python benchmarks/bench_train_step.py --precision both --compare-torch
+                     # ours float32 and bf16 autocast; torch: book default, fused AdamW,
+                     # bf16 autocast + fused AdamW (the fastest eager setting)
     python benchmarks/bench_train_step.py --kernels numpy       # the plain-NumPy kernels
     python benchmarks/bench_train_step.py --model tiny --steps 3
 
@@ -61,6 +64,46 @@ def gemm_floor(cfg, B, T, repeats=3):
     return total, flops / 1e9
 
 
+def gemm_floor_bf16(cfg, B, T, repeats=3):
+    """Seconds the step's GEMMs take as bf16 products through oneMKL (inputs already bf16),
+    or None without the fast path."""
+    from tinygrad_gpt.kernels import bf16_mkl, reference as R
+    if not bf16_mkl.available():
+        return None
+    total, cache = 0.0, {}
+    for count, m, k, n in step_gemms(cfg, B, T):
+        key = (m, k, n)
+        if key not in cache:
+            a = R.to_bf16(np.random.rand(m, k).astype(np.float32))
+            b = R.to_bf16(np.random.rand(k, n).astype(np.float32))
+            out = np.empty((m, n), np.float32)
+            bf16_mkl.gemm_bf16(a, b, out=out)
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                bf16_mkl.gemm_bf16(a, b, out=out)
+                times.append(time.perf_counter() - t)
+            cache[key] = min(times)
+        total += count * cache[key]
+    return total
+
+
+def cpu_line():
+    """The CPU model and whether it has the bf16 matrix/vector units."""
+    model, flags = "?", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "?":
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags") and not flags:
+                    flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    have = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16") if f in flags]
+    return f"CPU: {model}, {os.cpu_count()} cores, flags: {' '.join(have) or 'no amx_bf16/avx512_bf16'}"
+
+
 def peak_rss_gib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20     # Linux: KiB
 
@@ -72,8 +115,16 @@ def worker_ours(args, cfg):
     set_backend(args.kernels)                  # tinygrad_gpt is already imported: switch explicitly
     from tinygrad_gpt import functional as F
     from tinygrad_gpt.cli import setup_threads
+    from tinygrad_gpt.kernels.threads import set_num_threads
     from tinygrad_gpt.tensor import no_grad, profile
-    runtime = setup_threads(args.threads)
+    bf16 = args.precision == "bfloat16"
+    if args.plain_api:                         # as a user's own loop: no allocator tuning (mallopt)
+        threads = set_num_threads(args.threads, load_mkl=bf16)
+        runtime = f"plain API (no mallopt), {threads} threads, {args.precision}"
+    else:
+        runtime = setup_threads(args.threads, precision=args.precision)    # MKL's pool too, for bf16
+    if bf16:
+        runtime = runtime.replace("bfloat16", f"bfloat16 autocast, GEMM {tg.amp.get_gemm_backend()}")
     tg.manual_seed(123)
     model = tg.GPTModel(cfg)
     opt = tg.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
@@ -84,7 +135,8 @@ def worker_ours(args, cfg):
     def step():
         t0 = time.perf_counter()
         opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
+        with tg.autocast("bfloat16", enabled=bf16):
+            loss = F.cross_entropy(model(x), y)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -103,21 +155,26 @@ def worker_ours(args, cfg):
     evals = []
     for _ in range(max(2, args.steps)):
         t = time.perf_counter()
-        with no_grad():
+        with no_grad(), tg.autocast("bfloat16", enabled=bf16):
             F.cross_entropy(model(x), y)
         evals.append(time.perf_counter() - t)
     floor, gflop = gemm_floor(cfg, args.batch, args.seq)
+    floor16 = gemm_floor_bf16(cfg, args.batch, args.seq) if bf16 else None
     return {"splits": splits, "eval": evals, "peak_rss_gib": peak_rss_gib(), "gemm_floor": floor,
-            "gflop": gflop, "profile": prof.table(), "runtime": runtime, "warmup": warmup}
+            "gemm_floor_bf16": floor16, "gflop": gflop, "profile": prof.table(), "runtime": runtime, "warmup": warmup}
 
 
 def worker_torch(args, cfg):
+    """The book's GPTModel; --torch-mode: "default" (the book's AdamW), "fused" (AdamW(fused=True)),
+    "bf16" (torch.autocast("cpu", bfloat16) around forward + loss, fused AdamW)."""
     import torch
     from llms_from_scratch.ch04 import GPTModel
     torch.set_num_threads(args.threads or os.cpu_count())
     torch.manual_seed(123)
     model = GPTModel(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
+    fused = args.torch_mode in ("fused", "bf16")
+    bf16 = args.torch_mode == "bf16"
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, fused=fused or None)
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.integers(0, cfg["vocab_size"], (args.batch, args.seq)))
     y = torch.tensor(rng.integers(0, cfg["vocab_size"], (args.batch, args.seq)))
@@ -125,7 +182,8 @@ def worker_torch(args, cfg):
     def step():
         t0 = time.perf_counter()
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -140,17 +198,28 @@ def worker_torch(args, cfg):
     evals = []
     for _ in range(max(2, args.steps)):
         t = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         evals.append(time.perf_counter() - t)
     return {"splits": splits, "eval": evals, "peak_rss_gib": peak_rss_gib(),
-            "runtime": f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
+            "runtime": f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.torch_mode}"}
+
+
+ENGINES = {   # column name -> (worker, its extra flags)
+    "ours f32": ("ours", ["--precision", "float32"]),
+    "ours bf16": ("ours", ["--precision", "bfloat16"]),
+    "torch book": ("torch", ["--torch-mode", "default"]),
+    "torch fused": ("torch", ["--torch-mode", "fused"]),
+    "torch bf16+fused": ("torch", ["--torch-mode", "bf16"]),
+}
 
 
 def run_worker(engine, args):
-    cmd = [sys.executable, __file__, "--worker", engine, "--model", args.model, "--batch", str(args.batch),
+    worker, extra = ENGINES[engine]
+    cmd = [sys.executable, __file__, "--worker", worker, "--model", args.model, "--batch", str(args.batch),
            "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--kernels", args.kernels] + (["--threads", str(args.threads)] if args.threads else [])
+           "--kernels", args.kernels] + extra + (["--threads", str(args.threads)] if args.threads else []) \
+        + (["--plain-api"] if args.plain_api else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"the {engine} worker failed:\n{out.stderr[-3000:]}")
@@ -176,8 +245,14 @@ def main():
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of each engine")
     p.add_argument("--kernels", choices=["numpy", "numba"], default="numba")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--compare-torch", action="store_true")
+    p.add_argument("--compare-torch", action="store_true",
+                   help="also torch: the book's default AdamW, fused AdamW, bf16 autocast + fused AdamW")
+    p.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="float32",
+                   help="ours: float32, bf16 autocast, or both side by side")
+    p.add_argument("--plain-api", action="store_true",
+                   help="ours without cli.setup_threads' allocator tuning, as a user's own loop")
     p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--torch-mode", choices=["default", "fused", "bf16"], default="default", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     sys.path.insert(0, os.path.dirname(HERE))
@@ -189,23 +264,30 @@ def main():
         print(json.dumps(fn(args, cfg)))
         return
 
-    engines = ["ours"] + (["torch"] if args.compare_torch else [])
+    ours_engines = {"float32": ["ours f32"], "bfloat16": ["ours bf16"], "both": ["ours f32", "ours bf16"]}
+    engines = ours_engines[args.precision]
+    if args.compare_torch:
+        engines += ["torch book", "torch fused", "torch bf16+fused"]
     results = {e: [] for e in engines}
     for r in range(args.rounds):
         for e in engines:
             print(f"round {r + 1}/{args.rounds}: {e} ...", file=sys.stderr, flush=True)
             results[e].append(run_worker(e, args))
-    ours = summarize(results["ours"])
     tokens = args.batch * args.seq
-    floor = statistics.median(r["gemm_floor"] for r in results["ours"])
-    gflop = results["ours"][0]["gflop"]
+    first = results[engines[0]]
+    floor = statistics.median(r["gemm_floor"] for r in first)
+    gflop = first[0]["gflop"]
     print(f"# {args.model}, batch {args.batch} x {args.seq}, kernels {args.kernels}, "
           f"{args.rounds} rounds x {args.steps} steps (median)")
-    print(f"# {results['ours'][0]['runtime']}")
-    if args.compare_torch:
-        print(f"# {results['torch'][0]['runtime']}")
+    print(f"# {cpu_line()}")
+    for e in engines:
+        print(f"# {e}: {results[e][0]['runtime']}")
     print()
-    cols = engines + (["ratio"] if args.compare_torch else [])
+    # ratio: ours against the fastest eager torch setting (bf16 autocast + fused AdamW)
+    target = "torch bf16+fused" if args.compare_torch else None
+    ours_cols = [e for e in engines if e.startswith("ours")]
+    ratio_cols = [f"{e} / {target}" for e in ours_cols] if target else []
+    cols = engines + ratio_cols
     rows = [("step (s)", "step"), ("  forward + loss (s)", "fwd"), ("  backward (s)", "bwd"),
             ("  AdamW step (s)", "opt"), ("eval forward (s)", "eval"), ("peak RSS (GiB)", "rss")]
     summaries = {e: summarize(results[e]) for e in engines}
@@ -213,20 +295,25 @@ def main():
     print("|" + "---|" * (len(cols) + 1))
     for label, key in rows:
         vals = [f"{summaries[e][key]:.3f}" for e in engines]
-        if args.compare_torch:
-            vals.append(f"{summaries['ours'][key] / summaries['torch'][key]:.2f}x")
+        vals += [f"{summaries[e][key] / summaries[target][key]:.2f}x" for e in ours_cols] if target else []
         print(f"| {label} | " + " | ".join(vals) + " |")
     tok = [f"{tokens / summaries[e]['step']:.0f}" for e in engines]
-    print("| tokens/s | " + " | ".join(tok) + (" | |" if args.compare_torch else " |"))
+    print("| tokens/s | " + " | ".join(tok + [""] * len(ratio_cols)) + " |")
     print()
-    print(f"GEMM floor (the step's {gflop:.0f} GFLOP of matrix products alone, NumPy BLAS, same process): "
-          f"{floor:.3f} s = {gflop / floor:.0f} GFLOP/s")
-    print(f"achieved: {gflop / ours['step']:.0f} GFLOP/s = {floor / ours['step']:.0%} of the GEMM rate; "
-          f"step / GEMM floor = {ours['step'] / floor:.2f}")
-    print(f"first-round warm-up (includes numba compile or cache load): {results['ours'][0]['warmup']:.1f} s")
-    print()
-    print("per-op profile of one step (ours):")
-    print(results["ours"][-1]["profile"])
+    print(f"GEMM floor, float32 (the step's {gflop:.0f} GFLOP of matrix products alone, NumPy BLAS, same "
+          f"process): {floor:.3f} s = {gflop / floor:.0f} GFLOP/s")
+    if "ours bf16" in results and results["ours bf16"][0]["gemm_floor_bf16"] is not None:
+        floor16 = statistics.median(r["gemm_floor_bf16"] for r in results["ours bf16"])
+        print(f"GEMM floor, bf16 (the same products through oneMKL, inputs already bf16): {floor16:.3f} s = "
+              f"{gflop / floor16:.0f} GFLOP/s; ours bf16 step / bf16 floor = "
+              f"{summaries['ours bf16']['step'] / floor16:.2f}")
+    for e in ours_cols:
+        print(f"{e}: {gflop / summaries[e]['step']:.0f} GFLOP/s achieved; step / float32 GEMM floor = "
+              f"{summaries[e]['step'] / floor:.2f}; first-round warm-up {results[e][0]['warmup']:.1f} s")
+    for e in ours_cols:
+        print()
+        print(f"per-op profile of one step ({e}):")
+        print(results[e][-1]["profile"])
 
 
 if __name__ == "__main__":

@@ -108,11 +108,13 @@ def small_text(n_tokens=400):
 
 @contextlib.contextmanager
 def isolated(monkeypatch, tmp_path):
-    """main() sets the kernel backend, BLAS/numba threads and signal handlers: undo all."""
+    """main() sets the kernel backend, BLAS/numba/MKL threads and signal handlers: undo all."""
     import numba
     from threadpoolctl import threadpool_limits
     from tinygrad_gpt import kernels
+    from tinygrad_gpt.kernels import bf16_mkl
     numba_threads = numba.get_num_threads()
+    mkl_threads = bf16_mkl.get_num_threads()         # 0 while MKL is not loaded
     limits = threadpool_limits(limits=None)
     monkeypatch.setenv("TINYGRAD_GPT_KERNELS", "numpy")
     monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
@@ -126,6 +128,8 @@ def isolated(monkeypatch, tmp_path):
             signal.signal(s, h)
         limits.restore_original_limits()
         numba.set_num_threads(numba_threads)
+        if mkl_threads:
+            bf16_mkl.set_num_threads(mkl_threads)
 
 
 # ----------------------------------------------------------------------------- the pretrain CLI as a process

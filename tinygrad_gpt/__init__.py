@@ -7,6 +7,7 @@ from .tensor import (Function, Tensor, cat, concatenate, default_rng, enable_gra
 from . import nn, optim
 from .model import CONFIGS, GPT_CONFIG_124M, GPTModel, generate_text_simple, get_config
 from .optim import AdamW
+from .amp import autocast, set_autocast
 from .generation import KVCache, generate, generate_stream
 from . import pretrained as _pretrained
 from .pretrained import WeightsError, from_pretrained, save_pretrained

@@ -5,8 +5,12 @@ intermediate arrays alive and walk them all again in backward. Here each layer i
 Function whose backward is the derivative written out once (the math is in
 kernels/reference.py, next to the code that computes it). `K` is the active kernel backend.
 """
+import sys
+import weakref
+
 import numpy as np
 
+from . import amp
 from .kernels import K
 from .tensor import Function, Tensor, _axis, default_rng, is_grad_enabled
 
@@ -158,8 +162,32 @@ class Embedding(Function):
     def backward(ctx, grad):                   # scatter-add: a repeated id receives the sum
         ids, = ctx.saved
         C = grad.shape[-1]
-        dW = K.embedding_backward(np.ascontiguousarray(grad).reshape(-1, C), ids.reshape(-1), ctx.V)
-        return dW, None
+        g2, ids = np.ascontiguousarray(grad).reshape(-1, C), ids.reshape(-1)    # (N, C), (N,)
+        kept = _embedding_grad_buffer(ctx.parents[0].data, g2.dtype)
+        if kept is None:
+            return K.embedding_backward(g2, ids, ctx.V), None
+        kept[2] = K.embedding_backward_into(g2, ids, kept[1], kept[2])
+        return kept[1], None
+
+
+# weight array id -> [weakref to it, a kept (V, C) gradient buffer, its nonzero rows]. A fresh
+# (V, C) array every step (154 MB for GPT-2) costs the kernel's page zeroing; the kept one
+# only zeroes the rows the previous step wrote. Reused only while no one else holds it (it
+# is not still some parameter's .grad, e.g. when gradients accumulate over micro-batches).
+_embedding_grads = {}
+
+
+def _embedding_grad_buffer(weight, dtype):
+    key = (id(weight), np.dtype(dtype).str)
+    kept = _embedding_grads.get(key)
+    if kept is not None and kept[0]() is weight and sys.getrefcount(kept[1]) <= 2:  # the list + the call
+        return kept
+    if kept is not None and kept[0]() is weight:
+        return None                            # still in use: this backward gets a fresh array
+    kept = [weakref.ref(weight, lambda _r: _embedding_grads.pop(key, None)),
+            np.zeros(weight.shape, dtype=dtype), np.zeros(0, dtype=np.int64)]
+    _embedding_grads[key] = kept
+    return kept
 
 
 def embedding(weight, ids):
@@ -172,7 +200,14 @@ def embedding(weight, ids):
 class Linear(Function):
     def forward(ctx, x, w, b=None):            # x: (..., in)  w: (out, in)  b: (out,)
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # (N, in)
-        y2 = x2 @ w.T                                          # (N, out), one BLAS GEMM
+        ctx.bf16 = amp.is_autocast_enabled() and x2.dtype == np.float32 and w.dtype == np.float32
+        y2 = _kept_buffer(w, "y", (x2.shape[0], w.shape[0]), np.result_type(x2, w))   # (N, out)
+        if ctx.bf16:                           # bf16 inputs, float32 accumulation and result
+            x2, wb = amp.to_bf16(x2), amp.weight_bf16(w)       # (N, in), (out, in) uint16 bits
+            amp.gemm(x2, wb, trans_b=True, out=y2)             # (N, out) float32
+            w = wb                             # backward multiplies the same bf16 numbers
+        else:
+            np.matmul(x2, w.T, out=y2)                         # (N, out), one BLAS GEMM
         if b is not None:
             y2 += b
         ctx.save_for_backward(x2, w)
@@ -182,12 +217,42 @@ class Linear(Function):
     def backward(ctx, grad):                   # y = x W^T + b
         x2, w = ctx.saved
         g2 = np.ascontiguousarray(grad).reshape(-1, w.shape[0])   # (N, out)
-        dx = (g2 @ w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None   # dx = dy W
-        dw = g2.T @ x2 if ctx.needs_input_grad[1] else None        # dW = dy^T x   (out, in)
+        dw = None
+        if ctx.needs_input_grad[1]:            # into a kept (out, in) buffer: no fresh pages per step
+            dw = _kept_buffer(ctx.parents[1].data, "dW", w.shape, g2.dtype)
+        if ctx.bf16:                           # the same two products, bf16 in, float32 out
+            gb = amp.to_bf16(g2)                                   # (N, out) bits
+            dx = amp.gemm(gb, w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
+            if dw is not None:
+                amp.gemm(gb, x2, trans_a=True, out=dw)
+        else:
+            dx = (g2 @ w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None   # dx = dy W
+            if dw is not None:
+                np.matmul(g2.T, x2, out=dw)                        # dW = dy^T x   (out, in)
         if len(ctx.needs_input_grad) == 3:
             db = g2.sum(axis=0) if ctx.needs_input_grad[2] else None   # db = sum of dy over rows
             return dx, dw, db
         return dx, dw
+
+
+# (id(owner array), tag) -> [weakref to the owner, a kept array]: a gradient a layer writes every
+# step (Linear's dW: 154 MB for the output head), reused while nobody else holds it (not still a
+# parameter's .grad, not kept by the caller); otherwise the layer gets a fresh one.
+_kept = {}
+
+
+def _kept_buffer(owner, tag, shape, dtype):
+    key = (id(owner), tag)
+    entry = _kept.get(key)
+    if entry is not None and entry[0]() is owner:
+        a = entry[1]
+        if a.shape == tuple(shape) and a.dtype == dtype and sys.getrefcount(a) <= 3:   # entry, a, call
+            return a
+        if a.shape == tuple(shape) and a.dtype == dtype:
+            return np.empty(shape, dtype=dtype)                # in use: a fresh one this time
+    a = np.empty(shape, dtype=dtype)
+    _kept[key] = [weakref.ref(owner, lambda _r: _kept.pop(key, None)), a]
+    return a
 
 
 def linear(x, weight, bias=None):

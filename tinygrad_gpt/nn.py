@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
+from . import amp
 from . import functional as F
 from .tensor import RemovableHandle, Tensor, default_rng, is_grad_enabled
 
@@ -204,6 +205,7 @@ class Module:
             if name in params:
                 value = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
                 np.copyto(params[name].data, value, casting="same_kind")
+        amp.invalidate(params.values())       # their bf16 copies (autocast) are stale now
         return missing, unexpected
 
     # ---- modes

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import amp
 from .kernels import K
 from .tensor import Tensor
 
@@ -64,8 +65,13 @@ class AdamW:
                     st = self.state[id(p)] = {"step": 0, "exp_avg": np.zeros_like(p.data),
                                               "exp_avg_sq": np.zeros_like(p.data)}
                 st["step"] += 1
-                K.adamw_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], group["lr"],
-                             beta1, beta2, group["eps"], group["weight_decay"], st["step"])
+                pb = amp.optimizer_copy(p.data)    # the weight's bf16 copy, if autocast uses it
+                if pb is None:
+                    K.adamw_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], group["lr"],
+                                 beta1, beta2, group["eps"], group["weight_decay"], st["step"])
+                else:                          # the same update, writing the bf16 copy in the pass
+                    K.adamw_step_bf16(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], pb, group["lr"],
+                                      beta1, beta2, group["eps"], group["weight_decay"], st["step"])
 
     # ---- state, in torch's layout: parameters are numbered in order
     def state_dict(self) -> dict:

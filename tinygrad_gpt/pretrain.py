@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .amp import autocast, choose_precision, resolve_precision
 from .cli import USAGE_ERROR, UsageError, keep_freed_memory, select_kernels, setup_threads  # noqa: F401
 from .cli import pretrain_corpus
 from .cli.pretrain_corpus import is_root
@@ -87,7 +88,10 @@ def run(args):
 
     # ---- from here on the input is valid
     print(description, flush=True)
-    print(setup_threads(args.threads, warm_up=True), flush=True)
+    precision = resolve_precision(args.precision)
+    print(setup_threads(args.threads, warm_up=True, precision=precision), flush=True)
+    print(f"Precision: {choose_precision(args.precision)[1]}", flush=True)
+    args.precision = precision                    # what the checkpoints store
     if corpus_run is None:
         n_tokens = len(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))
         print(f"Characters: {len(text)} Tokens: {n_tokens}", flush=True)
@@ -254,6 +258,10 @@ def make_model_and_optimizer(args, cfg, ckpt, train_loader):
         saved_kernels = ckpt.config.get("kernels")
         note = (f"; note: it was trained with the {saved_kernels} kernels, these are {get_backend()}, "
                 "so the last bits may differ" if saved_kernels and saved_kernels != get_backend() else "")
+        saved_precision = ckpt.config.get("precision", "float32")
+        if saved_precision != args.precision:
+            note += (f"; note: it was trained in {saved_precision}, this run continues in {args.precision}, "
+                     "so the losses differ from an uninterrupted run's")
         print(f"Resuming from {ckpt.path}: step {state.global_step}, epoch {state.epoch + 1}, "
               f"batch {state.batch} of {len(train_loader)}, {state.tokens_seen:,} tokens seen{note}", flush=True)
         ckpt.model = ckpt.optimizer = None        # the arrays are in the model now
@@ -273,7 +281,7 @@ def run_config(args, cfg, text, text_sha, corpus_run=None):
             "run": {**{k: getattr(args, k) for k in RUN_KEYS}, "epochs": args.epochs},
             "data": data,
             **({"corpus": pretrain_corpus.corpus_config(args)} if corpus_run is not None else {}),
-            "kernels": get_backend(),
+            "kernels": get_backend(), "precision": args.precision,
             "options": {"out": os.path.abspath(args.out), "save_every": every, "threads": args.threads,
                         "log_grad_norms": args.log_grad_norms, "no_plot": args.no_plot}}
 
@@ -313,7 +321,7 @@ def train(args, model, train_loader, val_loader, optimizer, tokenizer, state, ch
             dp.reseed_dropout(default_rng(), args.seed, state.global_step + 1)
             checkpointer.on_step(state)
     try:
-        with _SignalHandlers(checkpointer):
+        with _SignalHandlers(checkpointer), autocast("bfloat16", enabled=args.precision == "bfloat16"):
             state = train_model(model, train_loader, val_loader, optimizer, args.epochs, args.eval_freq,
                                 args.eval_iter, args.start_context, tokenizer, state=state, peak_lr=args.lr,
                                 warmup_steps=args.warmup_steps, min_lr=args.min_lr, grad_clip=args.grad_clip,

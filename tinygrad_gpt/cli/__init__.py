@@ -2,7 +2,7 @@
 
 This room owns argument-parsing conventions (a mistake is one line on stderr and exit code 2,
 never argparse's usage block or a traceback) and the runtime set-up a command does once for
-its process: one thread count for BLAS and numba, glibc's allocator tuned, the kernel backend
+its process: one thread count for BLAS, numba and MKL, glibc's allocator tuned, the kernel backend
 chosen. The commands themselves are tinygrad_gpt.pretrain, tinygrad_gpt.cli.generate and
 tinygrad_gpt.explain; examples/*.py are two-line wrappers over them. Nothing below the CLI
 imports this package.
@@ -10,7 +10,6 @@ imports this package.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -71,25 +70,24 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def setup_threads(threads: int | None = None, warm_up: bool = False) -> str:
-    """One thread count for BLAS and numba, the allocator tuned, the kernels compiled (when
-    warm_up); returns a line describing the runtime."""
+def setup_threads(threads: int | None = None, warm_up: bool = False, precision: str = "float32") -> str:
+    """One thread count for the three pools (OpenBLAS, numba, and oneMKL's when precision is
+    "bfloat16": kernels/threads.py), the allocator tuned, the kernels compiled (when warm_up);
+    returns a line describing the runtime."""
     import numba
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_info
     from ..kernels import K, get_backend
-    threads = threads or os.cpu_count() or 1
-    threadpool_limits(threads)
-    try:
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ValueError:
-        pass
+    from ..kernels.threads import set_num_threads
+    threads = set_num_threads(threads, load_mkl=False)
     keep_freed_memory()
     layer = ""
     if warm_up and get_backend() == "numba":
         K.warmup(verbose=True)
         layer = f" ({numba.threading_layer()} threading layer)"
+    if precision == "bfloat16":                # MKL after numba's pool has started, then the same count
+        set_num_threads(threads, load_mkl=True)
     blases = [i for i in threadpool_info() if i.get("user_api") == "blas"]   # numba may load scipy's too
     blas = next((i for i in blases if "numpy" in i.get("filepath", "")), blases[0] if blases else {})
     return (f"Runtime: numpy {np.__version__} ({blas.get('internal_api', '?')} {blas.get('version', '')} "
             f"{blas.get('architecture', '')}), numba {numba.__version__}{layer}, kernels {get_backend()}, "
-            f"{threads} threads, float32")
+            f"{threads} threads, {precision}")

@@ -31,9 +31,9 @@ checkpoints:
   optimizer.safetensors, state.json), saved every --save-every steps, at the end, and on
   Ctrl-C / SIGTERM (without --save-dir, interrupts save into OUT/checkpoints).
   --resume DIR continues from DIR's newest checkpoint with its hyperparameters (a
-  conflicting flag is an error; --epochs may extend the run), its kernels and its
-  --threads: the losses printed after resuming are those of an uninterrupted run, bit
-  for bit. Ctrl-C twice stops at once, without saving the step in progress.
+  conflicting flag is an error; --epochs may extend the run), its kernels, its --threads
+  and its --precision: the losses printed after resuming are those of an uninterrupted
+  run, bit for bit. Ctrl-C twice stops at once, without saving the step in progress.
 
 exit codes:
   0    training finished
@@ -85,7 +85,10 @@ def build_parser():
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="continue from a checkpoint: a --save-dir (its newest checkpoint) or a "
                         "step-NNNNNN directory")
-    add_runtime_flags(p, threads_help="threads for BLAS and numba (default: all cores)",
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="bfloat16: autocast's bf16 matrix products (float32 master weights); auto: "
+                        "the measured faster one (float32 so far); on --resume, the checkpoint's")
+    add_runtime_flags(p, threads_help="threads for BLAS, numba and MKL (default: all cores)",
                       kernels_help="kernel backend (default: $TINYGRAD_GPT_KERNELS or numba; on --resume, "
                                    "the checkpoint's)")
     p.add_argument("--log-grad-norms", action="store_true",
@@ -185,6 +188,12 @@ def adopt_checkpoint_config(args, ckpt):
     if "kernels" not in args.explicit and not environment_choice() \
             and cfg.get("kernels") in ("numpy", "numba"):
         args.kernels = cfg["kernels"]             # the same kernels give the same bits
+    if "precision" not in args.explicit:          # the same products give the same bits
+        stored_precision = cfg.get("precision", "float32")  # runs saved before --precision: float32
+        if stored_precision not in ("float32", "bfloat16"):
+            raise UsageError(f"checkpoint {ckpt.path} is corrupted: its state.json names precision "
+                             f"{stored_precision!r}; fix: pass --precision float32 or bfloat16")
+        args.precision = stored_precision
 
 
 def resume_command(save_dir, args):

@@ -95,7 +95,7 @@ def _indices(fn, name, idx, n, limit, ignore=None):
 
 
 # exp and tanh that vectorize (Cephes expf/tanhf as LLVM-level code): vector_math.py
-from .vector_math import _exp, _exp_f32, _tanh, _tanh_f32  # noqa: E402,F401  (the tests inspect them here)
+from .vector_math import _exp, _exp_f32, _f32_bits, _tanh, _tanh_f32  # noqa: E402,F401  (the tests inspect them here)
 
 
 # ----------------------------------------------------------------------------- layer norm
@@ -592,7 +592,88 @@ def warmup(verbose=True):
         q = rng.standard_normal((1, 1, 3, 2)).astype(dt)
         out, att = attention_forward(q, q, q)
         attention_backward(out, q, q, q, att)
+        embedding_backward_into(x, ids, np.zeros((4, 5), dt), np.zeros(0, np.int64))
+    x = rng.standard_normal(7).astype(np.float32)           # bf16 autocast's kernels
+    adamw_step_bf16(x.copy(), x, np.zeros_like(x), np.zeros_like(x), to_bf16(x), 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)
     seconds = time.perf_counter() - t0
     if verbose:
         print(f"numba_cpu: kernels ready in {seconds:.1f} s", flush=True)
     return seconds
+
+
+# ----------------------------------------------------------------------------- bfloat16
+@njit(inline="always")
+def _bf16_bits(x):                             # float32 -> uint16 bits, round to nearest even
+    u = np.uint32(_f32_bits(x))
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint16((u >> np.uint32(16)) | np.uint32(0x0040))       # NaN stays a quiet NaN
+    return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@njit(parallel=True, cache=True)
+def _to_bf16(x, out):                          # x: (M,) float32  out: (M,) uint16
+    for i in prange(x.size):
+        out[i] = _bf16_bits(x[i])
+
+
+def to_bf16(x):
+    """float32 -> bf16 bits (uint16), round to nearest even, one parallel pass (reference.to_bf16)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, dtype=np.uint16)
+    _to_bf16(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+from_bf16 = reference.from_bf16                # a shift and a view: NumPy is already one pass
+gemm_bf16 = reference.gemm_bf16                # the twin; the fast one is kernels/bf16_mkl.py
+
+
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _adamw_step_bf16(p, g, m, v, pb, decay, beta1, one_m_beta1, beta2, one_m_beta2, sqrt_bc2, eps,
+                     step_size):
+    # _adamw_step, and the bf16 copy of the new weight written from the register
+    for i in prange(p.size):
+        gi = g[i]
+        mi = m[i] * beta1 + one_m_beta1 * gi
+        vi = v[i] * beta2 + one_m_beta2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        pi = p[i] * decay - step_size * (mi / (math.sqrt(vi) / sqrt_bc2 + eps))
+        p[i] = pi
+        pb[i] = _bf16_bits(pi)
+
+
+def adamw_step_bf16(p, g, m, v, pb, lr, beta1, beta2, eps, weight_decay, step):
+    """adamw_step, and pb = to_bf16(p) of the updated weight, in the same pass."""
+    if not (p.dtype == np.float32 and pb.dtype == np.uint16 and pb.shape == p.shape
+            and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous
+            and pb.flags.c_contiguous):
+        return reference.adamw_step_bf16(p, g, m, v, pb, lr, beta1, beta2, eps, weight_decay, step)
+    _, g, _, _ = _floats("adamw_step_bf16", p=p, g=g, m=m, v=v)
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        _shape("adamw_step_bf16", name, a, p.shape)
+    dt = np.float32
+    lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    _adamw_step_bf16(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), pb.reshape(-1),
+                     dt(1.0 - lr * float(weight_decay)), dt(beta1), dt(1.0 - beta1), dt(beta2),
+                     dt(1.0 - beta2), dt(math.sqrt(bc2)), dt(eps), dt(lr / bc1))
+
+
+# ----------------------------------------------------------------------------- embedding, kept buffer
+@njit(parallel=True, cache=True, fastmath=SAFE)
+def _zero_rows(dW, rows):                      # dW: (V, C)  rows: (R,) distinct
+    for r in prange(rows.size):
+        dW[rows[r], :] = 0.0
+
+
+def embedding_backward_into(dout, ids, dW, stale_rows):
+    """embedding_backward into a kept (V, C) buffer, nonzero only in stale_rows (reference.py)."""
+    (dout,) = _floats("embedding_backward_into", dout=dout)
+    N, C = dout.shape
+    ids = _indices("embedding_backward_into", "ids", ids, N, dW.shape[0])
+    _shape("embedding_backward_into", "dW", dW, (dW.shape[0], C))
+    _zero_rows(dW, np.ascontiguousarray(stale_rows, dtype=np.int64))
+    _embedding_backward(dout, ids, dW)         # the same column-blocked scatter-add
+    return np.unique(ids)

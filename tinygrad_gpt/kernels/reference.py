@@ -187,3 +187,50 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     bc2 = 1.0 - beta2 ** step
     denom = np.sqrt(v) / math.sqrt(bc2) + eps
     p -= (lr / bc1) * (m / denom)
+
+
+# ----------------------------------------------------------------------------- bfloat16
+# bf16 is the top half of a float32: same sign and 8-bit exponent, 7 mantissa bits. We store
+# it as uint16 bits (no extra dependency); widening is exact, narrowing rounds.
+def to_bf16(x):
+    """float32 -> bf16 bits (uint16), round to nearest, ties to even; NaN stays a (quiet) NaN,
+    +-inf stays inf, a float32 above the largest bf16 rounds to inf (as IEEE rounding does)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    lsb = (u >> 16) & 1                                   # the last bit kept: ties go to where it is 0
+    rounded = ((u + 0x7FFF + lsb) >> 16).astype(np.uint16)
+    quiet_nan = ((u >> 16) | 0x0040).astype(np.uint16)    # keep sign and payload top, set the quiet bit
+    return np.where((u & 0x7FFFFFFF) > 0x7F800000, quiet_nan, rounded)
+
+
+def from_bf16(b):
+    """bf16 bits (uint16) -> float32, exact: the bits become the top half."""
+    return (np.asarray(b, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
+    """out (M, N) float32 = op(a) @ op(b) for bf16 bits a, b: the spec of kernels/bf16_mkl.py.
+    Every product of two bf16 numbers is exact in float32; only the sum order differs."""
+    A = from_bf16(a)
+    B = from_bf16(b)
+    A = A.T if trans_a else A                             # (M, K)
+    B = B.T if trans_b else B                             # (K, N)
+    if out is None:
+        return np.matmul(A, B)
+    np.matmul(A, B, out=out)
+    return out
+
+
+def adamw_step_bf16(p, g, m, v, pb, lr, beta1, beta2, eps, weight_decay, step):
+    """adamw_step, and pb = to_bf16(p) of the updated weight: autocast's bf16 copy, written in
+    the same pass (once per optimizer step, not once per GEMM)."""
+    adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+    pb[...] = to_bf16(p)
+
+
+def embedding_backward_into(dout, ids, dW, stale_rows):
+    """embedding_backward into a kept (V, C) buffer: dW holds a previous step's gradient, which
+    is nonzero only in stale_rows; zero those, scatter-add dout. Touches O(N) rows, not V.
+    Returns the rows now nonzero (the next call's stale_rows)."""
+    dW[stale_rows] = 0.0
+    np.add.at(dW, ids, dout)                              # scatter-add, as embedding_backward
+    return np.unique(ids)

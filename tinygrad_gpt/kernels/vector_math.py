@@ -1,4 +1,5 @@
-"""exp and tanh that vectorize inside numba kernels (numba_cpu.py's elementwise math).
+"""exp and tanh that vectorize inside numba kernels (numba_cpu.py's elementwise math),
+and the float32 bit reinterpretation its bf16 rounding uses.
 
 numba lowers math.exp / math.tanh to one scalar libm call per element (no SVML here), so a
 loop around them runs one element at a time while NumPy's own exp and tanh use AVX-512.
@@ -50,6 +51,17 @@ def _ldexp_f32(typingctx, y, n):
         bits = builder.add(builder.bitcast(args[0], i32), builder.shl(e, llvm_ir.Constant(i32, 23)))
         return builder.bitcast(bits, llvm_ir.FloatType())
     return types.float32(y, n), codegen
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    """A float32's bits as uint32 (a bitcast, no conversion): the bf16 rounding in numba_cpu."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(32))
+    return types.uint32(x), codegen
 
 
 @njit(inline="always")

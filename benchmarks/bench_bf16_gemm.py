@@ -1,0 +1,105 @@
+"""The step's matrix products in float32 (NumPy's OpenBLAS) and bf16 (oneMKL on AMX), the
+float32 -> bf16 conversion, and the two thread pools taking turns.
+
+    python benchmarks/bench_bf16_gemm.py                 # 124M, batch 2 x 256
+    python benchmarks/bench_bf16_gemm.py --threads 2
+
+Prints GFLOP/s per shape (best of --repeats), the whole step's GEMM time in each precision
+(bench_train_step.step_gemms), the conversion's cost per element (NumPy twin vs numba),
+and "alternating": a float32 NumPy GEMM and a bf16 MKL GEMM called in turn, as a training
+step does, each timed alone (if an idle pool spun, the other one would slow down).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from bench_train_step import cpu_line, step_gemms  # noqa: E402
+
+
+def best(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="124M")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    from tinygrad_gpt.kernels import bf16_mkl, numba_cpu, reference as R
+    from tinygrad_gpt.kernels.threads import set_num_threads
+    from tinygrad_gpt.model import get_config
+    threads = set_num_threads(args.threads)
+    print(f"# {cpu_line()}")
+    if not bf16_mkl.available():
+        sys.exit(f"bench_bf16_gemm: no bf16 fast path: {bf16_mkl.unavailable_reason()}")
+    print(f"# {threads} threads; MKL {bf16_mkl.library_path()} ({bf16_mkl.get_num_threads()} threads)")
+    cfg = get_config(args.model)
+    rng = np.random.default_rng(0)
+    rows, t32, t16 = [], 0.0, 0.0
+    cache = {}
+    for count, m, k, n in step_gemms(cfg, args.batch, args.seq):
+        if (m, k, n) not in cache:
+            a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+            ab, bb = R.to_bf16(a), R.to_bf16(b)
+            c = np.empty((m, n), np.float32)
+            f32 = best(lambda: np.matmul(a, b, out=c), args.repeats)
+            b16 = best(lambda: bf16_mkl.gemm_bf16(ab, bb, out=c), args.repeats)
+            cache[(m, k, n)] = (f32, b16)
+            rows.append((m, k, n, f32, b16))
+        f32, b16 = cache[(m, k, n)]
+        t32 += count * f32
+        t16 += count * b16
+    print("\n| M x K x N | float32 NumPy GFLOP/s | bf16 MKL GFLOP/s | speed-up |\n|---|---|---|---|")
+    for m, k, n, f32, b16 in rows:
+        g = 2.0 * m * k * n / 1e9
+        print(f"| {m}x{k}x{n} | {g / f32:.0f} | {g / b16:.0f} | {f32 / b16:.2f}x |")
+    gflop = sum(c * 2.0 * m * k * n for c, m, k, n in step_gemms(cfg, args.batch, args.seq)) / 1e9
+    print(f"\nthe step's {gflop:.0f} GFLOP: float32 {t32:.3f} s ({gflop / t32:.0f} GFLOP/s), "
+          f"bf16 {t16:.3f} s ({gflop / t16:.0f} GFLOP/s), {t32 / t16:.2f}x")
+
+    x = rng.standard_normal(512 * 3072, dtype=np.float32)
+    tn = best(lambda: R.to_bf16(x), args.repeats)
+    tb = best(lambda: numba_cpu.to_bf16(x), args.repeats)
+    tc = best(lambda: x.copy(), args.repeats)
+    print(f"\nfloat32 -> bf16 of a 512x3072 activation: NumPy twin {tn * 1e3:.2f} ms, numba {tb * 1e3:.2f} ms "
+          f"(a plain float32 copy: {tc * 1e3:.2f} ms)")
+
+    m, k, n = args.batch * args.seq, cfg["emb_dim"], 4 * cfg["emb_dim"]
+    a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+    ab, bb = R.to_bf16(a), R.to_bf16(b)
+    c = np.empty((m, n), np.float32)
+    g = 2.0 * m * k * n / 1e9
+    alone32 = best(lambda: np.matmul(a, b, out=c), args.repeats)
+    alone16 = best(lambda: bf16_mkl.gemm_bf16(ab, bb, out=c), args.repeats)
+    s32, s16 = [], []
+    for _ in range(10 * args.repeats):
+        t = time.perf_counter()
+        np.matmul(a, b, out=c)
+        s32.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bf16_mkl.gemm_bf16(ab, bb, out=c)
+        s16.append(time.perf_counter() - t)
+    print(f"\nalternating {m}x{k}x{n} (median of {len(s32)} pairs) vs each alone (best):")
+    print(f"  float32 NumPy: {g / statistics.median(s32):.0f} GFLOP/s alternating, {g / alone32:.0f} alone")
+    print(f"  bf16 MKL:      {g / statistics.median(s16):.0f} GFLOP/s alternating, {g / alone16:.0f} alone")
+
+
+if __name__ == "__main__":
+    main()

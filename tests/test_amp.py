@@ -1,0 +1,437 @@
+"""bf16 autocast: the rounding, the bf16 GEMM against its twin, Linear/AdamW under autocast."""
+import os
+import platform
+import resource
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import tinygrad_gpt as tg
+from tinygrad_gpt import amp
+from tinygrad_gpt import functional as F
+from tinygrad_gpt.kernels import bf16_mkl, reference as R
+
+from helpers import TINY, ep_lines, isolated, require, run_cli, small_text
+
+MKL_IS_A_DEPENDENCY = platform.system() == "Linux" and platform.machine() == "x86_64"   # setup.cfg
+
+
+@pytest.fixture
+def mkl():
+    """The fast path: skipped only on a CPU without AMX-BF16 or where setup.cfg installs no mkl;
+    on an AMX-BF16 x86_64 Linux machine a missing or unloadable MKL fails the test."""
+    if bf16_mkl.available():
+        return bf16_mkl
+    if not bf16_mkl.cpu_has_amx_bf16():
+        pytest.skip("this CPU has no AMX-BF16: the bf16 fast path cannot run here")
+    if not MKL_IS_A_DEPENDENCY:
+        pytest.skip(f"mkl is a dependency only on x86_64 Linux: {bf16_mkl.unavailable_reason()}")
+    pytest.fail(f"the CPU has AMX-BF16 and setup.cfg installs mkl here, but {bf16_mkl.unavailable_reason()}",
+                pytrace=False)
+
+
+MKL = pytest.mark.usefixtures("mkl")
+
+
+def bits(x):
+    return np.asarray(x, dtype=np.float32).view(np.uint32)
+
+
+def kernels_to_bf16():
+    fns = [("numpy", R.to_bf16)]
+    from tinygrad_gpt.kernels import numba_cpu
+    fns.append(("numba", numba_cpu.to_bf16))
+    return fns
+
+
+# ----------------------------------------------------------------------------- rounding
+@pytest.mark.parametrize("name,to_bf16", kernels_to_bf16())
+def test_to_bf16_rounds_ties_to_even_and_keeps_nan_inf(name, to_bf16):
+    one = 0x3F800000
+    cases = {                                   # float32 bits -> expected bf16 bits
+        one: 0x3F80,
+        one | 0x8000: 0x3F80,                   # exactly halfway, last kept bit 0: stays (even)
+        one | 0x8001: 0x3F81,                   # just above halfway: up
+        one | 0x7FFF: 0x3F80,                   # just below: down
+        one | 0x18000: 0x3F82,                  # halfway, last kept bit 1: up to even
+        0x7F7FFFFF: 0x7F80,                     # float32 max rounds to +inf
+        0x7F800000: 0x7F80, 0xFF800000: 0xFF80,  # +-inf stay
+        0x80000000: 0x8000,                     # -0.0 keeps its sign
+        0x00000001: 0x0000,                     # the smallest subnormal rounds to 0
+        0x00018000: 0x0002,                     # subnormal tie, odd -> even
+        0x7FC00000: 0x7FC0,                     # quiet NaN
+        0x7F800001: 0x7FC0,                     # signalling NaN with a low payload: stays NaN, not inf
+        0xFFFFFFFF: 0xFFFF,                     # negative NaN, all payload bits: no wrap-around
+    }
+    x = np.array(list(cases), dtype=np.uint32).view(np.float32)
+    got = to_bf16(x)
+    assert got.dtype == np.uint16
+    want = np.array(list(cases.values()), dtype=np.uint16)
+    bad = [(hex(k), hex(g), hex(w)) for k, g, w in zip(cases, got, want) if g != w]
+    assert not bad, f"{name}: (float32 bits, got, expected): {bad}"
+    assert np.isnan(R.from_bf16(got[-3:])).all()
+
+
+@pytest.mark.parametrize("name,to_bf16", kernels_to_bf16())
+def test_to_bf16_is_the_nearest_bf16_on_random_bits(name, to_bf16):
+    u = np.random.default_rng(0).integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    x = u.view(np.float32)
+    np.seterr(invalid="ignore")                 # NaN bits widen to NaN; only finite x are checked
+    finite = np.isfinite(x) & (np.abs(x) < 3.38e38)
+    got = R.from_bf16(to_bf16(x)).astype(np.float64)
+    lo = (u & 0xFFFF0000).view(np.float32).astype(np.float64)    # truncation: one neighbour
+    hi = ((u & 0xFFFF0000) + 0x10000).view(np.float32).astype(np.float64)
+    xd = x.astype(np.float64)
+    err = np.abs(got - xd)
+    best = np.minimum(np.abs(lo - xd), np.abs(hi - xd))
+    assert np.all(err[finite] <= best[finite]), f"{name}: not the nearest bf16"
+    assert np.isnan(got[np.isnan(x)]).all()
+    np.seterr(invalid="warn")
+    print(f"{name}: worst relative rounding error {np.max(err[finite] / np.maximum(np.abs(xd[finite]), 1e-38)):.2e}")
+
+
+def test_numba_to_bf16_equals_reference_bit_for_bit():
+    from tinygrad_gpt.kernels import numba_cpu
+    u = np.random.default_rng(1).integers(0, 2**32, 1_000_003, dtype=np.uint64).astype(np.uint32)
+    x = u.view(np.float32).reshape(1000003)
+    assert np.array_equal(numba_cpu.to_bf16(x), R.to_bf16(x))
+
+
+def test_from_bf16_is_exact():
+    b = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    f = R.from_bf16(b)
+    ok = ~np.isnan(f)
+    assert np.array_equal(R.to_bf16(f)[ok], b[ok])
+
+
+# ----------------------------------------------------------------------------- the GEMM
+def rounded(shape, seed):
+    return R.to_bf16(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+
+
+@MKL
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 5), (64, 300, 129), (512, 64, 768)])
+def test_mkl_gemm_bf16_matches_its_twin(m, k, n, ta, tb):
+    a = rounded((k, m) if ta else (m, k), 0)
+    b = rounded((n, k) if tb else (k, n), 1)
+    got = bf16_mkl.gemm_bf16(a, b, ta, tb)
+    want = R.gemm_bf16(a, b, ta, tb)
+    # same bf16 inputs, exact products: only float32 summation order differs
+    A, B = R.from_bf16(a).astype(np.float64), R.from_bf16(b).astype(np.float64)
+    scale = np.abs(A.T if ta else A) @ np.abs(B.T if tb else B)          # sum |a||b| per entry
+    err = np.max(np.abs(got - want) / (scale + 1e-30))
+    print(f"{m}x{k}x{n} ta={ta} tb={tb}: worst error / sum|ab| = {err:.1e}")
+    assert got.dtype == np.float32 and got.shape == (m, n)
+    assert err < 4 * k * 2.0**-24 + 1e-6
+
+
+@MKL
+def test_mkl_gemm_bf16_writes_out_and_checks_shapes():
+    a, b = rounded((8, 16), 0), rounded((16, 4), 1)
+    out = np.full((8, 4), np.nan, np.float32)
+    assert bf16_mkl.gemm_bf16(a, b, out=out) is out
+    np.testing.assert_allclose(out, R.gemm_bf16(a, b), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="op\\(a\\) is 8x16"):
+        bf16_mkl.gemm_bf16(a, a)
+    with pytest.raises(TypeError, match="uint16"):
+        bf16_mkl.gemm_bf16(a.astype(np.float32), b)
+
+
+def test_gemm_twin_rounds_its_inputs():
+    x = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    y = R.gemm_bf16(R.to_bf16(x), R.to_bf16(x))
+    rel = np.abs(y - x @ x).max() / np.abs(x @ x).max()
+    assert 1e-4 < rel < 2e-2, rel                 # bf16 has 8 bits of mantissa: visibly not float32
+
+
+@MKL
+def test_mkl_threads_sleep_when_idle():
+    """After a bf16 GEMM, MKL's OpenMP threads must not spin (KMP_BLOCKTIME 0): spinning threads
+    would take the cores from NumPy's BLAS and numba. CPU time used while the caller sleeps.
+    OpenBLAS's own workers spin for up to ~0.1 s after a NumPy matmul (an earlier test's): the
+    first sleep lets them settle, so that what is measured is MKL's pool alone."""
+    a, b = rounded((512, 768), 0), rounded((768, 768), 1)
+    time.sleep(0.3)
+    for _ in range(3):
+        bf16_mkl.gemm_bf16(a, b)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(0.3)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    busy = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(f"CPU seconds used during a 0.3 s sleep after MKL: {busy:.3f}")
+    assert busy < 0.05
+
+
+# ----------------------------------------------------------------------------- autocast
+def tiny_model(seed=123):
+    tg.manual_seed(seed)
+    cfg = tg.get_config("tiny")
+    cfg["drop_rate"] = 0.0
+    return tg.GPTModel(cfg), cfg
+
+
+def loss_and_grads(model, x, y, precision):
+    model.zero_grad()
+    with amp.autocast("bfloat16", enabled=(precision == "bfloat16")):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return float(loss.data), {n: p.grad.copy() for n, p in model.named_parameters()}
+
+
+def batch(cfg, B=2, T=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, cfg["vocab_size"], (B, T)), rng.integers(0, cfg["vocab_size"], (B, T))
+
+
+@pytest.mark.parametrize("gemm", ["auto", "reference"])
+def test_autocast_forward_backward_close_to_float32_and_not_identical(gemm):
+    model, cfg = tiny_model()
+    x, y = batch(cfg)
+    l32, g32 = loss_and_grads(model, x, y, "float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with amp.gemm_backend(gemm):
+            l16, g16 = loss_and_grads(model, x, y, "bfloat16")
+    print(f"loss float32 {l32:.6f} bf16 {l16:.6f}")
+    assert l16 != l32                            # a no-op autocast fails here
+    assert abs(l16 - l32) / l32 < 1e-2
+    worst = 0.0
+    for name in g32:
+        assert g16[name].dtype == np.float32, name
+        rel = np.linalg.norm(g16[name] - g32[name]) / (np.linalg.norm(g32[name]) + 1e-12)
+        worst = max(worst, rel)
+    print(f"worst relative gradient error (L2): {worst:.2e}")
+    assert worst < 5e-2
+    assert any(not np.array_equal(g16[n], g32[n]) for n in g32 if "W_query" in n)
+    assert all(p.data.dtype == np.float32 for p in model.parameters())
+
+
+@MKL
+def test_autocast_mkl_and_twin_agree():
+    model, cfg = tiny_model()
+    x, y = batch(cfg)
+    l_mkl, g_mkl = loss_and_grads(model, x, y, "bfloat16")
+    with amp.gemm_backend("reference"):
+        l_ref, g_ref = loss_and_grads(model, x, y, "bfloat16")
+    assert abs(l_mkl - l_ref) < 1e-5 * abs(l_ref)
+    for n in g_ref:                               # summation order, compounded through the layers
+        rel = np.linalg.norm(g_mkl[n] - g_ref[n]) / (np.linalg.norm(g_ref[n]) + 1e-12)
+        assert rel < 5e-3, (n, rel)
+
+
+def test_autocast_is_off_outside_the_block_and_when_disabled():
+    model, cfg = tiny_model()
+    x, y = batch(cfg)
+    l0, g0 = loss_and_grads(model, x, y, "float32")
+    with amp.autocast("bfloat16"):
+        assert amp.is_autocast_enabled()
+        with amp.autocast("bfloat16", enabled=False):
+            assert not amp.is_autocast_enabled()
+        assert amp.get_autocast() == "bfloat16"
+    assert not amp.is_autocast_enabled()
+    l1, g1 = loss_and_grads(model, x, y, "float32")
+    assert l1 == l0 and all(np.array_equal(g0[n], g1[n]) for n in g0)
+    amp.set_autocast("bfloat16")
+    try:
+        assert amp.is_autocast_enabled()
+    finally:
+        amp.set_autocast(None)
+    assert not amp.is_autocast_enabled()
+    with pytest.raises(ValueError, match="dtype"):
+        amp.autocast("float16")
+
+
+def test_autocast_leaves_float64_alone():
+    x = tg.Tensor(np.random.default_rng(0).standard_normal((3, 4)), requires_grad=True)
+    w = tg.Tensor(np.random.default_rng(1).standard_normal((5, 4)), requires_grad=True)
+    with amp.autocast("bfloat16"):
+        y = F.linear(x, w)
+    assert y.data.dtype == np.float64
+    np.testing.assert_allclose(y.data, x.data @ w.data.T, rtol=1e-12)
+
+
+def test_fallback_warns_once_and_matches_rounded_float32():
+    x = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    prev = amp._warned
+    amp._warned = False
+    saved_lib, saved_why = bf16_mkl._lib, bf16_mkl._why
+    bf16_mkl._lib, bf16_mkl._why = False, "forced off by the test"   # as on a CPU without AMX
+    try:
+        assert amp.get_gemm_backend() == "reference"
+        with pytest.warns(RuntimeWarning, match="forced off by the test"):
+            with amp.autocast("bfloat16"):
+                y = F.linear(tg.Tensor(x), tg.Tensor(w))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with amp.autocast("bfloat16"):
+                F.linear(tg.Tensor(x), tg.Tensor(w))   # said once only
+        assert amp.choose_precision("auto")[0] == "float32"
+    finally:
+        bf16_mkl._lib, bf16_mkl._why = saved_lib, saved_why
+        amp._warned = prev
+    want = R.from_bf16(R.to_bf16(x)) @ R.from_bf16(R.to_bf16(w)).T
+    np.testing.assert_allclose(y.data, want, rtol=1e-6, atol=1e-6)
+
+
+def test_adamw_writes_the_bf16_copy_in_its_pass(backend):
+    model, cfg = tiny_model()
+    x, y = batch(cfg)
+    opt = tg.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    loss_and_grads(model, x, y, "bfloat16")            # the weights are now used under autocast
+    opt.step()
+    w = model.trf_blocks[0].att.W_query.weight.data
+    copy = amp._weights[id(w)][1]
+    assert copy is not None and amp._weights[id(w)][2]
+    assert np.array_equal(copy, R.to_bf16(w))        # the copy is of the updated weight
+    assert amp.weight_bf16(w) is copy                 # the next product uses it, no conversion
+    emb = model.tok_emb.weight.data                   # not a GEMM operand: no copy kept
+    assert amp.optimizer_copy(emb) is None
+
+
+def test_adamw_bf16_step_equals_plain_step(backend):
+    from tinygrad_gpt.kernels import K
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(1000).astype(np.float32)
+    g, m, v = (rng.standard_normal(1000).astype(np.float32) for _ in range(3))
+    v = np.abs(v)
+    p2, m2, v2 = p.copy(), m.copy(), v.copy()
+    pb = np.empty(1000, np.uint16)
+    K.adamw_step_bf16(p, g, m, v, pb, 1e-2, 0.9, 0.95, 1e-8, 0.1, 3)
+    K.adamw_step(p2, g, m2, v2, 1e-2, 0.9, 0.95, 1e-8, 0.1, 3)
+    np.testing.assert_allclose(p, p2, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(pb, R.to_bf16(p))
+
+
+def test_load_state_dict_invalidates_the_bf16_copies():
+    model, cfg = tiny_model(seed=1)
+    other, _ = tiny_model(seed=2)
+    x, y = batch(cfg)
+    opt = tg.AdamW(model.parameters(), lr=1e-3)
+    loss_and_grads(model, x, y, "bfloat16")
+    opt.step()                                          # owned copies now exist
+    model.load_state_dict(other.state_dict())
+    l_model, _ = loss_and_grads(model, x, y, "bfloat16")
+    l_other, _ = loss_and_grads(other, x, y, "bfloat16")
+    assert l_model == l_other
+
+
+def test_choose_precision():
+    assert amp.choose_precision("float32")[0] == "float32"
+    assert amp.choose_precision("bfloat16")[0] == "bfloat16"
+    assert amp.choose_precision("auto")[0] == "float32"     # what the measurements say, for now
+    with pytest.raises(ValueError):
+        amp.choose_precision("fp16")
+
+
+def test_30_steps_under_autocast_stay_within_2_percent_of_float32():
+    """From the same weights, dropout 0: the bf16 loss trajectory follows the float32 one."""
+    curves = {}
+    for precision in ("float32", "bfloat16"):
+        model, cfg = tiny_model()
+        x, y = batch(cfg, B=4, T=64, seed=3)
+        opt = tg.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
+        curve = []
+        for _ in range(30):
+            loss, _ = loss_and_grads(model, x, y, precision)
+            opt.step()
+            curve.append(loss)
+        curves[precision] = np.array(curve)
+    rel = np.abs(curves["bfloat16"] - curves["float32"]) / curves["float32"]
+    print(f"loss {curves['float32'][0]:.3f} -> {curves['float32'][-1]:.3f} (float32), "
+          f"{curves['bfloat16'][-1]:.3f} (bf16); worst relative gap {rel.max():.2e}")
+    assert curves["float32"][-1] < 0.7 * curves["float32"][0]      # it does train
+    assert rel.max() < 0.02
+    assert not np.array_equal(curves["bfloat16"], curves["float32"])
+
+
+def test_pretrain_precision_flag_prints_the_choice_and_trains(tmp_path, monkeypatch, capsys):
+    text = tmp_path / "story.txt"
+    text.write_text(small_text(), encoding="utf-8")
+    out = {}
+    with isolated(monkeypatch, tmp_path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # the twin's note, on a CPU without AMX
+        for precision in ("float32", "bfloat16"):
+            assert run_cli(*TINY, "--epochs", "1", "--data", text, "--out", tmp_path / precision,
+                           "--precision", precision) == 0
+            out[precision] = capsys.readouterr().out
+    assert "Precision: float32 as requested" in out["float32"]
+    assert "Precision: bfloat16 autocast" in out["bfloat16"]
+    assert ep_lines(out["float32"]) and ep_lines(out["bfloat16"]) != ep_lines(out["float32"])
+    assert not amp.is_autocast_enabled()
+
+
+def test_resume_keeps_the_checkpoint_precision_and_the_bits(tmp_path, monkeypatch, capsys):
+    """A bf16 run resumed without --precision continues in bf16 (the checkpoint's), bit for bit:
+    1 epoch + --resume --epochs 2 equals the 2-epoch run; --precision float32 on resume is
+    allowed and says that the losses will differ."""
+    from helpers import assert_same_run
+    from tinygrad_gpt import checkpoint as C
+    text = tmp_path / "story.txt"
+    text.write_text(small_text(), encoding="utf-8")
+    with isolated(monkeypatch, tmp_path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # the twin's note, on a CPU without AMX
+        assert run_cli(*TINY, "--epochs", "2", "--data", text, "--save-dir", tmp_path / "whole",
+                       "--precision", "bfloat16") == 0
+        whole = capsys.readouterr().out
+        assert run_cli(*TINY, "--epochs", "1", "--data", text, "--save-dir", tmp_path / "part",
+                       "--precision", "bfloat16") == 0
+        first = capsys.readouterr().out
+        assert run_cli("--resume", tmp_path / "part", "--epochs", "2") == 0
+        second = capsys.readouterr().out
+        assert_same_run(C.latest_checkpoint(tmp_path / "part"), C.latest_checkpoint(tmp_path / "whole"))
+        assert run_cli("--resume", tmp_path / "part", "--epochs", "3", "--precision", "float32") == 0
+        third = capsys.readouterr().out
+    assert "Precision: bfloat16 autocast" in second and "trained in" not in second
+    assert ep_lines(first) + ep_lines(second) == ep_lines(whole)
+    assert "Precision: float32 as requested" in third
+    assert "it was trained in bfloat16, this run continues in float32" in third
+    state = C.read_checkpoint(C.latest_checkpoint(tmp_path / "part"))
+    assert state.config["precision"] == "float32"
+
+
+GEMMS_AFTER = """
+import sys
+if sys.argv[1] == "torch":
+    import torch  # noqa: F401  (puts GNU OpenMP into the global scope)
+import numpy as np
+from tinygrad_gpt.kernels import bf16_mkl, reference as R
+from tinygrad_gpt.kernels.threads import set_num_threads
+assert bf16_mkl.available(), bf16_mkl.unavailable_reason()
+set_num_threads(2)
+rng = np.random.default_rng(0)
+worst = 0.0
+for _ in range(60):
+    for ta, tb in ((False, False), (False, True), (True, False)):
+        m, k, n = (int(v) for v in rng.integers(8, 400, 3))
+        a = R.to_bf16(rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32))
+        b = R.to_bf16(rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32))
+        want = R.gemm_bf16(a, b, ta, tb)
+        worst = max(worst, float(np.abs(bf16_mkl.gemm_bf16(a, b, ta, tb) - want).max() / np.abs(want).max()))
+print(worst, bf16_mkl.get_num_threads(), bf16_mkl.single_thread_reason())
+"""
+
+
+@MKL
+@pytest.mark.parametrize("first", ["nothing", "torch"])
+def test_mkl_gemms_stay_right_with_torch_imported_first(first):
+    """torch puts GNU OpenMP into the global symbol scope; MKL's Intel-OpenMP threads then split
+    the work wrongly (1 in 90 GEMMs was off by 70%). bf16_mkl falls back to one thread there;
+    without torch it keeps both cores. 180 GEMMs of random shapes against the twin."""
+    import subprocess
+    import sys
+    if first == "torch":
+        require("torch")
+    out = subprocess.run([sys.executable, "-c", GEMMS_AFTER, first], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    worst, threads, why = out.stdout.split(" ", 2)
+    print(f"after {first}: worst relative error {worst}, MKL threads {threads}, {why.strip()}")
+    assert float(worst) < 1e-4
+    if first == "torch":
+        assert threads == "1" and "GNU OpenMP" in why
+    else:
+        assert int(threads) == min(2, os.cpu_count()) and why.strip() == "None"

@@ -1,0 +1,211 @@
+"""Mixed precision: `with autocast("bfloat16"):` runs the matrix products in bf16.
+
+    with tinygrad_gpt.autocast("bfloat16"):     # around forward + loss, as torch.autocast
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()                             # the products recorded in bf16 stay bf16
+    opt.step()                                  # float32 master weights, and their bf16 copies
+
+Inside the block every Linear (the attention projections, the feed-forward, the output head)
+multiplies bf16 inputs with float32 accumulation and a float32 result, forward and backward
+(y = x W^T, dx = dy W, dW = dy^T x). Everything else (layer norm, softmax, GELU, attention,
+cross-entropy, the loss) stays float32, as in torch's autocast lists; parameters, gradients
+and AdamW's moments are float32 throughout. `enabled=False` makes the block a no-op.
+
+The bf16 copy of a weight is made once per optimizer step: the first product under autocast
+converts it, and from then on AdamW's fused kernel writes the copy as it writes the weight
+(kernels: adamw_step_bf16). A weight changed any other way in place must be announced with
+`invalidate()`; `Module.load_state_dict` does it, and a new array (`p.data = ...`) is noticed.
+
+The GEMM: oneMKL's cblas_gemm_bf16bf16f32 on a CPU with AMX-BF16 (kernels/bf16_mkl.py); on
+any other machine the readable twin (kernels/reference.gemm_bf16) computes the same numbers
+slowly, and a warning says so once. `gemm_backend("reference")` forces the twin.
+"""
+import warnings
+import weakref
+
+import numpy as np
+
+from .kernels import K, bf16_mkl, reference
+
+_DTYPES = ("bfloat16",)
+_active = None              # the dtype name while an autocast block is enabled, else None
+_gemm_choice = "auto"       # "auto" (MKL where it is fast), "mkl", "reference"
+_warned = False
+
+
+class autocast:
+    """Context manager (and its state): bf16 matrix products inside the block."""
+
+    def __init__(self, dtype="bfloat16", enabled=True):
+        if dtype in ("bf16", "torch.bfloat16"):
+            dtype = "bfloat16"
+        if dtype not in _DTYPES:
+            raise ValueError(f"autocast: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        self.dtype, self.enabled = dtype, bool(enabled)
+
+    def __enter__(self):
+        global _active
+        self._prev = _active
+        _active = self.dtype if self.enabled else None
+        return self
+
+    def __exit__(self, *exc):
+        global _active
+        _active = self._prev
+        if _active is None:
+            _drop_unowned()
+        return False
+
+
+def set_autocast(dtype):
+    """The setter beside the context manager: "bfloat16" turns it on, None turns it off."""
+    global _active
+    if dtype is not None:
+        dtype = autocast(dtype).dtype
+    _active = dtype
+    if dtype is None:
+        _drop_unowned()
+
+
+def get_autocast():
+    """The active autocast dtype ("bfloat16") or None."""
+    return _active
+
+
+def is_autocast_enabled():
+    return _active is not None
+
+
+# ----------------------------------------------------------------------------- the GEMM backend
+class gemm_backend:
+    """`with gemm_backend("reference"):` forces the NumPy twin (as on a CPU without AMX);
+    "mkl" requires the fast path, "auto" picks it where available. Also a plain setter call."""
+
+    def __init__(self, name):
+        global _gemm_choice
+        if name not in ("auto", "mkl", "reference"):
+            raise ValueError(f"gemm_backend: expected 'auto', 'mkl' or 'reference', got {name!r}")
+        if name == "mkl" and not bf16_mkl.available():
+            raise RuntimeError(f"gemm_backend('mkl'): {bf16_mkl.unavailable_reason()}")
+        self._prev, _gemm_choice = _gemm_choice, name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global _gemm_choice
+        _gemm_choice = self._prev
+        return False
+
+
+def get_gemm_backend():
+    """"mkl" or "reference": what a bf16 product runs on now."""
+    if _gemm_choice == "reference" or not bf16_mkl.available():
+        return "reference"
+    return "mkl"
+
+
+def gemm(a, b, trans_a=False, trans_b=False, out=None):
+    """float32 (M, N) = op(a) @ op(b) for bf16 bits (uint16) a, b, on the chosen backend."""
+    global _warned
+    if get_gemm_backend() == "mkl":
+        return bf16_mkl.gemm_bf16(a, b, trans_a, trans_b, out)
+    if _gemm_choice == "auto" and not _warned:
+        _warned = True
+        warnings.warn(f"autocast('bfloat16'): {bf16_mkl.unavailable_reason()}; the bf16 products run "
+                      f"through the NumPy twin (same numbers, not faster than float32)", RuntimeWarning,
+                      stacklevel=3)
+    return reference.gemm_bf16(a, b, trans_a, trans_b, out)
+
+
+def to_bf16(x):
+    """float32 -> bf16 bits, round to nearest even, on the active kernel backend."""
+    return K.to_bf16(x)
+
+
+# ----------------------------------------------------------------------------- weight copies
+# id(weight array) -> [weakref to it, its bf16 bits or None, owned]; owned = AdamW keeps it
+# up to date. Unowned copies live only as long as the autocast block that made them.
+_weights = {}
+
+
+def _forget(key):
+    return lambda _ref: _weights.pop(key, None)
+
+
+def weight_bf16(w):
+    """The bf16 copy of weight array w: AdamW's, or converted now (and kept for the block)."""
+    key = id(w)
+    entry = _weights.get(key)
+    if entry is not None and entry[0]() is w and entry[1] is not None:
+        return entry[1]
+    bits = to_bf16(w)
+    if entry is not None and entry[0]() is w:
+        entry[1] = bits
+    else:
+        _weights[key] = [weakref.ref(w, _forget(key)), bits, False]
+    return bits
+
+
+def optimizer_copy(w):
+    """For AdamW: the uint16 array to write w's bf16 copy into, or None if w has never been
+    used under autocast. The copy becomes owned: it stays valid across steps and blocks."""
+    entry = _weights.get(id(w))
+    if entry is None or entry[0]() is not w:
+        return None
+    if entry[1] is None or entry[1].shape != w.shape:
+        entry[1] = np.empty(w.shape, dtype=np.uint16)
+    entry[2] = True
+    return entry[1]
+
+
+def invalidate(arrays=None):
+    """Forget the bf16 copies (of these arrays, or all): call after changing weights in place
+    other than through AdamW. The next product under autocast converts them again."""
+    if arrays is None:
+        for entry in _weights.values():
+            entry[1], entry[2] = None, False
+        return
+    for a in arrays:
+        a = getattr(a, "data", a)
+        entry = _weights.get(id(a))
+        if entry is not None and entry[0]() is a:
+            entry[1], entry[2] = None, False
+
+
+def _drop_unowned():
+    for entry in _weights.values():
+        if not entry[2]:
+            entry[1] = None
+
+
+# ----------------------------------------------------------------------------- precision choice
+def resolve_precision(requested="auto"):
+    """"float32" or "bfloat16": what a run with --precision `requested` trains in, decided
+    without loading MKL (so that a float32 run keeps MKL's pool out of the process)."""
+    if requested not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"precision must be auto, float32 or bfloat16, got {requested!r}")
+    return "bfloat16" if requested == "bfloat16" else "float32"
+
+
+def choose_precision(requested="auto"):
+    """"float32" or "bfloat16" for a training run, and a sentence why.
+
+    "auto" follows the measurements in benchmarks/RESULTS.md ("bf16 autocast"): on the 2-core
+    AMX-BF16 machine of 2026-12-01 the bf16 GEMMs alone were 1.2-1.9x faster, but the whole
+    124M step under autocast was 1.3-1.5x SLOWER than float32 (the float32 attention products
+    and numba kernels slowed down with MKL's pool in the process), so auto keeps float32
+    (the book's precision) until a measurement says otherwise; bfloat16 is there to ask for.
+    Only "bfloat16" loads MKL (to say which GEMM it runs on)."""
+    precision = resolve_precision(requested)
+    if requested == "float32":
+        return "float32", "float32 as requested"
+    if requested == "bfloat16":
+        if bf16_mkl.available():
+            single = bf16_mkl.single_thread_reason()
+            return "bfloat16", "bfloat16 autocast on oneMKL's AMX-BF16 GEMM" + (f" ({single})" if single else "")
+        return "bfloat16", f"bfloat16 autocast through the NumPy twin ({bf16_mkl.unavailable_reason()})"
+    if bf16_mkl.cpu_has_amx_bf16():
+        return precision, ("auto: float32 (the bf16 step measured slower than float32 on this kind of "
+                           "CPU, benchmarks/RESULTS.md; --precision bfloat16 to try it)")
+    return precision, "auto: float32 (this CPU has no AMX-BF16: bf16 would run through the NumPy twin)"

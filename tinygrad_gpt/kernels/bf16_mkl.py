@@ -1,0 +1,187 @@
+"""bf16 GEMM on the CPU's matrix units: oneMKL's `cblas_gemm_bf16bf16f32` through ctypes.
+
+    C (M, N) float32 = op(A) @ op(B),   A, B bfloat16 stored as uint16, float32 accumulation
+
+The readable twin is `reference.gemm_bf16` (widen the bf16 bits to float32, np.matmul);
+`gemm_bf16` here has the same signature. MKL comes from the PyPI `mkl` wheel (x86_64 Linux);
+on an AMX-BF16 CPU it runs this model's shapes at 3-5x NumPy's float32 OpenBLAS rate
+(benchmarks/RESULTS.md). `available()` says whether the fast path is usable; where it is
+not, `tinygrad_gpt.autocast` falls back to the twin and says so once.
+
+Thread pools. NumPy's OpenBLAS, numba's workqueue/OpenMP and MKL's Intel OpenMP share the
+cores. Intel OpenMP threads spin for KMP_BLOCKTIME (200 ms) after each parallel region, and
+while they spin NumPy's GEMMs on the same two cores run 3-4x slower. So before loading MKL
+we load its OpenMP runtime and set the block time to 0 with `kmp_set_blocktime` (no
+environment variable is written); MKL's thread count follows numba's, and `set_num_threads`
+sets it again (kernels.threads.set_num_threads sets all three pools).
+"""
+import ctypes
+import glob
+import os
+import sys
+
+import numpy as np
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_THREADING_INTEL, _THREADING_SEQUENTIAL = 0, 1    # MKL_THREADING_* in mkl_service.h
+
+_lib = None            # the loaded libmkl_rt, or False after a failed attempt
+_omp = None            # libiomp5, loaded before MKL so that its block time can be set
+_why = None            # why the fast path is unavailable (a sentence), or None
+_single = None         # why MKL runs on one thread (a sentence), or None
+
+
+def _candidate_dirs():
+    """Where pip puts the mkl wheel's libraries: <prefix>/lib of this interpreter or the user's."""
+    dirs = [os.path.join(sys.prefix, "lib"), os.path.join(sys.base_prefix, "lib")]
+    try:
+        from importlib import metadata
+        for f in metadata.files("mkl") or ():
+            if "libmkl_rt" in f.name:
+                dirs.insert(0, os.path.dirname(str(f.locate())))
+    except Exception:               # mkl not installed through pip: try the prefixes
+        pass
+    dirs.append(os.path.expanduser("~/.local/lib"))
+    return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
+
+
+def cpu_has_amx_bf16():
+    """True when /proc/cpuinfo lists amx_bf16 (Sapphire Rapids and later)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def _load():
+    global _lib, _omp, _why
+    if _lib is not None:
+        return _lib
+    _lib = False
+    if not cpu_has_amx_bf16():
+        _why = "this CPU has no AMX-BF16 (amx_bf16 not in /proc/cpuinfo)"
+        return _lib
+    for d in _candidate_dirs():
+        paths = sorted(glob.glob(os.path.join(d, "libmkl_rt.so*")))
+        if not paths:
+            continue
+        omp = os.path.join(d, "libiomp5.so")
+        try:
+            if os.path.exists(omp):
+                _omp = ctypes.CDLL(omp)                # local: numba keeps its own libgomp
+                _omp.kmp_set_blocktime(ctypes.c_int(0))       # idle threads sleep at once
+            lib = ctypes.CDLL(paths[0], mode=ctypes.RTLD_GLOBAL)
+            fn = lib.cblas_gemm_bf16bf16f32
+        except (OSError, AttributeError) as e:
+            _why = f"{paths[0]} did not load ({e})"
+            continue
+        fn.restype = None
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                       ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+        # mkl_rt would pick GNU OpenMP when numba has loaded libgomp (measured: the bf16 GEMMs
+        # then ran at one core's speed); Intel OpenMP is the layer whose block time we set
+        lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
+        lib.MKL_Set_Threading_Layer.restype = ctypes.c_int
+        lib.MKL_Set_Threading_Layer(_THREADING_SEQUENTIAL if _gnu_openmp_is_global() else _THREADING_INTEL)
+        lib.MKL_Set_Num_Threads.argtypes = [ctypes.c_int]
+        lib.MKL_Get_Max_Threads.restype = ctypes.c_int
+        _lib = lib
+        _why = None
+        set_num_threads(_numba_threads())
+        return _lib
+    if _why is None:
+        _why = "oneMKL (libmkl_rt) is not installed: pip install mkl"
+    return _lib
+
+
+def _gnu_openmp_is_global():
+    """True when GNU OpenMP's omp_* functions are in the process's global symbol scope (torch
+    puts its libgomp there: `import torch` before the first bf16 GEMM). MKL's Intel-OpenMP
+    layer would then call libgomp's omp_get_thread_num from Intel OpenMP threads, and its
+    threads split the work wrongly: measured, 1 in 90 GEMMs off by 70% with torch imported.
+    MKL then runs sequentially (correct, one core). numba keeps its libgomp local: no conflict."""
+    global _single
+    scope = ctypes.CDLL(None)
+    if hasattr(scope, "omp_get_thread_num") and not hasattr(scope, "kmp_set_blocktime"):
+        _single = ("GNU OpenMP (libgomp) is loaded globally, e.g. by torch, so MKL's bf16 GEMM "
+                   "runs on one thread")
+        return True
+    return False
+
+
+def single_thread_reason():
+    """Why MKL runs on one thread whatever set_num_threads says (a sentence), or None."""
+    _load()
+    return _single
+
+
+def _numba_threads():
+    try:
+        import numba
+        return numba.get_num_threads()
+    except Exception:
+        return os.cpu_count() or 1
+
+
+def available():
+    """True when the CPU has AMX-BF16 and libmkl_rt loaded."""
+    return bool(_load())
+
+
+def unavailable_reason():
+    _load()
+    return _why
+
+
+def set_num_threads(n):
+    """MKL's thread count (its OpenMP pool); no-op when MKL is not loaded or runs sequentially."""
+    if _lib and _single is None:
+        _lib.MKL_Set_Num_Threads(int(n))
+        if _omp is not None:          # a new team must not spin either
+            _omp.kmp_set_blocktime(ctypes.c_int(0))
+
+
+def get_num_threads():
+    return int(_lib.MKL_Get_Max_Threads()) if _lib else 0
+
+
+def library_path():
+    return _lib._name if _lib else None
+
+
+def _check(name, a, trans):
+    if a.dtype != np.uint16 or a.ndim != 2 or not a.flags.c_contiguous:
+        raise TypeError(f"gemm_bf16: {name} must be a C-contiguous 2-D uint16 (bf16) array, "
+                        f"got {a.dtype} {a.shape} contiguous={a.flags.c_contiguous}")
+    return (a.shape[1], a.shape[0]) if trans else a.shape
+
+
+def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
+    """out (M, N) float32 = op(a) @ op(b), a and b bf16 bits (uint16), op = transpose if trans_*.
+    a: (M, K), or (K, M) with trans_a;  b: (K, N), or (N, K) with trans_b."""
+    lib = _load()
+    if not lib:
+        raise RuntimeError(f"gemm_bf16: the MKL fast path is unavailable: {_why}")
+    m, k = _check("a", a, trans_a)
+    k2, n = _check("b", b, trans_b)
+    if k != k2:
+        raise ValueError(f"gemm_bf16: op(a) is {m}x{k} but op(b) is {k2}x{n}")
+    if out is None:
+        out = np.empty((m, n), dtype=np.float32)
+    elif out.shape != (m, n) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"gemm_bf16: out must be a C-contiguous float32 ({m}, {n}) array, "
+                         f"got {out.dtype} {out.shape}")
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        out.fill(0.0)
+        return out
+    lib.cblas_gemm_bf16bf16f32(_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS,
+                               m, n, k, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1],
+                               0.0, out.ctypes.data, n)
+    return out
