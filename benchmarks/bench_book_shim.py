@@ -10,24 +10,12 @@ the same weights in all three. The book composes layer norm, GELU and attention 
 ops; the engine's own model runs one fused op each: the ratio is what fusing buys.
 """
 import argparse
-import platform
 import statistics
 import time
 
 import numpy as np
 
-
-def cpu_line():
-    name, flags = platform.processor() or "?", set()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return f"{name}; amx_bf16 {'amx_bf16' in flags}, avx512_bf16 {'avx512_bf16' in flags}"
+from machine import cpu_line  # noqa: E402  (benchmarks/machine.py)
 
 
 def main():
@@ -100,7 +88,7 @@ def main():
             losses[name].append(fn())
             times[name].append(time.perf_counter() - start)
 
-    print(f"CPU: {cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"{cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"kernels {args.kernels}")
     print(f"GPT-2 {args.model} architecture, context {args.context_length}, batch {args.batch_size}, "
           f"{args.rounds} rounds after 1 warm-up, medians")

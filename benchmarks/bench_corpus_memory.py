@@ -29,19 +29,11 @@ sys.path.insert(0, str(REPO))
 
 from tinygrad_gpt import corpus as C  # noqa: E402
 
+import machine  # noqa: E402  (benchmarks/machine.py)
+
 
 def cpu_line():
-    model, flags = "?", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    marks = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("amx_bf16", "avx512_bf16"))
-    return f"CPU: {model} ({os.cpu_count()} cores; {marks}); Python {platform.python_version()}, numpy {np.__version__}"
+    return f"{machine.cpu_line()}; Python {platform.python_version()}, numpy {np.__version__}"
 
 
 def synthetic_corpus(directory, train_tokens, val_tokens=100_000, shard_tokens=C.DEFAULT_SHARD_TOKENS, seed=0):

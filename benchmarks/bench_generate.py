@@ -25,17 +25,7 @@ from tinygrad_gpt import GPTModel, generate, manual_seed   # noqa: E402
 from tinygrad_gpt.generation import cpu_threads            # noqa: E402
 from tinygrad_gpt.kernels import get_backend, set_backend  # noqa: E402
 from tinygrad_gpt.model import get_config                  # noqa: E402
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine import cpu_line                               # noqa: E402  (benchmarks/machine.py)
 
 
 def blas_name():
@@ -63,7 +53,7 @@ def main(argv=None):
     ctx = cfg["context_length"]
 
     print(f"python {platform.python_version()}  numpy {np.__version__} ({blas_name()})  kernels {get_backend()}")
-    print(f"cpu: {cpu_name()}, {os.cpu_count()} logical cores")
+    print(cpu_line())
     print(f"model: GPT-2 124M architecture, random weights, {model.num_parameters():,} parameters, "
           f"context {ctx}; prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, batch 1")
 

@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from machine import cpu_line  # noqa: E402  (benchmarks/machine.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -86,22 +88,6 @@ def gemm_floor_bf16(cfg, B, T, repeats=3):
             cache[key] = min(times)
         total += count * cache[key]
     return total
-
-
-def cpu_line():
-    """The CPU model and whether it has the bf16 matrix/vector units."""
-    model, flags = "?", []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "?":
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags") and not flags:
-                    flags = line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    have = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16") if f in flags]
-    return f"CPU: {model}, {os.cpu_count()} cores, flags: {' '.join(have) or 'no amx_bf16/avx512_bf16'}"
 
 
 def peak_rss_gib():
