@@ -140,6 +140,89 @@ def test_mkl_gemm_bf16_writes_out_and_checks_shapes():
         bf16_mkl.gemm_bf16(a.astype(np.float32), b)
 
 
+def _views():
+    """(a, b) pairs of float32 stacks the attention passes to a matmul: transposed views,
+    (B, T, H, D) permuted to (B, H, T, D), a KV cache's first Tk positions, a copy-needing slice."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 40, 3, 16)).astype(np.float32).transpose(0, 2, 1, 3)   # (B, H, T, D)
+    y = rng.standard_normal((2, 40, 3, 16)).astype(np.float32).transpose(0, 2, 1, 3)
+    cache = rng.standard_normal((2, 3, 64, 16)).astype(np.float32)[:, :, :40]          # strided keys
+    s = rng.standard_normal((2, 3, 40, 40)).astype(np.float32)
+    return [("q k^T", x, y.swapaxes(-1, -2)), ("a v", s, y), ("a^T dout", s.swapaxes(-1, -2), x),
+            ("ds^T q", s.swapaxes(-1, -2), x), ("q cache^T", x, cache.swapaxes(-1, -2)),
+            ("a cache", s, cache), ("every other column", x[..., ::2], y[..., ::2].swapaxes(-1, -2)),
+            ("5-D", rng.standard_normal((2, 2, 3, 5, 7)).astype(np.float32),
+             rng.standard_normal((2, 2, 3, 7, 4)).astype(np.float32))]
+
+
+@MKL
+@pytest.mark.parametrize("case", range(len(_views())))
+def test_mkl_batched_matmul_matches_numpy(case):
+    """bf16_mkl.matmul (attention's products while MKL's pool is in the process) against its
+    twin np.matmul, on the strided views attention hands it, in float64's light."""
+    name, a, b = _views()[case]
+    got = bf16_mkl.matmul(a, b)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    scale = np.matmul(np.abs(a.astype(np.float64)), np.abs(b.astype(np.float64)))
+    err = np.max(np.abs(got - want) / scale)
+    print(f"{name}: {a.shape} @ {b.shape}, worst error / sum|ab| = {err:.1e}")
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert err < 2 * a.shape[-1] * 2.0**-24
+
+
+@MKL
+def test_mkl_batched_matmul_falls_back_to_numpy():
+    """float64, broadcast stacks and 2-D operands go to np.matmul unchanged."""
+    a = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    b = np.ones((2, 3, 5, 2), np.float32)
+    np.testing.assert_array_equal(bf16_mkl.matmul(a, b), np.matmul(a, b))    # small integers: exact
+    assert bf16_mkl.matmul(a.astype(np.float64), b).dtype == np.float64
+    np.testing.assert_array_equal(bf16_mkl.matmul(a, b[:1]), np.matmul(a, b[:1]))   # broadcast
+    np.testing.assert_array_equal(bf16_mkl.matmul(a[0, 0], b[0, 0]), np.matmul(a[0, 0], b[0, 0]))
+
+
+ATTENTION_ON_MKL = """
+import sys
+import numpy as np
+if sys.argv[1] == "torch":
+    import torch                                  # GNU OpenMP global: MKL sequential
+from tinygrad_gpt.kernels import bf16_mkl, numba_cpu as N, reference as R
+assert bf16_mkl.available()
+calls = []
+real = bf16_mkl.matmul
+bf16_mkl.matmul = lambda a, b: calls.append(1) or real(a, b)
+rng = np.random.default_rng(1)
+q, k, v = (rng.standard_normal((2, 3, 32, 8)).astype(np.float32) for _ in range(3))
+keep = (rng.random((2, 3, 32, 32)) >= 0.1).astype(np.float32)
+out, att = N.attention_forward(q, k, v, True, keep, 0.1)
+r_out, r_att = R.attention_forward(q, k, v, True, keep, 0.1)
+np.testing.assert_allclose(out, r_out, rtol=1e-5, atol=1e-5)
+np.testing.assert_allclose(att, r_att, rtol=1e-5, atol=1e-6)
+dout = rng.standard_normal(out.shape).astype(np.float32)
+for got, want in zip(N.attention_backward(dout, q, k, v, att, keep, 0.1),
+                     R.attention_backward(dout, q, k, v, r_att, keep, 0.1)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+print(bf16_mkl.pool_active(), len(calls))
+"""
+
+
+@MKL
+@pytest.mark.parametrize("first", ["nothing", "torch"])
+def test_numba_attention_runs_on_mkl_while_its_pool_is_in_the_process(first):
+    """With MKL's threads in the process the numba attention's six products go to MKL (OpenBLAS's
+    spinning workers slowed MKL's GEMMs 2-4x), with the twin's numbers; with torch imported
+    first (MKL on one thread) they stay on NumPy. A fresh process: the suite imports torch."""
+    import subprocess
+    import sys
+    if first == "torch":
+        require("torch")
+    out = subprocess.run([sys.executable, "-c", ATTENTION_ON_MKL, first], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    active, calls = out.stdout.split()
+    assert (active, calls) == (("True", "6") if first == "nothing" else ("False", "0"))
+
+
 def test_gemm_twin_rounds_its_inputs():
     x = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
     y = R.gemm_bf16(R.to_bf16(x), R.to_bf16(x))

@@ -90,6 +90,13 @@ def _load():
         lib.MKL_Set_Threading_Layer(_THREADING_SEQUENTIAL if _gnu_openmp_is_global() else _THREADING_INTEL)
         lib.MKL_Set_Num_Threads.argtypes = [ctypes.c_int]
         lib.MKL_Get_Max_Threads.restype = ctypes.c_int
+        batch = getattr(lib, "cblas_sgemm_batch_strided", None)
+        if batch is not None:
+            batch.restype = None
+            batch.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
+                              ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
+                              ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int]
         _lib = lib
         _why = None
         set_num_threads(_numba_threads())
@@ -184,4 +191,63 @@ def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
     lib.cblas_gemm_bf16bf16f32(_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS,
                                m, n, k, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1],
                                0.0, out.ctypes.data, n)
+    return out
+
+
+# ----------------------------------------------------------------------------- float32, batched
+def pool_active():
+    """True when MKL is loaded and runs on its own threads: then the float32 products that meet
+    it in one step (attention's) should run on MKL too (`matmul`), not on NumPy's OpenBLAS."""
+    return bool(_lib) and _single is None and hasattr(_lib, "cblas_sgemm_batch_strided")
+
+
+def _operand(a):
+    """(transpose flag, leading dimension) for BLAS reading the last two axes of a in place,
+    or None when neither axis has unit stride (or the strides are not whole elements)."""
+    item = a.itemsize
+    s_row, s_col = a.strides[-2], a.strides[-1]
+    if s_row % item or s_col % item:
+        return None
+    rows, cols = a.shape[-2], a.shape[-1]
+    if s_col == item and s_row >= max(1, cols) * item:
+        return False, s_row // item
+    if s_row == item and s_col >= max(1, rows) * item:
+        return True, s_col // item
+    return None
+
+
+def matmul(a, b):
+    """np.matmul(a, b) for float32 stacks of matrices with the same leading shape (B, H, M, K) @
+    (B, H, K, N), through MKL's cblas_sgemm_batch_strided: one call for each index of the
+    leading axes but the last, which is the batch. Operands are read in place when their last
+    two axes are a BLAS matrix (a transposed view is one); otherwise they are copied.
+
+    Why: NumPy's OpenBLAS threads spin for a while after each call, and MKL's AMX GEMMs on the
+    same two cores then ran 2-4x slower (benchmarks/RESULTS.md); a step under autocast keeps
+    all of its products on MKL. The twin is np.matmul."""
+    lib = _lib                                  # never loads MKL: a float32 run keeps it out
+    if not lib or not hasattr(lib, "cblas_sgemm_batch_strided"):
+        return np.matmul(a, b)
+    if (a.dtype != np.float32 or b.dtype != np.float32 or a.ndim < 3 or a.ndim != b.ndim
+            or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2] or a.size == 0 or b.size == 0):
+        return np.matmul(a, b)
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    lead = a.shape[:-2]
+    out = np.empty(lead + (m, n), dtype=np.float32)
+    ops = []
+    for x in (a, b):
+        op = _operand(x)
+        if op is None or x.strides[-3] % x.itemsize or x.strides[-3] < 0:
+            x = np.ascontiguousarray(x)
+            op = _operand(x)
+        ops.append((x, op))
+    (a, (ta, lda)), (b, (tb, ldb)) = ops
+    batch, item = lead[-1], a.itemsize
+    sa, sb = a.strides[-3] // item, b.strides[-3] // item
+    for idx in np.ndindex(*lead[:-1]):
+        pa = a.ctypes.data + sum(i * s for i, s in zip(idx, a.strides))
+        pb = b.ctypes.data + sum(i * s for i, s in zip(idx, b.strides))
+        pc = out.ctypes.data + sum(i * s for i, s in zip(idx, out.strides))
+        lib.cblas_sgemm_batch_strided(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS,
+                                      m, n, k, 1.0, pa, lda, sa, pb, ldb, sb, 0.0, pc, n, m * n, batch)
     return out

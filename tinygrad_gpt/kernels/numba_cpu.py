@@ -27,7 +27,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
-from . import reference
+from . import bf16_mkl, reference
 
 # numba's default threading layer here is OpenMP (libgomp). After a parallel region its worker
 # threads keep spinning (~300k iterations) waiting for more work, and on a 2-core machine that
@@ -416,6 +416,12 @@ def _attention_softmax_backward(da, att, scale, ds):   # da, att, ds: (B*H*T, Tk
             ds[r, j] = att[r, j] * (da[r, j] - s) * scale
 
 
+def _matmul(a, b):
+    """np.matmul, or MKL's batched float32 GEMM while MKL's pool is in the process (autocast):
+    OpenBLAS's spinning threads slowed the bf16 GEMMs 2-4x (bf16_mkl.matmul). Same numbers."""
+    return bf16_mkl.matmul(a, b) if bf16_mkl.pool_active() else np.matmul(a, b)
+
+
 def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
     """q: (B, H, Tq, D), k, v: (B, H, Tk, D). keep: None or a 0/1 mask (B, H, Tq, Tk) for
     dropout on the attention weights, scaled by 1/(1-p). Returns (out (B, H, Tq, D),
@@ -438,7 +444,7 @@ def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
                          f"queries (the queries are the last positions), found q {q.shape} "
                          f"and k {k.shape}")
     dt = q.dtype.type
-    s = np.matmul(q, k.swapaxes(-1, -2))                   # (B, H, T, Tk) raw scores, BLAS
+    s = _matmul(q, k.swapaxes(-1, -2))                   # (B, H, T, Tk) raw scores, BLAS
     rows = s.reshape(-1, Tk)                               # (B*H*T, Tk) view
     _attention_softmax(rows, T, Tk - T, dt(1.0 / math.sqrt(D)), bool(causal), rows)   # in place: s -> att
     att = s                                                # (B, H, T, Tk)
@@ -448,7 +454,7 @@ def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
         keep = _mask("attention_forward", keep, att.shape, q.dtype)
         a = np.empty_like(att)                             # (B, H, T, Tk) att * keep / (1 - p)
         _mask_scale(att.reshape(-1), keep.reshape(-1), dt(1.0 / (1.0 - p)), a.reshape(-1))
-    out = np.matmul(a, v)                                  # (B, H, T, D)
+    out = _matmul(a, v)                                  # (B, H, T, D)
     return out, att
 
 
@@ -467,14 +473,14 @@ def attention_backward(dout, q, k, v, att, keep=None, p=0.0):
         drop = dt(1.0 / (1.0 - p))
         a = np.empty_like(att)                             # (B, H, T, Tk) what multiplied v
         _mask_scale(att.reshape(-1), keep.reshape(-1), drop, a.reshape(-1))
-    dv = np.matmul(a.swapaxes(-1, -2), dout)               # out = a @ v -> dv = a^T dout  (B, H, Tk, D)
-    da = np.matmul(dout, v.swapaxes(-1, -2))               #             -> da = dout v^T  (B, H, T, Tk)
+    dv = _matmul(a.swapaxes(-1, -2), dout)               # out = a @ v -> dv = a^T dout  (B, H, Tk, D)
+    da = _matmul(dout, v.swapaxes(-1, -2))               #             -> da = dout v^T  (B, H, T, Tk)
     if keep is not None:                                   # a = att * drop -> datt = da * drop
         _mask_scale(da.reshape(-1), keep.reshape(-1), drop, da.reshape(-1))
     rows = da.reshape(-1, Tk)
     _attention_softmax_backward(rows, att.reshape(-1, Tk), dt(1.0 / math.sqrt(D)), rows)  # da -> ds
-    dq = np.matmul(da, k)                                  # s = q k^T * scale -> dq = ds k    (B, H, T, D)
-    dk = np.matmul(da.swapaxes(-1, -2), q)                 #                   -> dk = ds^T q  (B, H, Tk, D)
+    dq = _matmul(da, k)                                  # s = q k^T * scale -> dq = ds k    (B, H, T, D)
+    dk = _matmul(da.swapaxes(-1, -2), q)                 #                   -> dk = ds^T q  (B, H, Tk, D)
     return dq, dk, dv
 
 
