@@ -144,9 +144,10 @@ def worker_ours(args, cfg):
         with no_grad(), tg.autocast("bfloat16", enabled=bf16):
             F.cross_entropy(model(x), y)
         evals.append(time.perf_counter() - t)
+    rss = peak_rss_gib()                       # before the floors' operands (up to 0.4 GiB) exist
     floor, gflop = gemm_floor(cfg, args.batch, args.seq)
     floor16 = gemm_floor_bf16(cfg, args.batch, args.seq) if bf16 else None
-    return {"splits": splits, "eval": evals, "peak_rss_gib": peak_rss_gib(), "gemm_floor": floor,
+    return {"splits": splits, "eval": evals, "peak_rss_gib": rss, "gemm_floor": floor,
             "gemm_floor_bf16": floor16, "gflop": gflop, "profile": prof.table(), "runtime": runtime, "warmup": warmup}
 
 

@@ -544,3 +544,49 @@ def test_fused_ops_accept_non_contiguous_inputs_forward_and_gradcheck(name):
         fn(*ref).backward(np.ascontiguousarray(g))
         for a, b in zip(ins, ref):
             np.testing.assert_allclose(a.grad, b.grad, rtol=1e-13, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------- dropout masks, drawn in pieces
+@pytest.mark.parametrize("parts", [1, 2, 3])
+@pytest.mark.parametrize("odd", [False, True])
+@pytest.mark.parametrize("shape", [(2, 12, 256, 256), (2, 256, 768), (3, 7, 11), (1,), (0,), (5, 52429)])
+def test_uniform_f32_draws_the_serial_numbers_in_parallel(shape, odd, parts, monkeypatch):
+    """uniform_f32 and the dropout masks are rng.random(shape, float32) exactly (every bit, in
+    pieces drawn by several threads), and leave the generator where the serial call would:
+    the next draws of both kinds agree too. `odd`: an odd number of float32 draws before."""
+    from tinygrad_gpt.kernels import threads
+    monkeypatch.setattr(threads, "_threads", parts)
+    serial, pieces = np.random.default_rng(7), np.random.default_rng(7)
+    if odd:
+        serial.random(dtype=np.float32), pieces.random(dtype=np.float32)
+    want = serial.random(shape, dtype=np.float32)
+    got = F.uniform_f32(pieces, shape)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert serial.random(dtype=np.float32) == pieces.random(dtype=np.float32)
+    assert serial.random() == pieces.random()
+    keep = F._keep_mask(shape, 0.1, np.float32, pieces)
+    assert np.array_equal(keep, (serial.random(shape, dtype=np.float32) >= 0.1).astype(np.float32))
+    assert keep.dtype == np.float32 and serial.integers(1 << 30) == pieces.integers(1 << 30)
+
+
+def test_uniform_f32_is_really_in_pieces(monkeypatch):
+    """The parallel path is the one taken for a big mask: its pieces come from advanced copies
+    (a piece started one word off would differ from the serial numbers; shown here)."""
+    from tinygrad_gpt.kernels import threads
+    monkeypatch.setattr(threads, "_threads", 2)
+    used = []
+    real = threads.pool
+
+    def counting_pool():
+        used.append(1)
+        return real()
+    monkeypatch.setattr(threads, "pool", counting_pool)
+    n = 2 * F._PARALLEL_DRAWS
+    got = F.uniform_f32(np.random.default_rng(3), (n,))
+    assert used == [1]
+    want = np.random.default_rng(3).random(n, dtype=np.float32)
+    assert np.array_equal(got, want)
+    g = np.random.PCG64(3)
+    g.advance(n // 4 + 1)                                  # one word too far: the second half is wrong
+    assert not np.array_equal(np.random.Generator(g).random(n // 2, dtype=np.float32), want[n // 2:])
