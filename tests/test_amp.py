@@ -405,7 +405,7 @@ def test_load_state_dict_invalidates_the_bf16_copies():
 def test_choose_precision():
     assert amp.choose_precision("float32")[0] == "float32"
     assert amp.choose_precision("bfloat16")[0] == "bfloat16"
-    assert amp.choose_precision("auto")[0] == "float32"     # what the measurements say, for now
+    assert amp.choose_precision("auto")[0] == "float32"     # the book's precision (amp.py says why)
     with pytest.raises(ValueError):
         amp.choose_precision("fp16")
 

@@ -590,3 +590,29 @@ def test_uniform_f32_is_really_in_pieces(monkeypatch):
     g = np.random.PCG64(3)
     g.advance(n // 4 + 1)                                  # one word too far: the second half is wrong
     assert not np.array_equal(np.random.Generator(g).random(n // 2, dtype=np.float32), want[n // 2:])
+
+
+def test_dropout_masks_still_draw_in_a_forked_child(monkeypatch):
+    """A forked child has none of the parent's pool threads: it makes its own (a stale pool
+    would hang the child's first big mask). The child's mask equals the parent's."""
+    import os
+    from tinygrad_gpt.kernels import threads
+    monkeypatch.setattr(threads, "_threads", 2)
+    shape = (2 * F._PARALLEL_DRAWS,)
+    F.uniform_f32(np.random.default_rng(0), shape)          # the parent's pool exists now
+    want = np.random.default_rng(5).random(shape, dtype=np.float32)
+    pid = os.fork()
+    if pid == 0:                                            # the child: exit 0 only if right
+        ok = np.array_equal(F.uniform_f32(np.random.default_rng(5), shape), want)
+        os._exit(0 if ok else 1)
+    for _ in range(600):                                    # up to 60 s, then the test fails
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        import time
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung drawing a dropout mask")
+    assert os.waitstatus_to_exitcode(status) == 0

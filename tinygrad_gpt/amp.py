@@ -191,12 +191,13 @@ def resolve_precision(requested="auto"):
 def choose_precision(requested="auto"):
     """"float32" or "bfloat16" for a training run, and a sentence why.
 
-    "auto" follows the measurements in benchmarks/RESULTS.md ("bf16 autocast"): on the 2-core
-    AMX-BF16 machine of 2026-12-01 the bf16 GEMMs alone were 1.2-1.9x faster, but the whole
-    124M step under autocast was 1.3-1.5x SLOWER than float32 (the float32 attention products
-    and numba kernels slowed down with MKL's pool in the process), so auto keeps float32
-    (the book's precision) until a measurement says otherwise; bfloat16 is there to ask for.
-    Only "bfloat16" loads MKL (to say which GEMM it runs on)."""
+    "auto" is float32, the book's precision, on every CPU: examples/pretrain.py reproduces the
+    book's float32 chapter-5 run and its printed lines. The measurements (benchmarks/RESULTS.md,
+    "bf16 autocast, second session") say bf16 would be the faster choice on an AMX-BF16 CPU:
+    the 124M step 1.75x faster than our float32 step, and 30 steps from the book's weights
+    within 0.075 % of the float32 losses (torch's own autocast: 0.32 %). So auto names it in
+    its sentence there, and --precision bfloat16 asks for it. Only "bfloat16" loads MKL (to say
+    which GEMM it runs on): a float32 run keeps MKL's pool out of the process."""
     precision = resolve_precision(requested)
     if requested == "float32":
         return "float32", "float32 as requested"
@@ -206,6 +207,6 @@ def choose_precision(requested="auto"):
             return "bfloat16", "bfloat16 autocast on oneMKL's AMX-BF16 GEMM" + (f" ({single})" if single else "")
         return "bfloat16", f"bfloat16 autocast through the NumPy twin ({bf16_mkl.unavailable_reason()})"
     if bf16_mkl.cpu_has_amx_bf16():
-        return precision, ("auto: float32 (the bf16 step measured slower than float32 on this kind of "
-                           "CPU, benchmarks/RESULTS.md; --precision bfloat16 to try it)")
+        return precision, ("auto: float32, the book's precision (this CPU has AMX-BF16: --precision "
+                           "bfloat16 trains ~1.7x faster here, benchmarks/RESULTS.md)")
     return precision, "auto: float32 (this CPU has no AMX-BF16: bf16 would run through the NumPy twin)"

@@ -313,7 +313,10 @@ def uniform_f32(rng, shape, then=None, out=None):
     first = 0
     if state["has_uint32"]:                    # an odd number of float32 draws so far: the
         u = rng.random(1, dtype=np.float32)    # next one is the kept high half, draw it here
-        then(u, flat[:1]) if then is not None else flat.__setitem__(0, u[0])
+        if then is None:
+            flat[:1] = u
+        else:
+            then(u, flat[:1])
         state, first = bg.state, 1
     starts = [first + ((n - first) * k // parts) // 2 * 2 for k in range(parts)] + [n]
     gens = []

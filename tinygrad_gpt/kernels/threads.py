@@ -52,3 +52,11 @@ def pool():
     if _pool is None or _pool[0] != n:
         _pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="tinygrad_gpt"))
     return _pool[1]
+
+
+def _forget_pool_in_child():
+    global _pool
+    _pool = None                               # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
