@@ -327,10 +327,11 @@ def train(args, model, train_loader, val_loader, optimizer, tokenizer, state, ch
                                 warmup_steps=args.warmup_steps, min_lr=args.min_lr, grad_clip=args.grad_clip,
                                 accum_steps=args.accum_steps, log_grad_norms=args.log_grad_norms,
                                 progress=progress, on_step=on_step, data_parallel=dp)
-            if save_dir is not None or checkpointer.signum is not None or getattr(args, "save_optimizer", False):
+            signum = checkpointer.signum or checkpointer.pending    # pending: after the last step
+            if save_dir is not None or signum is not None or getattr(args, "save_optimizer", False):
                 checkpointer.save(state)          # at the end (on_step has usually done it)
-            if checkpointer.signum is not None:
-                raise TrainingInterrupted(checkpointer.signum, checkpointer.last_path, state.global_step)
+            if signum is not None:
+                raise TrainingInterrupted(signum, checkpointer.last_path, state.global_step)
     except TrainingInterrupted as e:
         progress.clear()
         report_interrupt(e, checkpointer, args)

@@ -35,7 +35,8 @@ class Checkpointer:
         self.model, self.optimizer, self.rngs, self.config = model, optimizer, rngs, config
         self.n_batches, self.accum_steps, self.num_epochs = n_batches, accum_steps, num_epochs
         self.last_path, self.last_step = last_path, last_step
-        self.signum = None                       # set by the signal handler
+        self.pending = None                      # set by the signal handler
+        self.signum = None                       # the signal every rank acts on at this step
         self.dp = dp                             # MPI: only rank 0 writes; all stop at the same step
 
     def save(self, state):
@@ -52,7 +53,12 @@ class Checkpointer:
 
     def on_step(self, state):
         if self.dp is not None:                  # a signal to any rank stops every rank at this step
-            self.signum = self.dp.any_signal(self.signum)
+            # the handler writes `pending`, never `signum`: a signal that lands while the ranks
+            # agree here is not lost (it was, when the answer of this allreduce overwrote it:
+            # SIGTERM to mpirun then went unheeded), it counts at the next step, on every rank
+            self.signum = self.dp.any_signal(self.pending)
+        else:
+            self.signum = self.pending
         if state.order is not None and state.batch + self.accum_steps > self.n_batches:
             return        # the epoch's last step: the epoch-end call comes right after the sample
         final = state.order is None and state.epoch >= self.num_epochs
@@ -70,8 +76,8 @@ class _SignalHandlers:
         self.ckpt, self.previous = checkpointer, {}
 
     def _handle(self, signum, frame):
-        if self.ckpt.signum is None:
-            self.ckpt.signum = signum
+        if self.ckpt.pending is None:
+            self.ckpt.pending = signum
             if self.ckpt.dp is not None and self.ckpt.dp.rank != 0:
                 return                           # mpirun signals every rank; rank 0 says it
             # os.write, not print: a handler may run in the middle of a print to the same stream
