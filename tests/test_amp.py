@@ -518,3 +518,14 @@ def test_mkl_gemms_stay_right_with_torch_imported_first(first):
         assert threads == "1" and "GNU OpenMP" in why
     else:
         assert int(threads) == min(2, os.cpu_count()) and why.strip() == "None"
+
+
+@pytest.mark.parametrize("name,to_bf16", kernels_to_bf16())
+def test_to_bf16_writes_into_out_and_checks_it(name, to_bf16):
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    out = np.zeros((4, 6), np.uint16)
+    assert to_bf16(x, out=out) is out
+    assert np.array_equal(out, R.to_bf16(x))
+    for bad in (np.zeros((4, 5), np.uint16), np.zeros((4, 6), np.float32), np.zeros((6, 4), np.uint16).T):
+        with pytest.raises(ValueError, match="to_bf16: out must be"):
+            to_bf16(x, out=bad)

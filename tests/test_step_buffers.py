@@ -87,3 +87,68 @@ def test_linear_outputs_alive_at_once_never_share_a_buffer():
     del a, b
     for _ in range(3):                         # dropped outputs: the kept buffer is reused
         assert np.shares_memory(F.linear(tg.Tensor(x1), w).data, F._kept[(id(w.data), "y")][1])
+
+
+def head_step(w, h, targets, precision):
+    """One output head + cross-entropy step; returns (the head's dW, the loss)."""
+    w.grad = None
+    with tg.autocast("bfloat16", enabled=precision == "bfloat16"):
+        loss = F.cross_entropy(F.linear(h, w), targets)
+    loss.backward()
+    return w.grad.copy(), float(loss.item())
+
+
+def test_cross_entropy_gradient_and_bf16_copies_go_into_kept_buffers_and_stay_right(backend):
+    """dlogits (N, V), and under autocast the bf16 copies of x (saved for backward) and of dy,
+    are written into kept buffers, the same ones step after step, and the numbers stay those
+    of fresh arrays (a kept buffer read after it is overwritten would show as a wrong dW)."""
+    rng = np.random.default_rng(3)
+    w = tg.nn.Parameter((rng.standard_normal((50, 16)) * 0.1).astype(np.float32))
+    for precision in ("float32", "bfloat16"):
+        got = []
+        for step in range(3):
+            h = tg.Tensor(rng.standard_normal((2, 6, 16)).astype(np.float32), requires_grad=True)
+            t = rng.integers(0, 50, (2, 6))
+            dw, loss = head_step(w, h, t, precision)
+            # the same step with nothing kept: a fresh weight array has no buffers yet
+            w2 = tg.nn.Parameter(w.data.copy())
+            dw2, loss2 = head_step(w2, tg.Tensor(h.data.copy(), requires_grad=True), t, precision)
+            np.testing.assert_array_equal(dw, dw2)
+            assert loss == loss2
+            kept = {tag: entry[1] for (owner, tag), entry in F._kept.items()
+                    if owner == id(w.data) and tag in ("y", "x bf16", "dy bf16")}
+            logits = kept.pop("y")                          # the head's output buffer: the logits
+            kept["dlogits"] = F._kept[(id(logits), "dlogits")][1]   # keyed by the logits' buffer
+            assert kept["dlogits"].shape == (12, 50)
+            got.append({tag: a.ctypes.data for tag, a in kept.items()})
+        tags = {"dlogits", "x bf16", "dy bf16"} if precision == "bfloat16" else {"dlogits"}
+        assert got[0].keys() == tags and got[0] == got[1] == got[2]
+
+
+def test_a_held_cross_entropy_gradient_is_not_overwritten():
+    """A user holding last step's dlogits (through a backward hook) keeps its values: the next
+    backward writes a fresh array, not the kept one."""
+    rng = np.random.default_rng(4)
+    logits = tg.Tensor(rng.standard_normal((4, 9)).astype(np.float32), requires_grad=True)
+    held = []
+    with tg.tensor.register_backward_hook(lambda node, ctx, g, ig: held.append(ig[0])
+                                          if type(ctx).__name__ == "CrossEntropy" else None):
+        F.cross_entropy(logits, rng.integers(0, 9, 4)).backward()
+        first = held[0].copy()
+        F.cross_entropy(logits, rng.integers(0, 9, 4)).backward()
+    np.testing.assert_array_equal(held[0], first)
+    assert held[1] is not held[0]
+
+
+def test_one_weight_used_twice_under_autocast_keeps_both_saved_inputs():
+    """Under autocast a Linear saves its input's bf16 copy in a kept buffer: a weight used on
+    two inputs before backward must give the second call its own copy (a shared one would
+    make dW = 2 dy^T x2 instead of dy^T x1 + dy^T x2)."""
+    rng = np.random.default_rng(5)
+    w = tg.nn.Parameter((rng.standard_normal((7, 5)) * 0.3).astype(np.float32))
+    x1, x2 = (tg.Tensor(rng.standard_normal((3, 5)).astype(np.float32)) for _ in range(2))
+    with tg.autocast("bfloat16"):
+        (F.linear(x1, w).sum() + F.linear(x2, w).sum()).backward()
+    xs = R.from_bf16(R.to_bf16(x1.data)) + R.from_bf16(R.to_bf16(x2.data))   # what bf16 multiplies
+    want = np.tile(xs.sum(axis=0), (7, 1))          # dy = 1: every row of dW is the column sums
+    np.testing.assert_allclose(w.grad, want, rtol=1e-6, atol=1e-6)

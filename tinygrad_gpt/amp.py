@@ -118,9 +118,9 @@ def gemm(a, b, trans_a=False, trans_b=False, out=None):
     return reference.gemm_bf16(a, b, trans_a, trans_b, out)
 
 
-def to_bf16(x):
-    """float32 -> bf16 bits, round to nearest even, on the active kernel backend."""
-    return K.to_bf16(x)
+def to_bf16(x, out=None):
+    """float32 -> bf16 bits, round to nearest even, on the active kernel backend (into `out`)."""
+    return K.to_bf16(x, out=out)
 
 
 # ----------------------------------------------------------------------------- weight copies
@@ -129,8 +129,8 @@ def to_bf16(x):
 _weights = {}
 
 
-def _forget(key):
-    return lambda _ref: _weights.pop(key, None)
+def _forget(key, weights=_weights):             # bound here: the callback may run at interpreter exit
+    return lambda _ref: weights.pop(key, None)
 
 
 def weight_bf16(w):

@@ -127,12 +127,13 @@ class CrossEntropy(Function):
 
     def backward(ctx, grad):                   # d loss / d logits = softmax - onehot(target), per row
         z, t, lse = ctx.saved
+        out = _kept_buffer(_base(z), "dlogits", z.shape, z.dtype)   # (N, V): 103 MB for GPT-2, each step
         if ctx.reduction == "none":
-            dz = K.cross_entropy_backward(z, t, lse, 1.0, ctx.ignore_index)
+            dz = K.cross_entropy_backward(z, t, lse, 1.0, ctx.ignore_index, out=out)
             dz *= grad.reshape(-1, 1)
         else:
             scale = float(grad) / (ctx.count if ctx.reduction == "mean" and ctx.count else 1)
-            dz = K.cross_entropy_backward(z, t, lse, scale, ctx.ignore_index)
+            dz = K.cross_entropy_backward(z, t, lse, scale, ctx.ignore_index, out=out)
         return dz.reshape(ctx.shape), None
 
 
@@ -184,7 +185,7 @@ def _embedding_grad_buffer(weight, dtype):
         return kept
     if kept is not None and kept[0]() is weight:
         return None                            # still in use: this backward gets a fresh array
-    kept = [weakref.ref(weight, lambda _r: _embedding_grads.pop(key, None)),
+    kept = [weakref.ref(weight, lambda _r, d=_embedding_grads: d.pop(key, None)),   # d: alive at exit too
             np.zeros(weight.shape, dtype=dtype), np.zeros(0, dtype=np.int64)]
     _embedding_grads[key] = kept
     return kept
@@ -203,7 +204,8 @@ class Linear(Function):
         ctx.bf16 = amp.is_autocast_enabled() and x2.dtype == np.float32 and w.dtype == np.float32
         y2 = _kept_buffer(w, "y", (x2.shape[0], w.shape[0]), np.result_type(x2, w))   # (N, out)
         if ctx.bf16:                           # bf16 inputs, float32 accumulation and result
-            x2, wb = amp.to_bf16(x2), amp.weight_bf16(w)       # (N, in), (out, in) uint16 bits
+            xb = _kept_buffer(w, "x bf16", x2.shape, np.uint16)        # saved for backward
+            x2, wb = amp.to_bf16(x2, out=xb), amp.weight_bf16(w)   # (N, in), (out, in) uint16 bits
             amp.gemm(x2, wb, trans_b=True, out=y2)             # (N, out) float32
             w = wb                             # backward multiplies the same bf16 numbers
         else:
@@ -221,7 +223,7 @@ class Linear(Function):
         if ctx.needs_input_grad[1]:            # into a kept (out, in) buffer: no fresh pages per step
             dw = _kept_buffer(ctx.parents[1].data, "dW", w.shape, g2.dtype)
         if ctx.bf16:                           # the same two products, bf16 in, float32 out
-            gb = amp.to_bf16(g2)                                   # (N, out) bits
+            gb = amp.to_bf16(g2, out=_kept_buffer(ctx.parents[1].data, "dy bf16", g2.shape, np.uint16))
             dx = amp.gemm(gb, w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
             if dw is not None:
                 amp.gemm(gb, x2, trans_a=True, out=dw)
@@ -251,7 +253,15 @@ def _kept_buffer(owner, tag, shape, dtype):
         if a.shape == tuple(shape) and a.dtype == dtype:
             return np.empty(shape, dtype=dtype)                # in use: a fresh one this time
     a = np.empty(shape, dtype=dtype)
-    _kept[key] = [weakref.ref(owner, lambda _r: _kept.pop(key, None)), a]
+    _kept[key] = [weakref.ref(owner, lambda _r, d=_kept: d.pop(key, None)), a]   # d: alive at exit too
+    return a
+
+
+def _base(a):
+    """The array that owns a's memory (a itself when it is not a view): the key of a kept
+    buffer must outlive the step, and a reshaped view is made anew in every forward."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
     return a
 
 

@@ -59,13 +59,19 @@ def keep_freed_memory() -> bool:
     A training step allocates and frees arrays of 100-150 MB (logits, the embedding and
     output-head gradients). Above its mmap threshold (32 MB at most) glibc maps each one
     fresh and unmaps it on free, so every step pays the kernel for zeroing new pages
-    (measured in benchmarks/RESULTS.md). From the heap, the same memory is simply reused.
+    (measured in benchmarks/RESULTS.md). From the heap, the same memory is simply reused,
+    provided glibc does not hand the heap's free top back to the OS either: the trim
+    threshold is set to the largest C int (2 GiB - 1). mallopt takes a C int: 1 << 32, the
+    value written here before, reached it as 0, "trim at once", and a 124M step then faulted
+    in ~440 MB of fresh pages every step (benchmarks/RESULTS.md, "bf16 autocast, second session").
     """
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 32))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
     except (OSError, AttributeError):       # not glibc: nothing to tune
         return False
 

@@ -366,15 +366,20 @@ def _cross_entropy_backward(logits, targets, lse, scale, ignore_index, dlogits):
             dlogits[n, t] = (_exp(logits[n, t] - l) - dt(1.0)) * scale
 
 
-def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100):
+def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100, out=None):
     """d(scale * sum_n loss_n)/dlogits = scale * (softmax(logits_n) - onehot(target_n)), rows
-    with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean."""
+    with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean.
+    `out`: an (N, V) array of logits' dtype to write into (a kept buffer), returned."""
     logits, lse = _floats("cross_entropy_backward", logits=logits, lse=lse)
     _ndim("cross_entropy_backward", "logits", logits, "NV")
     N, V = logits.shape
     _shape("cross_entropy_backward", "lse", lse, (N,))
     targets = _indices("cross_entropy_backward", "targets", targets, N, V, ignore_index)
-    dlogits = np.empty_like(logits)                        # (N, V)
+    if out is None:
+        dlogits = np.empty_like(logits)                    # (N, V)
+    else:
+        reference._check_out("cross_entropy_backward", out, logits.shape, logits.dtype)
+        dlogits = out
     _cross_entropy_backward(logits, targets, lse, logits.dtype.type(scale), int(ignore_index), dlogits)
     return dlogits
 
@@ -622,10 +627,14 @@ def _to_bf16(x, out):                          # x: (M,) float32  out: (M,) uint
         out[i] = _bf16_bits(x[i])
 
 
-def to_bf16(x):
-    """float32 -> bf16 bits (uint16), round to nearest even, one parallel pass (reference.to_bf16)."""
+def to_bf16(x, out=None):
+    """float32 -> bf16 bits (uint16), round to nearest even, one parallel pass (reference.to_bf16).
+    `out`: a uint16 array of x's shape to write into (a kept buffer), returned."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty(x.shape, dtype=np.uint16)
+    if out is None:
+        out = np.empty(x.shape, dtype=np.uint16)
+    else:
+        reference._check_out("to_bf16", out, x.shape, np.uint16)
     _to_bf16(x.reshape(-1), out.reshape(-1))
     return out
 

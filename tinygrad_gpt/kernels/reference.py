@@ -94,15 +94,16 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     return losses, lse
 
 
-def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100):
+def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100, out=None):
     """d(scale * sum_n loss_n)/dlogits = scale * (softmax(logits_n) - onehot(target_n)), rows
-    with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean."""
+    with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean.
+    `out`: an (N, V) array of logits' dtype to write into (a kept buffer), returned."""
     dlogits = np.exp(logits - lse[:, None])                          # softmax, (N, V)
     valid = targets != ignore_index
     rows = np.flatnonzero(valid)
     dlogits[rows, targets[rows]] -= 1.0                              # minus the one-hot
     dlogits *= np.where(valid, scale, 0.0).astype(logits.dtype)[:, None]   # ignored rows -> 0
-    return dlogits
+    return _into(out, dlogits, "cross_entropy_backward")
 
 
 # ----------------------------------------------------------------------------- causal attention
@@ -192,14 +193,34 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
 # ----------------------------------------------------------------------------- bfloat16
 # bf16 is the top half of a float32: same sign and 8-bit exponent, 7 mantissa bits. We store
 # it as uint16 bits (no extra dependency); widening is exact, narrowing rounds.
-def to_bf16(x):
+def to_bf16(x, out=None):
     """float32 -> bf16 bits (uint16), round to nearest, ties to even; NaN stays a (quiet) NaN,
-    +-inf stays inf, a float32 above the largest bf16 rounds to inf (as IEEE rounding does)."""
+    +-inf stays inf, a float32 above the largest bf16 rounds to inf (as IEEE rounding does).
+    `out`: a uint16 array of x's shape to write into (a kept buffer), returned."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     lsb = (u >> 16) & 1                                   # the last bit kept: ties go to where it is 0
     rounded = ((u + 0x7FFF + lsb) >> 16).astype(np.uint16)
     quiet_nan = ((u >> 16) | 0x0040).astype(np.uint16)    # keep sign and payload top, set the quiet bit
-    return np.where((u & 0x7FFFFFFF) > 0x7F800000, quiet_nan, rounded)
+    bits = np.where((u & 0x7FFFFFFF) > 0x7F800000, quiet_nan, rounded)
+    return _into(out, bits, "to_bf16")
+
+
+def _into(out, result, name):
+    """result, or result copied into the caller's `out` (a kept buffer the fast twin writes
+    in place; here the copy keeps the formula above readable)."""
+    if out is None:
+        return result
+    _check_out(name, out, result.shape, result.dtype)
+    out[...] = result
+    return out
+
+
+def _check_out(name, out, shape, dtype):
+    if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"{name}: out must be a C-contiguous {np.dtype(dtype)} array of shape "
+                         f"{tuple(shape)}, got {getattr(out, 'dtype', type(out).__name__)} "
+                         f"{getattr(out, 'shape', '')}")
 
 
 def from_bf16(b):
