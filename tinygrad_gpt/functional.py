@@ -223,7 +223,8 @@ class Linear(Function):
         if ctx.needs_input_grad[1]:            # into a kept (out, in) buffer: no fresh pages per step
             dw = _kept_buffer(ctx.parents[1].data, "dW", w.shape, g2.dtype)
         if ctx.bf16:                           # the same two products, bf16 in, float32 out
-            gb = amp.to_bf16(g2, out=_kept_buffer(ctx.parents[1].data, "dy bf16", g2.shape, np.uint16))
+            # one scratch per shape, not per layer: it is dead once this backward returns
+            gb = amp.to_bf16(g2, out=_kept_buffer(_SCRATCH, ("dy bf16", g2.shape), g2.shape, np.uint16))
             dx = amp.gemm(gb, w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
             if dw is not None:
                 amp.gemm(gb, x2, trans_a=True, out=dw)
@@ -255,6 +256,9 @@ def _kept_buffer(owner, tag, shape, dtype):
     a = np.empty(shape, dtype=dtype)
     _kept[key] = [weakref.ref(owner, lambda _r, d=_kept: d.pop(key, None)), a]   # d: alive at exit too
     return a
+
+
+_SCRATCH = np.empty(0)                         # the owner of buffers no single layer owns
 
 
 def _base(a):
