@@ -44,26 +44,30 @@ def step_gemms(cfg, B, T):
     return gemms
 
 
-def gemm_floor(cfg, B, T, repeats=3):
-    """Seconds the step's GEMMs take in NumPy (float32, preallocated outputs), and GFLOP."""
-    total, flops = 0.0, 0.0
-    cache = {}
+def _floor(cfg, B, T, operand, gemm, repeats):
+    """Seconds the step's GEMMs take with `gemm(a, b, out)` on `operand(shape)` inputs (best of
+    `repeats` per distinct shape, preallocated outputs), and their GFLOP."""
+    total, flops, cache = 0.0, 0.0, {}
     for count, m, k, n in step_gemms(cfg, B, T):
-        key = (m, k, n)
-        if key not in cache:
-            a = np.random.rand(m, k).astype(np.float32)
-            b = np.random.rand(k, n).astype(np.float32)
+        if (m, k, n) not in cache:
+            a, b = operand((m, k)), operand((k, n))
             out = np.empty((m, n), np.float32)
-            np.matmul(a, b, out=out)
+            gemm(a, b, out)                    # warm-up
             times = []
             for _ in range(repeats):
                 t = time.perf_counter()
-                np.matmul(a, b, out=out)
+                gemm(a, b, out)
                 times.append(time.perf_counter() - t)
-            cache[key] = min(times)
-        total += count * cache[key]
+            cache[(m, k, n)] = min(times)
+        total += count * cache[(m, k, n)]
         flops += count * 2.0 * m * k * n
     return total, flops / 1e9
+
+
+def gemm_floor(cfg, B, T, repeats=3):
+    """Seconds the step's GEMMs take in NumPy (float32, preallocated outputs), and GFLOP."""
+    return _floor(cfg, B, T, lambda shape: np.random.rand(*shape).astype(np.float32),
+                  lambda a, b, out: np.matmul(a, b, out=out), repeats)
 
 
 def gemm_floor_bf16(cfg, B, T, repeats=3):
@@ -72,22 +76,8 @@ def gemm_floor_bf16(cfg, B, T, repeats=3):
     from tinygrad_gpt.kernels import bf16_mkl, reference as R
     if not bf16_mkl.available():
         return None
-    total, cache = 0.0, {}
-    for count, m, k, n in step_gemms(cfg, B, T):
-        key = (m, k, n)
-        if key not in cache:
-            a = R.to_bf16(np.random.rand(m, k).astype(np.float32))
-            b = R.to_bf16(np.random.rand(k, n).astype(np.float32))
-            out = np.empty((m, n), np.float32)
-            bf16_mkl.gemm_bf16(a, b, out=out)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                bf16_mkl.gemm_bf16(a, b, out=out)
-                times.append(time.perf_counter() - t)
-            cache[key] = min(times)
-        total += count * cache[key]
-    return total
+    return _floor(cfg, B, T, lambda shape: R.to_bf16(np.random.rand(*shape).astype(np.float32)),
+                  lambda a, b, out: bf16_mkl.gemm_bf16(a, b, out=out), repeats)[0]
 
 
 def peak_rss_gib():

@@ -50,6 +50,8 @@ def pool():
     global _pool
     n = get_num_threads()
     if _pool is None or _pool[0] != n:
+        if _pool is not None:
+            _pool[1].shutdown(wait=False)       # its idle threads end; a new count, a new pool
         _pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="tinygrad_gpt"))
     return _pool[1]
 
