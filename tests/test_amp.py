@@ -129,6 +129,43 @@ def test_mkl_gemm_bf16_matches_its_twin(m, k, n, ta, tb):
 
 
 @MKL
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("m,k,n", [(7, 33, 100), (100, 20, 9), (16, 16, 16)])
+def test_mkl_gemm_bf16_long_outputs_in_transposed_chunks_match_the_twin(m, k, n, ta, tb, monkeypatch):
+    """An output with one long side (the output head's) is computed as C^T in chunks and
+    transposed into place. Small thresholds here (ragged last chunks, both orientations); the
+    square case is the ordinary path. Equal to one MKL call of the whole product, and close
+    to the twin as in the test above."""
+    monkeypatch.setattr(bf16_mkl, "WIDE", 40)
+    monkeypatch.setattr(bf16_mkl, "CHUNK", 16)
+    a = rounded((k, m) if ta else (m, k), 2)
+    b = rounded((n, k) if tb else (k, n), 3)
+    out = np.full((m, n), np.nan, np.float32)
+    got = bf16_mkl.gemm_bf16(a, b, ta, tb, out=out)
+    assert got is out and not np.isnan(out).any()
+    A, B = R.from_bf16(a).astype(np.float64), R.from_bf16(b).astype(np.float64)
+    A, B = (A.T if ta else A), (B.T if tb else B)
+    err = np.max(np.abs(got - A @ B) / (np.abs(A) @ np.abs(B) + 1e-30))
+    assert err < 4 * k * 2.0**-24 + 1e-6
+    monkeypatch.setattr(bf16_mkl, "WIDE", 10**9)                    # one call, no chunks
+    np.testing.assert_allclose(got, bf16_mkl.gemm_bf16(a, b, ta, tb), rtol=1e-6, atol=1e-6)
+
+
+@MKL
+def test_mkl_gemm_bf16_takes_the_chunked_path_at_the_output_heads_size():
+    a, b = rounded((8, 16), 4), rounded((bf16_mkl.WIDE + 5, 16), 5)     # (8, WIDE+5) output
+    calls = []
+    real = bf16_mkl._gemm_long
+    bf16_mkl._gemm_long = lambda *args: calls.append(args[5:8]) or real(*args)
+    try:
+        got = bf16_mkl.gemm_bf16(a, b, trans_b=True)
+    finally:
+        bf16_mkl._gemm_long = real
+    assert calls == [(8, bf16_mkl.WIDE + 5, 16)]
+    np.testing.assert_allclose(got, R.gemm_bf16(a, b, trans_b=True), rtol=1e-5, atol=1e-5)
+
+
+@MKL
 def test_mkl_gemm_bf16_writes_out_and_checks_shapes():
     a, b = rounded((8, 16), 0), rounded((16, 4), 1)
     out = np.full((8, 4), np.nan, np.float32)

@@ -565,9 +565,9 @@ def test_uniform_f32_draws_the_serial_numbers_in_parallel(shape, odd, parts, mon
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     assert serial.random(dtype=np.float32) == pieces.random(dtype=np.float32)
     assert serial.random() == pieces.random()
-    keep = F._keep_mask(shape, 0.1, np.float32, pieces)
+    keep = F._keep_mask(shape, 0.1, pieces)
     assert np.array_equal(keep, (serial.random(shape, dtype=np.float32) >= 0.1).astype(np.float32))
-    assert keep.dtype == np.float32 and serial.integers(1 << 30) == pieces.integers(1 << 30)
+    assert keep.dtype == np.bool_ and serial.integers(1 << 30) == pieces.integers(1 << 30)
 
 
 def test_uniform_f32_is_really_in_pieces(monkeypatch):

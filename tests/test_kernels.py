@@ -178,6 +178,24 @@ def test_cross_entropy_with_ignored_targets_matches_reference(dt, scale):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("width", [1, 31, 32, 33, 70])
+def test_cross_entropy_max_in_lanes_finds_the_max_anywhere_and_keeps_nan(dt, width):
+    # the numba forward takes each row's max in 32 lanes plus a tail: the max in any lane or
+    # in the tail must shift the row (1e4-sized logits overflow exp otherwise); NaN -> NaN
+    logits = np.full((width + 2, width), -1e4, dt)
+    for n in range(width):
+        logits[n, n] = 1e4                                   # the max at every column once
+    logits[width, :] = -np.inf
+    logits[width, width // 2] = 0.0                          # -inf everywhere but one
+    logits[width + 1, width - 1] = np.nan
+    targets = np.arange(width + 2) % width
+    targets[width] = width // 2                              # the one finite logit: loss 0
+    (losses, lse), _ = both("cross_entropy_forward", (logits, targets), dt)
+    assert np.isnan(losses[-1]) and np.isfinite(losses[:-1]).all()
+    np.testing.assert_allclose(lse[:width], 1e4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
 def test_cross_entropy_custom_ignore_index_and_all_ignored(dt):
     rng = rng_for(dt)
     logits = randn(rng, dt, N, V)
@@ -263,6 +281,21 @@ def test_attention_large_scores_stay_finite():
     q, k, v = (randn(rng, np.float32, B, H, T, D, scale=100.0) for _ in range(3))
     (out, att), _ = both("attention_forward", (q, k, v), np.float32)
     assert np.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------- transpose
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("rows,cols", [(1, 1), (37, 70), (70, 37), (33, 64)])
+def test_transpose_into_a_block_of_columns_matches_reference(dt, rows, cols):
+    # the long bf16 GEMMs' chunk (rows, cols) goes into columns 3.. of a wider array
+    src = randn(rng_for(dt), dt, rows, cols)
+    got, want = np.full((cols, rows + 5), np.nan, dt), np.full((cols, rows + 5), np.nan, dt)
+    NB.transpose_into(src, got[:, 3:3 + rows])
+    R.transpose_into(src, want[:, 3:3 + rows])
+    assert np.array_equal(got, want, equal_nan=True) and np.array_equal(got[:, 3:3 + rows], src.T)
+    assert np.isnan(got[:, :3]).all() and np.isnan(got[:, 3 + rows:]).all()   # nothing outside
+    with pytest.raises(ValueError, match="transpose_into"):
+        NB.transpose_into(src, got)
 
 
 # ----------------------------------------------------------------------------- embedding

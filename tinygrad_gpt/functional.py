@@ -288,11 +288,12 @@ class Dropout(Function):
         return K.dropout_backward(grad, keep, ctx.p), None
 
 
-def _keep_mask(shape, p, dtype, rng):
-    """1 where U[0, 1) >= p, else 0, as `dtype`: (rng.random(shape, float32) >= p).astype(dtype),
-    with the same numbers drawn by several threads for a big mask (uniform_f32)."""
+def _keep_mask(shape, p, rng):
+    """True where U[0, 1) >= p: rng.random(shape, float32) >= p, with the same numbers drawn by
+    several threads for a big mask (uniform_f32). A bool mask, one byte an element: the masks
+    are saved for backward (37 of them in a 124M step: 29 MB as bool, 115 MB as float32)."""
     rng = default_rng() if rng is None else rng
-    keep = np.empty(shape, dtype=dtype)
+    keep = np.empty(shape, dtype=np.bool_)
     uniform_f32(rng, shape, lambda u, out: np.greater_equal(u, np.float32(p), out=out), keep)
     return keep
 
@@ -361,7 +362,7 @@ def dropout(x, p=0.5, training=True, rng=None):
         return x
     if p == 1.0:
         return x * 0.0
-    keep = _keep_mask(x.shape, p, x.dtype, rng)
+    keep = _keep_mask(x.shape, p, rng)
     return Dropout.apply(x, Tensor(keep), p=float(p))
 
 
@@ -397,6 +398,6 @@ def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, rng=None):
     if dropout_p == 1.0:                       # every weight dropped: the output is zero
         return q * 0.0
     if dropout_p > 0.0:
-        keep = _keep_mask(q.shape[:-1] + (k.shape[-2],), dropout_p, q.dtype, rng)
+        keep = _keep_mask(q.shape[:-1] + (k.shape[-2],), dropout_p, rng)
         return Attention.apply(q, k, v, Tensor(keep), causal=causal, p=float(dropout_p))
     return Attention.apply(q, k, v, causal=causal)

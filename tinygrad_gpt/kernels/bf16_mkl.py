@@ -188,10 +188,50 @@ def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
     if k == 0:
         out.fill(0.0)
         return out
+    if max(m, n) >= WIDE and min(m, n) <= CHUNK:
+        _gemm_long(lib, a, b, trans_a, trans_b, m, n, k, out)
+        return out
     lib.cblas_gemm_bf16bf16f32(_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS,
                                m, n, k, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1],
                                0.0, out.ctypes.data, n)
     return out
+
+
+# An output this long on one side (the output head's: 512 x 50257 forward, 50257 x 768 for dW)
+# is computed as its transpose, CHUNK rows at a time. MKL ran both products 2-3x slower in one
+# call than as C^T = op(b)^T op(a)^T in chunks, plus a transpose of each chunk into place
+# (benchmarks/RESULTS.md, "bf16 autocast, third session").
+WIDE = 16384
+CHUNK = 4096
+_chunk = np.empty(0, dtype=np.float32)    # the chunk of C^T, kept (up to CHUNK x 4096 floats)
+
+
+def _gemm_long(lib, a, b, ta, tb, m, n, k, out):
+    """out = op(a) @ op(b), one side of out >= WIDE, the other <= CHUNK: each block of CHUNK
+    columns (rows) of out is the transpose of op(b)^T[block] @ op(a)^T (of op(b)^T @ op(a)^T[:,
+    block]), which is a product of the same operands with the transpose flags flipped."""
+    global _chunk
+    from . import K                                 # the transpose: numba's kernel or NumPy's twin
+    if _chunk.size < CHUNK * min(m, n):
+        _chunk = np.empty(CHUNK * min(m, n), dtype=np.float32)
+    lda, ldb, item = a.shape[1], b.shape[1], a.itemsize
+    flip_a, flip_b = (_NO_TRANS if ta else _TRANS), (_NO_TRANS if tb else _TRANS)   # op(x)^T of x
+    if n >= m:                # out (m, long n): op(b)^T's rows are b's rows (tb) or b's columns
+        for s in range(0, n, CHUNK):
+            r = min(CHUNK, n - s)
+            t = _chunk[:r * m].reshape(r, m)               # (r, m) = op(b)^T[s:s+r] @ op(a)^T
+            lib.cblas_gemm_bf16bf16f32(_ROW_MAJOR, flip_b, flip_a, r, m, k, 1.0,
+                                       b.ctypes.data + (s * ldb if tb else s) * item, ldb,
+                                       a.ctypes.data, lda, 0.0, t.ctypes.data, m)
+            K.transpose_into(t, out[:, s:s + r])
+    else:                     # out (long m, n): op(a)^T's columns are a's columns (ta) or a's rows
+        for s in range(0, m, CHUNK):
+            r = min(CHUNK, m - s)
+            t = _chunk[:n * r].reshape(n, r)               # (n, r) = op(b)^T @ op(a)^T[:, s:s+r]
+            lib.cblas_gemm_bf16bf16f32(_ROW_MAJOR, flip_b, flip_a, n, r, k, 1.0, b.ctypes.data, ldb,
+                                       a.ctypes.data + (s if ta else s * lda) * item, lda,
+                                       0.0, t.ctypes.data, r)
+            K.transpose_into(t, out[s:s + r])
 
 
 # ----------------------------------------------------------------------------- float32, batched

@@ -139,7 +139,7 @@ def attention_backward(dout, q, k, v, att, keep=None, p=0.0):
     """Inverts out = dropout(softmax(q k^T / sqrt(D) + mask)) @ v. Returns dq, dk, dv."""
     D = q.shape[-1]
     scale = 1.0 / math.sqrt(D)
-    drop = None if keep is None else keep * (1.0 / (1.0 - p))
+    drop = None if keep is None else keep * att.dtype.type(1.0 / (1.0 - p))   # keep may be bool
     a = att if drop is None else att * drop               # what multiplied v
     dv = a.swapaxes(-1, -2) @ dout                        # out = a @ v      -> dv = a^T dout
     da = dout @ v.swapaxes(-1, -2)                        #                  -> da = dout v^T
@@ -226,6 +226,11 @@ def _check_out(name, out, shape, dtype):
 def from_bf16(b):
     """bf16 bits (uint16) -> float32, exact: the bits become the top half."""
     return (np.asarray(b, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def transpose_into(src, dst):
+    """dst[...] = src.T: dst may be a strided view (a block of columns of a bigger array)."""
+    np.copyto(dst, src.T)
 
 
 def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
