@@ -5,6 +5,8 @@
     python benchmarks/bench_train_step.py --precision both --compare-torch
                      # ours float32 and bf16 autocast; torch: book default, fused AdamW,
                      # bf16 autocast + fused AdamW (the fastest eager setting)
+    python benchmarks/bench_train_step.py --precision bfloat16 --compare-torch --torch-compile --rounds 3
+                     # + torch.compile of the bf16 step (its compile time apart)
     python benchmarks/bench_train_step.py --kernels numpy       # the plain-NumPy kernels
     python benchmarks/bench_train_step.py --model tiny --steps 3
 
@@ -149,9 +151,11 @@ def worker_torch(args, cfg):
     torch.set_num_threads(args.threads or os.cpu_count())
     torch.manual_seed(123)
     model = GPTModel(cfg)
-    fused = args.torch_mode in ("fused", "bf16")
-    bf16 = args.torch_mode == "bf16"
+    fused = args.torch_mode in ("fused", "bf16", "compile")
+    bf16 = args.torch_mode in ("bf16", "compile")
     opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, fused=fused or None)
+    if args.torch_mode == "compile":           # inductor; the first steps (warm-up) compile it
+        model = torch.compile(model)
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.integers(0, cfg["vocab_size"], (args.batch, args.seq)))
     y = torch.tensor(rng.integers(0, cfg["vocab_size"], (args.batch, args.seq)))
@@ -168,8 +172,10 @@ def worker_torch(args, cfg):
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2
 
-    for _ in range(args.warmup):
-        step()
+    t = time.perf_counter()
+    for _ in range(max(args.warmup, 2 if args.torch_mode == "compile" else 0)):
+        step()                                 # compile: forward and backward graphs, then one more
+    warmup = time.perf_counter() - t
     splits = [step() for _ in range(args.steps)]
     model.eval()
     evals = []
@@ -178,7 +184,7 @@ def worker_torch(args, cfg):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         evals.append(time.perf_counter() - t)
-    return {"splits": splits, "eval": evals, "peak_rss_gib": peak_rss_gib(),
+    return {"splits": splits, "eval": evals, "peak_rss_gib": peak_rss_gib(), "warmup": warmup,
             "runtime": f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.torch_mode}"}
 
 
@@ -188,6 +194,7 @@ ENGINES = {   # column name -> (worker, its extra flags)
     "torch book": ("torch", ["--torch-mode", "default"]),
     "torch fused": ("torch", ["--torch-mode", "fused"]),
     "torch bf16+fused": ("torch", ["--torch-mode", "bf16"]),
+    "torch compiled": ("torch", ["--torch-mode", "compile"]),
 }
 
 
@@ -229,7 +236,11 @@ def main():
     p.add_argument("--plain-api", action="store_true",
                    help="ours without cli.setup_threads' allocator tuning, as a user's own loop")
     p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
-    p.add_argument("--torch-mode", choices=["default", "fused", "bf16"], default="default", help=argparse.SUPPRESS)
+    p.add_argument("--torch-compile", action="store_true",
+                   help="with --compare-torch: also torch.compile (inductor) of the bf16 + fused step; "
+                        "its compile time is reported on its own")
+    p.add_argument("--torch-mode", choices=["default", "fused", "bf16", "compile"], default="default",
+                   help=argparse.SUPPRESS)
     args = p.parse_args()
 
     sys.path.insert(0, os.path.dirname(HERE))
@@ -241,10 +252,17 @@ def main():
         print(json.dumps(fn(args, cfg)))
         return
 
-    ours_engines = {"float32": ["ours f32"], "bfloat16": ["ours bf16"], "both": ["ours f32", "ours bf16"]}
-    engines = ours_engines[args.precision]
+    # each of ours runs next to the torch settings it is compared with: the machine's speed
+    # drifts over minutes, and a pair close in time is a fairer ratio (see "paired" below)
+    engines = []
+    if args.precision in ("float32", "both"):
+        engines += ["ours f32"] + (["torch book", "torch fused"] if args.compare_torch else [])
+    if args.precision in ("bfloat16", "both"):
+        engines += ["ours bf16"]
     if args.compare_torch:
-        engines += ["torch book", "torch fused", "torch bf16+fused"]
+        engines += ["torch bf16+fused"] + (["torch compiled"] if args.torch_compile else [])
+        if args.precision == "bfloat16":
+            engines += ["torch book", "torch fused"]
     results = {e: [] for e in engines}
     for r in range(args.rounds):
         for e in engines:
@@ -277,6 +295,19 @@ def main():
     tok = [f"{tokens / summaries[e]['step']:.0f}" for e in engines]
     print("| tokens/s | " + " | ".join(tok + [""] * len(ratio_cols)) + " |")
     print()
+    if target:                                 # round r's ours / round r's torch: drift cancels
+        for e in ours_cols:
+            per_round = [statistics.median(sum(s) for s in a["splits"]) / statistics.median(sum(s) for s in b["splits"])
+                         for a, b in zip(results[e], results[target])]
+            print(f"paired: {e} / {target}, round by round: " + ", ".join(f"{x:.2f}x" for x in per_round)
+                  + f"; median {statistics.median(per_round):.2f}x")
+        if "torch compiled" in results:
+            compile_s = statistics.median(r["warmup"] for r in results["torch compiled"])
+            print(f"torch compiled: {compile_s:.1f} s of compiling and warm-up steps before the timed steps "
+                  f"(median over rounds); ours bf16 / torch compiled = "
+                  f"{summaries['ours bf16']['step'] / summaries['torch compiled']['step']:.2f}x"
+                  if "ours bf16" in summaries else f"torch compiled: {compile_s:.1f} s compiling")
+        print()
     print(f"GEMM floor, float32 (the step's {gflop:.0f} GFLOP of matrix products alone, NumPy BLAS, same "
           f"process): {floor:.3f} s = {gflop / floor:.0f} GFLOP/s")
     if "ours bf16" in results and results["ours bf16"][0]["gemm_floor_bf16"] is not None:
