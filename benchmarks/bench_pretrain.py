@@ -81,6 +81,11 @@ def main():
         torch_worker(args.data, args.threads)
         return
 
+    try:
+        os.makedirs(args.logs, exist_ok=True)
+    except OSError as e:
+        print(f"bench_pretrain: cannot use --logs {args.logs} ({e.strerror or e})", file=sys.stderr)
+        sys.exit(2)
     threads = ["--threads", str(args.threads)] if args.threads else []
     precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
     runs = [(f"tinygrad_gpt-{prec}", [sys.executable, "examples/pretrain.py", "--data", os.path.abspath(args.data),

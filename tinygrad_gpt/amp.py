@@ -193,8 +193,8 @@ def choose_precision(requested="auto"):
 
     "auto" is float32, the book's precision, on every CPU: examples/pretrain.py reproduces the
     book's float32 chapter-5 run and its printed lines. The measurements (benchmarks/RESULTS.md,
-    "bf16 autocast, second session") say bf16 would be the faster choice on an AMX-BF16 CPU:
-    the 124M step 1.75x faster than our float32 step, and 30 steps from the book's weights
+    "bf16 autocast", second and third sessions) say bf16 would be the faster choice on an AMX-BF16
+    CPU: the 124M step 1.8-2.1x faster than our float32 step, and 30 steps from the book's weights
     within 0.075 % of the float32 losses (torch's own autocast: 0.32 %). So auto names it in
     its sentence there, and --precision bfloat16 asks for it. Only "bfloat16" loads MKL (to say
     which GEMM it runs on): a float32 run keeps MKL's pool out of the process."""
@@ -208,5 +208,5 @@ def choose_precision(requested="auto"):
         return "bfloat16", f"bfloat16 autocast through the NumPy twin ({bf16_mkl.unavailable_reason()})"
     if bf16_mkl.cpu_has_amx_bf16():
         return precision, ("auto: float32, the book's precision (this CPU has AMX-BF16: --precision "
-                           "bfloat16 trains ~1.7x faster here, benchmarks/RESULTS.md)")
+                           "bfloat16 trains ~2x faster here, benchmarks/RESULTS.md)")
     return precision, "auto: float32 (this CPU has no AMX-BF16: bf16 would run through the NumPy twin)"
