@@ -297,16 +297,16 @@ def main():
     print()
     if target:                                 # round r's ours / round r's torch: drift cancels
         for e in ours_cols:
-            per_round = [statistics.median(sum(s) for s in a["splits"]) / statistics.median(sum(s) for s in b["splits"])
-                         for a, b in zip(results[e], results[target])]
+            step = lambda r: statistics.median(sum(s) for s in r["splits"])   # noqa: E731
+            per_round = [step(a) / step(b) for a, b in zip(results[e], results[target])]
             print(f"paired: {e} / {target}, round by round: " + ", ".join(f"{x:.2f}x" for x in per_round)
                   + f"; median {statistics.median(per_round):.2f}x")
         if "torch compiled" in results:
             compile_s = statistics.median(r["warmup"] for r in results["torch compiled"])
             print(f"torch compiled: {compile_s:.1f} s of compiling and warm-up steps before the timed steps "
-                  f"(median over rounds); ours bf16 / torch compiled = "
-                  f"{summaries['ours bf16']['step'] / summaries['torch compiled']['step']:.2f}x"
-                  if "ours bf16" in summaries else f"torch compiled: {compile_s:.1f} s compiling")
+                  f"(median over rounds)")
+            for e in ours_cols:
+                print(f"{e} / torch compiled = {summaries[e]['step'] / summaries['torch compiled']['step']:.2f}x")
         print()
     print(f"GEMM floor, float32 (the step's {gflop:.0f} GFLOP of matrix products alone, NumPy BLAS, same "
           f"process): {floor:.3f} s = {gflop / floor:.0f} GFLOP/s")
