@@ -3,7 +3,8 @@ import os
 
 
 def cpu_line():
-    """The CPU model, its core count and which of amx_bf16, amx_tile, avx512_bf16 it has."""
+    """The CPU model, its core count and which of amx_bf16, amx_tile, avx512_bf16, avx512f it has
+    (and OPENBLAS_CORETYPE when it is set: it picks NumPy's GEMM kernel)."""
     model, flags = "?", []
     try:
         with open("/proc/cpuinfo") as f:
@@ -14,5 +15,7 @@ def cpu_line():
                     flags = line.split(":", 1)[1].split()
     except OSError:
         pass
-    have = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16") if f in flags]
-    return f"CPU: {model}, {os.cpu_count()} cores, flags: {' '.join(have) or 'no amx_bf16/avx512_bf16'}"
+    have = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f") if f in flags]
+    line = f"CPU: {model}, {os.cpu_count()} cores, flags: {' '.join(have) or 'no amx_bf16/avx512_bf16/avx512f'}"
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return line + (f"; OPENBLAS_CORETYPE={forced}" if forced else "")

@@ -452,3 +452,33 @@ def test_keep_freed_memory_reuses_a_big_array_without_fresh_pages():
         faults[mode] = int(out.stdout.split()[-1])
     print(f"minor faults over 5 allocations of 64 MB: {faults}")
     assert faults["tuned"] < 50
+
+
+# ----------------------------------------------------------------------------- the BLAS kernel
+from tinygrad_gpt.cli import blas_kernel_note  # noqa: E402
+
+
+@pytest.mark.parametrize("environ, arch, flags, expected", [
+    ({}, "Haswell", {"avx2", "avx512f"}, ""),                       # OpenBLAS chose: nothing to say
+    ({"OPENBLAS_CORETYPE": ""}, "Haswell", {"avx512f"}, ""),
+    ({"OPENBLAS_CORETYPE": "Haswell"}, "Haswell", {"avx2"}, ", forced by OPENBLAS_CORETYPE=Haswell"),
+    ({"OPENBLAS_CORETYPE": "SkylakeX"}, "SkylakeX", {"avx2", "avx512f"}, ", forced by OPENBLAS_CORETYPE=SkylakeX"),
+    ({"OPENBLAS_CORETYPE": "Haswell"}, "Haswell", {"avx2", "avx512f"},
+     ", forced by OPENBLAS_CORETYPE=Haswell on a CPU with AVX-512: unset it for faster float32 GEMMs"),
+    ({"OPENBLAS_CORETYPE": "zen"}, "Zen", {"avx512f"},
+     ", forced by OPENBLAS_CORETYPE=zen on a CPU with AVX-512: unset it for faster float32 GEMMs"),
+])
+def test_the_runtime_line_says_when_openblas_coretype_chose_the_blas_kernel(environ, arch, flags, expected):
+    """OPENBLAS_CORETYPE=Haswell on an AVX-512 AMD EPYC ran float32 GEMMs at 230 GFLOP/s, OpenBLAS's
+    own choice (SkylakeX) at 420 (benchmarks/RESULTS.md): the line names the variable, and the
+    remedy where the CPU has AVX-512 and the forced kernel has none."""
+    assert blas_kernel_note(arch, environ=environ, flags=flags) == expected
+
+
+def test_setup_threads_reports_the_forced_blas_kernel(monkeypatch, tmp_path):
+    from tinygrad_gpt.cli import setup_threads
+    with isolated(monkeypatch, tmp_path):                    # setup_threads sets the thread counts
+        monkeypatch.setenv("OPENBLAS_CORETYPE", "SomeCore")  # read when the line is made, not at load
+        assert "forced by OPENBLAS_CORETYPE=SomeCore" in setup_threads(1)
+        monkeypatch.delenv("OPENBLAS_CORETYPE")
+        assert "OPENBLAS_CORETYPE" not in setup_threads(1)

@@ -94,6 +94,32 @@ def setup_threads(threads: int | None = None, warm_up: bool = False, precision: 
         set_num_threads(threads, load_mkl=True)
     blases = [i for i in threadpool_info() if i.get("user_api") == "blas"]   # numba may load scipy's too
     blas = next((i for i in blases if "numpy" in i.get("filepath", "")), blases[0] if blases else {})
+    arch = blas.get("architecture", "")
     return (f"Runtime: numpy {np.__version__} ({blas.get('internal_api', '?')} {blas.get('version', '')} "
-            f"{blas.get('architecture', '')}), numba {numba.__version__}{layer}, kernels {get_backend()}, "
+            f"{arch}{blas_kernel_note(arch)}), numba {numba.__version__}{layer}, kernels {get_backend()}, "
             f"{threads} threads, {precision}")
+
+
+# OpenBLAS's kernel families with AVX-512 GEMM kernels (its names, as threadpoolctl reports them)
+_AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
+
+
+def blas_kernel_note(architecture: str, environ=None, flags=None) -> str:
+    """", forced by OPENBLAS_CORETYPE=X ..." when that variable picked NumPy's BLAS kernel, else "".
+
+    The variable is the user's (we never change it), but it can cost a lot: on a 2-core AMD EPYC
+    with AVX-512, OPENBLAS_CORETYPE=Haswell ran the step's float32 GEMMs at 230 GFLOP/s, the kernel
+    OpenBLAS picks by itself (SkylakeX) at 420 (benchmarks/RESULTS.md, "An AMD EPYC without AMX").
+    So the runtime line says so, and says when the CPU could run faster kernels."""
+    import os
+    environ = os.environ if environ is None else environ
+    forced = environ.get("OPENBLAS_CORETYPE")
+    if not forced:
+        return ""
+    if flags is None:
+        from ..kernels.bf16_mkl import cpu_flags
+        flags = cpu_flags()
+    note = f", forced by OPENBLAS_CORETYPE={forced}"
+    if "avx512f" in flags and architecture.lower() not in _AVX512_KERNELS:
+        note += " on a CPU with AVX-512: unset it for faster float32 GEMMs"
+    return note
