@@ -3,6 +3,7 @@ float32 -> bf16 conversion, and the two thread pools taking turns.
 
     python benchmarks/bench_bf16_gemm.py                 # 124M, batch 2 x 256
     python benchmarks/bench_bf16_gemm.py --threads 2
+    python benchmarks/bench_bf16_gemm.py --without-amx     # MKL's bf16 GEMM on a CPU without AMX
 
 Prints GFLOP/s per shape (best of --repeats), the whole step's GEMM time in each precision
 (bench_train_step.step_gemms), the conversion's cost per element (NumPy twin vs numba),
@@ -41,10 +42,15 @@ def main():
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--without-amx", action="store_true",
+                   help="load MKL on a CPU without AMX-BF16 too (bf16_mkl.allow_without_amx): what its bf16 GEMM "
+                        "does there")
     args = p.parse_args()
     from tinygrad_gpt.kernels import bf16_mkl, numba_cpu, reference as R
     from tinygrad_gpt.kernels.threads import set_num_threads
     from tinygrad_gpt.model import get_config
+    if args.without_amx:
+        bf16_mkl.allow_without_amx()
     threads = set_num_threads(args.threads)
     print(f"# {cpu_line()}")
     if not bf16_mkl.available():

@@ -205,7 +205,8 @@ def choose_precision(requested="auto"):
         if bf16_mkl.available():
             single = bf16_mkl.single_thread_reason()
             return "bfloat16", "bfloat16 autocast on oneMKL's AMX-BF16 GEMM" + (f" ({single})" if single else "")
-        return "bfloat16", f"bfloat16 autocast through the NumPy twin ({bf16_mkl.unavailable_reason()})"
+        return "bfloat16", (f"bfloat16 autocast through the NumPy twin, same numbers, not faster than float32: "
+                            f"{bf16_mkl.unavailable_reason()}")
     if bf16_mkl.cpu_has_amx_bf16():
         return precision, ("auto: float32, the book's precision (this CPU has AMX-BF16: --precision "
                            "bfloat16 trains ~2x faster here, benchmarks/RESULTS.md)")

@@ -23,6 +23,7 @@ import hashlib
 import os
 import signal
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def run(args):
     precision = resolve_precision(args.precision)
     print(setup_threads(args.threads, warm_up=True, precision=precision), flush=True)
     print(f"Precision: {choose_precision(args.precision)[1]}", flush=True)
+    # that line has said it: not again as autocast's warning (two lines, with a source line) at step 1
+    warnings.filterwarnings("ignore", message=r"autocast\('bfloat16'\): .* the NumPy twin", category=RuntimeWarning)
     args.precision = precision                    # what the checkpoints store
     if corpus_run is None:
         n_tokens = len(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))

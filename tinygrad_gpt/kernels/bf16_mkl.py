@@ -29,6 +29,7 @@ _lib = None            # the loaded libmkl_rt, or False after a failed attempt
 _omp = None            # libiomp5, loaded before MKL so that its block time can be set
 _why = None            # why the fast path is unavailable (a sentence), or None
 _single = None         # why MKL runs on one thread (a sentence), or None
+_without_amx = False   # allow_without_amx(): load MKL on any CPU (for tests)
 
 
 def _candidate_dirs():
@@ -45,16 +46,23 @@ def _candidate_dirs():
     return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
 
 
-def cpu_has_amx_bf16():
-    """True when /proc/cpuinfo lists amx_bf16 (Sapphire Rapids and later)."""
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (a set; empty where there is no such file)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def cpu_has_amx_bf16():
+    """True when /proc/cpuinfo lists amx_bf16 (Sapphire Rapids and later). Only AMX: on an AMD
+    EPYC with avx512_bf16 but no AMX, MKL's bf16 GEMM ran the step's products at 0.61x NumPy's
+    float32 rate (benchmarks/RESULTS.md, "An AMD EPYC without AMX")."""
+    return "amx_bf16" in cpu_flags()
 
 
 def _load():
@@ -62,7 +70,7 @@ def _load():
     if _lib is not None:
         return _lib
     _lib = False
-    if not cpu_has_amx_bf16():
+    if not cpu_has_amx_bf16() and not _without_amx:
         _why = "this CPU has no AMX-BF16 (amx_bf16 not in /proc/cpuinfo)"
         return _lib
     for d in _candidate_dirs():
@@ -143,6 +151,33 @@ def available():
 def unavailable_reason():
     _load()
     return _why
+
+
+class allow_without_amx:
+    """`with bf16_mkl.allow_without_amx():` loads MKL on a CPU without AMX-BF16 too, so that this
+    module's own code (the chunked head products, the batched float32 products, the thread pool
+    hand-over) can be tested on any x86_64 machine. MKL's bf16 GEMM is correct there but slow:
+    0.61x NumPy's float32 rate on a 2-core AMD EPYC with avx512_bf16 (benchmarks/RESULTS.md, "An
+    AMD EPYC without AMX"), which is why the fast path otherwise needs amx_bf16. On exit the
+    module's choice is what it was (MKL itself stays loaded, its threads asleep). Also a plain
+    call, for the rest of the process."""
+
+    def __init__(self):
+        global _lib, _why, _without_amx
+        self._saved = (_lib, _why, _without_amx)
+        _without_amx = True
+        if _lib is False:                     # refused for want of AMX: try again
+            _lib = None
+        _load()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global _lib, _why, _without_amx
+        if not self._saved[2] and not cpu_has_amx_bf16():
+            _lib, _why, _without_amx = self._saved
+        return False
 
 
 def set_num_threads(n):
