@@ -3,7 +3,7 @@ float32 -> bf16 conversion, and the two thread pools taking turns.
 
     python benchmarks/bench_bf16_gemm.py                 # 124M, batch 2 x 256
     python benchmarks/bench_bf16_gemm.py --threads 2
-    python benchmarks/bench_bf16_gemm.py --without-amx     # MKL's bf16 GEMM on a CPU without AMX
+    python benchmarks/bench_bf16_gemm.py --without-amx   # MKL's bf16 GEMM on a CPU without AMX
 
 Prints GFLOP/s per shape (best of --repeats), the whole step's GEMM time in each precision
 (bench_train_step.step_gemms), the conversion's cost per element (NumPy twin vs numba),

@@ -13,7 +13,7 @@ from tinygrad_gpt import amp
 from tinygrad_gpt import functional as F
 from tinygrad_gpt.kernels import bf16_mkl, reference as R
 
-from helpers import TINY, ep_lines, isolated, require, run_cli, small_text
+from helpers import TINY, env, ep_lines, isolated, require, run_cli, small_text
 
 MKL_IS_A_DEPENDENCY = platform.system() == "Linux" and platform.machine() == "x86_64"   # setup.cfg
 
@@ -588,7 +588,6 @@ def test_pretrain_on_the_twin_says_so_once_on_its_precision_line(tmp_path):
     autocast's own warning (two lines on stderr, one of them a source line) is not printed too."""
     import subprocess
     import sys
-    from helpers import env
     text = tmp_path / "story.txt"
     text.write_text(small_text(), encoding="utf-8")
     out = subprocess.run([sys.executable, "-c", TWIN_CLI, *TINY, "--epochs", "1", "--data", str(text),

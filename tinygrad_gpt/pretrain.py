@@ -23,13 +23,13 @@ import hashlib
 import os
 import signal
 import sys
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .amp import autocast, choose_precision, resolve_precision
+from .amp import autocast, choose_precision, get_gemm_backend, resolve_precision
 from .cli import USAGE_ERROR, UsageError, keep_freed_memory, select_kernels, setup_threads  # noqa: F401
 from .cli import pretrain_corpus
 from .cli.pretrain_corpus import is_root
@@ -92,8 +92,10 @@ def run(args):
     precision = resolve_precision(args.precision)
     print(setup_threads(args.threads, warm_up=True, precision=precision), flush=True)
     print(f"Precision: {choose_precision(args.precision)[1]}", flush=True)
-    # that line has said it: not again as autocast's warning (two lines, with a source line) at step 1
-    warnings.filterwarnings("ignore", message=r"autocast\('bfloat16'\): .* the NumPy twin", category=RuntimeWarning)
+    if precision == "bfloat16" and get_gemm_backend() == "reference":
+        # that line has said it: not again as autocast's warning (two lines, one of them source) at step 1
+        warnings.filterwarnings("ignore", message=r"autocast\('bfloat16'\): .* the NumPy twin",
+                                category=RuntimeWarning)
     args.precision = precision                    # what the checkpoints store
     if corpus_run is None:
         n_tokens = len(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))

@@ -10,6 +10,7 @@ imports this package.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -105,17 +106,19 @@ _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 
 
 def blas_kernel_note(architecture: str, environ=None, flags=None) -> str:
-    """", forced by OPENBLAS_CORETYPE=X ..." when that variable picked NumPy's BLAS kernel, else "".
+    """", forced by OPENBLAS_CORETYPE=X ..." when that variable picked NumPy's BLAS kernel
+    (", OPENBLAS_CORETYPE=X is set" when OpenBLAS reports another kernel), else "".
 
     The variable is the user's (we never change it), but it can cost a lot: on a 2-core AMD EPYC
-    with AVX-512, OPENBLAS_CORETYPE=Haswell ran the step's float32 GEMMs at 230 GFLOP/s, the kernel
-    OpenBLAS picks by itself (SkylakeX) at 420 (benchmarks/RESULTS.md, "An AMD EPYC without AMX").
-    So the runtime line says so, and says when the CPU could run faster kernels."""
-    import os
+    with AVX-512, OPENBLAS_CORETYPE=Haswell ran the step's float32 GEMMs at 206 GFLOP/s, the kernel
+    OpenBLAS picks by itself there (SkylakeX) at 399 (benchmarks/RESULTS.md, "An AMD EPYC without
+    AMX"). So the runtime line says so, and says when the CPU could run faster kernels."""
     environ = os.environ if environ is None else environ
     forced = environ.get("OPENBLAS_CORETYPE")
     if not forced:
         return ""
+    if forced.lower() != architecture.lower():
+        return f", OPENBLAS_CORETYPE={forced} is set"
     if flags is None:
         from ..kernels.bf16_mkl import cpu_flags
         flags = cpu_flags()

@@ -60,19 +60,34 @@ def cpu_flags():
 
 def cpu_has_amx_bf16():
     """True when /proc/cpuinfo lists amx_bf16 (Sapphire Rapids and later). Only AMX: on an AMD
-    EPYC with avx512_bf16 but no AMX, MKL's bf16 GEMM ran the step's products at 0.61x NumPy's
-    float32 rate (benchmarks/RESULTS.md, "An AMD EPYC without AMX")."""
+    EPYC with avx512_bf16 but no AMX, MKL's bf16 GEMM ran the step's products at 0.34-0.61x
+    NumPy's float32 rate (benchmarks/RESULTS.md, "An AMD EPYC without AMX")."""
     return "amx_bf16" in cpu_flags()
 
 
 def _load():
-    global _lib, _omp, _why
+    """libmkl_rt where the fast path may run (an AMX-BF16 CPU, or after allow_without_amx()),
+    else False with the reason in _why."""
+    global _lib, _why
     if _lib is not None:
         return _lib
-    _lib = False
     if not cpu_has_amx_bf16() and not _without_amx:
-        _why = "this CPU has no AMX-BF16 (amx_bf16 not in /proc/cpuinfo)"
+        _lib, _why = False, "this CPU has no AMX-BF16 (amx_bf16 not in /proc/cpuinfo)"
         return _lib
+    _lib, _why = _open()
+    if _lib:
+        set_num_threads(_numba_threads())
+    return _lib
+
+
+_opened = None         # (libmkl_rt or False, why): MKL is opened and set up once per process
+
+
+def _open():
+    global _opened, _omp
+    if _opened is not None:
+        return _opened
+    why = None
     for d in _candidate_dirs():
         paths = sorted(glob.glob(os.path.join(d, "libmkl_rt.so*")))
         if not paths:
@@ -85,14 +100,15 @@ def _load():
             lib = ctypes.CDLL(paths[0], mode=ctypes.RTLD_GLOBAL)
             fn = lib.cblas_gemm_bf16bf16f32
         except (OSError, AttributeError) as e:
-            _why = f"{paths[0]} did not load ({e})"
+            why = f"{paths[0]} did not load ({e})"
             continue
         fn.restype = None
         fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                        ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
                        ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
         # mkl_rt would pick GNU OpenMP when numba has loaded libgomp (measured: the bf16 GEMMs
-        # then ran at one core's speed); Intel OpenMP is the layer whose block time we set
+        # then ran at one core's speed); Intel OpenMP is the layer whose block time we set.
+        # Before MKL's first call, so once per process.
         lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
         lib.MKL_Set_Threading_Layer.restype = ctypes.c_int
         lib.MKL_Set_Threading_Layer(_THREADING_SEQUENTIAL if _gnu_openmp_is_global() else _THREADING_INTEL)
@@ -105,13 +121,10 @@ def _load():
                               ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
                               ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
                               ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int]
-        _lib = lib
-        _why = None
-        set_num_threads(_numba_threads())
-        return _lib
-    if _why is None:
-        _why = "oneMKL (libmkl_rt) is not installed: pip install mkl"
-    return _lib
+        _opened = (lib, None)
+        return _opened
+    _opened = (False, why or "oneMKL (libmkl_rt) is not installed: pip install mkl")
+    return _opened
 
 
 def _gnu_openmp_is_global():
@@ -144,7 +157,7 @@ def _numba_threads():
 
 
 def available():
-    """True when the CPU has AMX-BF16 and libmkl_rt loaded."""
+    """True when libmkl_rt loaded and the CPU has AMX-BF16 (or allow_without_amx() is on)."""
     return bool(_load())
 
 
@@ -157,16 +170,16 @@ class allow_without_amx:
     """`with bf16_mkl.allow_without_amx():` loads MKL on a CPU without AMX-BF16 too, so that this
     module's own code (the chunked head products, the batched float32 products, the thread pool
     hand-over) can be tested on any x86_64 machine. MKL's bf16 GEMM is correct there but slow:
-    0.61x NumPy's float32 rate on a 2-core AMD EPYC with avx512_bf16 (benchmarks/RESULTS.md, "An
-    AMD EPYC without AMX"), which is why the fast path otherwise needs amx_bf16. On exit the
-    module's choice is what it was (MKL itself stays loaded, its threads asleep). Also a plain
-    call, for the rest of the process."""
+    0.34-0.61x NumPy's float32 rate on a 2-core AMD EPYC with avx512_bf16 (benchmarks/RESULTS.md,
+    "An AMD EPYC without AMX"), which is why the fast path otherwise needs amx_bf16. On exit the
+    module's choice is what it was before the block (MKL stays loaded, its threads asleep). As a
+    plain call it holds for the rest of the process (or until an enclosing block exits)."""
 
     def __init__(self):
         global _lib, _why, _without_amx
         self._saved = (_lib, _why, _without_amx)
         _without_amx = True
-        if _lib is False:                     # refused for want of AMX: try again
+        if _lib is False:                     # refused, perhaps for want of AMX: decide again
             _lib = None
         _load()
 
@@ -175,8 +188,7 @@ class allow_without_amx:
 
     def __exit__(self, *exc):
         global _lib, _why, _without_amx
-        if not self._saved[2] and not cpu_has_amx_bf16():
-            _lib, _why, _without_amx = self._saved
+        _lib, _why, _without_amx = self._saved
         return False
 
 
