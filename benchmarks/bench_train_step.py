@@ -7,11 +7,15 @@
                      # bf16 autocast + fused AdamW (the fastest eager setting)
     python benchmarks/bench_train_step.py --precision bfloat16 --compare-torch --torch-compile --rounds 3
                      # + torch.compile of the bf16 step (its compile time apart)
+    python benchmarks/bench_train_step.py --compare-torch --torch-modes book,fused
+                     # torch's float32 settings only (on a CPU without AVX512-BF16 or AMX,
+                     # torch's bf16 autocast step took minutes: RESULTS.md)
     python benchmarks/bench_train_step.py --kernels numpy       # the plain-NumPy kernels
     python benchmarks/bench_train_step.py --model tiny --steps 3
 
 Each engine runs in its own process (so peak memory is its own), in alternating rounds
-(so a busy machine slows both alike); the table reports medians and the ratio. The
+(so a busy machine slows both alike); the table reports medians and the ratio to the
+fastest torch setting of the run (the strongest peer, whichever it is on this CPU). The
 "GEMM floor" is the time the step's matrix products alone take with NumPy's BLAS, in
 the same process: a step can't be faster, and the ratio to it says how much the rest costs.
 """
@@ -26,7 +30,7 @@ import time
 
 import numpy as np
 
-from machine import cpu_line  # noqa: E402  (benchmarks/machine.py)
+from machine import cpu_line, has_bf16_units  # noqa: E402  (benchmarks/machine.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -188,6 +192,13 @@ def worker_torch(args, cfg):
             "runtime": f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.torch_mode}"}
 
 
+TORCH_MODES = {"default": "book", "fused": "fused", "bf16": "bf16", "compile": "compile"}   # --torch-mode -> --torch-modes
+
+
+def _mode(engine):
+    return ENGINES[engine][1][1]               # "torch fused" -> "fused"
+
+
 ENGINES = {   # column name -> (worker, its extra flags)
     "ours f32": ("ours", ["--precision", "float32"]),
     "ours bf16": ("ours", ["--precision", "bfloat16"]),
@@ -239,8 +250,11 @@ def main():
     p.add_argument("--torch-compile", action="store_true",
                    help="with --compare-torch: also torch.compile (inductor) of the bf16 + fused step; "
                         "its compile time is reported on its own")
-    p.add_argument("--torch-mode", choices=["default", "fused", "bf16", "compile"], default="default",
-                   help=argparse.SUPPRESS)
+    p.add_argument("--torch-modes", default="book,fused,bf16",
+                   help="with --compare-torch: the torch settings to run, comma-separated, from book (the "
+                        "book's default AdamW), fused (AdamW(fused=True)), bf16 (autocast + fused AdamW); "
+                        "default all three")
+    p.add_argument("--torch-mode", choices=list(TORCH_MODES), default="default", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     sys.path.insert(0, os.path.dirname(HERE))
@@ -263,6 +277,16 @@ def main():
         engines += ["torch bf16+fused"] + (["torch compiled"] if args.torch_compile else [])
         if args.precision == "bfloat16":
             engines += ["torch book", "torch fused"]
+    modes = set(args.torch_modes.split(",")) | ({"compile"} if args.torch_compile else set())
+    unknown = modes - set(TORCH_MODES.values())
+    if unknown:
+        p.error(f"--torch-modes: unknown setting {sorted(unknown)[0]!r}; choose from "
+                f"{', '.join(TORCH_MODES.values())}")
+    engines = [e for e in engines if not e.startswith("torch") or TORCH_MODES[_mode(e)] in modes]
+    if "torch bf16+fused" in engines and not has_bf16_units():
+        print("note: this CPU has neither AMX-BF16 nor AVX512-BF16; torch's bf16 autocast step took "
+              "240 s (float32: 4.1 s) on such a CPU (RESULTS.md). --torch-modes book,fused leaves it out.",
+              file=sys.stderr, flush=True)
     results = {e: [] for e in engines}
     for r in range(args.rounds):
         for e in engines:
@@ -278,14 +302,21 @@ def main():
     for e in engines:
         print(f"# {e}: {results[e][0]['runtime']}")
     print()
-    # ratio: ours against the fastest eager torch setting (bf16 autocast + fused AdamW)
-    target = "torch bf16+fused" if args.compare_torch else None
+    # ratio: ours against the fastest eager torch setting of this run (compiled is reported
+    # apart). On an AMX Xeon that was bf16 autocast + fused AdamW (1.26 s against fused
+    # float32's 2.1 s); on an AVX2-only EPYC bf16 autocast took 240 s a step, and fused
+    # float32 was the one to beat
+    summaries = {e: summarize(results[e]) for e in engines}
+    eager = [e for e in engines if e.startswith("torch") and e != "torch compiled"]
+    target = min(eager, key=lambda e: summaries[e]["step"]) if eager else None
+    if target:
+        print(f"# the ratio columns: against {target}, the fastest eager torch setting in this run")
+        print()
     ours_cols = [e for e in engines if e.startswith("ours")]
     ratio_cols = [f"{e} / {target}" for e in ours_cols] if target else []
     cols = engines + ratio_cols
     rows = [("step (s)", "step"), ("  forward + loss (s)", "fwd"), ("  backward (s)", "bwd"),
             ("  AdamW step (s)", "opt"), ("eval forward (s)", "eval"), ("peak RSS (GiB)", "rss")]
-    summaries = {e: summarize(results[e]) for e in engines}
     print("| " + " | ".join(["measure"] + cols) + " |")
     print("|" + "---|" * (len(cols) + 1))
     for label, key in rows:
