@@ -4,7 +4,7 @@
     python benchmarks/bench_train_step.py --compare-torch       # + the book's GPTModel, alternating
     python benchmarks/bench_train_step.py --precision both --compare-torch
                      # ours float32 and bf16 autocast; torch: book default, fused AdamW,
-                     # bf16 autocast + fused AdamW (the fastest eager setting)
+                     # bf16 autocast + fused AdamW (the fastest eager setting on an AMX CPU)
     python benchmarks/bench_train_step.py --precision bfloat16 --compare-torch --torch-compile --rounds 3
                      # + torch.compile of the bf16 step (its compile time apart)
     python benchmarks/bench_train_step.py --compare-torch --torch-modes book,fused
