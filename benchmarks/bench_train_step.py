@@ -192,11 +192,7 @@ def worker_torch(args, cfg):
             "runtime": f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.torch_mode}"}
 
 
-TORCH_MODES = {"default": "book", "fused": "fused", "bf16": "bf16", "compile": "compile"}   # --torch-mode -> --torch-modes
-
-
-def _mode(engine):
-    return ENGINES[engine][1][1]               # "torch fused" -> "fused"
+TORCH_MODES = {"book": "torch book", "fused": "torch fused", "bf16": "torch bf16+fused"}   # --torch-modes
 
 
 ENGINES = {   # column name -> (worker, its extra flags)
@@ -254,7 +250,8 @@ def main():
                    help="with --compare-torch: the torch settings to run, comma-separated, from book (the "
                         "book's default AdamW), fused (AdamW(fused=True)), bf16 (autocast + fused AdamW); "
                         "default all three")
-    p.add_argument("--torch-mode", choices=list(TORCH_MODES), default="default", help=argparse.SUPPRESS)
+    p.add_argument("--torch-mode", choices=["default", "fused", "bf16", "compile"], default="default",
+                   help=argparse.SUPPRESS)
     args = p.parse_args()
 
     sys.path.insert(0, os.path.dirname(HERE))
@@ -277,12 +274,12 @@ def main():
         engines += ["torch bf16+fused"] + (["torch compiled"] if args.torch_compile else [])
         if args.precision == "bfloat16":
             engines += ["torch book", "torch fused"]
-    modes = set(args.torch_modes.split(",")) | ({"compile"} if args.torch_compile else set())
-    unknown = modes - set(TORCH_MODES.values())
+    modes = set(args.torch_modes.split(","))
+    unknown = modes - set(TORCH_MODES)
     if unknown:
-        p.error(f"--torch-modes: unknown setting {sorted(unknown)[0]!r}; choose from "
-                f"{', '.join(TORCH_MODES.values())}")
-    engines = [e for e in engines if not e.startswith("torch") or TORCH_MODES[_mode(e)] in modes]
+        p.error(f"--torch-modes: unknown setting {sorted(unknown)[0]!r}; choose from {', '.join(TORCH_MODES)}")
+    left_out = {TORCH_MODES[m] for m in set(TORCH_MODES) - modes}     # torch compiled: --torch-compile
+    engines = [e for e in engines if e not in left_out]
     if "torch bf16+fused" in engines and not has_bf16_units():
         print("note: this CPU has neither AMX-BF16 nor AVX512-BF16; torch's bf16 autocast step took "
               "240 s (float32: 4.1 s) on such a CPU (RESULTS.md). --torch-modes book,fused leaves it out.",
