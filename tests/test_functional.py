@@ -550,30 +550,57 @@ def test_fused_ops_accept_non_contiguous_inputs_forward_and_gradcheck(name):
 @pytest.mark.parametrize("parts", [1, 2, 3])
 @pytest.mark.parametrize("odd", [False, True])
 @pytest.mark.parametrize("shape", [(2, 12, 256, 256), (2, 256, 768), (3, 7, 11), (1,), (0,), (5, 52429)])
-def test_uniform_f32_draws_the_serial_numbers_in_parallel(shape, odd, parts, monkeypatch):
-    """uniform_f32 and the dropout masks are rng.random(shape, float32) exactly (every bit, in
-    pieces drawn by several threads), and leave the generator where the serial call would:
-    the next draws of both kinds agree too. `odd`: an odd number of float32 draws before."""
+def test_keep_mask_draws_the_serial_bits_in_pieces(shape, odd, parts, monkeypatch):
+    """The dropout mask is rng.random(shape, float32) >= p exactly (every element, in pieces
+    made by several threads with the numba kernels), and leaves the generator where the serial
+    call would: the next draws of every kind agree too. `odd`: an odd number of float32 draws
+    before (numpy keeps the high half of a word for the next one)."""
     from tinygrad_gpt.kernels import threads
     monkeypatch.setattr(threads, "_threads", parts)
     serial, pieces = np.random.default_rng(7), np.random.default_rng(7)
     if odd:
         serial.random(dtype=np.float32), pieces.random(dtype=np.float32)
-    want = serial.random(shape, dtype=np.float32)
-    got = F.uniform_f32(pieces, shape)
-    assert got.shape == want.shape and got.dtype == np.float32
-    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    want = serial.random(shape, dtype=np.float32) >= np.float32(0.1)
+    keep = F._keep_mask(shape, 0.1, pieces)
+    assert keep.shape == want.shape and keep.dtype == np.bool_
+    assert np.array_equal(keep, want)
     assert serial.random(dtype=np.float32) == pieces.random(dtype=np.float32)
     assert serial.random() == pieces.random()
-    keep = F._keep_mask(shape, 0.1, pieces)
-    assert np.array_equal(keep, (serial.random(shape, dtype=np.float32) >= 0.1).astype(np.float32))
-    assert keep.dtype == np.bool_ and serial.integers(1 << 30) == pieces.integers(1 << 30)
+    keep = F._keep_mask(shape, 0.1, pieces)                 # once more, from a mid-word state
+    assert np.array_equal(keep, serial.random(shape, dtype=np.float32) >= np.float32(0.1))
+    assert serial.integers(1 << 30) == pieces.integers(1 << 30)
 
 
-def test_uniform_f32_is_really_in_pieces(monkeypatch):
-    """The parallel path is the one taken for a big mask: its pieces come from advanced copies
+@pytest.mark.parametrize("kernels", ["numpy", "numba"])
+def test_keep_mask_keeps_a_draw_equal_to_p_and_takes_any_p(kernels):
+    """U >= p at the boundary: with p set to one of the draws themselves, that draw is kept and
+    the draws just below it are dropped (the numba kernel compares integers against
+    ceil(p 2^24), an off-by-one there fails here). p = 0 keeps all, p = 1 drops all."""
+    from tinygrad_gpt import kernels as kernel_switch
+    n = 1 << 16
+    u = np.random.default_rng(11).random(n, dtype=np.float32)
+    with kernel_switch.use(kernels) as K:
+        for p in [float(u[5]), float(u[n - 2]), float(np.nextafter(u[7], np.float32(2))), 0.0,
+                  1.0, 1 / 3, 0.1]:
+            keep = K.keep_mask(np.random.default_rng(11), (n,), p)
+            assert np.array_equal(keep, u >= np.float32(p)), p
+        assert K.keep_mask(np.random.default_rng(11), (n,), float(u[5]))[5]
+        assert not K.keep_mask(np.random.default_rng(11), (n,), float(np.nextafter(u[5], np.float32(2))))[5]
+        assert K.keep_mask(np.random.default_rng(0), (9,), 0.0).all()
+        assert not K.keep_mask(np.random.default_rng(0), (9,), 1.0).any()
+
+
+def test_keep_mask_with_another_bit_generator_uses_numpys_draws():
+    """Only PCG64's words are made by the kernel; an MT19937 generator gets numpy's own call."""
+    want = np.random.Generator(np.random.MT19937(4)).random((3, 100_001), dtype=np.float32) >= 0.2
+    got = F._keep_mask((3, 100_001), 0.2, np.random.Generator(np.random.MT19937(4)))
+    assert np.array_equal(got, want)
+
+
+def test_keep_mask_is_really_in_pieces(monkeypatch):
+    """The threaded path is the one taken for a big mask: its pieces start from advanced copies
     (a piece started one word off would differ from the serial numbers; shown here)."""
-    from tinygrad_gpt.kernels import threads
+    from tinygrad_gpt.kernels import numba_cpu, threads
     monkeypatch.setattr(threads, "_threads", 2)
     used = []
     real = threads.pool
@@ -582,14 +609,14 @@ def test_uniform_f32_is_really_in_pieces(monkeypatch):
         used.append(1)
         return real()
     monkeypatch.setattr(threads, "pool", counting_pool)
-    n = 2 * F._PARALLEL_DRAWS
-    got = F.uniform_f32(np.random.default_rng(3), (n,))
+    n = 2 * numba_cpu.KEEP_MASK_ONE_THREAD
+    got = numba_cpu.keep_mask(np.random.default_rng(3), (n,), 0.5)
     assert used == [1]
-    want = np.random.default_rng(3).random(n, dtype=np.float32)
+    want = np.random.default_rng(3).random(n, dtype=np.float32) >= 0.5
     assert np.array_equal(got, want)
     g = np.random.PCG64(3)
     g.advance(n // 4 + 1)                                  # one word too far: the second half is wrong
-    assert not np.array_equal(np.random.Generator(g).random(n // 2, dtype=np.float32), want[n // 2:])
+    assert not np.array_equal(np.random.Generator(g).random(n // 2, dtype=np.float32) >= 0.5, want[n // 2:])
 
 
 def test_dropout_masks_still_draw_in_a_forked_child(monkeypatch):
@@ -598,12 +625,13 @@ def test_dropout_masks_still_draw_in_a_forked_child(monkeypatch):
     import os
     from tinygrad_gpt.kernels import threads
     monkeypatch.setattr(threads, "_threads", 2)
-    shape = (2 * F._PARALLEL_DRAWS,)
-    F.uniform_f32(np.random.default_rng(0), shape)          # the parent's pool exists now
-    want = np.random.default_rng(5).random(shape, dtype=np.float32)
+    from tinygrad_gpt.kernels import numba_cpu
+    shape = (2 * numba_cpu.KEEP_MASK_ONE_THREAD,)
+    numba_cpu.keep_mask(np.random.default_rng(0), shape, 0.1)   # the parent's pool exists now
+    want = np.random.default_rng(5).random(shape, dtype=np.float32) >= np.float32(0.1)
     pid = os.fork()
     if pid == 0:                                            # the child: exit 0 only if right
-        ok = np.array_equal(F.uniform_f32(np.random.default_rng(5), shape), want)
+        ok = np.array_equal(numba_cpu.keep_mask(np.random.default_rng(5), shape, 0.1), want)
         os._exit(0 if ok else 1)
     for _ in range(600):                                    # up to 60 s, then the test fails
         done, status = os.waitpid(pid, os.WNOHANG)

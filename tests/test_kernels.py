@@ -328,6 +328,18 @@ def test_dropout_forward_and_backward_match_reference(dt, shape):
     both("dropout_forward", (x, keep.astype(bool), 0.3), dt)   # a bool mask works too
 
 
+@pytest.mark.parametrize("shape", [(B, H, T, T), (N, C), (1,), (0,), (3, 300_001)])
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_keep_mask_matches_reference_bit_for_bit(shape, p):
+    """numba_cpu.keep_mask makes PCG64's words itself; the twin is rng.random(...) >= p. Same
+    mask, same generator state after (the next draws agree)."""
+    a, b = np.random.default_rng(21), np.random.default_rng(21)
+    got, want = NB.keep_mask(a, shape, p), R.keep_mask(b, shape, p)
+    assert got.dtype == want.dtype == np.bool_ and got.shape == want.shape == shape
+    assert np.array_equal(got, want)
+    assert a.random(dtype=np.float32) == b.random(dtype=np.float32) and a.random() == b.random()
+
+
 # ----------------------------------------------------------------------------- AdamW
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("shape", [(N, C), (V,)])

@@ -11,7 +11,7 @@ import weakref
 import numpy as np
 
 from . import amp
-from .kernels import K, threads
+from .kernels import K
 from .tensor import Function, Tensor, _axis, default_rng, is_grad_enabled
 
 
@@ -289,68 +289,9 @@ class Dropout(Function):
 
 
 def _keep_mask(shape, p, rng):
-    """True where U[0, 1) >= p: rng.random(shape, float32) >= p, with the same numbers drawn by
-    several threads for a big mask (uniform_f32). A bool mask, one byte an element: the masks
-    are saved for backward (37 of them in a 124M step: 29 MB as bool, 115 MB as float32)."""
-    rng = default_rng() if rng is None else rng
-    keep = np.empty(shape, dtype=np.bool_)
-    uniform_f32(rng, shape, lambda u, out: np.greater_equal(u, np.float32(p), out=out), keep)
-    return keep
-
-
-_PARALLEL_DRAWS = 1 << 18                      # below this a mask is drawn in one thread
-
-
-def uniform_f32(rng, shape, then=None, out=None):
-    """rng.random(shape, dtype=float32), the very same numbers and the same state afterwards,
-    drawn in get_num_threads() pieces at once (dropout's masks: 12% of a 124M step's forward
-    in one thread). `then(u, out_piece)` maps each piece of uniforms into `out`.
-
-    How: PCG64 makes one 64-bit word per step and a float32 draw uses half of one (the low
-    half first), so draw j comes from word j // 2. Piece k starts at an even draw d_k: a copy
-    of the generator advanced by d_k // 2 words produces exactly draws d_k, d_k + 1, ... .
-    numpy releases the GIL while it fills an array, so the pieces run in parallel. Any other
-    bit generator, or a small shape, takes the plain serial call."""
-    n = int(np.prod(shape, dtype=np.int64))
-    bg = rng.bit_generator
-    parts = threads.get_num_threads()
-    if out is None:
-        out = np.empty(shape, dtype=np.float32)
-    flat = out.reshape(-1)
-    if n < _PARALLEL_DRAWS or parts < 2 or type(bg) is not np.random.PCG64:
-        u = rng.random(n, dtype=np.float32)
-        if then is None:
-            flat[...] = u
-        else:
-            then(u, flat)
-        return out
-    state = bg.state
-    first = 0
-    if state["has_uint32"]:                    # an odd number of float32 draws so far: the
-        u = rng.random(1, dtype=np.float32)    # next one is the kept high half, draw it here
-        if then is None:
-            flat[:1] = u
-        else:
-            then(u, flat[:1])
-        state, first = bg.state, 1
-    starts = [first + ((n - first) * k // parts) // 2 * 2 for k in range(parts)] + [n]
-    gens = []
-    for k in range(parts):
-        g = np.random.PCG64()
-        g.state = state
-        g.advance((starts[k] - first) // 2)
-        gens.append(np.random.Generator(g))
-
-    def piece(k):
-        lo, hi = starts[k], starts[k + 1]
-        if then is None:
-            gens[k].random(hi - lo, dtype=np.float32, out=flat[lo:hi])
-        else:
-            then(gens[k].random(hi - lo, dtype=np.float32), flat[lo:hi])
-
-    list(threads.pool().map(piece, range(parts)))
-    bg.state = gens[-1].bit_generator.state    # where the serial draws would have left it
-    return out
+    """True where U[0, 1) >= p: rng.random(shape, float32) >= p (kernels' keep_mask; the
+    numba one computes the very same bits, in several threads for a big mask)."""
+    return K.keep_mask(default_rng() if rng is None else rng, tuple(shape), p)
 
 
 def dropout(x, p=0.5, training=True, rng=None):

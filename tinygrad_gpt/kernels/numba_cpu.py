@@ -27,7 +27,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
-from . import bf16_mkl, reference
+from . import bf16_mkl, reference, threads
 
 # numba's default threading layer here is OpenMP (libgomp). After a parallel region its worker
 # threads keep spinning (~300k iterations) waiting for more work, and on a 2-core machine that
@@ -564,6 +564,85 @@ def dropout_backward(dy, keep, p):
     return dx
 
 
+# ----------------------------------------------------------------------------- dropout masks
+# numpy's default generator is PCG64 (pcg64.h): a 128-bit state stepped as an LCG,
+#   state = state * MULT + inc  (mod 2^128),   word = rotr64(hi ^ lo, hi >> 58)   (XSL-RR)
+# and a float32 draw takes one 32-bit half of a word (the low half first, the high half
+# next): U = (half >> 8) * 2^-24. So  U >= p  <=>  (half >> 8) >= ceil(p * 2^24): a mask
+# needs neither the float32 array nor numpy's call per draw through a function pointer.
+PCG64_MULT = 0x2360ED051FC65DA44385DF649FCCF645
+KEEP_MASK_ONE_THREAD = 1 << 20                 # draws below this: one piece, the calling thread (a
+#   2 x 256 x 768 mask took 0.41 ms in one thread, 0.46-0.68 in two; a 2 x 12 x 256 x 256 one 1.6 and 1.1)
+_M64 = (1 << 64) - 1
+
+
+@njit(inline="always")
+def _mul_hi64(a, b):                           # the high 64 bits of the 128-bit product a * b
+    m32, s = np.uint64(0xFFFFFFFF), np.uint64(32)
+    a0, a1, b0, b1 = a & m32, a >> s, b & m32, b >> s
+    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+    mid = (p00 >> s) + (p01 & m32) + (p10 & m32)
+    return p11 + (p01 >> s) + (p10 >> s) + (mid >> s)
+
+
+@njit(nogil=True, cache=True)
+def _pcg64_keep(hi, lo, mult_hi, mult_lo, inc_hi, inc_lo, thr, out):
+    # out: (2 W,) uint8. The generator at state (hi, lo) makes W words; word w gives
+    # out[2w] = (low half >> 8) >= thr, out[2w + 1] = (high half >> 8) >= thr
+    m32, s32, s8 = np.uint64(0xFFFFFFFF), np.uint64(32), np.uint32(8)
+    for w in range(out.size // 2):
+        # state = state * MULT + inc (mod 2^128), in 64-bit halves
+        new_hi = _mul_hi64(lo, mult_lo) + lo * mult_hi + hi * mult_lo
+        new_lo = lo * mult_lo
+        lo = new_lo + inc_lo
+        hi = new_hi + inc_hi + np.uint64(lo < new_lo)             # the carry out of the low half
+        x = hi ^ lo                                               # XSL-RR output
+        r = hi >> np.uint64(58)
+        word = (x >> r) | (x << ((np.uint64(64) - r) & np.uint64(63)))
+        out[2 * w] = np.uint8((np.uint32(word & m32) >> s8) >= thr)
+        out[2 * w + 1] = np.uint8((np.uint32(word >> s32) >> s8) >= thr)
+
+
+def keep_mask(rng, shape, p):
+    """reference.keep_mask, the very same bits and generator state: for a PCG64 generator the
+    words are made here, in get_num_threads() pieces for a big mask (piece k starts from a copy
+    of the generator advanced to its first word; _pcg64_keep releases the GIL). Any other bit
+    generator takes the reference's numpy call."""
+    bg = rng.bit_generator
+    if type(bg) is not np.random.PCG64:
+        return reference.keep_mask(rng, shape, p)
+    keep = np.empty(shape, dtype=np.bool_)
+    flat = keep.reshape(-1).view(np.uint8)
+    n, first = flat.size, 0
+    if n and bg.state["has_uint32"]:           # an odd number of float32 draws so far: the next
+        flat[0] = reference.keep_mask(rng, 1, p)[0]   # is the high half numpy kept, drawn by it
+        first = 1
+    words = (n - first) // 2
+    if words:
+        state = bg.state
+        thr = np.uint32(math.ceil(float(np.float32(p)) * 2.0 ** 24))   # exact in float64
+        parts = threads.get_num_threads() if 2 * words >= KEEP_MASK_ONE_THREAD else 1
+        starts = [words * k // parts for k in range(parts)] + [words]
+        mult = (np.uint64(PCG64_MULT >> 64), np.uint64(PCG64_MULT & _M64))
+
+        def piece(k):
+            g = np.random.PCG64()
+            g.state = state
+            g.advance(starts[k])
+            s, inc = g.state["state"]["state"], g.state["state"]["inc"]
+            _pcg64_keep(np.uint64(s >> 64), np.uint64(s & _M64), *mult, np.uint64(inc >> 64),
+                        np.uint64(inc & _M64), thr, flat[first + 2 * starts[k]:first + 2 * starts[k + 1]])
+
+        if parts == 1:
+            piece(0)
+        else:
+            list(threads.pool().map(piece, range(parts)))
+        bg.advance(words)                      # where rng.random would have left it
+    if (n - first) % 2:                        # an odd count left: numpy draws the last one and
+        flat[-1] = reference.keep_mask(rng, 1, p)[0]   # keeps the word's high half, as serially
+    return keep
+
+
 # ----------------------------------------------------------------------------- AdamW
 @njit(parallel=True, cache=True, fastmath=SAFE)
 def _adamw_step(p, g, m, v, decay, beta1, one_m_beta1, beta2, one_m_beta2, sqrt_bc2, eps, step_size):
@@ -623,6 +702,7 @@ def warmup(verbose=True):
         embedding_backward(x, ids, 4)
         for keep in (np.ones_like(x), np.ones(x.shape, np.bool_)):     # a float mask, functional's bool one
             dropout_backward(dropout_forward(x, keep, 0.1), keep, 0.1)
+        keep_mask(rng, 9, 0.1)                              # dropout's mask (no float arithmetic)
         adamw_step(x.copy(), x, np.zeros_like(x), np.zeros_like(x), 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)
         q = rng.standard_normal((1, 1, 3, 2)).astype(dt)
         out, att = attention_forward(q, q, q)

@@ -9,7 +9,7 @@ each call: MKL's GEMMs right after one ran 2-4x slower, so while MKL is in the p
 attention's float32 products run on MKL too (bf16_mkl.matmul; benchmarks/RESULTS.md).
 
 `get_num_threads()` is the count the last `set_num_threads` chose (default: every core); the
-dropout masks are drawn by that many threads (functional.uniform_f32)."""
+dropout masks are drawn by that many threads (numba_cpu.keep_mask)."""
 import os
 from concurrent.futures import ThreadPoolExecutor
 
