@@ -5,7 +5,8 @@
 Prints one row per kernel: shape, median ms of each backend (after warm-up), the speedup
 (numpy / numba) and the largest difference between the two outputs, relative to the
 output's largest magnitude. Sizes: N = B*T = 512 rows, C = 768, V = 50257, attention
-B=2, H=12, T=256, D=64, GELU on (512, 4*768), AdamW on 10M parameters (x12.4 for 124M).
+B=2, H=12, T=256, D=64, GELU on (512, 4*768), AdamW on 10M parameters (x12.4 for 124M),
+the dropout masks of one layer.
 """
 import argparse
 import os
@@ -108,6 +109,12 @@ def cases(dt, rng):
     yield "dropout_backward", f"({N}, {C})", R.dropout_backward, NB.dropout_backward, (dy, xk, 0.1)
     hk = (rng.random((N, 4 * C)) >= 0.1).astype(dt)
     yield "dropout_forward", f"({N}, {4 * C})", R.dropout_forward, NB.dropout_forward, (h, hk, 0.1)
+
+    # the masks themselves (a 124M step draws 25 of the first shape and 12 of the second); a
+    # generator seeded afresh in each call, so that both backends draw the same numbers
+    for mask in ((2, T, C), (B, H, T, T)):
+        yield (f"keep_mask p=0.1", str(mask), lambda s: R.keep_mask(np.random.default_rng(5), s, 0.1),
+               lambda s: NB.keep_mask(np.random.default_rng(5), s, 0.1), (mask,))
 
 
 def adamw_case(dt, rng):
