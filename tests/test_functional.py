@@ -564,6 +564,7 @@ def test_keep_mask_draws_the_serial_bits_in_pieces(shape, odd, parts, monkeypatc
     keep = F._keep_mask(shape, 0.1, pieces)
     assert keep.shape == want.shape and keep.dtype == np.bool_
     assert np.array_equal(keep, want)
+    assert pieces.bit_generator.state == serial.bit_generator.state   # uinteger too (checkpoints)
     assert serial.random(dtype=np.float32) == pieces.random(dtype=np.float32)
     assert serial.random() == pieces.random()
     keep = F._keep_mask(shape, 0.1, pieces)                 # once more, from a mid-word state
@@ -575,13 +576,16 @@ def test_keep_mask_draws_the_serial_bits_in_pieces(shape, odd, parts, monkeypatc
 def test_keep_mask_keeps_a_draw_equal_to_p_and_takes_any_p(kernels):
     """U >= p at the boundary: with p set to one of the draws themselves, that draw is kept and
     the draws just below it are dropped (the numba kernel compares integers against
-    ceil(p 2^24), an off-by-one there fails here). p = 0 keeps all, p = 1 drops all."""
+    ceil(p 2^24) with p rounded to float32 first, as numpy compares; an off-by-one there, or
+    a float64 p not rounded, fails here). p = 0 keeps all, p = 1 drops all; p outside [0, 1]
+    or NaN gives what numpy's comparison gives (dropout itself refuses such a p)."""
     from tinygrad_gpt import kernels as kernel_switch
     n = 1 << 16
     u = np.random.default_rng(11).random(n, dtype=np.float32)
+    big = float(u[u >= 0.5][0])                 # p = big + 1e-12 rounds to big as a float32: kept
     with kernel_switch.use(kernels) as K:
         for p in [float(u[5]), float(u[n - 2]), float(np.nextafter(u[7], np.float32(2))), 0.0,
-                  1.0, 1 / 3, 0.1]:
+                  1.0, 1 / 3, 0.1, big + 1e-12, big - 1e-12, -0.1, 300.0, float("nan")]:
             keep = K.keep_mask(np.random.default_rng(11), (n,), p)
             assert np.array_equal(keep, u >= np.float32(p)), p
         assert K.keep_mask(np.random.default_rng(11), (n,), float(u[5]))[5]

@@ -571,7 +571,7 @@ def dropout_backward(dy, keep, p):
 # next): U = (half >> 8) * 2^-24. So  U >= p  <=>  (half >> 8) >= ceil(p * 2^24): a mask
 # needs neither the float32 array nor numpy's call per draw through a function pointer.
 PCG64_MULT = 0x2360ED051FC65DA44385DF649FCCF645
-KEEP_MASK_ONE_THREAD = 1 << 20                 # draws below this: one piece, the calling thread (a
+KEEP_MASK_ONE_THREAD = 1 << 20                 # a mask of fewer elements: one piece, the calling thread (a
 #   2 x 256 x 768 mask took 0.41 ms in one thread, 0.46-0.68 in two; a 2 x 12 x 256 x 256 one 1.6 and 1.1)
 _M64 = (1 << 64) - 1
 
@@ -620,7 +620,13 @@ def keep_mask(rng, shape, p):
     words = (n - first) // 2
     if words:
         state = bg.state
-        thr = np.uint32(math.ceil(float(np.float32(p)) * 2.0 ** 24))   # exact in float64
+        p32 = float(np.float32(p))             # numpy compares with p as a float32
+        if p32 <= 0.0:                         # every draw kept (p = 0, or below)
+            thr = np.uint32(0)
+        elif p32 <= 1.0:
+            thr = np.uint32(math.ceil(p32 * 2.0 ** 24))   # exact in float64
+        else:                                  # none kept (p > 1, or NaN: every comparison False)
+            thr = np.uint32(1 << 24)
         parts = threads.get_num_threads() if 2 * words >= KEEP_MASK_ONE_THREAD else 1
         starts = [words * k // parts for k in range(parts)] + [words]
         mult = (np.uint64(PCG64_MULT >> 64), np.uint64(PCG64_MULT & _M64))
@@ -637,7 +643,11 @@ def keep_mask(rng, shape, p):
             piece(0)
         else:
             list(threads.pool().map(piece, range(parts)))
-        bg.advance(words)                      # where rng.random would have left it
+        bg.advance(words - 1)                  # where rng.random would have left it: one word
+        last = int(bg.random_raw())            # short, then the last word again, whose high half
+        state = bg.state                       # numpy leaves in `uinteger` (never read again
+        state["uinteger"] = last >> 32         # while has_uint32 is 0, but a checkpoint saves
+        bg.state = state                       # the dict: it stays the same as numpy's)
     if (n - first) % 2:                        # an odd count left: numpy draws the last one and
         flat[-1] = reference.keep_mask(rng, 1, p)[0]   # keeps the word's high half, as serially
     return keep
