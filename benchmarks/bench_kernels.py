@@ -113,7 +113,7 @@ def cases(dt, rng):
     # the masks themselves (a 124M step draws 25 of the first shape and 12 of the second); a
     # generator seeded afresh in each call, so that both backends draw the same numbers
     for mask in ((2, T, C), (B, H, T, T)):
-        yield (f"keep_mask p=0.1", str(mask), lambda s: R.keep_mask(np.random.default_rng(5), s, 0.1),
+        yield ("keep_mask p=0.1", str(mask), lambda s: R.keep_mask(np.random.default_rng(5), s, 0.1),
                lambda s: NB.keep_mask(np.random.default_rng(5), s, 0.1), (mask,))
 
 

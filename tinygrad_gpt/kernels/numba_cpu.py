@@ -574,6 +574,7 @@ PCG64_MULT = 0x2360ED051FC65DA44385DF649FCCF645
 KEEP_MASK_ONE_THREAD = 1 << 20                 # a mask of fewer elements: one piece, the calling thread (a
 #   2 x 256 x 768 mask took 0.41 ms in one thread, 0.46-0.68 in two; a 2 x 12 x 256 x 256 one 1.6 and 1.1)
 _M64 = (1 << 64) - 1
+_MULT_HI, _MULT_LO = np.uint64(PCG64_MULT >> 64), np.uint64(PCG64_MULT & _M64)
 
 
 @njit(inline="always")
@@ -629,14 +630,14 @@ def keep_mask(rng, shape, p):
             thr = np.uint32(1 << 24)
         parts = threads.get_num_threads() if 2 * words >= KEEP_MASK_ONE_THREAD else 1
         starts = [words * k // parts for k in range(parts)] + [words]
-        mult = (np.uint64(PCG64_MULT >> 64), np.uint64(PCG64_MULT & _M64))
 
         def piece(k):
             g = np.random.PCG64()
             g.state = state
             g.advance(starts[k])
-            s, inc = g.state["state"]["state"], g.state["state"]["inc"]
-            _pcg64_keep(np.uint64(s >> 64), np.uint64(s & _M64), *mult, np.uint64(inc >> 64),
+            at = g.state["state"]                # {"state": 128-bit int, "inc": 128-bit int}
+            s, inc = at["state"], at["inc"]
+            _pcg64_keep(np.uint64(s >> 64), np.uint64(s & _M64), _MULT_HI, _MULT_LO, np.uint64(inc >> 64),
                         np.uint64(inc & _M64), thr, flat[first + 2 * starts[k]:first + 2 * starts[k + 1]])
 
         if parts == 1:
