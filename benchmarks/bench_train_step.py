@@ -11,11 +11,13 @@
                      # torch's float32 settings only (on a CPU without AVX512-BF16 or AMX,
                      # torch's bf16 autocast step took minutes: RESULTS.md)
     python benchmarks/bench_train_step.py --kernels numpy       # the plain-NumPy kernels
+    python benchmarks/bench_train_step.py --no-memory-caching   # glibc trims the freed pages each step
     python benchmarks/bench_train_step.py --model tiny --steps 3
 
-Each engine runs in its own process (so peak memory is its own), in alternating rounds
-(so a busy machine slows both alike); the table reports medians and the ratio to the
-fastest torch setting of the run (the strongest peer, whichever it is on this CPU). The
+Ours is timed through the plain API, as a reader's own loop over GPTModel and AdamW runs it
+(no command's set-up: `--commands-setup` adds examples/pretrain.py's). Each engine runs in
+its own process (so peak memory is its own), in alternating rounds (so a busy machine slows
+both alike); the table reports medians and the ratio to the fastest torch setting of the run (the strongest peer, whichever it is on this CPU). The
 "GEMM floor" is the time the step's matrix products alone take with NumPy's BLAS, in
 the same process: a step can't be faster, and the ratio to it says how much the rest costs.
 """
@@ -96,15 +98,16 @@ def worker_ours(args, cfg):
     from tinygrad_gpt.kernels import set_backend
     set_backend(args.kernels)                  # tinygrad_gpt is already imported: switch explicitly
     from tinygrad_gpt import functional as F
-    from tinygrad_gpt.cli import setup_threads
+    from tinygrad_gpt.cli import runtime_line, setup_threads
     from tinygrad_gpt.kernels.threads import set_num_threads
     from tinygrad_gpt.tensor import no_grad, profile
     bf16 = args.precision == "bfloat16"
-    if args.plain_api:                         # as a user's own loop: no allocator tuning (mallopt)
-        threads = set_num_threads(args.threads, load_mkl=bf16)
-        runtime = f"plain API (no mallopt), {threads} threads, {args.precision}"
-    else:
+    if args.commands_setup:                    # what examples/pretrain.py does before its loop
         runtime = setup_threads(args.threads, precision=args.precision)    # MKL's pool too, for bf16
+    else:                                      # a user's own loop over GPTModel and AdamW: the plain API
+        threads = set_num_threads(args.threads, load_mkl=bf16)
+        caching = "off" if os.environ.get("TINYGRAD_GPT_NO_MEMORY_CACHING") else "on"
+        runtime = f"plain API (memory caching {caching}), " + runtime_line(threads, args.precision)
     if bf16:
         runtime = runtime.replace("bfloat16", f"bfloat16 autocast, GEMM {tg.amp.get_gemm_backend()}")
     tg.manual_seed(123)
@@ -210,8 +213,11 @@ def run_worker(engine, args):
     cmd = [sys.executable, __file__, "--worker", worker, "--model", args.model, "--batch", str(args.batch),
            "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--kernels", args.kernels] + extra + (["--threads", str(args.threads)] if args.threads else []) \
-        + (["--plain-api"] if args.plain_api else [])
-    out = subprocess.run(cmd, capture_output=True, text=True)
+        + (["--commands-setup"] if args.commands_setup else [])
+    env = dict(os.environ)
+    if args.no_memory_caching and worker == "ours":
+        env["TINYGRAD_GPT_NO_MEMORY_CACHING"] = "1"
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         sys.exit(f"the {engine} worker failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -240,8 +246,12 @@ def main():
                    help="also torch: the book's default AdamW, fused AdamW, bf16 autocast + fused AdamW")
     p.add_argument("--precision", choices=["float32", "bfloat16", "both"], default="float32",
                    help="ours: float32, bf16 autocast, or both side by side")
-    p.add_argument("--plain-api", action="store_true",
-                   help="ours without cli.setup_threads' allocator tuning, as a user's own loop")
+    p.add_argument("--commands-setup", action="store_true",
+                   help="ours after cli.setup_threads, as examples/pretrain.py runs it (default: the plain "
+                        "API, a user's own loop over GPTModel and AdamW)")
+    p.add_argument("--no-memory-caching", action="store_true",
+                   help="ours with TINYGRAD_GPT_NO_MEMORY_CACHING=1: glibc gives each step's freed pages "
+                        "back and the next step faults them in again (memory.py)")
     p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--torch-compile", action="store_true",
                    help="with --compare-torch: also torch.compile (inductor) of the bf16 + fused step; "

@@ -424,36 +424,6 @@ def test_save_optimizer_also_keeps_a_resumable_checkpoint(tmp_path, text_file):
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
 
 
-REUSE_FREED = """
-import resource, sys
-import numpy as np
-from tinygrad_gpt.cli import keep_freed_memory
-if sys.argv[1] == "tuned":
-    assert keep_freed_memory()
-np.ones(16 << 20, np.float32)                      # 64 MB, allocated, touched, freed once
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):                                 # as a training step's logits, every step
-    np.ones(16 << 20, np.float32)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
-def test_keep_freed_memory_reuses_a_big_array_without_fresh_pages():
-    """After keep_freed_memory() a 64 MB array freed and allocated again comes back from the
-    heap: no page faults (untuned, glibc maps it afresh each time: 165-2,720 faults over the
-    five, fewer when the kernel backs it with huge pages). The trim threshold once reached
-    mallopt as 0 (1 << 32 in a C int): the heap was trimmed at once, 2,555 faults here."""
-    faults = {}
-    for mode in ("untuned", "tuned"):
-        out = subprocess.run([sys.executable, "-c", REUSE_FREED, mode], capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        faults[mode] = int(out.stdout.split()[-1])
-    print(f"minor faults over 5 allocations of 64 MB: {faults}")
-    assert faults["tuned"] < 50
-
-
 # ----------------------------------------------------------------------------- the BLAS kernel
 @pytest.mark.parametrize("environ, arch, flags, expected", [
     ({}, "Haswell", {"avx2", "avx512f"}, ""),                       # OpenBLAS chose: nothing to say

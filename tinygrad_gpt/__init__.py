@@ -4,7 +4,7 @@ from .gradcheck import GradcheckError, gradcheck
 from .tensor import (Function, Tensor, cat, concatenate, default_rng, enable_grad, is_grad_enabled,
                      manual_seed, no_grad)
 # (the function tensor() is not exported here: it would hide the module tinygrad_gpt.tensor)
-from . import nn, optim
+from . import memory, nn, optim
 from .model import CONFIGS, GPT_CONFIG_124M, GPTModel, generate_text_simple, get_config
 from .optim import AdamW
 from .amp import autocast, set_autocast

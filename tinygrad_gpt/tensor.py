@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from . import memory
+
 Axis = "int | tuple[int, ...] | list[int] | None"   # an axis argument, as NumPy's
 
 # ----------------------------------------------------------------------------- grad mode
@@ -364,6 +366,7 @@ class Tensor:
         if self._ctx is None:                          # a leaf: d(self)/d(self) = 1
             _accumulate(self, grad, grad, ())          # grad_in=grad: never keep the caller's array
             return
+        memory.keep_freed_memory(once=True)            # a training process: reuse the step's pages
         order = topological_order(self)
         if any(node._graph_freed for node in order):   # walking on would treat it as a leaf and
             raise RuntimeError(_FREED_MESSAGE)          # silently drop everything before it

@@ -2,10 +2,10 @@
 
 This room owns argument-parsing conventions (a mistake is one line on stderr and exit code 2,
 never argparse's usage block or a traceback) and the runtime set-up a command does once for
-its process: one thread count for BLAS, numba and MKL, glibc's allocator tuned, the kernel backend
-chosen. The commands themselves are tinygrad_gpt.pretrain, tinygrad_gpt.cli.generate and
-tinygrad_gpt.explain; examples/*.py are two-line wrappers over them. Nothing below the CLI
-imports this package.
+its process: one thread count for BLAS, numba and MKL, glibc's allocator tuned (memory.py; at
+once, where a user's loop gets it at its first backward()), the kernel backend chosen. The
+commands themselves are tinygrad_gpt.pretrain, tinygrad_gpt.cli.generate and tinygrad_gpt.explain;
+examples/*.py are two-line wrappers over them. Nothing below the CLI imports this package.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import os
 import sys
 
 import numpy as np
+
+from ..memory import keep_freed_memory  # noqa: F401  (pretrain.py and the tests name it here)
 
 USAGE_ERROR = 2
 
@@ -54,45 +56,30 @@ def select_kernels(name: str | None) -> None:
         set_backend(name)
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc to reuse freed memory instead of returning it to the OS.
-
-    A training step allocates and frees arrays of 100-150 MB (logits, the embedding and
-    output-head gradients). Above its mmap threshold (32 MB at most) glibc maps each one
-    fresh and unmaps it on free, so every step pays the kernel for zeroing new pages
-    (measured in benchmarks/RESULTS.md). From the heap, the same memory is simply reused,
-    provided glibc does not hand the heap's free top back to the OS either: the trim
-    threshold is set to the largest C int (2 GiB - 1). mallopt takes a C int: 1 << 32, the
-    value written here before, reached it as 0, "trim at once", and a 124M step then faulted
-    in ~440 MB of fresh pages every step (benchmarks/RESULTS.md, "bf16 autocast, second session").
-    """
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        libc.mallopt.restype = ctypes.c_int
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
-    except (OSError, AttributeError):       # not glibc: nothing to tune
-        return False
-
-
 def setup_threads(threads: int | None = None, warm_up: bool = False, precision: str = "float32") -> str:
     """One thread count for the three pools (OpenBLAS, numba, and oneMKL's when precision is
     "bfloat16": kernels/threads.py), the allocator tuned, the kernels compiled (when warm_up);
     returns a line describing the runtime."""
     import numba
-    from threadpoolctl import threadpool_info
     from ..kernels import K, get_backend
     from ..kernels.threads import set_num_threads
     threads = set_num_threads(threads, load_mkl=False)
-    keep_freed_memory()
+    keep_freed_memory(once=True)               # as the first backward() would (memory.py)
     layer = ""
     if warm_up and get_backend() == "numba":
         K.warmup(verbose=True)
         layer = f" ({numba.threading_layer()} threading layer)"
     if precision == "bfloat16":                # MKL after numba's pool has started, then the same count
         set_num_threads(threads, load_mkl=True)
+    return runtime_line(threads, precision, layer)
+
+
+def runtime_line(threads: int, precision: str, layer: str = "") -> str:
+    """The runtime a command prints at start: numpy and its BLAS kernel, numba, the kernels,
+    the thread count and the precision (benchmarks print it for the plain API too)."""
+    import numba
+    from threadpoolctl import threadpool_info
+    from ..kernels import get_backend
     blases = [i for i in threadpool_info() if i.get("user_api") == "blas"]   # numba may load scipy's too
     blas = next((i for i in blases if "numpy" in i.get("filepath", "")), blases[0] if blases else {})
     arch = blas.get("architecture", "")

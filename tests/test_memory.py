@@ -1,0 +1,88 @@
+"""Freed memory kept for the next step (tinygrad_gpt/memory.py): a user's own training loop, with
+no command's set-up, reuses the step's pages after its first backward(), and can hand them back.
+
+Each check runs in a fresh process: glibc's thresholds are process-wide and cannot be unset,
+and this test process has long since run a backward(). Minor page faults (getrusage) count the
+fresh pages the kernel zeroed for the process: a deterministic measure, unlike time.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux" or not os.path.exists("/proc/self/statm"),
+                                reason="glibc's mallopt and Linux's page counters")
+
+# A training step of the plain API first (no command, no set-up), then what every step does: a
+# big array (64 MB, as a step's logits) allocated, touched and freed five times.
+REUSE_AFTER_BACKWARD = """
+import resource, sys
+import numpy as np
+import tinygrad_gpt as tg
+from tinygrad_gpt import functional as F
+from tinygrad_gpt import memory
+cfg = dict(tg.get_config("tiny"), drop_rate=0.0)
+model = tg.GPTModel(cfg)
+opt = tg.AdamW(model.parameters(), lr=1e-3)
+x = np.arange(32).reshape(2, 16) % cfg["vocab_size"]
+if sys.argv[1] == "train":
+    F.cross_entropy(model(x), x).backward()
+    opt.step()
+np.ones(16 << 20, np.float32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    np.ones(16 << 20, np.float32)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print("again", memory.keep_freed_memory(once=True))        # the first backward() asked already
+"""
+
+
+def run(code, *args, **environ):
+    """Run `code` in a fresh Python (this checkout, NumPy kernels, one BLAS thread, the opt-out
+    variable only if given); its printed words."""
+    env = {k: v for k, v in os.environ.items() if k != "TINYGRAD_GPT_NO_MEMORY_CACHING"}
+    env.update(PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               TINYGRAD_GPT_KERNELS="numpy", OPENBLAS_NUM_THREADS="1", **environ)
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.split()
+
+
+def test_a_users_loop_reuses_freed_pages_after_its_first_backward():
+    """Untouched, glibc maps a 64 MB array fresh each time and the kernel zeroes its pages:
+    165-2,720 faults over the five (fewer with huge pages; never under 5 x 32, 2 MB pages).
+    After one backward() of the plain API: none. Without the call in Tensor.backward() this
+    fails, as it does with only one of the two thresholds set (memory.keep_freed_memory)."""
+    untouched = int(run(REUSE_AFTER_BACKWARD, "no-training")[0])
+    trained = run(REUSE_AFTER_BACKWARD, "train")
+    opted_out = run(REUSE_AFTER_BACKWARD, "train", TINYGRAD_GPT_NO_MEMORY_CACHING="1")
+    print(f"minor faults over 5 allocations of 64 MB: untouched {untouched}, after backward() "
+          f"{trained[0]}, opted out {opted_out[0]}")
+    assert untouched >= 100
+    assert int(trained[0]) < 50 and trained[1:] == ["again", "False"]
+    assert int(opted_out[0]) >= 100                    # TINYGRAD_GPT_NO_MEMORY_CACHING=1 is obeyed
+
+
+EMPTY_CACHE = """
+import numpy as np
+from tinygrad_gpt import memory
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+assert memory.keep_freed_memory()
+a = np.ones(32 << 20, np.float32)                   # 128 MB, touched
+del a
+kept = rss_mib()
+print(memory.empty_cache(), round(kept - rss_mib()))
+"""
+
+
+def test_empty_cache_hands_the_kept_memory_back():
+    """Kept, a freed 128 MB array stays in the process's resident memory; empty_cache() (glibc's
+    malloc_trim) releases it, as torch.cuda.empty_cache() does its GPU cache."""
+    released, mib = run(EMPTY_CACHE)
+    print(f"empty_cache() released {mib} MiB")
+    assert released == "True" and int(mib) >= 120

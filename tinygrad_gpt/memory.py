@@ -1,0 +1,74 @@
+"""Freed memory kept for the next training step, as PyTorch's caching allocator keeps it on a GPU.
+
+A training step allocates and frees the same arrays every time: the forward's activations
+(saved for backward, freed by it), the logits and their gradient (100 MB each for GPT-2 124M
+at 2 x 256), the layers' temporaries. glibc, left alone, gives that memory back to the OS:
+an array above its mmap threshold (at most 32 MB) is mapped fresh and unmapped on free, and
+the free top of the heap is trimmed once it is larger than the trim threshold. The next step
+then faults every page in again, and the kernel zeroes each one: ~71,000 pages (~277 MiB) a
+124M step, 0.1-0.2 s of it (benchmarks/RESULTS.md, "The plain API's page faults").
+
+`keep_freed_memory()` asks glibc (mallopt) to take every array from the heap and never trim
+it, so the next step reuses the same pages: none are faulted in after the first step. It is
+called once by the first `Tensor.backward()` of a process, so a training loop of your own over
+GPTModel and AdamW gets it, not only the commands. The price is PyTorch's on a GPU: the
+process keeps its peak heap (the training step's peak RSS is unchanged) until `empty_cache()`
+hands the free part back. `TINYGRAD_GPT_NO_MEMORY_CACHING=1` turns it off (as PyTorch's
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 does for its GPU cache). On a C library other than glibc
+both functions do nothing and return False.
+"""
+import ctypes
+import os
+
+OPT_OUT = "TINYGRAD_GPT_NO_MEMORY_CACHING"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3         # glibc's malloc.h
+
+_libc = None
+_asked = False                                       # keep_freed_memory(once=True) ran
+
+
+def _glibc():
+    """glibc through ctypes, or None (musl, macOS, Windows: nothing to tune)."""
+    global _libc
+    if _libc is None:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            libc.mallopt.restype = ctypes.c_int
+            libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            libc.malloc_trim.restype = ctypes.c_int
+            _libc = libc
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc or None
+
+
+def keep_freed_memory(once: bool = False) -> bool:
+    """Ask glibc to reuse freed memory instead of returning it to the OS; True if it took it.
+
+    Both thresholds must be set: setting either one turns off glibc's dynamic adjustment of
+    both, and the other then stays at its 128 KiB default (only the trim threshold: every array
+    above 128 KiB is mapped fresh, more faults than before; only the mmap threshold: the heap
+    is trimmed at every free). The trim threshold is the largest C int (2 GiB - 1): mallopt
+    takes a C int, and 1 << 32 reached it as 0, "trim at once" (benchmarks/RESULTS.md, "bf16
+    autocast, second session"). `once=True` (what backward() passes) does it only the first
+    time, and not at all under TINYGRAD_GPT_NO_MEMORY_CACHING=1."""
+    global _asked
+    if once:
+        if _asked:
+            return False
+        _asked = True
+        if os.environ.get(OPT_OUT, "") not in ("", "0"):
+            return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
+
+
+def empty_cache() -> bool:
+    """Hand the heap's free memory back to the OS (glibc's malloc_trim), as
+    torch.cuda.empty_cache() does for PyTorch's GPU cache: after training, before other work.
+    True if any memory was released."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
