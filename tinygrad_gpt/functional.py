@@ -127,13 +127,12 @@ class CrossEntropy(Function):
 
     def backward(ctx, grad):                   # d loss / d logits = softmax - onehot(target), per row
         z, t, lse = ctx.saved
-        out = _kept_buffer(_base(z), "dlogits", z.shape, z.dtype)   # (N, V): 103 MB for GPT-2, each step
-        if ctx.reduction == "none":
-            dz = K.cross_entropy_backward(z, t, lse, 1.0, ctx.ignore_index, out=out)
+        if ctx.reduction == "none":            # a fresh (N, V) array: 103 MB for GPT-2, freed once the
+            dz = K.cross_entropy_backward(z, t, lse, 1.0, ctx.ignore_index)   # head's backward ran
             dz *= grad.reshape(-1, 1)
         else:
             scale = float(grad) / (ctx.count if ctx.reduction == "mean" and ctx.count else 1)
-            dz = K.cross_entropy_backward(z, t, lse, scale, ctx.ignore_index, out=out)
+            dz = K.cross_entropy_backward(z, t, lse, scale, ctx.ignore_index)
         return dz.reshape(ctx.shape), None
 
 
@@ -220,8 +219,8 @@ class Linear(Function):
         x2, w = ctx.saved
         g2 = np.ascontiguousarray(grad).reshape(-1, w.shape[0])   # (N, out)
         dw = None
-        if ctx.needs_input_grad[1]:            # into a kept (out, in) buffer: no fresh pages per step
-            dw = _kept_buffer(ctx.parents[1].data, "dW", w.shape, g2.dtype)
+        if ctx.needs_input_grad[1]:            # a fresh (out, in) array, the parameter's .grad until
+            dw = np.empty(w.shape, g2.dtype)   # zero_grad() drops it (memory.py keeps its pages)
         if ctx.bf16:                           # the same two products, bf16 in, float32 out
             # one scratch per shape, not per layer: it is dead once this backward returns
             gb = amp.to_bf16(g2, out=_kept_buffer(_SCRATCH, ("dy bf16", g2.shape), g2.shape, np.uint16))
@@ -238,9 +237,11 @@ class Linear(Function):
         return dx, dw
 
 
-# (id(owner array), tag) -> [weakref to the owner, a kept array]: a gradient a layer writes every
-# step (Linear's dW: 154 MB for the output head), reused while nobody else holds it (not still a
-# parameter's .grad, not kept by the caller); otherwise the layer gets a fresh one.
+# (id(owner array), tag) -> [weakref to the owner, a kept array]: an array a layer writes every
+# step (Linear's output, its bf16 input), reused while nobody else holds it (not kept by the
+# caller); otherwise the layer gets a fresh one. Gradients are not kept: a kept dW would still
+# hold its 0.6 GiB (GPT-2 124M) while the next forward's activations pile up, and a step's peak
+# memory is there (benchmarks/RESULTS.md, "Gradients not kept between steps").
 _kept = {}
 
 
@@ -260,13 +261,6 @@ def _kept_buffer(owner, tag, shape, dtype):
 
 _SCRATCH = np.empty(0)                         # the owner of buffers no single layer owns
 
-
-def _base(a):
-    """The array that owns a's memory (a itself when it is not a view): the key of a kept
-    buffer must outlive the step, and a reshaped view is made anew in every forward."""
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return a
 
 
 def linear(x, weight, bias=None):

@@ -371,7 +371,8 @@ class Tensor:
         if any(node._graph_freed for node in order):   # walking on would treat it as a leaf and
             raise RuntimeError(_FREED_MESSAGE)          # silently drop everything before it
         self.grad = grad
-        for node in reversed(order):
+        while order:                                   # outputs first; popped, so that a node no one
+            node = order.pop()                         # else holds is freed once its backward has run
             ctx = node._ctx
             if ctx is None:                            # a leaf: its .grad is final
                 continue

@@ -392,7 +392,7 @@ def _cross_entropy_backward(logits, targets, lse, scale, ignore_index, dlogits):
 def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100, out=None):
     """d(scale * sum_n loss_n)/dlogits = scale * (softmax(logits_n) - onehot(target_n)), rows
     with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean.
-    `out`: an (N, V) array of logits' dtype to write into (a kept buffer), returned."""
+    `out`: an (N, V) array of logits' dtype to write into (else a fresh one), returned."""
     logits, lse = _floats("cross_entropy_backward", logits=logits, lse=lse)
     _ndim("cross_entropy_backward", "logits", logits, "NV")
     N, V = logits.shape
