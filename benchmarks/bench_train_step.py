@@ -106,7 +106,7 @@ def worker_ours(args, cfg):
         runtime = setup_threads(args.threads, precision=args.precision)    # MKL's pool too, for bf16
     else:                                      # a user's own loop over GPTModel and AdamW: the plain API
         threads = set_num_threads(args.threads, load_mkl=bf16)
-        caching = "off" if os.environ.get("TINYGRAD_GPT_NO_MEMORY_CACHING") else "on"
+        caching = "off" if tg.memory.caching_disabled() else "on"
         runtime = f"plain API (memory caching {caching}), " + runtime_line(threads, args.precision)
     if bf16:
         runtime = runtime.replace("bfloat16", f"bfloat16 autocast, GEMM {tg.amp.get_gemm_backend()}")

@@ -6,15 +6,20 @@ and this test process has long since run a backward(). Minor page faults (getrus
 fresh pages the kernel zeroed for the process: a deterministic measure, unlike time.
 """
 import os
+import resource
 import subprocess
 import sys
 
 import pytest
 
+from tinygrad_gpt import memory
+
 from helpers import REPO
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux" or not os.path.exists("/proc/self/statm"),
-                                reason="glibc's mallopt and Linux's page counters")
+# The fault counts below assume 4 KiB pages (2 MiB huge pages: a 64 MB array is >= 32 faults).
+linux_4k = pytest.mark.skipif(sys.platform != "linux" or not os.path.exists("/proc/self/statm")
+                              or resource.getpagesize() != 4096,
+                              reason="glibc's mallopt and Linux's page counters, 4 KiB pages")
 
 # A training step of the plain API first (no command, no set-up), then what every step does: a
 # big array (64 MB, as a step's logits) allocated, touched and freed five times.
@@ -52,6 +57,7 @@ def run(code, *args, **environ):
     return out.stdout.split()
 
 
+@linux_4k
 def test_a_users_loop_reuses_freed_pages_after_its_first_backward():
     """Untouched, glibc maps a 64 MB array fresh each time and the kernel zeroes its pages:
     165-2,720 faults over the five (fewer with huge pages; never under 5 x 32, 2 MB pages).
@@ -68,10 +74,11 @@ def test_a_users_loop_reuses_freed_pages_after_its_first_backward():
 
 
 EMPTY_CACHE = """
+import resource
 import numpy as np
 from tinygrad_gpt import memory
 def rss_mib():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
 assert memory.keep_freed_memory()
 a = np.ones(32 << 20, np.float32)                   # 128 MB, touched
 del a
@@ -80,9 +87,53 @@ print(memory.empty_cache(), round(kept - rss_mib()))
 """
 
 
+@linux_4k
 def test_empty_cache_hands_the_kept_memory_back():
     """Kept, a freed 128 MB array stays in the process's resident memory; empty_cache() (glibc's
     malloc_trim) releases it, as torch.cuda.empty_cache() does its GPU cache."""
     released, mib = run(EMPTY_CACHE)
     print(f"empty_cache() released {mib} MiB")
     assert released == "True" and int(mib) >= 120
+
+
+class FakeLibc:
+    """glibc's two calls, recorded; `refuse` lists the (param, value) pairs mallopt says no to."""
+
+    def __init__(self, refuse=()):
+        self.calls, self.refuse = [], set(refuse)
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return 0 if (param, value) in self.refuse else 1
+
+
+@pytest.mark.parametrize("value, disabled", [(None, False), ("", False), ("0", False), ("1", True),
+                                             ("yes", True)])
+def test_the_opt_out_variable_and_once(monkeypatch, value, disabled):
+    """Only the first keep_freed_memory(once=True) of a process asks glibc, and not at all
+    when TINYGRAD_GPT_NO_MEMORY_CACHING is set to anything but "" or "0"."""
+    libc = FakeLibc()
+    monkeypatch.setattr(memory, "_libc", libc)
+    monkeypatch.setattr(memory, "_asked", False)
+    if value is None:
+        monkeypatch.delenv(memory.OPT_OUT, raising=False)
+    else:
+        monkeypatch.setenv(memory.OPT_OUT, value)
+    assert memory.caching_disabled() is disabled
+    assert memory.keep_freed_memory(once=True) is (not disabled)
+    assert memory.keep_freed_memory(once=True) is False                 # once
+    assert len(libc.calls) == (0 if disabled else 2)
+    assert memory.keep_freed_memory() is True and len(libc.calls) == (2 if disabled else 4)   # asked
+
+
+def test_an_older_glibc_that_refuses_a_1_gib_mmap_threshold_gets_mmap_turned_off(monkeypatch):
+    """glibc once refused an mmap threshold above 32 MiB: then no array is mapped at all
+    (M_MMAP_MAX = 0), and the trim threshold is set as before."""
+    libc = FakeLibc(refuse={(memory.M_MMAP_THRESHOLD, 1 << 30)})
+    monkeypatch.setattr(memory, "_libc", libc)
+    assert memory.keep_freed_memory() is True
+    assert libc.calls == [(memory.M_MMAP_THRESHOLD, 1 << 30), (memory.M_MMAP_MAX, 0),
+                          (memory.M_TRIM_THRESHOLD, (1 << 31) - 1)]
+    refused = FakeLibc(refuse={(memory.M_MMAP_THRESHOLD, 1 << 30), (memory.M_MMAP_MAX, 0)})
+    monkeypatch.setattr(memory, "_libc", refused)
+    assert memory.keep_freed_memory() is False                          # nothing kept: say so

@@ -93,11 +93,18 @@ def test_backward_frees_each_intermediate_once_its_backward_has_run():
     gradients come (the step's peak memory). The tensors the caller holds stay."""
     x = tg.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3), requires_grad=True)
     made = []
-    with tg.tensor.register_forward_hook(lambda ctx, inputs, out: made.append((type(ctx).__name__, weakref.ref(out)))):
+    with tg.tensor.register_forward_hook(lambda ctx, inputs, out: made.append(
+            (type(ctx).__name__, weakref.ref(out), weakref.ref(out.data)))):
         loss = ((x * 2.0) * 3.0).exp().sum()
     alive = []
-    with tg.tensor.register_backward_hook(lambda node, ctx, g, ig: alive.append(
-            (type(ctx).__name__, [name for name, r in made if r() is not None]))):
+
+    def after_op(node, ctx, g, input_grads):
+        tensors = [name for name, t, _ in made if t() is not None]
+        arrays = [name for name, _, a in made if a() is not None]
+        assert arrays == tensors                   # each output's array goes with its tensor
+        alive.append((type(ctx).__name__, tensors))
+
+    with tg.tensor.register_backward_hook(after_op):
         loss.backward()
     assert alive == [                          # forward order: x * 2, * 3, exp, sum
         ("Sum", ["Mul", "Mul", "Exp", "Sum"]),
@@ -131,8 +138,8 @@ def head_step(w, h, targets, precision):
 
 
 def test_the_bf16_copies_go_into_kept_buffers_and_stay_right(backend):
-    """Under autocast the bf16 copies of x (saved for backward) and of dy are written into kept
-    buffers, the same ones step after step, and the numbers stay those
+    """The head's output (the logits), and under autocast the bf16 copies of x (saved for
+    backward) and of dy, are written into kept buffers, the same ones step after step, and the numbers stay those
     of fresh arrays (a kept buffer read after it is overwritten would show as a wrong dW)."""
     rng = np.random.default_rng(3)
     w = tg.nn.Parameter((rng.standard_normal((50, 16)) * 0.1).astype(np.float32))
@@ -149,17 +156,17 @@ def test_the_bf16_copies_go_into_kept_buffers_and_stay_right(backend):
             assert loss == loss2
             kept = {tag: entry[1] for (owner, tag), entry in F._kept.items()
                     if owner == id(w.data) and tag in ("y", "x bf16")}
-            del kept["y"]                                   # the head's output buffer: the logits
             if precision == "bfloat16":                     # one scratch per shape for all layers
                 kept["dy bf16"] = F._kept[(id(F._SCRATCH), ("dy bf16", (12, 50)))][1]
             got.append({tag: a.ctypes.data for tag, a in kept.items()})
-        tags = {"x bf16", "dy bf16"} if precision == "bfloat16" else set()
+        tags = {"y", "x bf16", "dy bf16"} if precision == "bfloat16" else {"y"}   # y: the logits
         assert got[0].keys() == tags and got[0] == got[1] == got[2]
 
 
 def test_a_held_cross_entropy_gradient_is_not_overwritten():
     """A user holding last step's dlogits (through a backward hook) keeps its values: the next
-    backward writes a fresh array, not the kept one."""
+    backward writes a fresh array (dlogits was once a kept buffer, reused only while nobody
+    held it; this guards any buffer that comes back)."""
     rng = np.random.default_rng(4)
     logits = tg.Tensor(rng.standard_normal((4, 9)).astype(np.float32), requires_grad=True)
     held = []

@@ -239,9 +239,10 @@ class Linear(Function):
 
 # (id(owner array), tag) -> [weakref to the owner, a kept array]: an array a layer writes every
 # step (Linear's output, its bf16 input), reused while nobody else holds it (not kept by the
-# caller); otherwise the layer gets a fresh one. Gradients are not kept: a kept dW would still
-# hold its 0.6 GiB (GPT-2 124M) while the next forward's activations pile up, and a step's peak
-# memory is there (benchmarks/RESULTS.md, "Gradients not kept between steps").
+# caller); otherwise the layer gets a fresh one. Linear's dW and cross-entropy's dlogits are not
+# kept: a kept dW would hold its 0.6 GiB (GPT-2 124M) while the next forward's activations pile
+# up, and a step's peak memory is there (benchmarks/RESULTS.md, "Gradients not kept between
+# steps"). The embedding's gradient is (_embedding_grads): it saves zeroing all but the stale rows.
 _kept = {}
 
 

@@ -21,7 +21,7 @@ import ctypes
 import os
 
 OPT_OUT = "TINYGRAD_GPT_NO_MEMORY_CACHING"
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3         # glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4     # glibc's malloc.h
 
 _libc = None
 _asked = False                                       # keep_freed_memory(once=True) ran
@@ -43,27 +43,35 @@ def _glibc():
     return _libc or None
 
 
+def caching_disabled() -> bool:
+    """True when TINYGRAD_GPT_NO_MEMORY_CACHING is set to anything but "" or "0"."""
+    return os.environ.get(OPT_OUT, "").strip() not in ("", "0")
+
+
 def keep_freed_memory(once: bool = False) -> bool:
     """Ask glibc to reuse freed memory instead of returning it to the OS; True if it took it.
 
-    Both thresholds must be set: setting either one turns off glibc's dynamic adjustment of
-    both, and the other then stays at its 128 KiB default (only the trim threshold: every array
-    above 128 KiB is mapped fresh, more faults than before; only the mmap threshold: the heap
-    is trimmed at every free). The trim threshold is the largest C int (2 GiB - 1): mallopt
-    takes a C int, and 1 << 32 reached it as 0, "trim at once" (benchmarks/RESULTS.md, "bf16
-    autocast, second session"). `once=True` (what backward() passes) does it only the first
-    time, and not at all under TINYGRAD_GPT_NO_MEMORY_CACHING=1."""
+    Both thresholds must be set: setting either one freezes glibc's dynamic adjustment of
+    both, and the other keeps the value it had (128 KiB at start; with only the trim threshold
+    every array above the mmap threshold is still mapped fresh, with only the mmap threshold the
+    heap is still trimmed at every free: benchmarks/RESULTS.md, "The library keeps freed
+    memory"). Arrays up to 1 GiB come from the heap; an older glibc that refuses an mmap
+    threshold above 32 MiB (half its heap size) gets mmap turned off instead (M_MMAP_MAX = 0). The trim threshold is the
+    largest C int (2 GiB - 1): mallopt takes a C int, and 1 << 32 reached it as 0, "trim at
+    once" (benchmarks/RESULTS.md, "bf16 autocast, second session"). `once=True` (what
+    backward() passes) does it only the first time, and not at all under the opt-out variable."""
     global _asked
     if once:
         if _asked:
             return False
         _asked = True
-        if os.environ.get(OPT_OUT, "") not in ("", "0"):
+        if caching_disabled():
             return False
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
+    from_heap = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) or libc.mallopt(M_MMAP_MAX, 0)
+    return bool(from_heap and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
 
 
 def empty_cache() -> bool:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .amp import autocast, choose_precision, get_gemm_backend, resolve_precision
-from .cli import USAGE_ERROR, UsageError, keep_freed_memory, select_kernels, setup_threads  # noqa: F401
+from .cli import USAGE_ERROR, UsageError, select_kernels, setup_threads  # noqa: F401
 from .cli import pretrain_corpus
 from .cli.pretrain_corpus import is_root
 from .cli.pretrain_flags import (DEFAULT_SAVE_EVERY, ECHOED_FLAGS, EPILOG, RUN_KEYS,  # noqa: F401

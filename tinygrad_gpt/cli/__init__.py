@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from ..memory import keep_freed_memory  # noqa: F401  (pretrain.py and the tests name it here)
+from ..memory import keep_freed_memory
 
 USAGE_ERROR = 2
 
