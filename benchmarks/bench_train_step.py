@@ -17,9 +17,10 @@
 Ours is timed through the plain API, as a reader's own loop over GPTModel and AdamW runs it
 (no command's set-up: `--commands-setup` adds examples/pretrain.py's). Each engine runs in
 its own process (so peak memory is its own), in alternating rounds (so a busy machine slows
-both alike); the table reports medians and the ratio to the fastest torch setting of the run (the strongest peer, whichever it is on this CPU). The
-"GEMM floor" is the time the step's matrix products alone take with NumPy's BLAS, in
-the same process: a step can't be faster, and the ratio to it says how much the rest costs.
+both alike); the table reports medians and the ratio to the fastest torch setting of the run
+(the strongest peer, whichever it is on this CPU). The "GEMM floor" is the time the step's
+matrix products alone take with NumPy's BLAS, in the same process: a step can't be faster,
+and the ratio to it says how much the rest costs.
 """
 import argparse
 import json

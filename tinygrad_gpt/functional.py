@@ -263,7 +263,6 @@ def _kept_buffer(owner, tag, shape, dtype):
 _SCRATCH = np.empty(0)                         # the owner of buffers no single layer owns
 
 
-
 def linear(x, weight, bias=None):
     """y = x @ weight.T + bias, weight laid out (out_features, in_features) as PyTorch."""
     if bias is None:

@@ -56,10 +56,11 @@ def keep_freed_memory(once: bool = False) -> bool:
     every array above the mmap threshold is still mapped fresh, with only the mmap threshold the
     heap is still trimmed at every free: benchmarks/RESULTS.md, "The library keeps freed
     memory"). Arrays up to 1 GiB come from the heap; an older glibc that refuses an mmap
-    threshold above 32 MiB (half its heap size) gets mmap turned off instead (M_MMAP_MAX = 0). The trim threshold is the
-    largest C int (2 GiB - 1): mallopt takes a C int, and 1 << 32 reached it as 0, "trim at
-    once" (benchmarks/RESULTS.md, "bf16 autocast, second session"). `once=True` (what
-    backward() passes) does it only the first time, and not at all under the opt-out variable."""
+    threshold above 32 MiB (half its heap size) gets mmap turned off instead (M_MMAP_MAX = 0).
+    The trim threshold is the largest C int (2 GiB - 1): mallopt takes a C int, and 1 << 32
+    reached it as 0, "trim at once" (benchmarks/RESULTS.md, "bf16 autocast, second session").
+    `once=True` (what backward() passes) does it only the first time, and not at all under the
+    opt-out variable."""
     global _asked
     if once:
         if _asked:

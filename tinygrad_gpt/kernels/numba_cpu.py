@@ -389,20 +389,15 @@ def _cross_entropy_backward(logits, targets, lse, scale, ignore_index, dlogits):
             dlogits[n, t] = (_exp(logits[n, t] - l) - dt(1.0)) * scale
 
 
-def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100, out=None):
+def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100):
     """d(scale * sum_n loss_n)/dlogits = scale * (softmax(logits_n) - onehot(target_n)), rows
-    with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean.
-    `out`: an (N, V) array of logits' dtype to write into (else a fresh one), returned."""
+    with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean."""
     logits, lse = _floats("cross_entropy_backward", logits=logits, lse=lse)
     _ndim("cross_entropy_backward", "logits", logits, "NV")
     N, V = logits.shape
     _shape("cross_entropy_backward", "lse", lse, (N,))
     targets = _indices("cross_entropy_backward", "targets", targets, N, V, ignore_index)
-    if out is None:
-        dlogits = np.empty_like(logits)                    # (N, V)
-    else:
-        reference._check_out("cross_entropy_backward", out, logits.shape, logits.dtype)
-        dlogits = out
+    dlogits = np.empty_like(logits)                        # (N, V)
     _cross_entropy_backward(logits, targets, lse, logits.dtype.type(scale), int(ignore_index), dlogits)
     return dlogits
 

@@ -94,16 +94,15 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     return losses, lse
 
 
-def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100, out=None):
+def cross_entropy_backward(logits, targets, lse, scale, ignore_index=-100):
     """d(scale * sum_n loss_n)/dlogits = scale * (softmax(logits_n) - onehot(target_n)), rows
-    with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean.
-    `out`: an (N, V) array of logits' dtype to write into (else a fresh one), returned."""
+    with an ignored target get 0. `scale` is dloss / (number of valid rows) for a mean."""
     dlogits = np.exp(logits - lse[:, None])                          # softmax, (N, V)
     valid = targets != ignore_index
     rows = np.flatnonzero(valid)
     dlogits[rows, targets[rows]] -= 1.0                              # minus the one-hot
     dlogits *= np.where(valid, scale, 0.0).astype(logits.dtype)[:, None]   # ignored rows -> 0
-    return _into(out, dlogits, "cross_entropy_backward")
+    return dlogits
 
 
 # ----------------------------------------------------------------------------- causal attention
