@@ -1,9 +1,13 @@
-"""The step's matrix products in float32 (NumPy's OpenBLAS) and bf16 (oneMKL on AMX), the
-float32 -> bf16 conversion, and the two thread pools taking turns.
+"""The step's matrix products in float32 (NumPy's OpenBLAS) and bf16 (oneMKL on AMX, ours on
+AVX512-BF16), the float32 -> bf16 conversion, and the two thread pools taking turns.
 
-    python benchmarks/bench_bf16_gemm.py                 # 124M, batch 2 x 256
+    python benchmarks/bench_bf16_gemm.py                 # 124M, batch 2 x 256, autocast's GEMM
     python benchmarks/bench_bf16_gemm.py --threads 2
     python benchmarks/bench_bf16_gemm.py --without-amx   # MKL's bf16 GEMM on a CPU without AMX
+    python benchmarks/bench_bf16_gemm.py --gemm avx512_bf16   # ours (kernels/bf16_avx512.py)
+
+Each product is timed in the layout the step uses: y = x W^T (W transposed), dx = dy W,
+dW = dy^T x (dy transposed); the attention's products plainly.
 
 Prints GFLOP/s per shape (best of --repeats), the whole step's GEMM time in each precision
 (bench_train_step.step_gemms), the conversion's cost per element (NumPy twin vs numba),
@@ -35,6 +39,15 @@ def best(fn, repeats):
     return min(times)
 
 
+def layout(index, total):
+    """(trans_a, trans_b) of step_gemms' product number `index`, as the step calls it: the
+    Linears' and the head's come in threes (forward y = x W^T, dx = dy W, dW = dy^T x), the
+    attention's six products (before the head's three) plainly."""
+    if total - 9 <= index < total - 3:
+        return False, False
+    return [(False, True), (False, False), (True, False)][index % 3]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="124M")
@@ -42,40 +55,57 @@ def main():
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--gemm", choices=["auto", "mkl", "avx512_bf16"], default="auto",
+                   help="the bf16 GEMM: autocast's choice on this CPU (default), oneMKL, or ours")
     p.add_argument("--without-amx", action="store_true",
                    help="load MKL on a CPU without AMX-BF16 too (bf16_mkl.allow_without_amx): what its bf16 GEMM "
                         "does there")
     args = p.parse_args()
-    from tinygrad_gpt.kernels import bf16_mkl, numba_cpu, reference as R
+    from tinygrad_gpt import amp
+    from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl, numba_cpu, reference as R
     from tinygrad_gpt.kernels.threads import set_num_threads
     from tinygrad_gpt.model import get_config
     if args.without_amx:
         bf16_mkl.allow_without_amx()
     threads = set_num_threads(args.threads)
     print(f"# {cpu_line()}")
-    if not bf16_mkl.available():
-        sys.exit(f"bench_bf16_gemm: no bf16 fast path: {bf16_mkl.unavailable_reason()}")
-    print(f"# {threads} threads; MKL {bf16_mkl.library_path()} ({bf16_mkl.get_num_threads()} threads)")
+    name = amp.get_gemm_backend() if args.gemm == "auto" else args.gemm
+    if name == "reference" or (name == "mkl" and not bf16_mkl.available()) or (
+            name == "avx512_bf16" and not bf16_avx512.available()):
+        sys.exit(f"bench_bf16_gemm: no bf16 fast path: {amp.unavailable_reason() if name == 'reference' else ''}"
+                 f"{bf16_mkl.unavailable_reason() if name == 'mkl' else ''}"
+                 f"{bf16_avx512.unavailable_reason() if name == 'avx512_bf16' else ''}")
+    if name == "mkl":
+        print(f"# {threads} threads; bf16 GEMM: MKL {bf16_mkl.library_path()} ({bf16_mkl.get_num_threads()} threads)")
+        gemm16 = bf16_mkl.gemm_bf16
+    else:
+        print(f"# {threads} threads; bf16 GEMM: ours, VDPBF16PS (kernels/bf16_avx512.py, numba's threads)")
+        gemm16 = bf16_avx512.gemm_bf16
     cfg = get_config(args.model)
     rng = np.random.default_rng(0)
     rows, t32, t16 = [], 0.0, 0.0
     cache = {}
-    for count, m, k, n in step_gemms(cfg, args.batch, args.seq):
-        if (m, k, n) not in cache:
-            a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+    gemms = step_gemms(cfg, args.batch, args.seq)
+    for index, (count, m, k, n) in enumerate(gemms):
+        ta, tb = layout(index, len(gemms))
+        if (m, k, n, ta, tb) not in cache:
+            a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
+            b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
             ab, bb = R.to_bf16(a), R.to_bf16(b)
+            a, b = (a.T if ta else a), (b.T if tb else b)       # NumPy reads the transposes in place
             c = np.empty((m, n), np.float32)
             f32 = best(lambda: np.matmul(a, b, out=c), args.repeats)
-            b16 = best(lambda: bf16_mkl.gemm_bf16(ab, bb, out=c), args.repeats)
-            cache[(m, k, n)] = (f32, b16)
-            rows.append((m, k, n, f32, b16))
-        f32, b16 = cache[(m, k, n)]
+            b16 = best(lambda: gemm16(ab, bb, ta, tb, out=c), args.repeats)
+            cache[(m, k, n, ta, tb)] = (f32, b16)
+            rows.append((m, k, n, ta, tb, f32, b16))
+        f32, b16 = cache[(m, k, n, ta, tb)]
         t32 += count * f32
         t16 += count * b16
-    print("\n| M x K x N | float32 NumPy GFLOP/s | bf16 MKL GFLOP/s | speed-up |\n|---|---|---|---|")
-    for m, k, n, f32, b16 in rows:
+    print(f"\n| M x K x N | layout | float32 NumPy GFLOP/s | bf16 {name} GFLOP/s | speed-up |\n|---|---|---|---|---|")
+    for m, k, n, ta, tb, f32, b16 in rows:
         g = 2.0 * m * k * n / 1e9
-        print(f"| {m}x{k}x{n} | {g / f32:.0f} | {g / b16:.0f} | {f32 / b16:.2f}x |")
+        shape = ("a^T" if ta else "a") + " " + ("b^T" if tb else "b")
+        print(f"| {m}x{k}x{n} | {shape} | {g / f32:.0f} | {g / b16:.0f} | {f32 / b16:.2f}x |")
     gflop = sum(c * 2.0 * m * k * n for c, m, k, n in step_gemms(cfg, args.batch, args.seq)) / 1e9
     print(f"\nthe step's {gflop:.0f} GFLOP: float32 {t32:.3f} s ({gflop / t32:.0f} GFLOP/s), "
           f"bf16 {t16:.3f} s ({gflop / t16:.0f} GFLOP/s), {t32 / t16:.2f}x")
@@ -93,18 +123,18 @@ def main():
     c = np.empty((m, n), np.float32)
     g = 2.0 * m * k * n / 1e9
     alone32 = best(lambda: np.matmul(a, b, out=c), args.repeats)
-    alone16 = best(lambda: bf16_mkl.gemm_bf16(ab, bb, out=c), args.repeats)
+    alone16 = best(lambda: gemm16(ab, bb, out=c), args.repeats)
     s32, s16 = [], []
     for _ in range(10 * args.repeats):
         t = time.perf_counter()
         np.matmul(a, b, out=c)
         s32.append(time.perf_counter() - t)
         t = time.perf_counter()
-        bf16_mkl.gemm_bf16(ab, bb, out=c)
+        gemm16(ab, bb, out=c)
         s16.append(time.perf_counter() - t)
     print(f"\nalternating {m}x{k}x{n} (median of {len(s32)} pairs) vs each alone (best):")
     print(f"  float32 NumPy: {g / statistics.median(s32):.0f} GFLOP/s alternating, {g / alone32:.0f} alone")
-    print(f"  bf16 MKL:      {g / statistics.median(s16):.0f} GFLOP/s alternating, {g / alone16:.0f} alone")
+    print(f"  bf16 {name}: {g / statistics.median(s16):.0f} GFLOP/s alternating, {g / alone16:.0f} alone")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 import tinygrad_gpt as tg
 from tinygrad_gpt import amp
 from tinygrad_gpt import functional as F
-from tinygrad_gpt.kernels import bf16_mkl, reference as R
+from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl, reference as R
 
 from helpers import TINY, env, ep_lines, isolated, require, run_cli, small_text
 
@@ -383,8 +383,9 @@ def test_fallback_warns_once_and_matches_rounded_float32():
     w = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
     prev = amp._warned
     amp._warned = False
-    saved_lib, saved_why = bf16_mkl._lib, bf16_mkl._why
+    saved_lib, saved_why, saved_avx = bf16_mkl._lib, bf16_mkl._why, bf16_avx512._why
     bf16_mkl._lib, bf16_mkl._why = False, "forced off by the test"   # as on a CPU without AMX
+    bf16_avx512._why = "forced off by the test"                       # and without AVX512-BF16
     try:
         assert amp.get_gemm_backend() == "reference"
         with pytest.warns(RuntimeWarning, match="forced off by the test"):
@@ -396,7 +397,7 @@ def test_fallback_warns_once_and_matches_rounded_float32():
                 F.linear(tg.Tensor(x), tg.Tensor(w))   # said once only
         assert amp.choose_precision("auto")[0] == "float32"
     finally:
-        bf16_mkl._lib, bf16_mkl._why = saved_lib, saved_why
+        bf16_mkl._lib, bf16_mkl._why, bf16_avx512._why = saved_lib, saved_why, saved_avx
         amp._warned = prev
     want = R.from_bf16(R.to_bf16(x)) @ R.from_bf16(R.to_bf16(w)).T
     np.testing.assert_allclose(y.data, want, rtol=1e-6, atol=1e-6)
@@ -523,7 +524,7 @@ import sys
 if sys.argv[1] == "torch":
     import torch  # noqa: F401  (puts GNU OpenMP into the global scope)
 import numpy as np
-from tinygrad_gpt.kernels import bf16_mkl, reference as R
+from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl, reference as R
 from tinygrad_gpt.kernels.threads import set_num_threads
 bf16_mkl.allow_without_amx()                      # on a CPU without AMX too: the same code, slower
 assert bf16_mkl.available(), bf16_mkl.unavailable_reason()
@@ -576,8 +577,9 @@ def test_to_bf16_writes_into_out_and_checks_it(name, to_bf16):
 
 TWIN_CLI = """
 import sys
-from tinygrad_gpt.kernels import bf16_mkl
+from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl
 bf16_mkl._lib, bf16_mkl._why = False, "forced off by the test"     # as on a CPU without AMX
+bf16_avx512._why = "forced off by the test"                         # and without AVX512-BF16
 from tinygrad_gpt import pretrain
 sys.exit(pretrain.main(sys.argv[1:]))
 """

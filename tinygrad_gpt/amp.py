@@ -16,20 +16,22 @@ converts it, and from then on AdamW's fused kernel writes the copy as it writes 
 (kernels: adamw_step_bf16). A weight changed any other way in place must be announced with
 `invalidate()`; `Module.load_state_dict` does it, and a new array (`p.data = ...`) is noticed.
 
-The GEMM: oneMKL's cblas_gemm_bf16bf16f32 on a CPU with AMX-BF16 (kernels/bf16_mkl.py); on
-any other machine the readable twin (kernels/reference.gemm_bf16) computes the same numbers
-slowly, and a warning says so once. `gemm_backend("reference")` forces the twin.
+The GEMM: oneMKL's cblas_gemm_bf16bf16f32 on a CPU with AMX-BF16 (kernels/bf16_mkl.py); our
+own VDPBF16PS kernel on a CPU with AVX512-BF16 and no AMX (kernels/bf16_avx512.py: AMD Zen 4
+and 5); on any other machine the readable twin (kernels/reference.gemm_bf16) computes the same
+numbers slowly, and a warning says so once. `gemm_backend("reference")` forces the twin.
 """
 import warnings
 import weakref
 
 import numpy as np
 
-from .kernels import K, bf16_mkl, reference
+from .kernels import K, bf16_avx512, bf16_mkl, reference
 
 _DTYPES = ("bfloat16",)
 _active = None              # the dtype name while an autocast block is enabled, else None
-_gemm_choice = "auto"       # "auto" (MKL where it is fast), "mkl", "reference"
+_gemm_choice = "auto"       # "auto" (the fast one this CPU has), "mkl", "avx512_bf16", "reference"
+_BACKENDS = ("auto", "mkl", "avx512_bf16", "reference")
 _warned = False
 
 
@@ -78,15 +80,18 @@ def is_autocast_enabled():
 
 # ----------------------------------------------------------------------------- the GEMM backend
 class gemm_backend:
-    """`with gemm_backend("reference"):` forces the NumPy twin (as on a CPU without AMX);
-    "mkl" requires the fast path, "auto" picks it where available. Also a plain setter call."""
+    """`with gemm_backend("reference"):` forces the NumPy twin (as on a CPU with neither AMX nor
+    AVX512-BF16); "mkl" and "avx512_bf16" require that fast path, "auto" picks the one this
+    CPU has (MKL on AMX). Also a plain setter call."""
 
     def __init__(self, name):
         global _gemm_choice
-        if name not in ("auto", "mkl", "reference"):
-            raise ValueError(f"gemm_backend: expected 'auto', 'mkl' or 'reference', got {name!r}")
+        if name not in _BACKENDS:
+            raise ValueError(f"gemm_backend: expected one of {', '.join(map(repr, _BACKENDS))}, got {name!r}")
         if name == "mkl" and not bf16_mkl.available():
             raise RuntimeError(f"gemm_backend('mkl'): {bf16_mkl.unavailable_reason()}")
+        if name == "avx512_bf16" and not bf16_avx512.available():
+            raise RuntimeError(f"gemm_backend('avx512_bf16'): {bf16_avx512.unavailable_reason()}")
         self._prev, _gemm_choice = _gemm_choice, name
 
     def __enter__(self):
@@ -99,20 +104,33 @@ class gemm_backend:
 
 
 def get_gemm_backend():
-    """"mkl" or "reference": what a bf16 product runs on now."""
-    if _gemm_choice == "reference" or not bf16_mkl.available():
-        return "reference"
-    return "mkl"
+    """"mkl", "avx512_bf16" or "reference": what a bf16 product runs on now."""
+    if _gemm_choice in ("mkl", "avx512_bf16", "reference"):
+        return _gemm_choice
+    if bf16_mkl.available():
+        return "mkl"
+    return "avx512_bf16" if bf16_avx512.available() else "reference"
+
+
+def unavailable_reason():
+    """Why a bf16 product runs through the twin here (an AMX CPU whose MKL did not load would
+    still have AVX512-BF16, so only the second reason is left to say)."""
+    if bf16_mkl.available():
+        return ""
+    return bf16_avx512.unavailable_reason()
 
 
 def gemm(a, b, trans_a=False, trans_b=False, out=None):
     """float32 (M, N) = op(a) @ op(b) for bf16 bits (uint16) a, b, on the chosen backend."""
     global _warned
-    if get_gemm_backend() == "mkl":
+    backend = get_gemm_backend()
+    if backend == "mkl":
         return bf16_mkl.gemm_bf16(a, b, trans_a, trans_b, out)
+    if backend == "avx512_bf16":
+        return bf16_avx512.gemm_bf16(a, b, trans_a, trans_b, out)
     if _gemm_choice == "auto" and not _warned:
         _warned = True
-        warnings.warn(f"autocast('bfloat16'): {bf16_mkl.unavailable_reason()}; the bf16 products run "
+        warnings.warn(f"autocast('bfloat16'): {unavailable_reason()}; the bf16 products run "
                       f"through the NumPy twin (same numbers, not faster than float32)", RuntimeWarning,
                       stacklevel=3)
     return reference.gemm_bf16(a, b, trans_a, trans_b, out)
@@ -205,9 +223,14 @@ def choose_precision(requested="auto"):
         if bf16_mkl.available():
             single = bf16_mkl.single_thread_reason()
             return "bfloat16", "bfloat16 autocast on oneMKL's AMX-BF16 GEMM" + (f" ({single})" if single else "")
+        if bf16_avx512.available():
+            return "bfloat16", "bfloat16 autocast on our AVX512-BF16 GEMM (kernels/bf16_avx512.py)"
         return "bfloat16", (f"bfloat16 autocast through the NumPy twin, same numbers, not faster than float32: "
-                            f"{bf16_mkl.unavailable_reason()}")
+                            f"{unavailable_reason()}")
     if bf16_mkl.cpu_has_amx_bf16():
         return precision, ("auto: float32, the book's precision (this CPU has AMX-BF16: --precision "
                            "bfloat16 trains ~2x faster here, benchmarks/RESULTS.md)")
-    return precision, "auto: float32 (this CPU has no AMX-BF16: bf16 would run through the NumPy twin)"
+    if bf16_avx512.available():
+        return precision, ("auto: float32, the book's precision (this CPU has AVX512-BF16: --precision "
+                           "bfloat16 trains ~1.6x faster here, benchmarks/RESULTS.md)")
+    return precision, "auto: float32 (this CPU has no AMX-BF16 or AVX512-BF16: bf16 would run through the NumPy twin)"

@@ -27,7 +27,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
-from . import bf16_mkl, reference, threads
+from . import bf16_avx512, bf16_mkl, reference, threads
 
 # numba's default threading layer here is OpenMP (libgomp). After a parallel region its worker
 # threads keep spinning (~300k iterations) waiting for more work, and on a 2-core machine that
@@ -440,9 +440,17 @@ def _attention_softmax_backward(da, att, scale, ds):   # da, att, ds: (B*H*T, Tk
 
 
 def _matmul(a, b):
-    """np.matmul, or MKL's batched float32 GEMM while MKL's pool is in the process (autocast):
-    OpenBLAS's spinning threads slowed the bf16 GEMMs 2-4x (bf16_mkl.matmul). Same numbers."""
-    return bf16_mkl.matmul(a, b) if bf16_mkl.pool_active() else np.matmul(a, b)
+    """np.matmul; under autocast, a product that keeps OpenBLAS's workers asleep, because their
+    spinning after a call slowed the bf16 GEMMs that follow 2-4x: MKL's batched float32 GEMM
+    while MKL's pool is in the process (bf16_mkl.matmul), and once our own bf16 GEMM has run,
+    OpenBLAS in one thread for each part of the stack (threads.matmul). Same numbers. (In a
+    float32 step the Linear's own OpenBLAS GEMMs wake the workers anyway: threads.matmul made
+    the attention there slower, 213 ms against 107 backward.)"""
+    if bf16_mkl.pool_active():
+        return bf16_mkl.matmul(a, b)
+    if bf16_avx512.in_use():
+        return threads.matmul(a, b)
+    return np.matmul(a, b)
 
 
 def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
@@ -719,6 +727,8 @@ def warmup(verbose=True):
     t = np.zeros((3, 4), np.float32)                        # the long GEMMs' two destinations
     transpose_into(t, np.zeros((4, 6), np.float32)[:, :3])
     transpose_into(t, np.zeros((4, 3), np.float32))
+    bits = np.zeros((3, 4), np.uint16)                      # our own bf16 GEMM's loops (any CPU)
+    bf16_avx512.gemm_bf16(bits, bits, trans_b=True, kernel="portable")
     seconds = time.perf_counter() - t0
     if verbose:
         print(f"numba_cpu: kernels ready in {seconds:.1f} s", flush=True)

@@ -10,8 +10,11 @@ attention's float32 products run on MKL too (bf16_mkl.matmul; benchmarks/RESULTS
 
 `get_num_threads()` is the count the last `set_num_threads` chose (default: every core); the
 dropout masks are drawn by that many threads (numba_cpu.keep_mask)."""
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from . import bf16_mkl
 
@@ -43,6 +46,54 @@ def set_num_threads(threads=None, load_mkl=True):
 def get_num_threads():
     """The thread count of the last set_num_threads (every core before the first call)."""
     return _threads or os.cpu_count() or 1
+
+
+_openblas = None                               # threadpoolctl's OpenBLAS controllers, found once
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """NumPy's OpenBLAS runs each call of this block in its calling thread alone."""
+    global _openblas
+    if _openblas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _openblas = ThreadpoolController().select(internal_api="openblas").lib_controllers
+        except ImportError:
+            _openblas = []
+    saved = [c.num_threads for c in _openblas]
+    for c in _openblas:
+        c.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for c, n in zip(_openblas, saved):
+            c.set_num_threads(n)
+
+
+def matmul(a, b):
+    """np.matmul(a, b) of two stacks of matrices (..., M, K) @ (..., K, N), the stack split
+    between get_num_threads() Python threads, each calling OpenBLAS in one thread. Same numbers.
+
+    Why: OpenBLAS's own workers spin for a while after each call, and the numba kernel or bf16
+    GEMM that comes next loses a core to them (a 512x768x3072 bf16 GEMM ran 1.7x slower right
+    after one); the attention's batched products (24 x 256x64x256) also ran faster this way:
+    1.38 ms, against 1.78 ms with OpenBLAS's two threads, 2.45 ms in one (benchmarks/RESULTS.md,
+    "Our own bf16 GEMM"). Used under autocast on bf16_avx512 (numba_cpu._matmul)."""
+    n = get_num_threads()
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) if a.ndim > 2 and b.ndim > 2 else ()
+    if n < 2 or not lead or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype:
+        return np.matmul(a, b)
+    axis = int(np.argmax(lead))                # split the longest stacking axis
+    out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
+    cuts = np.linspace(0, lead[axis], min(n, lead[axis]) + 1).astype(int)
+    pieces = [tuple([slice(None)] * axis + [slice(lo, hi)]) for lo, hi in zip(cuts[:-1], cuts[1:])]
+    with one_blas_thread():
+        jobs = [pool().submit(np.matmul, a[s], b[s], out=out[s]) for s in pieces[1:]]
+        np.matmul(a[pieces[0]], b[pieces[0]], out=out[pieces[0]])
+        for job in jobs:
+            job.result()
+    return out
 
 
 def pool():

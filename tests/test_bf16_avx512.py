@@ -1,0 +1,151 @@
+"""Our own bf16 GEMM (kernels/bf16_avx512.py) against its twin, reference.gemm_bf16.
+
+The loops and the packing run on every CPU through the portable micro-kernel (the same LLVM IR
+with the instruction spelled out as float multiplies and adds); the VDPBF16PS micro-kernel runs
+where the CPU has AVX512-BF16 (AMD Zen 4 and 5, Intel Cooper Lake and Sapphire Rapids on)."""
+import numpy as np
+import pytest
+
+import tinygrad_gpt as tg
+from tinygrad_gpt import amp
+from tinygrad_gpt import functional as F
+from tinygrad_gpt.kernels import bf16_avx512 as G, bf16_mkl, reference as R, threads
+
+KERNELS = ["portable", pytest.param("auto", marks=pytest.mark.skipif(
+    not G.available(), reason=f"VDPBF16PS needs the instruction: {G.unavailable_reason()}"))]
+
+SHAPES = [(1, 1, 1), (8, 2, 32), (9, 3, 8), (37, 5, 70), (16, 64, 64),     # tiny, one full tile
+          (100, 1031, 33), (513, 769, 65),                                  # odd K, edge rows and columns
+          (600, 1601, 4200),                                                # K and N over a block (KC, NC)
+          (40, 1536, 96)]                                                   # K two blocks exactly
+
+
+def operands(m, k, n, ta, tb, seed=0):
+    rng = np.random.default_rng(seed)
+    a = R.to_bf16(rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32))
+    b = R.to_bf16(rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32))
+    return a, b
+
+
+def relative_error(got, want):
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+def test_gemm_matches_its_twin(kernel, m, k, n, ta, tb):
+    a, b = operands(m, k, n, ta, tb)
+    want = R.gemm_bf16(a, b, ta, tb)                    # float32 matmul of the same bf16 numbers
+    got = G.gemm_bf16(a, b, ta, tb, kernel=kernel)
+    assert got.dtype == np.float32 and got.shape == (m, n)
+    # every product is exact in float32: only the order of the float32 sums differs
+    assert relative_error(got, want) < 2e-6, relative_error(got, want)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gemm_is_exact_on_small_integers(kernel):
+    """Small integers are exact in bf16 and their sums exact in float32: any misplaced pair,
+    column or row changes the result, whatever the summation order."""
+    rng = np.random.default_rng(1)
+    for m, k, n in [(13, 7, 45), (64, 770, 96)]:
+        a32 = rng.integers(-4, 5, (m, k)).astype(np.float32)
+        b32 = rng.integers(-4, 5, (k, n)).astype(np.float32)
+        want = a32 @ b32
+        a, b = R.to_bf16(a32), R.to_bf16(b32)
+        for ta, tb in [(False, False), (False, True), (True, False), (True, True)]:
+            x = np.ascontiguousarray(a.T) if ta else a
+            y = np.ascontiguousarray(b.T) if tb else b
+            assert np.array_equal(G.gemm_bf16(x, y, ta, tb, kernel=kernel), want), (m, k, n, ta, tb)
+
+
+@pytest.mark.skipif(not G.available(), reason=f"needs AVX512-BF16: {G.unavailable_reason()}")
+def test_the_instruction_and_the_portable_kernel_agree():
+    a, b = operands(256, 768, 300, False, True, seed=2)
+    fast = G.gemm_bf16(a, b, False, True)
+    slow = G.gemm_bf16(a, b, False, True, kernel="portable")
+    assert relative_error(fast, slow) < 1e-6
+
+
+def test_gemm_writes_out_and_checks_its_arguments():
+    a, b = operands(20, 10, 40, False, False)
+    out = np.full((20, 40), np.nan, np.float32)
+    assert G.gemm_bf16(a, b, out=out, kernel="portable") is out
+    assert relative_error(out, R.gemm_bf16(a, b)) < 2e-6
+    z = G.gemm_bf16(np.zeros((3, 0), np.uint16), np.zeros((0, 4), np.uint16), kernel="portable")
+    assert np.array_equal(z, np.zeros((3, 4), np.float32))
+    with pytest.raises(TypeError, match="must be a C-contiguous 2-D uint16"):
+        G.gemm_bf16(a.astype(np.float32), b, kernel="portable")
+    with pytest.raises(TypeError, match="must be a C-contiguous 2-D uint16"):
+        G.gemm_bf16(a.T, b, kernel="portable")
+    with pytest.raises(ValueError, match="op\\(a\\) is 20x10 but op\\(b\\) is 40x10"):
+        G.gemm_bf16(a, b, trans_b=True, kernel="portable")
+    with pytest.raises(ValueError, match="out must be a C-contiguous float32 \\(20, 40\\)"):
+        G.gemm_bf16(a, b, out=np.empty((40, 20), np.float32), kernel="portable")
+    with pytest.raises(ValueError, match="kernel must be"):
+        G.gemm_bf16(a, b, kernel="fast")
+
+
+def test_micro_kernel_ir_names_the_instruction_only_when_not_portable():
+    assert "llvm.x86.avx512bf16.dpbf16ps.512" in G.micro_kernel_ir()
+    assert "dpbf16ps" not in G.micro_kernel_ir(portable=True)
+    assert G.micro_kernel_ir(portable=True).count("fpext") == 2 + G.MR   # b's two halves, each row of a
+
+
+def test_unavailable_without_the_flag(monkeypatch):
+    monkeypatch.setattr(G, "_why", None)
+    monkeypatch.setattr(bf16_mkl, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert not G.available()
+    assert "neither AMX-BF16 nor AVX512-BF16" in G.unavailable_reason()
+    with pytest.raises(RuntimeError, match="AVX512-BF16"):
+        G.gemm_bf16(np.zeros((2, 2), np.uint16), np.zeros((2, 2), np.uint16))
+
+
+@pytest.mark.parametrize("case", ["qk", "av", "strided", "odd"])
+def test_threads_matmul_is_np_matmul(case):
+    """The attention's products under autocast on this backend: the same numbers as np.matmul,
+    bit for bit (each matrix is one OpenBLAS call either way), and OpenBLAS's count restored."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 12, 64, 16), dtype=np.float32)
+    y = rng.standard_normal((2, 12, 64, 16), dtype=np.float32)
+    a, b = {"qk": (x, y.swapaxes(-1, -2)), "av": (x @ y.swapaxes(-1, -2), y),
+            "strided": (x[:, ::2], y[:, ::2].swapaxes(-1, -2)), "odd": (x[:1, :3], y[:1, :3].swapaxes(-1, -2))}[case]
+    from threadpoolctl import threadpool_info
+    before = [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"]
+    assert np.array_equal(threads.matmul(a, b), np.matmul(a, b))
+    assert [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"] == before
+
+
+def test_autocast_runs_on_this_backend_and_matches_the_twin(monkeypatch):
+    """amp picks bf16_avx512 where MKL is not available; forced here through the portable kernel
+    on any CPU, a GPT step under autocast matches the twin's (the MKL test's tolerance)."""
+    monkeypatch.setattr(bf16_mkl, "available", lambda: False)
+    monkeypatch.setattr(G, "available", lambda: True)
+    portable = G.gemm_bf16
+    monkeypatch.setattr(G, "gemm_bf16", lambda a, b, ta=False, tb=False, out=None:
+                        portable(a, b, ta, tb, out, kernel="portable"))
+    monkeypatch.setattr(G, "_used", True)           # the attention's products split, as after a real call
+    split = []
+    matmul = threads.matmul
+    monkeypatch.setattr(threads, "matmul", lambda a, b: split.append(a.shape) or matmul(a, b))
+    assert amp.get_gemm_backend() == "avx512_bf16"
+    assert amp.choose_precision("bfloat16")[1] == "bfloat16 autocast on our AVX512-BF16 GEMM (kernels/bf16_avx512.py)"
+
+    def loss_and_grads(gemm):
+        tg.manual_seed(0)
+        cfg = {**tg.get_config("tiny"), "drop_rate": 0.0}
+        model = tg.GPTModel(cfg)
+        rng = np.random.default_rng(0)
+        x, y = rng.integers(0, cfg["vocab_size"], (2, 32)), rng.integers(0, cfg["vocab_size"], (2, 32))
+        with amp.gemm_backend(gemm), amp.autocast("bfloat16"):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return float(loss.data), {n: p.grad.copy() for n, p in model.named_parameters()}
+
+    l_ours, g_ours = loss_and_grads("auto")
+    assert len(split) == 2 * 3 * 2                  # tiny: 2 layers, 2 products forward, 4 backward
+    l_ref, g_ref = loss_and_grads("reference")
+    assert abs(l_ours - l_ref) < 1e-5 * abs(l_ref)
+    for n in g_ref:
+        rel = np.linalg.norm(g_ours[n] - g_ref[n]) / (np.linalg.norm(g_ref[n]) + 1e-12)
+        assert rel < 5e-3, (n, rel)

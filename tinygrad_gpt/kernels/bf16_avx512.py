@@ -1,0 +1,334 @@
+"""A bf16 GEMM of our own for CPUs with AVX512-BF16 and no AMX (AMD Zen 4 and Zen 5, Intel
+Cooper Lake): out (M, N) float32 = op(a) @ op(b) for bf16 bits a, b (uint16), as
+kernels/bf16_mkl.py computes on AMX and kernels/reference.gemm_bf16 (the readable twin) everywhere.
+
+Why: oneMKL's bf16 GEMM does not use AVX512-BF16 on these CPUs (it ran the step's products at
+0.34-0.61x NumPy's float32 rate, benchmarks/RESULTS.md), while one VDPBF16PS instruction does
+32 multiply-adds, twice an AVX-512 float32 FMA. PyTorch's oneDNN uses it; NumPy has no bf16.
+
+How, in the layout BLIS made standard (Goto's algorithm):
+  - op(b) is copied ("packed") in blocks of KC rows and NC columns into panels of NR = 32
+    columns, each row pair (k, k+1) of a panel interleaved: b[k, n], b[k+1, n], b[k, n+1], ...
+    -- one 64-byte vector holds rows k, k+1 of 16 columns, the operand VDPBF16PS wants;
+  - op(a) is packed in blocks of MC rows into panels of MR rows, the pair a[m, k], a[m, k+1]
+    side by side (one 32-bit word, broadcast to every lane);
+  - the micro-kernel keeps an MR x 32 tile of C in 2*MR vector registers and, for each row pair
+    of the block, does 2*MR VDPBF16PS: acc[m, n] += a[m, k] b[k, n] + a[m, k+1] b[k+1, n].
+The micro-kernel is a few lines of LLVM IR (`micro_kernel_ir`), compiled by llvmlite (numba's
+own compiler, no new dependency) for this CPU; the loops around it and the packing are numba
+(`_gemm`), two threads sharing the column panels. A portable variant of the same IR (plain
+float multiplies and adds instead of the instruction) lets every CPU run and test the loops.
+
+Numbers: each bf16 x bf16 product is exact in float32; the sums are float32, in an order that
+differs from NumPy's, as with any BLAS. Inputs that are bf16 subnormals count as 0 (the
+instruction flushes them); the twin keeps them. Tests: tests/test_amp.py.
+"""
+import ctypes
+import threading
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from . import bf16_mkl
+
+MR, NR = 8, 32          # the micro-tile: 8 rows x 32 columns of C = 16 accumulator registers
+MC, KC, NC = 512, 768, 4096     # blocks: a's MC x KC rows stay in L2, b's KC x NR panel in L1/L2
+
+_lock = threading.Lock()
+_kernels = {}           # "avx512_bf16" / "portable" -> (llvmlite engine, address), built once
+_why = None
+_used = False           # set by the first product on VDPBF16PS (in_use)
+
+
+# ----------------------------------------------------------------------------- the micro-kernel
+def micro_kernel_ir(portable=False, mr=MR):
+    """LLVM IR of `void kernel(a, b_panel, c, ldc, pairs, accumulate, a_row, a_pair)`:
+    c[m, n] (+)= sum over p < pairs of a[m, 2p] b[2p, n] + a[m, 2p+1] b[2p+1, n], m < mr, n < 32,
+    where the pair a[m, 2p], a[m, 2p+1] is the 32-bit word at a + m a_row + p a_pair (in bf16
+    elements: a's own rows have a_row = K, a_pair = 2; a packed strip (pairs, mr, 2) has 2, 2 mr),
+    b_panel is packed (pairs, 32, 2), and c is float32 with row stride ldc.
+    accumulate=0 starts from zero, 1 adds to what c holds. portable=True spells the instruction
+    out (widen to float32, multiply, add the odd then the even products): any x86-64 runs it."""
+    dot = "@llvm.x86.avx512bf16.dpbf16ps.512"
+    L = [f"declare <16 x float> {dot}(<16 x float>, <32 x bfloat>, <32 x bfloat>)" if not portable else "",
+         "define void @kernel(ptr noalias %A, ptr noalias %B, ptr noalias %C, i64 %ldc, i64 %kp, i64 %acc, "
+         "i64 %arow, i64 %apair) {",
+         "entry:",
+         "  %load = icmp ne i64 %acc, 0"]
+    for r in range(mr):
+        L += [f"  %cr{r} = mul i64 {r}, %ldc", f"  %ar{r} = mul i64 {r}, %arow"]
+        for h in range(2):
+            L += [f"  %co{r}_{h} = add i64 %cr{r}, {16 * h}",
+                  f"  %cp{r}_{h} = getelementptr float, ptr %C, i64 %co{r}_{h}",
+                  f"  %cl{r}_{h} = load <16 x float>, ptr %cp{r}_{h}, align 4",
+                  f"  %c0_{r}_{h} = select i1 %load, <16 x float> %cl{r}_{h}, <16 x float> zeroinitializer"]
+    L += ["  %none = icmp eq i64 %kp, 0", "  br i1 %none, label %exit, label %loop", "loop:",
+          "  %p = phi i64 [0, %entry], [%pn, %loop]"]
+    for r in range(mr):
+        for h in range(2):
+            L.append(f"  %acc{r}_{h} = phi <16 x float> [%c0_{r}_{h}, %entry], [%n{r}_{h}, %loop]")
+    L.append("  %bo = mul i64 %p, 64")                      # 32 columns x 2 rows of bf16 per pair
+    for h in range(2):
+        L += [f"  %bo{h} = add i64 %bo, {32 * h}",
+              f"  %bp{h} = getelementptr i16, ptr %B, i64 %bo{h}",
+              f"  %b{h} = load <32 x bfloat>, ptr %bp{h}, align 2"]
+        if portable:
+            L.append(f"  %bf{h} = fpext <32 x bfloat> %b{h} to <32 x float>")
+    L.append("  %ao = mul i64 %p, %apair")
+    odd = ", ".join(f"i32 {2 * i + 1}" for i in range(16))
+    even = ", ".join(f"i32 {2 * i}" for i in range(16))
+    for r in range(mr):
+        L += [f"  %ao{r} = add i64 %ao, %ar{r}",
+              f"  %ap{r} = getelementptr i16, ptr %A, i64 %ao{r}",
+              f"  %as{r} = load i32, ptr %ap{r}, align 2",     # the pair a[m, 2p], a[m, 2p+1]
+              f"  %av{r} = insertelement <16 x i32> poison, i32 %as{r}, i64 0",
+              f"  %aw{r} = shufflevector <16 x i32> %av{r}, <16 x i32> poison, <16 x i32> zeroinitializer",
+              f"  %ab{r} = bitcast <16 x i32> %aw{r} to <32 x bfloat>"]
+        if portable:
+            L.append(f"  %af{r} = fpext <32 x bfloat> %ab{r} to <32 x float>")
+        for h in range(2):
+            if not portable:
+                L.append(f"  %n{r}_{h} = call <16 x float> {dot}(<16 x float> %acc{r}_{h}, "
+                         f"<32 x bfloat> %ab{r}, <32 x bfloat> %b{h})")
+                continue
+            L += [f"  %pr{r}_{h} = fmul <32 x float> %af{r}, %bf{h}",
+                  f"  %po{r}_{h} = shufflevector <32 x float> %pr{r}_{h}, <32 x float> poison, <16 x i32> <{odd}>",
+                  f"  %pe{r}_{h} = shufflevector <32 x float> %pr{r}_{h}, <32 x float> poison, <16 x i32> <{even}>",
+                  f"  %t{r}_{h} = fadd <16 x float> %acc{r}_{h}, %po{r}_{h}",
+                  f"  %n{r}_{h} = fadd <16 x float> %t{r}_{h}, %pe{r}_{h}"]
+    L += ["  %pn = add i64 %p, 1", "  %done = icmp eq i64 %pn, %kp",
+          "  br i1 %done, label %exit, label %loop", "exit:"]
+    tile = [(r, h) for r in range(mr) for h in range(2)]
+    L += [f"  %f{r}_{h} = phi <16 x float> [%c0_{r}_{h}, %entry], [%n{r}_{h}, %loop]" for r, h in tile]
+    L += [f"  store <16 x float> %f{r}_{h}, ptr %cp{r}_{h}, align 4" for r, h in tile]
+    L.append("  ret void\n}")
+    return "\n".join(line for line in L if line)
+
+
+def _build(kind):
+    """Compile the micro-kernel for this CPU; returns its address (kept alive in _kernels)."""
+    with _lock:
+        if kind in _kernels:
+            return _kernels[kind][1]
+        import llvmlite.binding as llvm
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        module = llvm.parse_assembly(micro_kernel_ir(portable=(kind == "portable")))
+        module.verify()
+        machine = llvm.Target.from_default_triple().create_target_machine(
+            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3)
+        builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+        builder.getModulePassManager().run(module, builder)
+        engine = llvm.create_mcjit_compiler(module, machine)
+        engine.finalize_object()
+        _kernels[kind] = (engine, engine.get_function_address("kernel"))
+        return _kernels[kind][1]
+
+
+def cpu_has_avx512_bf16():
+    """True when /proc/cpuinfo lists avx512_bf16 (and LLVM agrees this CPU has it)."""
+    if "avx512_bf16" not in bf16_mkl.cpu_flags():
+        return False
+    import llvmlite.binding as llvm
+    return bool(llvm.get_host_cpu_features().get("avx512bf16"))
+
+
+def available():
+    """True where this GEMM is the fast path: AVX512-BF16 in the CPU (AMX CPUs use MKL)."""
+    global _why
+    if _why is None:
+        _why = "" if cpu_has_avx512_bf16() else ("this CPU has neither AMX-BF16 nor AVX512-BF16 "
+                                                 "(avx512_bf16 not in /proc/cpuinfo)")
+    return not _why
+
+
+def unavailable_reason():
+    available()
+    return _why
+
+
+def in_use():
+    """True once a product has run on VDPBF16PS in this process: from then on the attention's
+    float32 products avoid OpenBLAS's own threads (numba_cpu._matmul, threads.matmul)."""
+    return _used
+
+
+# ----------------------------------------------------------------------------- packing and the loops
+@intrinsic
+def _call(typingctx, addr, a_ptr, b_ptr, c_ptr, ldc, pairs, accumulate, a_row, a_pair):
+    """Call the micro-kernel at address `addr` (an int): numba has no function pointers of its
+    own, and passing the address keeps `_gemm` cacheable (the address changes every process)."""
+    sig = types.void(*([types.int64] * 9))
+
+    def codegen(context, builder, signature, args):
+        import llvmlite.ir as ir
+        i64, ptr = ir.IntType(64), ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr, i64, i64, i64, i64, i64])
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        builder.call(fn, [builder.inttoptr(args[1], ptr), builder.inttoptr(args[2], ptr),
+                          builder.inttoptr(args[3], ptr)] + list(args[4:]))
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _widen(typingctx, bits):
+    """bf16 bits (uint16) -> float32: the bits become the float's upper half (a bitcast)."""
+    def codegen(context, builder, signature, args):
+        import llvmlite.ir as ir
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@njit(cache=True)
+def _pack_a(a, ta, m0, rows, k0, kc, out):     # out: (pairs, MR, 2) <- op(a)[m0:m0+rows, k0:k0+kc]
+    pairs = (kc + 1) // 2
+    if ta and rows == MR and kc % 2 == 0:      # a is (K, M): rows k, k+1 of a, MR columns each
+        for p in range(pairs):
+            for r in range(MR):
+                out[p, r, 0] = a[k0 + 2 * p, m0 + r]
+                out[p, r, 1] = a[k0 + 2 * p + 1, m0 + r]
+        return
+    for p in range(pairs):                     # edges, odd kc, and a strip of a itself
+        for r in range(MR):
+            for e in range(2):
+                k = 2 * p + e
+                if r < rows and k < kc:
+                    out[p, r, e] = a[k0 + k, m0 + r] if ta else a[m0 + r, k0 + k]
+                else:
+                    out[p, r, e] = 0
+
+
+@njit(cache=True)
+def _pack_b(b, b32, tb, n0, cols, k0, kc, out, out32):   # out: (pairs, NR, 2) <- op(b)[k0:k0+kc, n0:n0+cols]
+    pairs = (kc + 1) // 2
+    if cols == NR and kc % 2 == 0:
+        if tb and b32.shape[0] > 0:            # b is (N, K), K even: the pairs are 32-bit words
+            for c in range(NR):
+                for p in range(pairs):
+                    out32[p, c] = b32[n0 + c, k0 // 2 + p]
+            return
+        if not tb:                             # b is (K, N): interleave rows k and k+1
+            for p in range(pairs):
+                for c in range(NR):
+                    out[p, c, 0] = b[k0 + 2 * p, n0 + c]
+                    out[p, c, 1] = b[k0 + 2 * p + 1, n0 + c]
+            return
+    for p in range(pairs):
+        for c in range(NR):
+            for e in range(2):
+                k = 2 * p + e
+                if c < cols and k < kc:
+                    out[p, c, e] = b[n0 + c, k0 + k] if tb else b[k0 + k, n0 + c]
+                else:
+                    out[p, c, e] = 0
+
+
+@njit(cache=True, parallel=True)
+def _gemm(kernel, a, ta, b, b32, tb, out, apack, bpack, bpack32, tiles):
+    """out = op(a) @ op(b). One parallel region: thread t owns the column panels j = t, t + T, ...
+    (T threads), packs them, and multiplies every row strip of op(a) into them. op(a) is read in
+    place when a is not transposed (a pair a[m, k], a[m, k+1] is adjacent in memory; an odd K's
+    last column is added at the end, a rank-1 update); a transposed a is packed, by each thread."""
+    M, N = out.shape
+    K = a.shape[0] if ta else a.shape[1]
+    T = apack.shape[0]
+    direct = not ta
+    kd = K - K % 2 if direct else K           # the columns the micro-kernel covers
+    lda = np.int64(a.shape[1])
+    base, abase = out.ctypes.data, a.ctypes.data
+    for t in prange(T):
+        tile = tiles[t]
+        for jc in range(0, N, NC):
+            nc = min(NC, N - jc)
+            panels = (nc + NR - 1) // NR
+            for pc in range(0, kd, KC):
+                kc = min(KC, kd - pc)
+                pairs = np.int64((kc + 1) // 2)
+                accumulate = np.int64(1 if pc > 0 else 0)
+                for j in range(t, panels, T):
+                    _pack_b(b, b32, tb, jc + j * NR, min(NR, nc - j * NR), pc, kc, bpack[j], bpack32[j])
+                for ic in range(0, M, MC):
+                    mc = min(MC, M - ic)
+                    strips = (mc + MR - 1) // MR
+                    if not direct:
+                        for i in range(strips):
+                            _pack_a(a, ta, ic + i * MR, min(MR, mc - i * MR), pc, kc, apack[t, i])
+                    for j in range(t, panels, T):
+                        bp = np.int64(bpack[j].ctypes.data)
+                        cols = min(NR, nc - j * NR)
+                        for i in range(strips):
+                            rows = min(MR, mc - i * MR)
+                            r0, c0 = ic + i * MR, jc + j * NR
+                            if direct and rows == MR:      # pairs straight from a's rows
+                                ap, a_row, a_pair = np.int64(abase + (r0 * lda + pc) * 2), lda, np.int64(2)
+                            else:
+                                if direct:                 # a last, short strip: packed, zero rows below
+                                    _pack_a(a, False, r0, rows, pc, kc, apack[t, i])
+                                ap, a_row, a_pair = np.int64(apack[t, i].ctypes.data), np.int64(2), np.int64(2 * MR)
+                            if rows == MR and cols == NR:
+                                _call(kernel, ap, bp, np.int64(base + (r0 * N + c0) * 4), np.int64(N), pairs,
+                                      accumulate, a_row, a_pair)
+                            else:                          # an edge tile: through a full MR x NR scratch
+                                tile[:] = 0
+                                if accumulate:
+                                    tile[:rows, :cols] = out[r0:r0 + rows, c0:c0 + cols]
+                                _call(kernel, ap, bp, np.int64(tile.ctypes.data), np.int64(NR), pairs,
+                                      np.int64(1), a_row, a_pair)
+                                out[r0:r0 + rows, c0:c0 + cols] = tile[:rows, :cols]
+            if kd == 0:                                    # K = 1: only the rank-1 update below
+                for j in range(t, panels, T):
+                    out[:, jc + j * NR:jc + min(nc, (j + 1) * NR)] = 0
+            if kd < K:                                     # odd K, a in place: + a[:, K-1] b[K-1, :]
+                for j in range(t, panels, T):
+                    for m in range(M):
+                        x = _widen(a[m, K - 1])
+                        for n in range(jc + j * NR, jc + min(nc, (j + 1) * NR)):
+                            out[m, n] += x * _widen(b[n, K - 1] if tb else b[K - 1, n])
+
+
+def _check(name, a, trans):
+    if a.dtype != np.uint16 or a.ndim != 2 or not a.flags.c_contiguous:
+        raise TypeError(f"gemm_bf16: {name} must be a C-contiguous 2-D uint16 (bf16) array, "
+                        f"got {a.dtype} {a.shape} contiguous={a.flags.c_contiguous}")
+    return (a.shape[1], a.shape[0]) if trans else a.shape
+
+
+def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None, kernel="auto"):
+    """out (M, N) float32 = op(a) @ op(b), a and b bf16 bits (uint16), op = transpose if trans_*.
+    a: (M, K), or (K, M) with trans_a;  b: (K, N), or (N, K) with trans_b.
+    kernel="auto" runs VDPBF16PS where the CPU has it, "portable" the same loops on any CPU."""
+    global _used
+    if kernel == "auto":
+        if not available():
+            raise RuntimeError(f"gemm_bf16: {_why}")
+        kernel, _used = "avx512_bf16", True
+    elif kernel != "portable":
+        raise ValueError(f"gemm_bf16: kernel must be 'auto' or 'portable', got {kernel!r}")
+    m, k = _check("a", a, trans_a)
+    k2, n = _check("b", b, trans_b)
+    if k != k2:
+        raise ValueError(f"gemm_bf16: op(a) is {m}x{k} but op(b) is {k2}x{n}")
+    if out is None:
+        out = np.empty((m, n), dtype=np.float32)
+    elif out.shape != (m, n) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"gemm_bf16: out must be a C-contiguous float32 ({m}, {n}) array, "
+                         f"got {out.dtype} {out.shape}")
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        out.fill(0.0)
+        return out
+    from numba import get_num_threads
+    threads = get_num_threads()
+    pairs = (min(KC, k) + 1) // 2
+    panels = (min(NC, n) + NR - 1) // NR
+    apack = np.empty((threads, (min(MC, m) + MR - 1) // MR, pairs, MR, 2), np.uint16)
+    bpack = np.empty((panels, pairs, NR, 2), np.uint16)
+    b32 = b.view(np.uint32) if trans_b and k % 2 == 0 else np.empty((0, 0), np.uint32)
+    tiles = np.empty((threads, MR, NR), np.float32)
+    _gemm(np.int64(_build(kernel)), a, bool(trans_a), b, b32, bool(trans_b), out, apack, bpack,
+          bpack.view(np.uint32).reshape(panels, pairs, NR), tiles)
+    return out
