@@ -232,5 +232,5 @@ def choose_precision(requested="auto"):
                            "bfloat16 trains ~2x faster here, benchmarks/RESULTS.md)")
     if bf16_avx512.available():
         return precision, ("auto: float32, the book's precision (this CPU has AVX512-BF16: --precision "
-                           "bfloat16 trains ~1.6x faster here, benchmarks/RESULTS.md)")
+                           "bfloat16 trains ~1.5x faster here, benchmarks/RESULTS.md)")
     return precision, "auto: float32 (this CPU has no AMX-BF16 or AVX512-BF16: bf16 would run through the NumPy twin)"

@@ -16,12 +16,13 @@ How, in the layout BLIS made standard (Goto's algorithm):
     of the block, does 2*MR VDPBF16PS: acc[m, n] += a[m, k] b[k, n] + a[m, k+1] b[k+1, n].
 The micro-kernel is a few lines of LLVM IR (`micro_kernel_ir`), compiled by llvmlite (numba's
 own compiler, no new dependency) for this CPU; the loops around it and the packing are numba
-(`_gemm`), two threads sharing the column panels. A portable variant of the same IR (plain
+(`_gemm`), numba's threads sharing out the column panels; a transposed a is packed (by each
+thread), a plain one read in place. A portable variant of the same IR (plain
 float multiplies and adds instead of the instruction) lets every CPU run and test the loops.
 
 Numbers: each bf16 x bf16 product is exact in float32; the sums are float32, in an order that
-differs from NumPy's, as with any BLAS. Inputs that are bf16 subnormals count as 0 (the
-instruction flushes them); the twin keeps them. Tests: tests/test_amp.py.
+differs from NumPy's, as with any BLAS. The instruction flushes subnormals, inputs and results
+(below 1.2e-38), to 0; the twin and the portable kernel keep them. Tests: tests/test_bf16_avx512.py.
 """
 import ctypes
 import threading
@@ -108,7 +109,8 @@ def micro_kernel_ir(portable=False, mr=MR):
 
 def _build(kind):
     """Compile the micro-kernel for this CPU; returns its address (kept alive in _kernels)."""
-    with _lock:
+    from numba.core.compiler_lock import global_compiler_lock
+    with _lock, global_compiler_lock:         # LLVM's context is numba's too: not while it compiles
         if kind in _kernels:
             return _kernels[kind][1]
         import llvmlite.binding as llvm
@@ -128,18 +130,26 @@ def _build(kind):
 
 def cpu_has_avx512_bf16():
     """True when /proc/cpuinfo lists avx512_bf16 (and LLVM agrees this CPU has it)."""
+    return not _missing()
+
+
+def _missing():
     if "avx512_bf16" not in bf16_mkl.cpu_flags():
-        return False
-    import llvmlite.binding as llvm
-    return bool(llvm.get_host_cpu_features().get("avx512bf16"))
+        return "this CPU has neither AMX-BF16 nor AVX512-BF16 (avx512_bf16 not in /proc/cpuinfo)"
+    try:
+        import llvmlite.binding as llvm
+        if llvm.get_host_cpu_features().get("avx512bf16"):
+            return ""
+    except RuntimeError:                      # llvmlite cannot read this host's features
+        pass
+    return "/proc/cpuinfo lists avx512_bf16 but LLVM does not see it on this CPU"
 
 
 def available():
     """True where this GEMM is the fast path: AVX512-BF16 in the CPU (AMX CPUs use MKL)."""
     global _why
     if _why is None:
-        _why = "" if cpu_has_avx512_bf16() else ("this CPU has neither AMX-BF16 nor AVX512-BF16 "
-                                                 "(avx512_bf16 not in /proc/cpuinfo)")
+        _why = _missing()
     return not _why
 
 
@@ -183,13 +193,12 @@ def _widen(typingctx, bits):
 
 
 @njit(cache=True)
-def _pack_a(a, ta, m0, rows, k0, kc, out):     # out: (pairs, MR, 2) <- op(a)[m0:m0+rows, k0:k0+kc]
+def _pack_a(a, ta, m0, rows, k0, kc, out, out32):   # out: (pairs, MR, 2) <- op(a)[m0:m0+rows, k0:k0+kc]
     pairs = (kc + 1) // 2
-    if ta and rows == MR and kc % 2 == 0:      # a is (K, M): rows k, k+1 of a, MR columns each
-        for p in range(pairs):
+    if ta and rows == MR and kc % 2 == 0:      # a is (K, M): rows k, k+1 of a, MR columns each,
+        for p in range(pairs):                 # a pair is one 32-bit word, a[k] its low half
             for r in range(MR):
-                out[p, r, 0] = a[k0 + 2 * p, m0 + r]
-                out[p, r, 1] = a[k0 + 2 * p + 1, m0 + r]
+                out32[p, r] = np.uint32(a[k0 + 2 * p, m0 + r]) | (np.uint32(a[k0 + 2 * p + 1, m0 + r]) << 16)
         return
     for p in range(pairs):                     # edges, odd kc, and a strip of a itself
         for r in range(MR):
@@ -213,8 +222,7 @@ def _pack_b(b, b32, tb, n0, cols, k0, kc, out, out32):   # out: (pairs, NR, 2) <
         if not tb:                             # b is (K, N): interleave rows k and k+1
             for p in range(pairs):
                 for c in range(NR):
-                    out[p, c, 0] = b[k0 + 2 * p, n0 + c]
-                    out[p, c, 1] = b[k0 + 2 * p + 1, n0 + c]
+                    out32[p, c] = np.uint32(b[k0 + 2 * p, n0 + c]) | (np.uint32(b[k0 + 2 * p + 1, n0 + c]) << 16)
             return
     for p in range(pairs):
         for c in range(NR):
@@ -227,7 +235,7 @@ def _pack_b(b, b32, tb, n0, cols, k0, kc, out, out32):   # out: (pairs, NR, 2) <
 
 
 @njit(cache=True, parallel=True)
-def _gemm(kernel, a, ta, b, b32, tb, out, apack, bpack, bpack32, tiles):
+def _gemm(kernel, a, ta, b, b32, tb, out, apack, apack32, bpack, bpack32, tiles):
     """out = op(a) @ op(b). One parallel region: thread t owns the column panels j = t, t + T, ...
     (T threads), packs them, and multiplies every row strip of op(a) into them. op(a) is read in
     place when a is not transposed (a pair a[m, k], a[m, k+1] is adjacent in memory; an odd K's
@@ -255,7 +263,7 @@ def _gemm(kernel, a, ta, b, b32, tb, out, apack, bpack, bpack32, tiles):
                     strips = (mc + MR - 1) // MR
                     if not direct:
                         for i in range(strips):
-                            _pack_a(a, ta, ic + i * MR, min(MR, mc - i * MR), pc, kc, apack[t, i])
+                            _pack_a(a, ta, ic + i * MR, min(MR, mc - i * MR), pc, kc, apack[t, i], apack32[t, i])
                     for j in range(t, panels, T):
                         bp = np.int64(bpack[j].ctypes.data)
                         cols = min(NR, nc - j * NR)
@@ -266,7 +274,7 @@ def _gemm(kernel, a, ta, b, b32, tb, out, apack, bpack, bpack32, tiles):
                                 ap, a_row, a_pair = np.int64(abase + (r0 * lda + pc) * 2), lda, np.int64(2)
                             else:
                                 if direct:                 # a last, short strip: packed, zero rows below
-                                    _pack_a(a, False, r0, rows, pc, kc, apack[t, i])
+                                    _pack_a(a, False, r0, rows, pc, kc, apack[t, i], apack32[t, i])
                                 ap, a_row, a_pair = np.int64(apack[t, i].ctypes.data), np.int64(2), np.int64(2 * MR)
                             if rows == MR and cols == NR:
                                 _call(kernel, ap, bp, np.int64(base + (r0 * N + c0) * 4), np.int64(N), pairs,
@@ -329,6 +337,7 @@ def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None, kernel="auto"):
     bpack = np.empty((panels, pairs, NR, 2), np.uint16)
     b32 = b.view(np.uint32) if trans_b and k % 2 == 0 else np.empty((0, 0), np.uint32)
     tiles = np.empty((threads, MR, NR), np.float32)
-    _gemm(np.int64(_build(kernel)), a, bool(trans_a), b, b32, bool(trans_b), out, apack, bpack,
-          bpack.view(np.uint32).reshape(panels, pairs, NR), tiles)
+    _gemm(np.int64(_build(kernel)), a, bool(trans_a), b, b32, bool(trans_b), out,
+          apack, apack.view(np.uint32).reshape(apack.shape[:-1]),
+          bpack, bpack.view(np.uint32).reshape(bpack.shape[:-1]), tiles)
     return out

@@ -22,6 +22,7 @@ B batch, H heads, T time, D head size, M any number of elements (a flat view).
 """
 import math
 import os
+import platform
 import time
 
 import numpy as np
@@ -443,9 +444,10 @@ def _matmul(a, b):
     """np.matmul; under autocast, a product that keeps OpenBLAS's workers asleep, because their
     spinning after a call slowed the bf16 GEMMs that follow 2-4x: MKL's batched float32 GEMM
     while MKL's pool is in the process (bf16_mkl.matmul), and once our own bf16 GEMM has run,
-    OpenBLAS in one thread for each part of the stack (threads.matmul). Same numbers. (In a
-    float32 step the Linear's own OpenBLAS GEMMs wake the workers anyway: threads.matmul made
-    the attention there slower, 213 ms against 107 backward.)"""
+    OpenBLAS in one thread for each part of the stack (threads.matmul). Same numbers. Both are
+    for the rest of the process, as the backward runs after the autocast block; in a float32
+    step the Linear's own OpenBLAS GEMMs wake the workers anyway, and threads.matmul made the
+    attention there slower (213 ms against 107 backward)."""
     if bf16_mkl.pool_active():
         return bf16_mkl.matmul(a, b)
     if bf16_avx512.in_use():
@@ -727,8 +729,9 @@ def warmup(verbose=True):
     t = np.zeros((3, 4), np.float32)                        # the long GEMMs' two destinations
     transpose_into(t, np.zeros((4, 6), np.float32)[:, :3])
     transpose_into(t, np.zeros((4, 3), np.float32))
-    bits = np.zeros((3, 4), np.uint16)                      # our own bf16 GEMM's loops (any CPU)
-    bf16_avx512.gemm_bf16(bits, bits, trans_b=True, kernel="portable")
+    if platform.machine() in ("x86_64", "AMD64"):          # our own bf16 GEMM's loops (any x86-64)
+        bits = np.zeros((3, 4), np.uint16)
+        bf16_avx512.gemm_bf16(bits, bits, trans_b=True, kernel="portable")
     seconds = time.perf_counter() - t0
     if verbose:
         print(f"numba_cpu: kernels ready in {seconds:.1f} s", flush=True)

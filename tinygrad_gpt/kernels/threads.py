@@ -12,7 +12,8 @@ attention's float32 products run on MKL too (bf16_mkl.matmul; benchmarks/RESULTS
 dropout masks are drawn by that many threads (numba_cpu.keep_mask)."""
 import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -49,26 +50,34 @@ def get_num_threads():
 
 
 _openblas = None                               # threadpoolctl's OpenBLAS controllers, found once
+_blas_lock = threading.Lock()                  # one one_blas_thread block at a time (they nest)
+_blas_depth = 0
 
 
 @contextlib.contextmanager
 def one_blas_thread():
-    """NumPy's OpenBLAS runs each call of this block in its calling thread alone."""
-    global _openblas
-    if _openblas is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-            _openblas = ThreadpoolController().select(internal_api="openblas").lib_controllers
-        except ImportError:
-            _openblas = []
-    saved = [c.num_threads for c in _openblas]
-    for c in _openblas:
-        c.set_num_threads(1)
+    """NumPy's OpenBLAS runs each call of this block in its calling thread alone; its previous
+    thread count comes back at the end (of the outermost block, when they nest)."""
+    global _openblas, _blas_depth
+    with _blas_lock:
+        if _openblas is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                _openblas = ThreadpoolController().select(internal_api="openblas").lib_controllers
+            except ImportError:
+                _openblas = []
+        saved = [c.num_threads for c in _openblas]
+        _blas_depth += 1
+        for c in _openblas:
+            c.set_num_threads(1)
     try:
         yield
     finally:
-        for c, n in zip(_openblas, saved):
-            c.set_num_threads(n)
+        with _blas_lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                for c, n in zip(_openblas, saved):
+                    c.set_num_threads(n)
 
 
 def matmul(a, b):
@@ -81,18 +90,23 @@ def matmul(a, b):
     1.38 ms, against 1.78 ms with OpenBLAS's two threads, 2.45 ms in one (benchmarks/RESULTS.md,
     "Our own bf16 GEMM"). Used under autocast on bf16_avx512 (numba_cpu._matmul)."""
     n = get_num_threads()
-    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) if a.ndim > 2 and b.ndim > 2 else ()
-    if n < 2 or not lead or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype:
-        return np.matmul(a, b)
+    if n < 2 or a.ndim < 3 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype:
+        return np.matmul(a, b)                 # broadcasting, mixed dtypes: NumPy's own rules
+    lead = a.shape[:-2]
     axis = int(np.argmax(lead))                # split the longest stacking axis
-    out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
+    if lead[axis] < 2:
+        return np.matmul(a, b)
+    out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=a.dtype)
     cuts = np.linspace(0, lead[axis], min(n, lead[axis]) + 1).astype(int)
     pieces = [tuple([slice(None)] * axis + [slice(lo, hi)]) for lo, hi in zip(cuts[:-1], cuts[1:])]
     with one_blas_thread():
         jobs = [pool().submit(np.matmul, a[s], b[s], out=out[s]) for s in pieces[1:]]
-        np.matmul(a[pieces[0]], b[pieces[0]], out=out[pieces[0]])
+        try:
+            np.matmul(a[pieces[0]], b[pieces[0]], out=out[pieces[0]])
+        finally:
+            wait(jobs)                         # none still inside OpenBLAS when its count comes back
         for job in jobs:
-            job.result()
+            job.result()                       # their errors too
     return out
 
 
