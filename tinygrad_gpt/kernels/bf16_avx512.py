@@ -297,13 +297,6 @@ def _gemm(kernel, a, ta, b, b32, tb, out, apack, apack32, bpack, bpack32, tiles)
                             out[m, n] += x * _widen(b[n, K - 1] if tb else b[K - 1, n])
 
 
-def _check(name, a, trans):
-    if a.dtype != np.uint16 or a.ndim != 2 or not a.flags.c_contiguous:
-        raise TypeError(f"gemm_bf16: {name} must be a C-contiguous 2-D uint16 (bf16) array, "
-                        f"got {a.dtype} {a.shape} contiguous={a.flags.c_contiguous}")
-    return (a.shape[1], a.shape[0]) if trans else a.shape
-
-
 def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None, kernel="auto"):
     """out (M, N) float32 = op(a) @ op(b), a and b bf16 bits (uint16), op = transpose if trans_*.
     a: (M, K), or (K, M) with trans_a;  b: (K, N), or (N, K) with trans_b.
@@ -315,19 +308,8 @@ def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None, kernel="auto"):
         kernel, _used = "avx512_bf16", True
     elif kernel != "portable":
         raise ValueError(f"gemm_bf16: kernel must be 'auto' or 'portable', got {kernel!r}")
-    m, k = _check("a", a, trans_a)
-    k2, n = _check("b", b, trans_b)
-    if k != k2:
-        raise ValueError(f"gemm_bf16: op(a) is {m}x{k} but op(b) is {k2}x{n}")
-    if out is None:
-        out = np.empty((m, n), dtype=np.float32)
-    elif out.shape != (m, n) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"gemm_bf16: out must be a C-contiguous float32 ({m}, {n}) array, "
-                         f"got {out.dtype} {out.shape}")
-    if m == 0 or n == 0:
-        return out
-    if k == 0:
-        out.fill(0.0)
+    m, n, k, out = bf16_mkl.check_gemm(a, b, trans_a, trans_b, out)
+    if m == 0 or n == 0 or k == 0:
         return out
     from numba import get_num_threads
     threads = get_num_threads()

@@ -215,12 +215,9 @@ def _check(name, a, trans):
     return (a.shape[1], a.shape[0]) if trans else a.shape
 
 
-def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
-    """out (M, N) float32 = op(a) @ op(b), a and b bf16 bits (uint16), op = transpose if trans_*.
-    a: (M, K), or (K, M) with trans_a;  b: (K, N), or (N, K) with trans_b."""
-    lib = _load()
-    if not lib:
-        raise RuntimeError(f"gemm_bf16: the MKL fast path is unavailable: {_why}")
+def check_gemm(a, b, trans_a, trans_b, out):
+    """(M, N, K, out) of a bf16 GEMM's arguments, or a clear error; out allocated when None,
+    zeroed when K = 0 (the one answer then). Shared by bf16_avx512.gemm_bf16."""
     m, k = _check("a", a, trans_a)
     k2, n = _check("b", b, trans_b)
     if k != k2:
@@ -230,10 +227,19 @@ def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
     elif out.shape != (m, n) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"gemm_bf16: out must be a C-contiguous float32 ({m}, {n}) array, "
                          f"got {out.dtype} {out.shape}")
-    if m == 0 or n == 0:
-        return out
     if k == 0:
         out.fill(0.0)
+    return m, n, k, out
+
+
+def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
+    """out (M, N) float32 = op(a) @ op(b), a and b bf16 bits (uint16), op = transpose if trans_*.
+    a: (M, K), or (K, M) with trans_a;  b: (K, N), or (N, K) with trans_b."""
+    lib = _load()
+    if not lib:
+        raise RuntimeError(f"gemm_bf16: the MKL fast path is unavailable: {_why}")
+    m, n, k, out = check_gemm(a, b, trans_a, trans_b, out)
+    if m == 0 or n == 0 or k == 0:
         return out
     if max(m, n) >= WIDE and min(m, n) <= CHUNK:
         _gemm_long(lib, a, b, trans_a, trans_b, m, n, k, out)
