@@ -10,8 +10,8 @@ How, in the layout BLIS made standard (Goto's algorithm):
   - op(b) is copied ("packed") in blocks of KC rows and NC columns into panels of NR = 32
     columns, each row pair (k, k+1) of a panel interleaved: b[k, n], b[k+1, n], b[k, n+1], ...
     -- one 64-byte vector holds rows k, k+1 of 16 columns, the operand VDPBF16PS wants;
-  - op(a) is packed in blocks of MC rows into panels of MR rows, the pair a[m, k], a[m, k+1]
-    side by side (one 32-bit word, broadcast to every lane);
+  - op(a) is read in MR-row strips, the pair a[m, k], a[m, k+1] one 32-bit word broadcast to
+    every lane: in place from a's rows, or packed (MC rows at a time) when a is transposed;
   - the micro-kernel keeps an MR x 32 tile of C in 2*MR vector registers and, for each row pair
     of the block, does 2*MR VDPBF16PS: acc[m, n] += a[m, k] b[k, n] + a[m, k+1] b[k+1, n].
 The micro-kernel is a few lines of LLVM IR (`micro_kernel_ir`), compiled by llvmlite (numba's
@@ -24,7 +24,6 @@ Numbers: each bf16 x bf16 product is exact in float32; the sums are float32, in 
 differs from NumPy's, as with any BLAS. The instruction flushes subnormals, inputs and results
 (below 1.2e-38), to 0; the twin and the portable kernel keep them. Tests: tests/test_bf16_avx512.py.
 """
-import ctypes
 import threading
 
 import numpy as np
@@ -193,45 +192,35 @@ def _widen(typingctx, bits):
 
 
 @njit(cache=True)
-def _pack_a(a, ta, m0, rows, k0, kc, out, out32):   # out: (pairs, MR, 2) <- op(a)[m0:m0+rows, k0:k0+kc]
+def _pack(x, k_major, r0, rows, k0, kc, out, out32):
+    """out (pairs, W, 2) <- rows r0:r0+rows, columns k0:k0+kc of an operand in bf16, its pairs
+    (k, k+1) side by side, zeros past the edges. The operand is x itself, or x^T when k_major
+    (x indexed [k, row]): op(a) is a, or a^T when a is transposed; op(b)^T is b when b is."""
+    W = out.shape[1]
     pairs = (kc + 1) // 2
-    if ta and rows == MR and kc % 2 == 0:      # a is (K, M): rows k, k+1 of a, MR columns each,
-        for p in range(pairs):                 # a pair is one 32-bit word, a[k] its low half
-            for r in range(MR):
-                out32[p, r] = np.uint32(a[k0 + 2 * p, m0 + r]) | (np.uint32(a[k0 + 2 * p + 1, m0 + r]) << 16)
+    if k_major and rows == W and kc % 2 == 0:  # interleave rows k and k+1 of x: one 32-bit word
+        for p in range(pairs):                 # a pair, x[k] its low half
+            for r in range(W):
+                out32[p, r] = np.uint32(x[k0 + 2 * p, r0 + r]) | (np.uint32(x[k0 + 2 * p + 1, r0 + r]) << 16)
         return
     for p in range(pairs):                     # edges, odd kc, and a strip of a itself
-        for r in range(MR):
+        for r in range(W):
             for e in range(2):
                 k = 2 * p + e
                 if r < rows and k < kc:
-                    out[p, r, e] = a[k0 + k, m0 + r] if ta else a[m0 + r, k0 + k]
+                    out[p, r, e] = x[k0 + k, r0 + r] if k_major else x[r0 + r, k0 + k]
                 else:
                     out[p, r, e] = 0
 
 
 @njit(cache=True)
 def _pack_b(b, b32, tb, n0, cols, k0, kc, out, out32):   # out: (pairs, NR, 2) <- op(b)[k0:k0+kc, n0:n0+cols]
-    pairs = (kc + 1) // 2
-    if cols == NR and kc % 2 == 0:
-        if tb and b32.shape[0] > 0:            # b is (N, K), K even: the pairs are 32-bit words
-            for c in range(NR):
-                for p in range(pairs):
-                    out32[p, c] = b32[n0 + c, k0 // 2 + p]
-            return
-        if not tb:                             # b is (K, N): interleave rows k and k+1
-            for p in range(pairs):
-                for c in range(NR):
-                    out32[p, c] = np.uint32(b[k0 + 2 * p, n0 + c]) | (np.uint32(b[k0 + 2 * p + 1, n0 + c]) << 16)
-            return
-    for p in range(pairs):
-        for c in range(NR):
-            for e in range(2):
-                k = 2 * p + e
-                if c < cols and k < kc:
-                    out[p, c, e] = b[n0 + c, k0 + k] if tb else b[k0 + k, n0 + c]
-                else:
-                    out[p, c, e] = 0
+    if tb and b32.shape[0] > 0 and cols == NR and kc % 2 == 0:   # b is (N, K), K even: the pairs
+        for c in range(NR):                                       # are b's own 32-bit words
+            for p in range(kc // 2):
+                out32[p, c] = b32[n0 + c, k0 // 2 + p]
+        return
+    _pack(b, not tb, n0, cols, k0, kc, out, out32)
 
 
 @njit(cache=True, parallel=True)
@@ -263,7 +252,7 @@ def _gemm(kernel, a, ta, b, b32, tb, out, apack, apack32, bpack, bpack32, tiles)
                     strips = (mc + MR - 1) // MR
                     if not direct:
                         for i in range(strips):
-                            _pack_a(a, ta, ic + i * MR, min(MR, mc - i * MR), pc, kc, apack[t, i], apack32[t, i])
+                            _pack(a, ta, ic + i * MR, min(MR, mc - i * MR), pc, kc, apack[t, i], apack32[t, i])
                     for j in range(t, panels, T):
                         bp = np.int64(bpack[j].ctypes.data)
                         cols = min(NR, nc - j * NR)
@@ -274,7 +263,7 @@ def _gemm(kernel, a, ta, b, b32, tb, out, apack, apack32, bpack, bpack32, tiles)
                                 ap, a_row, a_pair = np.int64(abase + (r0 * lda + pc) * 2), lda, np.int64(2)
                             else:
                                 if direct:                 # a last, short strip: packed, zero rows below
-                                    _pack_a(a, False, r0, rows, pc, kc, apack[t, i], apack32[t, i])
+                                    _pack(a, False, r0, rows, pc, kc, apack[t, i], apack32[t, i])
                                 ap, a_row, a_pair = np.int64(apack[t, i].ctypes.data), np.int64(2), np.int64(2 * MR)
                             if rows == MR and cols == NR:
                                 _call(kernel, ap, bp, np.int64(base + (r0 * N + c0) * 4), np.int64(N), pairs,
