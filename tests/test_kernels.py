@@ -452,3 +452,138 @@ def test_float32_kernels_do_no_float64_arithmetic():
             checked.append(name)
     print(f"no fpext in the float32 LLVM IR of {len(checked)} kernels")
     assert len(checked) >= 14
+
+
+# ----------------------------------------------------------------------------- float32 products
+def one_thread_matmul(a, b):
+    """np.matmul with OpenBLAS in one thread: the numbers threads.matmul promises."""
+    from tinygrad_gpt.kernels import threads
+    with threads.one_blas_thread():
+        return np.matmul(a, b)
+
+
+def blas_threads():
+    from threadpoolctl import threadpool_info
+    return [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"]
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Two threads for the engine and for OpenBLAS (the split takes the smaller count), whatever
+    an earlier test or the machine left."""
+    from threadpoolctl import threadpool_limits
+    from tinygrad_gpt.kernels import threads
+    monkeypatch.setattr(threads, "get_num_threads", lambda: 2)
+    with threadpool_limits(limits=2, user_api="blas"):
+        yield
+
+
+MATMUL_CASES = ["qk", "av", "strided", "odd", "3-d", "rows", "columns", "a^T", "b^T", "row vector",
+                "empty", "one", "broadcast", "float64", "small"]
+
+
+def matmul_case(case):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 12, 64, 16), dtype=np.float32)
+    y = rng.standard_normal((2, 12, 64, 16), dtype=np.float32)
+    m = rng.standard_normal((70, 33), dtype=np.float32)
+    w = rng.standard_normal((45, 33), dtype=np.float32)
+    return {"qk": (x, y.swapaxes(-1, -2)), "av": (x @ y.swapaxes(-1, -2), y),
+            "strided": (x[:, ::2], y[:, ::2].swapaxes(-1, -2)), "odd": (x[:1, :3], y[:1, :3].swapaxes(-1, -2)),
+            "3-d": (x[0], y[0].swapaxes(-1, -2)),
+            "rows": (m, w.T), "columns": (w, m.T), "a^T": (m.T, m), "b^T": (m, w[:, :33].T),
+            "row vector": (m[:1], m.T),
+            "empty": (x[:0], y[:0].swapaxes(-1, -2)), "one": (x[:1, :1], y[:1, :1].swapaxes(-1, -2)),
+            "broadcast": (x, y[0, 0].T), "float64": (m.astype(np.float64), w.T.astype(np.float64)),
+            "small": (m, w.T)}[case]
+
+
+@pytest.mark.parametrize("case", MATMUL_CASES)
+@pytest.mark.parametrize("with_out", [False, True])
+def test_threads_matmul_is_np_matmul_in_one_thread(case, with_out, monkeypatch, two_threads):
+    """threads.matmul (numba_cpu.matmul's: the engine's float32 products, the Linears, the
+    attention, `@`, unless MKL's pool is in the process for the attention's stacks) splits
+    the work between two Python threads, each calling OpenBLAS in one thread: the numbers of
+    np.matmul in one thread, bit for bit (each output element is one such call's; a vector
+    times a matrix to float32 rounding, as OpenBLAS's own threads split it), OpenBLAS in
+    one thread during every call, and its count restored after. Broadcasting goes to np.matmul
+    untouched, and so is a product below SPLIT_ROWS or SPLIT_FLOPS (only "small" keeps the real
+    thresholds here: generation's products, on OpenBLAS's own threads)."""
+    from tinygrad_gpt.kernels import threads
+    a, b = matmul_case(case)
+    want = one_thread_matmul(a, b)
+    before, during = blas_threads(), []
+    real = np.matmul
+    monkeypatch.setattr(threads.np, "matmul", lambda *args, **kw: during.append(blas_threads()) or real(*args, **kw))
+    if case != "small":
+        monkeypatch.setattr(threads, "SPLIT_FLOPS", 0)
+        monkeypatch.setattr(threads, "SPLIT_ROWS", 0)
+    out = np.full(want.shape, np.nan, want.dtype) if with_out else None
+    got = threads.matmul(a, b, out=out)
+    monkeypatch.undo()
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if case == "row vector":       # OpenBLAS's vector kernel ends a slice of columns its own way
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    else:
+        assert np.array_equal(got, want)
+    if with_out:
+        assert got is out
+    assert R.matmul(a, b).shape == want.shape              # the twin: np.matmul itself
+    assert blas_threads() == before
+    if case in ("empty", "broadcast", "small"):            # np.matmul as it is
+        assert during == [before], during
+    elif case == "one":                                    # nothing to cut: whole, in one thread
+        assert len(during) == 1 and set(during[0]) == {1}, during
+    else:                                                  # two pieces, OpenBLAS in one thread each
+        assert len(during) == 2 and all(set(d) == {1} for d in during), during
+
+
+def test_threads_matmul_pieces_cover_the_output(monkeypatch, two_threads):
+    """Each piece writes its own rows or columns, and all of them are written: a split that
+    dropped or doubled a piece would leave NaN in `out` or fail the comparison above."""
+    from tinygrad_gpt.kernels import threads
+    from threadpoolctl import threadpool_limits
+    monkeypatch.setattr(threads, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(threads, "SPLIT_FLOPS", 0)
+    monkeypatch.setattr(threads, "SPLIT_ROWS", 0)
+    pieces = []
+    real = np.matmul
+    monkeypatch.setattr(threads.np, "matmul", lambda a, b, out=None: pieces.append(out.shape) or real(a, b, out=out))
+    rng = np.random.default_rng(5)
+    for shape_a, shape_b in [((7, 5), (5, 3)), ((3, 5), (5, 8)), ((2, 5, 4, 3), (2, 5, 3, 6))]:
+        a = rng.standard_normal(shape_a, dtype=np.float32)
+        b = rng.standard_normal(shape_b, dtype=np.float32)
+        out = np.full(real(a, b).shape, np.nan, np.float32)
+        with threadpool_limits(limits=3, user_api="blas"):
+            threads.matmul(a, b, out=out)
+        assert not np.isnan(out).any()
+        np.testing.assert_allclose(out, real(a.astype(np.float64), b.astype(np.float64)), rtol=1e-5, atol=1e-5)
+    assert sorted(pieces) == sorted([(3, 3), (2, 3), (2, 3),                 # 7 rows: 3 + 2 + 2
+                                     (3, 3), (3, 3), (3, 2),                 # 8 columns: 3 + 3 + 2
+                                     (2, 1, 4, 6), (2, 2, 4, 6), (2, 2, 4, 6)])   # axis of 5: 1 + 2 + 2
+
+
+def test_float32_step_makes_no_multithreaded_openblas_call(monkeypatch, two_threads):
+    """A float32 forward + backward of a small GPT runs every product with OpenBLAS in one thread
+    (its own workers never wake, so they never spin beside the numba kernels). With MKL's pool
+    in the process the attention's stacks go to MKL instead (test_amp); not here."""
+    import tinygrad_gpt as tg
+    from tinygrad_gpt import functional as F
+    from tinygrad_gpt.kernels import bf16_mkl, threads, use
+    monkeypatch.setattr(bf16_mkl, "pool_active", lambda: False)
+    seen = []
+    real = np.matmul
+    monkeypatch.setattr(threads.np, "matmul", lambda *args, **kw: seen.append(blas_threads()) or real(*args, **kw))
+    monkeypatch.setattr(threads, "SPLIT_FLOPS", 0)           # 124M's products at context 256 are all
+    monkeypatch.setattr(threads, "SPLIT_ROWS", 0)            # above both; this tiny model's are not
+    tg.manual_seed(0)
+    cfg = {**tg.get_config("tiny"), "drop_rate": 0.0}
+    model = tg.GPTModel(cfg)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, cfg["vocab_size"], (2, 16)), rng.integers(0, cfg["vocab_size"], (2, 16))
+    with use("numba"):
+        F.cross_entropy(model(x), y).backward()
+    layers = cfg["n_layers"]
+    linears = 4 * layers + 2 * layers + 1                  # q, k, v, out; ff1, ff2; the head
+    assert len(seen) == 2 * (3 * linears + 6 * layers)     # each product in two pieces
+    assert all(set(d) <= {1} for d in seen), seen

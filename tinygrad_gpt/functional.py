@@ -208,7 +208,7 @@ class Linear(Function):
             amp.gemm(x2, wb, trans_b=True, out=y2)             # (N, out) float32
             w = wb                             # backward multiplies the same bf16 numbers
         else:
-            np.matmul(x2, w.T, out=y2)                         # (N, out), one BLAS GEMM
+            K.matmul(x2, w.T, out=y2)                          # (N, out), np.matmul's numbers
         if b is not None:
             y2 += b
         ctx.save_for_backward(x2, w)
@@ -228,9 +228,9 @@ class Linear(Function):
             if dw is not None:
                 amp.gemm(gb, x2, trans_a=True, out=dw)
         else:
-            dx = (g2 @ w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None   # dx = dy W
+            dx = K.matmul(g2, w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None   # dx = dy W
             if dw is not None:
-                np.matmul(g2.T, x2, out=dw)                        # dW = dy^T x   (out, in)
+                K.matmul(g2.T, x2, out=dw)                         # dW = dy^T x   (out, in)
         if len(ctx.needs_input_grad) == 3:
             db = g2.sum(axis=0) if ctx.needs_input_grad[2] else None   # db = sum of dy over rows
             return dx, dw, db

@@ -38,7 +38,6 @@ MC, KC, NC = 512, 768, 4096     # blocks: a's MC x KC rows stay in L2, b's KC x 
 _lock = threading.Lock()
 _kernels = {}           # "avx512_bf16" / "portable" -> (llvmlite engine, address), built once
 _why = None
-_used = False           # set by the first product on VDPBF16PS (in_use)
 
 
 # ----------------------------------------------------------------------------- the micro-kernel
@@ -155,12 +154,6 @@ def available():
 def unavailable_reason():
     available()
     return _why
-
-
-def in_use():
-    """True once a product has run on VDPBF16PS in this process: from then on the attention's
-    float32 products avoid OpenBLAS's own threads (numba_cpu._matmul, threads.matmul)."""
-    return _used
 
 
 # ----------------------------------------------------------------------------- packing and the loops
@@ -290,11 +283,10 @@ def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None, kernel="auto"):
     """out (M, N) float32 = op(a) @ op(b), a and b bf16 bits (uint16), op = transpose if trans_*.
     a: (M, K), or (K, M) with trans_a;  b: (K, N), or (N, K) with trans_b.
     kernel="auto" runs VDPBF16PS where the CPU has it, "portable" the same loops on any CPU."""
-    global _used
     if kernel == "auto":
         if not available():
             raise RuntimeError(f"gemm_bf16: {_why}")
-        kernel, _used = "avx512_bf16", True
+        kernel = "avx512_bf16"
     elif kernel != "portable":
         raise ValueError(f"gemm_bf16: kernel must be 'auto' or 'portable', got {kernel!r}")
     m, n, k, out = bf16_mkl.check_gemm(a, b, trans_a, trans_b, out)

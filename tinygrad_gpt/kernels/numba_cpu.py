@@ -440,19 +440,15 @@ def _attention_softmax_backward(da, att, scale, ds):   # da, att, ds: (B*H*T, Tk
             ds[r, j] = att[r, j] * (da[r, j] - s) * scale
 
 
-def _matmul(a, b):
-    """np.matmul; under autocast, a product that keeps OpenBLAS's workers asleep, because their
-    spinning after a call slowed the bf16 GEMMs that follow 2-4x: MKL's batched float32 GEMM
-    while MKL's pool is in the process (bf16_mkl.matmul), and once our own bf16 GEMM has run,
-    OpenBLAS in one thread for each part of the stack (threads.matmul). Same numbers. Both are
-    for the rest of the process, as the backward runs after the autocast block; in a float32
-    step the Linear's own OpenBLAS GEMMs wake the workers anyway, and threads.matmul made the
-    attention there slower (213 ms against 107 backward)."""
-    if bf16_mkl.pool_active():
+def matmul(a, b, out=None):
+    """np.matmul (reference.matmul) for the engine's float32 products, without waking OpenBLAS's
+    workers, whose spinning after a call slowed the numba kernels and bf16 GEMMs that follow
+    1.7-4x: MKL's batched float32 GEMM for the attention's stacks while MKL's pool is in the
+    process (bf16_mkl.matmul), else OpenBLAS in one thread for each part of the work
+    (threads.matmul). Same numbers as np.matmul."""
+    if out is None and a.ndim >= 3 and bf16_mkl.pool_active():
         return bf16_mkl.matmul(a, b)
-    if bf16_avx512.in_use():
-        return threads.matmul(a, b)
-    return np.matmul(a, b)
+    return threads.matmul(a, b, out=out)
 
 
 def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
@@ -477,7 +473,7 @@ def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
                          f"queries (the queries are the last positions), found q {q.shape} "
                          f"and k {k.shape}")
     dt = q.dtype.type
-    s = _matmul(q, k.swapaxes(-1, -2))                   # (B, H, T, Tk) raw scores, BLAS
+    s = matmul(q, k.swapaxes(-1, -2))                      # (B, H, T, Tk) raw scores, BLAS
     rows = s.reshape(-1, Tk)                               # (B*H*T, Tk) view
     _attention_softmax(rows, T, Tk - T, dt(1.0 / math.sqrt(D)), bool(causal), rows)   # in place: s -> att
     att = s                                                # (B, H, T, Tk)
@@ -487,7 +483,7 @@ def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
         keep = _mask("attention_forward", keep, att.shape, q.dtype)
         a = np.empty_like(att)                             # (B, H, T, Tk) att * keep / (1 - p)
         _mask_scale(att.reshape(-1), keep.reshape(-1), dt(1.0 / (1.0 - p)), a.reshape(-1))
-    out = _matmul(a, v)                                  # (B, H, T, D)
+    out = matmul(a, v)                                     # (B, H, T, D)
     return out, att
 
 
@@ -506,14 +502,14 @@ def attention_backward(dout, q, k, v, att, keep=None, p=0.0):
         drop = dt(1.0 / (1.0 - p))
         a = np.empty_like(att)                             # (B, H, T, Tk) what multiplied v
         _mask_scale(att.reshape(-1), keep.reshape(-1), drop, a.reshape(-1))
-    dv = _matmul(a.swapaxes(-1, -2), dout)               # out = a @ v -> dv = a^T dout  (B, H, Tk, D)
-    da = _matmul(dout, v.swapaxes(-1, -2))               #             -> da = dout v^T  (B, H, T, Tk)
+    dv = matmul(a.swapaxes(-1, -2), dout)                  # out = a @ v -> dv = a^T dout  (B, H, Tk, D)
+    da = matmul(dout, v.swapaxes(-1, -2))                  #             -> da = dout v^T  (B, H, T, Tk)
     if keep is not None:                                   # a = att * drop -> datt = da * drop
         _mask_scale(da.reshape(-1), keep.reshape(-1), drop, da.reshape(-1))
     rows = da.reshape(-1, Tk)
     _attention_softmax_backward(rows, att.reshape(-1, Tk), dt(1.0 / math.sqrt(D)), rows)  # da -> ds
-    dq = _matmul(da, k)                                  # s = q k^T * scale -> dq = ds k    (B, H, T, D)
-    dk = _matmul(da.swapaxes(-1, -2), q)                 #                   -> dk = ds^T q  (B, H, Tk, D)
+    dq = matmul(da, k)                                     # s = q k^T * scale -> dq = ds k    (B, H, T, D)
+    dk = matmul(da.swapaxes(-1, -2), q)                    #                   -> dk = ds^T q  (B, H, Tk, D)
     return dq, dk, dv
 
 

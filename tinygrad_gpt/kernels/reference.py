@@ -241,6 +241,12 @@ def transpose_into(src, dst):
     np.copyto(dst, src.T)
 
 
+def matmul(a, b, out=None):
+    """a @ b (into out): the twin of numba_cpu.matmul, which computes the same numbers without
+    waking OpenBLAS's own worker threads (kernels/threads.py says why)."""
+    return np.matmul(a, b, out=out)
+
+
 def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
     """out (M, N) float32 = op(a) @ op(b) for bf16 bits a, b: the spec of kernels/bf16_mkl.py.
     Every product of two bf16 numbers is exact in float32; only the sum order differs."""

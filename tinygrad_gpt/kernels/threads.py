@@ -54,21 +54,28 @@ _blas_lock = threading.Lock()                  # one one_blas_thread block at a 
 _blas_depth = 0
 
 
+def _openblas_controllers():
+    """threadpoolctl's controllers of the OpenBLAS libraries in the process (found once)."""
+    global _openblas
+    if _openblas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _openblas = ThreadpoolController().select(internal_api="openblas").lib_controllers
+        except ImportError:
+            _openblas = []
+    return _openblas
+
+
 @contextlib.contextmanager
 def one_blas_thread():
     """NumPy's OpenBLAS runs each call of this block in its calling thread alone; its previous
     thread count comes back at the end (of the outermost block, when they nest)."""
-    global _openblas, _blas_depth
+    global _blas_depth
     with _blas_lock:
-        if _openblas is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-                _openblas = ThreadpoolController().select(internal_api="openblas").lib_controllers
-            except ImportError:
-                _openblas = []
-        saved = [c.num_threads for c in _openblas]
+        controllers = _openblas_controllers()
+        saved = [c.num_threads for c in controllers]
         _blas_depth += 1
-        for c in _openblas:
+        for c in controllers:
             c.set_num_threads(1)
     try:
         yield
@@ -76,33 +83,72 @@ def one_blas_thread():
         with _blas_lock:
             _blas_depth -= 1
             if _blas_depth == 0:
-                for c, n in zip(_openblas, saved):
+                for c, n in zip(controllers, saved):
                     c.set_num_threads(n)
 
 
-def matmul(a, b):
-    """np.matmul(a, b) of two stacks of matrices (..., M, K) @ (..., K, N), the stack split
-    between get_num_threads() Python threads, each calling OpenBLAS in one thread. Same numbers.
+SPLIT_ROWS = 256         # a product of fewer rows (per matrix of a stack) or fewer
+SPLIT_FLOPS = 1 << 26    # flops than this (~0.2 ms at 300 GFLOP/s) goes to np.matmul as it is
 
-    Why: OpenBLAS's own workers spin for a while after each call, and the numba kernel or bf16
-    GEMM that comes next loses a core to them (a 512x768x3072 bf16 GEMM ran 1.7x slower right
-    after one); the attention's batched products (24 x 256x64x256) also ran faster this way:
-    1.38 ms, against 1.78 ms with OpenBLAS's two threads, 2.45 ms in one (benchmarks/RESULTS.md,
-    "Our own bf16 GEMM"). Used under autocast on bf16_avx512 (numba_cpu._matmul)."""
-    n = get_num_threads()
-    if n < 2 or a.ndim < 3 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype:
-        return np.matmul(a, b)                 # broadcasting, mixed dtypes: NumPy's own rules
-    lead = a.shape[:-2]
-    axis = int(np.argmax(lead))                # split the longest stacking axis
-    if lead[axis] < 2:
-        return np.matmul(a, b)
-    out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=a.dtype)
-    cuts = np.linspace(0, lead[axis], min(n, lead[axis]) + 1).astype(int)
-    pieces = [tuple([slice(None)] * axis + [slice(lo, hi)]) for lo, hi in zip(cuts[:-1], cuts[1:])]
+
+def matmul(a, b, out=None):
+    """np.matmul(a, b, out=out), the work split between get_num_threads() Python threads, each
+    calling OpenBLAS in one thread. The numbers of np.matmul with OpenBLAS in one thread: every
+    output element is computed by one such call, over the same K in the same order (OpenBLAS's
+    own threads give the same). A vector times a matrix (M = 1) is the exception: OpenBLAS ends
+    a slice of columns its own way, and a few elements differ in the last bit, as they do
+    between OpenBLAS in one thread and in two. Its twin is np.matmul (reference.matmul).
+
+    2-D: the output's longer side is cut, rows of a or columns of b (the column pieces are
+    strided views, which BLAS reads and writes in place). Stacks (..., M, K) @ (..., K, N) of
+    one leading shape: the longest stacking axis is cut, into as many pieces as both
+    get_num_threads() and OpenBLAS's own count allow (threadpool_limits(1) means one). A
+    product of fewer than SPLIT_ROWS rows or SPLIT_FLOPS flops goes to np.matmul as it is, on
+    OpenBLAS's own threads: generation's products (1 row with the KV cache, the prompt's rows
+    without) ran slower cut (20 x 768 x 3072: 2.0 ms against 1.1; generation 33-36 tokens/s
+    against 47), and there OpenBLAS's spinning helps: the next product comes at once. Every
+    product of a training step at context 256 is cut. Broadcasting and mixed dtypes go to
+    np.matmul too.
+
+    Why: OpenBLAS's own workers spin for a while after each call (up to ~0.1 s), and on two
+    cores the numba kernel or bf16 GEMM that comes next loses a core to them. In the float32
+    124M step GELU's and cross-entropy's kernels took ~1.8x their time in the bf16 step (whose
+    products never touch OpenBLAS), as they did with the spin shortened (OPENBLAS_THREAD_TIMEOUT
+    =4, read only when OpenBLAS starts); with every product cut this way the step took 1.73-1.78 s
+    against 1.82-1.91 s (runs alternated), and a bf16 GEMM right after an OpenBLAS call ran 1.7x
+    slower (benchmarks/RESULTS.md). The pieces also
+    ran as fast as OpenBLAS's own threads: the attention's 24 x 256x64x256 in 1.38 ms, against
+    1.78 ms on OpenBLAS's two threads."""
+    if (a.ndim < 2 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype
+            or a.shape[-1] != b.shape[-2]):
+        return np.matmul(a, b, out=out)        # broadcasting, mixed dtypes, errors: NumPy's own rules
+    lead, (m, k), n_cols = a.shape[:-2], a.shape[-2:], b.shape[-1]
+    if out is None:
+        out = np.empty(lead + (m, n_cols), dtype=a.dtype)
+    if a.ndim == 2:
+        axis, length = (0, m) if m >= n_cols else (1, n_cols)
+    else:
+        axis = int(np.argmax(lead))            # split the longest stacking axis
+        length = lead[axis]
+    if out.size == 0 or m < SPLIT_ROWS or 2.0 * out.size * k < SPLIT_FLOPS:
+        return np.matmul(a, b, out=out)
+    n = min(get_num_threads(), max([c.num_threads for c in _openblas_controllers()] or [get_num_threads()]))
+    if n < 2 or length < 2:
+        with one_blas_thread():
+            return np.matmul(a, b, out=out)
+    cuts = np.linspace(0, length, min(n, length) + 1).astype(int)
+    if a.ndim == 2 and axis == 0:              # rows of a, rows of out
+        pieces = [(a[lo:hi], b, out[lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]
+    elif a.ndim == 2:                          # columns of b, columns of out
+        pieces = [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]
+    else:
+        cut = [tuple([slice(None)] * axis + [slice(lo, hi)]) for lo, hi in zip(cuts[:-1], cuts[1:])]
+        pieces = [(a[s], b[s], out[s]) for s in cut]
     with one_blas_thread():
-        jobs = [pool().submit(np.matmul, a[s], b[s], out=out[s]) for s in pieces[1:]]
+        jobs = [pool().submit(np.matmul, x, y, out=o) for x, y, o in pieces[1:]]
         try:
-            np.matmul(a[pieces[0]], b[pieces[0]], out=out[pieces[0]])
+            x, y, o = pieces[0]
+            np.matmul(x, y, out=o)
         finally:
             wait(jobs)                         # none still inside OpenBLAS when its count comes back
         for job in jobs:
