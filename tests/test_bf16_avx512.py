@@ -107,6 +107,7 @@ def test_autocast_runs_on_this_backend_and_matches_the_twin(monkeypatch):
     monkeypatch.setattr(bf16_mkl, "available", lambda: False)
     monkeypatch.setattr(bf16_mkl, "pool_active", lambda: False)   # MKL loaded by earlier tests on AMX
     monkeypatch.setattr(G, "available", lambda: True)
+    monkeypatch.setattr(bf16_mkl, "cpu_vendor", lambda: "AuthenticAMD")
     portable = G.gemm_bf16
     monkeypatch.setattr(G, "gemm_bf16", lambda a, b, ta=False, tb=False, out=None:
                         portable(a, b, ta, tb, out, kernel="portable"))
@@ -134,3 +135,38 @@ def test_autocast_runs_on_this_backend_and_matches_the_twin(monkeypatch):
     for n in g_ref:
         rel = np.linalg.norm(g_ours[n] - g_ref[n]) / (np.linalg.norm(g_ref[n]) + 1e-12)
         assert rel < 5e-3, (n, rel)
+
+
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel", ""])
+def test_auto_picks_this_gemm_only_where_it_beats_float32(vendor, monkeypatch):
+    """On AMD, VDPBF16PS does twice a float32 FMA's work and this GEMM ran the step's products at
+    1.4x NumPy's float32; on an AMX Xeon's AVX512-BF16 it ran them at 0.3-0.7x, slower than the
+    twin. So without MKL, autocast's auto takes it on AMD only, and says why not elsewhere;
+    asked for by name it runs anywhere it can."""
+    monkeypatch.setattr(bf16_mkl, "available", lambda: False)
+    monkeypatch.setattr(bf16_mkl, "unavailable_reason", lambda: "this CPU has no AMX-BF16 (forced)")
+    monkeypatch.setattr(G, "available", lambda: True)
+    monkeypatch.setattr(bf16_mkl, "cpu_vendor", lambda: vendor)
+    amd = vendor == "AuthenticAMD"
+    assert G.faster_than_float32() == amd
+    assert amp.get_gemm_backend() == ("avx512_bf16" if amd else "reference")
+    reason = amp.unavailable_reason()
+    assert reason == "" if amd else ("no AMX-BF16 (forced), and our AVX512-BF16 GEMM is slower" in reason), reason
+    sentence = amp.choose_precision("bfloat16")[1]
+    assert ("our AVX512-BF16 GEMM (kernels/bf16_avx512.py)" in sentence) == amd, sentence
+    assert ("through the NumPy twin" in sentence) != amd, sentence
+    monkeypatch.setattr(bf16_mkl, "cpu_has_amx_bf16", lambda: False)
+    auto = amp.choose_precision("auto")
+    assert auto[0] == "float32" and ("~1.5x faster here" in auto[1]) == amd, auto
+    with amp.gemm_backend("avx512_bf16"):
+        assert amp.get_gemm_backend() == "avx512_bf16"
+
+
+def test_cpu_vendor_reads_proc_cpuinfo():
+    vendor = bf16_mkl.cpu_vendor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            want = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        want = ""
+    assert vendor == want

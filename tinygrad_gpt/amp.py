@@ -17,8 +17,8 @@ converts it, and from then on AdamW's fused kernel writes the copy as it writes 
 `invalidate()`; `Module.load_state_dict` does it, and a new array (`p.data = ...`) is noticed.
 
 The GEMM: oneMKL's cblas_gemm_bf16bf16f32 on a CPU with AMX-BF16 (kernels/bf16_mkl.py); our
-own VDPBF16PS kernel on a CPU with AVX512-BF16 and no AMX (kernels/bf16_avx512.py: AMD Zen 4
-and 5); on any other machine the readable twin (kernels/reference.gemm_bf16) computes the same
+own VDPBF16PS kernel on an AMD CPU with AVX512-BF16 (kernels/bf16_avx512.py: Zen 4 and 5);
+on any other machine the readable twin (kernels/reference.gemm_bf16) computes the same
 numbers slowly, and a warning says so once. `gemm_backend("reference")` forces the twin.
 """
 import warnings
@@ -109,15 +109,18 @@ def get_gemm_backend():
         return _gemm_choice
     if bf16_mkl.available():
         return "mkl"
-    return "avx512_bf16" if bf16_avx512.available() else "reference"
+    return "avx512_bf16" if bf16_avx512.faster_than_float32() else "reference"
 
 
 def unavailable_reason():
-    """Why a bf16 product runs through the twin here (an AMX CPU whose MKL did not load would
-    still have AVX512-BF16, so only the second reason is left to say)."""
-    if bf16_mkl.available():
+    """Why a bf16 product runs through the twin here: no AVX512-BF16 either, or (Intel without
+    a usable AMX: MKL not loaded, or Cooper Lake) our VDPBF16PS GEMM is slower than the twin."""
+    if bf16_mkl.available() or bf16_avx512.faster_than_float32():
         return ""
-    return bf16_avx512.unavailable_reason()
+    if not bf16_avx512.available():
+        return bf16_avx512.unavailable_reason()
+    return (f"{bf16_mkl.unavailable_reason()}, and our AVX512-BF16 GEMM is slower than NumPy's "
+            f"float32 on this {bf16_mkl.cpu_vendor() or 'non-AMD'} CPU (benchmarks/RESULTS.md)")
 
 
 def gemm(a, b, trans_a=False, trans_b=False, out=None):
@@ -223,14 +226,14 @@ def choose_precision(requested="auto"):
         if bf16_mkl.available():
             single = bf16_mkl.single_thread_reason()
             return "bfloat16", "bfloat16 autocast on oneMKL's AMX-BF16 GEMM" + (f" ({single})" if single else "")
-        if bf16_avx512.available():
+        if get_gemm_backend() == "avx512_bf16":
             return "bfloat16", "bfloat16 autocast on our AVX512-BF16 GEMM (kernels/bf16_avx512.py)"
         return "bfloat16", (f"bfloat16 autocast through the NumPy twin, same numbers, not faster than float32: "
                             f"{unavailable_reason()}")
     if bf16_mkl.cpu_has_amx_bf16():
         return precision, ("auto: float32, the book's precision (this CPU has AMX-BF16: --precision "
                            "bfloat16 trains ~2x faster here, benchmarks/RESULTS.md)")
-    if bf16_avx512.available():
+    if bf16_avx512.faster_than_float32():
         return precision, ("auto: float32, the book's precision (this CPU has AVX512-BF16: --precision "
                            "bfloat16 trains ~1.5x faster here, benchmarks/RESULTS.md)")
-    return precision, "auto: float32 (this CPU has no AMX-BF16 or AVX512-BF16: bf16 would run through the NumPy twin)"
+    return precision, f"auto: float32 (bf16 would run through the NumPy twin here: {unavailable_reason()})"

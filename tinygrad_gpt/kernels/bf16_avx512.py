@@ -1,6 +1,7 @@
-"""A bf16 GEMM of our own for CPUs with AVX512-BF16 and no AMX (AMD Zen 4 and Zen 5, Intel
-Cooper Lake): out (M, N) float32 = op(a) @ op(b) for bf16 bits a, b (uint16), as
-kernels/bf16_mkl.py computes on AMX and kernels/reference.gemm_bf16 (the readable twin) everywhere.
+"""A bf16 GEMM of our own for AMD CPUs with AVX512-BF16 (Zen 4 and Zen 5): out (M, N) float32 =
+op(a) @ op(b) for bf16 bits a, b (uint16), as kernels/bf16_mkl.py computes on AMX and
+kernels/reference.gemm_bf16 (the readable twin) everywhere. It runs on any AVX512-BF16 CPU, but
+on Intel's it was slower than NumPy's float32 (faster_than_float32).
 
 Why: oneMKL's bf16 GEMM does not use AVX512-BF16 on these CPUs (it ran the step's products at
 0.34-0.61x NumPy's float32 rate, benchmarks/RESULTS.md), while one VDPBF16PS instruction does
@@ -144,7 +145,8 @@ def _missing():
 
 
 def available():
-    """True where this GEMM is the fast path: AVX512-BF16 in the CPU (AMX CPUs use MKL)."""
+    """True where this GEMM runs: AVX512-BF16 in the CPU (the fast path where also
+    faster_than_float32(); AMX CPUs use MKL)."""
     global _why
     if _why is None:
         _why = _missing()
@@ -154,6 +156,14 @@ def available():
 def unavailable_reason():
     available()
     return _why
+
+
+def faster_than_float32():
+    """True on AMD (Zen 4, Zen 5), where VDPBF16PS does twice the work of a float32 FMA and this
+    GEMM ran the step's products at 1.4x NumPy's float32 OpenBLAS. On Intel it does the same
+    work as two FMA ports: on an AMX Xeon it ran them at 0.3-0.7x NumPy's float32, slower
+    than the twin (benchmarks/RESULTS.md), so autocast's "auto" does not pick it there."""
+    return available() and bf16_mkl.cpu_vendor() == "AuthenticAMD"
 
 
 # ----------------------------------------------------------------------------- packing and the loops

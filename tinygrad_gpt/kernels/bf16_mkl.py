@@ -46,16 +46,26 @@ def _candidate_dirs():
     return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
 
 
-def cpu_flags():
-    """The CPU's feature flags from /proc/cpuinfo (a set; empty where there is no such file)."""
+def _cpuinfo(field):
+    """The first value of `field` in /proc/cpuinfo, or "" where there is no such file or line."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field) and line[len(field):].lstrip(" \t").startswith(":"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (a set; empty where there is no such file)."""
+    return set(_cpuinfo("flags").split())
+
+
+def cpu_vendor():
+    """/proc/cpuinfo's vendor_id: "GenuineIntel", "AuthenticAMD", or "" where there is none."""
+    return _cpuinfo("vendor_id")
 
 
 def cpu_has_amx_bf16():
