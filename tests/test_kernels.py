@@ -587,3 +587,19 @@ def test_float32_step_makes_no_multithreaded_openblas_call(monkeypatch, two_thre
     linears = 4 * layers + 2 * layers + 1                  # q, k, v, out; ff1, ff2; the head
     assert len(seen) == 2 * (3 * linears + 6 * layers)     # each product in two pieces
     assert all(set(d) <= {1} for d in seen), seen
+
+
+def test_threads_matmul_leaves_another_blas_alone(monkeypatch, two_threads):
+    """Where threadpoolctl finds no OpenBLAS (a NumPy on MKL or Accelerate), the product is
+    np.matmul as it is: cut in two, each half would run on that BLAS's own threads."""
+    from tinygrad_gpt.kernels import threads
+    monkeypatch.setattr(threads, "_openblas_controllers", lambda: [])
+    monkeypatch.setattr(threads, "SPLIT_FLOPS", 0)
+    monkeypatch.setattr(threads, "SPLIT_ROWS", 0)
+    calls = []
+    real = np.matmul
+    monkeypatch.setattr(threads.np, "matmul", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    a, b = matmul_case("rows")
+    got = threads.matmul(a, b)
+    monkeypatch.undo()
+    assert calls == [1] and np.array_equal(got, real(a, b))

@@ -107,7 +107,8 @@ def matmul(a, b, out=None):
     OpenBLAS's own threads: generation's products (1 row with the KV cache, the prompt's rows
     without) ran slower cut (20 x 768 x 3072: 2.0 ms against 1.1; generation 33-36 tokens/s
     against 47), and there OpenBLAS's spinning helps: the next product comes at once. Every
-    product of a training step at context 256 is cut. Broadcasting and mixed dtypes go to
+    product of a training step at context 256 is cut. Broadcasting, mixed dtypes and a NumPy
+    built on another BLAS than OpenBLAS (whose thread count this cannot hold at one) go to
     np.matmul too.
 
     Why: OpenBLAS's own workers spin for a while after each call (up to ~0.1 s), and on two
@@ -130,9 +131,10 @@ def matmul(a, b, out=None):
     else:
         axis = int(np.argmax(lead))            # split the longest stacking axis
         length = lead[axis]
-    if out.size == 0 or m < SPLIT_ROWS or 2.0 * out.size * k < SPLIT_FLOPS:
-        return np.matmul(a, b, out=out)
-    n = min(get_num_threads(), max([c.num_threads for c in _openblas_controllers()] or [get_num_threads()]))
+    controllers = _openblas_controllers()
+    if out.size == 0 or m < SPLIT_ROWS or 2.0 * out.size * k < SPLIT_FLOPS or not controllers:
+        return np.matmul(a, b, out=out)        # (a NumPy on another BLAS: its own threads, as it is)
+    n = min(get_num_threads(), max(c.num_threads for c in controllers))
     if n < 2 or length < 2:
         with one_blas_thread():
             return np.matmul(a, b, out=out)
