@@ -111,9 +111,10 @@ def test_autocast_runs_on_this_backend_and_matches_the_twin(monkeypatch):
     portable = G.gemm_bf16
     monkeypatch.setattr(G, "gemm_bf16", lambda a, b, ta=False, tb=False, out=None:
                         portable(a, b, ta, tb, out, kernel="portable"))
-    split = []
+    split = []                                      # the attention's products: to threads.matmul
     matmul = threads.matmul
     monkeypatch.setattr(threads, "matmul", lambda a, b, out=None: split.append(a.shape) or matmul(a, b, out=out))
+    # (too small to be cut here, T = 32: they run whole, np.matmul's own way)
     assert amp.get_gemm_backend() == "avx512_bf16"
     assert amp.choose_precision("bfloat16")[1] == "bfloat16 autocast on our AVX512-BF16 GEMM (kernels/bf16_avx512.py)"
 
@@ -162,11 +163,43 @@ def test_auto_picks_this_gemm_only_where_it_beats_float32(vendor, monkeypatch):
         assert amp.get_gemm_backend() == "avx512_bf16"
 
 
-def test_cpu_vendor_reads_proc_cpuinfo():
-    vendor = bf16_mkl.cpu_vendor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            want = next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except OSError:
-        want = ""
-    assert vendor == want
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+flags\t\t: fpu avx2 avx512f avx512_bf16
+flags_extra\t: not these
+processor\t: 1
+vendor_id\t: AuthenticAMD
+"""
+
+
+def test_cpu_vendor_and_flags_from_cpuinfo(monkeypatch, tmp_path):
+    """The first vendor_id and flags lines, whatever the tabs before the colon; a longer field
+    that starts with the same name is not the field; no file: empty."""
+    import builtins
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(CPUINFO)
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path, *a, **k))
+    assert bf16_mkl.cpu_vendor() == "AuthenticAMD"
+    assert bf16_mkl.cpu_flags() == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    fake.write_text("processor\t: 0\nflags_extra\t: amx_bf16\n")
+    assert bf16_mkl.cpu_vendor() == "" and bf16_mkl.cpu_flags() == set()
+    fake.unlink()
+    assert bf16_mkl.cpu_vendor() == "" and bf16_mkl.cpu_flags() == set()
+
+
+@pytest.mark.parametrize("mkl_installed", [True, False])
+def test_auto_sentence_on_amx_says_2x_only_with_mkl_installed(mkl_installed, monkeypatch):
+    """An AMX CPU without the mkl wheel runs bf16 through the twin (or our GEMM on AMD): auto's
+    sentence must not promise MKL's speed there. Decided without loading MKL."""
+    monkeypatch.setattr(bf16_mkl, "cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(bf16_mkl, "installed", lambda: mkl_installed)
+    monkeypatch.setattr(bf16_mkl, "available", lambda: pytest.fail("auto loaded MKL"))
+    monkeypatch.setattr(G, "available", lambda: False)
+    monkeypatch.setattr(G, "_why", "forced off by the test")
+    monkeypatch.setattr(bf16_mkl, "unavailable_reason", lambda: "MKL not installed (forced)")
+    precision, sentence = amp.choose_precision("auto")
+    assert precision == "float32"
+    assert ("~2x faster here" in sentence) == mkl_installed, sentence
+    assert mkl_installed or "no MKL is installed" in sentence, sentence

@@ -473,6 +473,8 @@ def two_threads(monkeypatch):
     an earlier test or the machine left."""
     from threadpoolctl import threadpool_limits
     from tinygrad_gpt.kernels import threads
+    if not threads._openblas_controllers():
+        pytest.skip("NumPy is not on OpenBLAS here: threads.matmul leaves its products alone")
     monkeypatch.setattr(threads, "get_num_threads", lambda: 2)
     with threadpool_limits(limits=2, user_api="blas"):
         yield
@@ -603,3 +605,41 @@ def test_threads_matmul_leaves_another_blas_alone(monkeypatch, two_threads):
     got = threads.matmul(a, b)
     monkeypatch.undo()
     assert calls == [1] and np.array_equal(got, real(a, b))
+
+
+def test_one_blas_thread_blocks_nest_across_threads(two_threads):
+    """A block opened by another thread inside this thread's block: OpenBLAS stays at one thread
+    until the outer block closes, and its own count comes back then."""
+    import threading
+    from tinygrad_gpt.kernels import threads
+    before, seen = blas_threads(), {}
+
+    def inner():
+        with threads.one_blas_thread():
+            seen["inner"] = blas_threads()
+
+    with threads.one_blas_thread():
+        t = threading.Thread(target=inner)
+        t.start()
+        t.join(10)
+        seen["outer, after inner"] = blas_threads()
+    assert set(seen["inner"]) == {1} and set(seen["outer, after inner"]) == {1}, seen
+    assert blas_threads() == before
+
+
+def test_threads_matmul_out_like_np_matmul(two_threads, monkeypatch):
+    """`out` overlapping an operand, of a wrong shape, or operands not in native byte order:
+    the answer (or the error) np.matmul gives."""
+    from tinygrad_gpt.kernels import threads
+    monkeypatch.setattr(threads, "SPLIT_FLOPS", 0)
+    monkeypatch.setattr(threads, "SPLIT_ROWS", 0)
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((300, 300), dtype=np.float32)
+    b = rng.standard_normal((300, 300), dtype=np.float32)
+    want = a @ b
+    threads.matmul(a, b, out=a)                            # out is a: every piece would read it
+    np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError):
+        threads.matmul(b, b, out=np.empty((301, 300), np.float32))
+    big = b.astype(">f4")
+    assert threads.matmul(big, big).dtype == np.matmul(big, big).dtype

@@ -230,10 +230,12 @@ def choose_precision(requested="auto"):
             return "bfloat16", "bfloat16 autocast on our AVX512-BF16 GEMM (kernels/bf16_avx512.py)"
         return "bfloat16", (f"bfloat16 autocast through the NumPy twin, same numbers, not faster than float32: "
                             f"{unavailable_reason()}")
-    if bf16_mkl.cpu_has_amx_bf16():
+    if bf16_mkl.cpu_has_amx_bf16() and bf16_mkl.installed():
         return precision, ("auto: float32, the book's precision (this CPU has AMX-BF16: --precision "
                            "bfloat16 trains ~2x faster here, benchmarks/RESULTS.md)")
     if bf16_avx512.faster_than_float32():
         return precision, ("auto: float32, the book's precision (this CPU has AVX512-BF16: --precision "
                            "bfloat16 trains ~1.5x faster here, benchmarks/RESULTS.md)")
-    return precision, f"auto: float32 (bf16 would run through the NumPy twin here: {unavailable_reason()})"
+    why = ("this CPU has AMX-BF16 but no MKL is installed (pip's mkl package)" if bf16_mkl.cpu_has_amx_bf16()
+           else unavailable_reason())       # without AMX, asking loads nothing
+    return precision, f"auto: float32 (bf16 would run through the NumPy twin here: {why})"

@@ -58,6 +58,11 @@ def _cpuinfo(field):
     return ""
 
 
+def installed():
+    """True when a libmkl_rt is where pip puts it (found without loading it)."""
+    return any(glob.glob(os.path.join(d, "libmkl_rt.so*")) for d in _candidate_dirs())
+
+
 def cpu_flags():
     """The CPU's feature flags from /proc/cpuinfo (a set; empty where there is no such file)."""
     return set(_cpuinfo("flags").split())

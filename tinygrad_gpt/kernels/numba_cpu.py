@@ -445,7 +445,8 @@ def matmul(a, b, out=None):
     workers, whose spinning after a call slowed the numba kernels and bf16 GEMMs that follow
     1.7-4x: MKL's batched float32 GEMM for the attention's stacks while MKL's pool is in the
     process (bf16_mkl.matmul), else OpenBLAS in one thread for each part of the work
-    (threads.matmul). Same numbers as np.matmul."""
+    (threads.matmul). The numbers of np.matmul with OpenBLAS in one thread (threads.matmul says
+    where that differs from OpenBLAS's own threads, in the last bits)."""
     if out is None and a.ndim >= 3 and bf16_mkl.pool_active():
         return bf16_mkl.matmul(a, b)
     return threads.matmul(a, b, out=out)

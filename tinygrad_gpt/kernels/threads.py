@@ -50,8 +50,9 @@ def get_num_threads():
 
 
 _openblas = None                               # threadpoolctl's OpenBLAS controllers, found once
-_blas_lock = threading.Lock()                  # one one_blas_thread block at a time (they nest)
-_blas_depth = 0
+_blas_lock = threading.Lock()                  # guards the two below
+_blas_depth = 0                                # one_blas_thread blocks open now, in any thread
+_blas_saved = None                             # the counts the first of them found, restored by the last
 
 
 def _openblas_controllers():
@@ -68,22 +69,27 @@ def _openblas_controllers():
 
 @contextlib.contextmanager
 def one_blas_thread():
-    """NumPy's OpenBLAS runs each call of this block in its calling thread alone; its previous
-    thread count comes back at the end (of the outermost block, when they nest)."""
-    global _blas_depth
+    """NumPy's OpenBLAS runs each call of this block in its calling thread alone. OpenBLAS's
+    count is global: blocks may nest and overlap across threads, the first to open saves the
+    count and the last to close puts it back. Measured with OpenBLAS 0.3.31: once the main
+    thread has set a count, a count set from another thread may be ignored, so the thread that
+    opened the first block should close the last (threads.matmul's does: the pieces run inside
+    its block; openblas_set_num_threads_local changed the global count too)."""
+    global _blas_depth, _blas_saved
     with _blas_lock:
         controllers = _openblas_controllers()
-        saved = [c.num_threads for c in controllers]
+        if _blas_depth == 0:
+            _blas_saved = [c.num_threads for c in controllers]
+            for c in controllers:
+                c.set_num_threads(1)
         _blas_depth += 1
-        for c in controllers:
-            c.set_num_threads(1)
     try:
         yield
     finally:
         with _blas_lock:
             _blas_depth -= 1
             if _blas_depth == 0:
-                for c, n in zip(controllers, saved):
+                for c, n in zip(controllers, _blas_saved):
                     c.set_num_threads(n)
 
 
@@ -94,10 +100,11 @@ SPLIT_FLOPS = 1 << 26    # flops than this (~0.2 ms at 300 GFLOP/s) goes to np.m
 def matmul(a, b, out=None):
     """np.matmul(a, b, out=out), the work split between get_num_threads() Python threads, each
     calling OpenBLAS in one thread. The numbers of np.matmul with OpenBLAS in one thread: every
-    output element is computed by one such call, over the same K in the same order (OpenBLAS's
-    own threads give the same). A vector times a matrix (M = 1) is the exception: OpenBLAS ends
-    a slice of columns its own way, and a few elements differ in the last bit, as they do
-    between OpenBLAS in one thread and in two. Its twin is np.matmul (reference.matmul).
+    output element is computed by one such call, over the same K in the same order (a vector
+    times a matrix, M = 1, excepted: OpenBLAS ends a slice of columns its own way, and a few
+    elements differ in the last bit). OpenBLAS's own threads may differ from its one thread in
+    the last bits too, where K is not a multiple of its blocking (the output head's dx, K =
+    50257, by up to 1e-4 relative). Its twin is np.matmul (reference.matmul).
 
     2-D: the output's longer side is cut, rows of a or columns of b (the column pieces are
     strided views, which BLAS reads and writes in place). Stacks (..., M, K) @ (..., K, N) of
@@ -106,26 +113,28 @@ def matmul(a, b, out=None):
     product of fewer than SPLIT_ROWS rows or SPLIT_FLOPS flops goes to np.matmul as it is, on
     OpenBLAS's own threads: generation's products (1 row with the KV cache, the prompt's rows
     without) ran slower cut (20 x 768 x 3072: 2.0 ms against 1.1; generation 33-36 tokens/s
-    against 47), and there OpenBLAS's spinning helps: the next product comes at once. Every
-    product of a training step at context 256 is cut. Broadcasting, mixed dtypes and a NumPy
-    built on another BLAS than OpenBLAS (whose thread count this cannot hold at one) go to
-    np.matmul too.
+    against 44-47), and there OpenBLAS's spinning helps: the next product comes at once. Every
+    product of a training step at context 256 is cut. Broadcasting, mixed dtypes, an `out` that
+    broadcasts or overlaps an operand, and a NumPy built on another BLAS than OpenBLAS (whose
+    thread count this cannot hold at one) go to np.matmul too.
 
     Why: OpenBLAS's own workers spin for a while after each call (up to ~0.1 s), and on two
     cores the numba kernel or bf16 GEMM that comes next loses a core to them. In the float32
     124M step GELU's and cross-entropy's kernels took ~1.8x their time in the bf16 step (whose
     products never touch OpenBLAS), as they did with the spin shortened (OPENBLAS_THREAD_TIMEOUT
-    =4, read only when OpenBLAS starts); with every product cut this way the step took 1.73-1.78 s
+    =4, read only when OpenBLAS starts); with every product cut this way the step took 1.73-1.86 s
     against 1.82-1.91 s (runs alternated), and a bf16 GEMM right after an OpenBLAS call ran 1.7x
     slower (benchmarks/RESULTS.md). The pieces also
     ran as fast as OpenBLAS's own threads: the attention's 24 x 256x64x256 in 1.38 ms, against
     1.78 ms on OpenBLAS's two threads."""
     if (a.ndim < 2 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype
-            or a.shape[-1] != b.shape[-2]):
+            or a.shape[-1] != b.shape[-2] or not a.dtype.isnative):
         return np.matmul(a, b, out=out)        # broadcasting, mixed dtypes, errors: NumPy's own rules
     lead, (m, k), n_cols = a.shape[:-2], a.shape[-2:], b.shape[-1]
     if out is None:
         out = np.empty(lead + (m, n_cols), dtype=a.dtype)
+    elif out.shape != lead + (m, n_cols) or np.may_share_memory(out, a) or np.may_share_memory(out, b):
+        return np.matmul(a, b, out=out)        # an out that broadcasts, or overlaps an operand
     if a.ndim == 2:
         axis, length = (0, m) if m >= n_cols else (1, n_cols)
     else:
@@ -158,20 +167,29 @@ def matmul(a, b, out=None):
     return out
 
 
+_pool_lock = threading.Lock()
+
+
 def pool():
     """A thread pool of get_num_threads() workers for NumPy calls that release the GIL."""
     global _pool
     n = get_num_threads()
-    if _pool is None or _pool[0] != n:
-        if _pool is not None:
-            _pool[1].shutdown(wait=False)       # its idle threads end; a new count, a new pool
-        _pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="tinygrad_gpt"))
-    return _pool[1]
+    with _pool_lock:
+        if _pool is None or _pool[0] != n:
+            if _pool is not None:
+                _pool[1].shutdown(wait=False)   # its queued work still runs; a new count, a new pool
+            _pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="tinygrad_gpt"))
+        return _pool[1]
 
 
 def _forget_pool_in_child():
-    global _pool
-    _pool = None                               # a forked child has none of the parent's threads
+    global _pool, _pool_lock, _blas_lock, _blas_depth
+    _pool = None                               # a forked child has none of the parent's threads,
+    _pool_lock, _blas_lock = threading.Lock(), threading.Lock()   # nor their locks
+    if _blas_depth:                            # forked inside a block: its count back, as the block's end would
+        for c, n in zip(_openblas or [], _blas_saved or []):
+            c.set_num_threads(n)
+    _blas_depth = 0
 
 
 os.register_at_fork(after_in_child=_forget_pool_in_child)
