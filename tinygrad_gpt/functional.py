@@ -208,7 +208,7 @@ class Linear(Function):
             amp.gemm(x2, wb, trans_b=True, out=y2)             # (N, out) float32
             w = wb                             # backward multiplies the same bf16 numbers
         else:
-            K.matmul(x2, w.T, out=y2)                          # (N, out), np.matmul's numbers
+            K.matmul(x2, w.T, out=y2)                          # (N, out), np.matmul (kernels/threads.py)
         if b is not None:
             y2 += b
         ctx.save_for_backward(x2, w)

@@ -72,7 +72,7 @@ class Neg(Function):
 class MatMul(Function):
     def forward(ctx, a, b):                    # a: (..., n, k)  b: (..., k, m), batch dims broadcast
         ctx.save_for_backward(a, b)
-        return K.matmul(a, b)                  # (..., n, m), np.matmul's numbers (kernels/threads.py)
+        return K.matmul(a, b)                  # (..., n, m), np.matmul (kernels/threads.py)
 
     def backward(ctx, grad):                   # c = a @ b  ->  da = dc @ b^T, db = a^T @ dc
         a, b = ctx.saved

@@ -242,8 +242,9 @@ def transpose_into(src, dst):
 
 
 def matmul(a, b, out=None):
-    """a @ b (into out): the twin of numba_cpu.matmul, which computes the same numbers without
-    waking OpenBLAS's own worker threads (kernels/threads.py says why)."""
+    """a @ b (into out): the twin of numba_cpu.matmul, which computes it with OpenBLAS in one
+    thread for each piece, without waking OpenBLAS's own workers (kernels/threads.py says why
+    and where the last bits can differ)."""
     return np.matmul(a, b, out=out)
 
 

@@ -124,9 +124,8 @@ def matmul(a, b, out=None):
     products never touch OpenBLAS), as they did with the spin shortened (OPENBLAS_THREAD_TIMEOUT
     =4, read only when OpenBLAS starts); with every product cut this way the step took 1.73-1.86 s
     against 1.82-1.91 s (runs alternated), and a bf16 GEMM right after an OpenBLAS call ran 1.7x
-    slower (benchmarks/RESULTS.md). The pieces also
-    ran as fast as OpenBLAS's own threads: the attention's 24 x 256x64x256 in 1.38 ms, against
-    1.78 ms on OpenBLAS's two threads."""
+    slower (benchmarks/RESULTS.md). The pieces also ran as fast as OpenBLAS's own threads: the
+    attention's 24 x 256x64x256 in 1.38 ms, against 1.78 ms on OpenBLAS's two threads."""
     if (a.ndim < 2 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype
             or a.shape[-1] != b.shape[-2] or not a.dtype.isnative):
         return np.matmul(a, b, out=out)        # broadcasting, mixed dtypes, errors: NumPy's own rules
