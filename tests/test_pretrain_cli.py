@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tinygrad_gpt import checkpoint as C
-from tinygrad_gpt import pretrain
+from tinygrad_gpt.cli import pretrain
 
 from helpers import TINY, assert_same_run, by_step, cli, env, ep_lines, isolated, run_cli, small_text, start
 
@@ -356,7 +356,7 @@ def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_b
 
 
 def test_a_second_signal_stops_at_once_and_names_the_last_checkpoint(tmp_path, text_file, monkeypatch, capsys):
-    original = pretrain.Checkpointer.on_step
+    original = pretrain.saving.Checkpointer.on_step
 
     def two_sigints_at_step_4(self, state):
         if state.global_step == 4:
@@ -364,7 +364,7 @@ def test_a_second_signal_stops_at_once_and_names_the_last_checkpoint(tmp_path, t
             os.kill(os.getpid(), signal.SIGINT)            # again: stop now, no save
         return original(self, state)
 
-    monkeypatch.setattr(pretrain.Checkpointer, "on_step", two_sigints_at_step_4)
+    monkeypatch.setattr(pretrain.saving.Checkpointer, "on_step", two_sigints_at_step_4)
     save = tmp_path / "ck"
     assert run_cli(*RUN, "--data", text_file, "--save-dir", save, "--save-every", "2") == 130
     err = capsys.readouterr().err
@@ -392,7 +392,7 @@ def test_a_finished_run_saves_its_model_and_generate_checkpoint_out_generates_fr
     command = [line for line in p.stdout.splitlines() if line.startswith("Generate with: ")]
     assert command == [f"Generate with: python examples/generate.py --checkpoint {out}"], p.stdout[-500:]
 
-    from tinygrad_gpt.checkpoint import load_model
+    from tinygrad_gpt.loading import load_model
     from tinygrad_gpt.tokenizer import get_gpt2_tokenizer, text_to_token_ids
     model = load_model(out)
     assert model.cfg["n_layers"] == 2 and model.cfg["context_length"] == 16

@@ -1,7 +1,7 @@
 """The book's own GPTModel (llms_from_scratch.ch04) on the engine, and the engine's backward
 trace over it: every op of one backward pass, named by the book's modules.
 
-    from tinygrad_gpt.torch.book import explain_book_backward
+    from tinygrad_gpt.explain.book import explain_book_backward
     explain_book_backward(depth=40)          # the tiny config, 1 x 32 tokens of text
 
     python examples/explain_backward.py --book --depth 40          # the same, from the command line
@@ -17,10 +17,14 @@ import sys
 import numpy as np
 
 from ..cli import UsageError
-from ..explain import Listing, chain_lines, one_batch, render_dot, totals, trace_backward, write_dot
+from ..data import load_text, one_batch
 from ..model import get_config
 from ..tensor import Tensor, manual_seed
-from .binding import BOOK_PACKAGE, load_book_modules
+from ..torch.binding import BOOK_PACKAGE, load_book_modules
+from . import render_dot
+from .render_dot import write_dot
+from .render_text import Listing, chain_lines, totals
+from .trace import trace_backward
 
 
 def book_gpt_model(cfg, seed=123):
@@ -45,9 +49,6 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
     tinygrad_gpt.explain` does for the engine's model), then the totals; with param=NAME the
     chain of ops from the loss down to that parameter instead; with dot=FILE the graph too.
     model: a config name of tinygrad_gpt.model.CONFIGS. Returns (trace, model)."""
-    from types import SimpleNamespace
-
-    from ..explain.cli import load_text
     from ..kernels import get_backend
     from ..tokenizer import tokenizer_for
     out = sys.stdout if file is None else file
@@ -61,10 +62,10 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
         close = difflib.get_close_matches(param, names, n=3, cutoff=0.5)
         raise UsageError(f"--param {param!r} is not a parameter of the book's {model} GPTModel"
                          + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {names[2]}"))
-    text, description = load_text(SimpleNamespace(data=data), cfg)   # micro: its own sentence
     try:
+        text, description = load_text(data, cfg, download=False)             # micro: its own sentence
         x, y = one_batch(text, tokenizer_for(cfg), batch_size, context_length)   # BPE, or micro's characters
-    except ValueError as e:                          # UsageError included: a text too short, or unknown characters
+    except ValueError as e:                          # DataError: a bad file, a text too short; unknown characters
         raise UsageError(str(e)) from None
     print(description, file=out)
     print(f"the book's llms_from_scratch.ch04.GPTModel ({model}) on tinygrad_gpt's engine: "

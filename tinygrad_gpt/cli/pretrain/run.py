@@ -7,14 +7,15 @@ evaluation every 5 steps over 5 batches, a greedy sample after each epoch, seed 
 Training never loses work: with --save-dir it saves checkpoints as it goes (the model,
 AdamW, every random generator, the position in the epoch, the loss history); Ctrl-C or
 SIGTERM saves one before exiting; --resume continues bit for bit where the run stopped.
+Every evaluation is also appended to OUT/metrics.jsonl (runlog.py), the loss plot's source.
 
 `--data DIR` trains from a corpus prepared by examples/prepare_data.py (memory-mapped
 shards, --max-steps instead of epochs); `mpirun -n N` runs it data-parallel over MPI. What
-those two add is in cli/pretrain_corpus.py; the steps below call it where they differ.
+those two add is in corpus.py beside this file; the steps below call it where they differ.
 
-This module is the run itself, read top to bottom as the book's loop; its flags are in
-cli/pretrain_flags.py (parsing, reconciling them with a resumed checkpoint), its saving in
-cli/pretrain_saving.py (directories, checkpoints, signals, the final model).
+This module is the run itself, read top to bottom as the book's loop. The flags are parsed
+in flags.py and settled once, with the checkpoint's on --resume, into a frozen RunConfig
+(config.py) that every step below reads; the saving is in saving.py.
 """
 
 from __future__ import annotations
@@ -29,31 +30,28 @@ from pathlib import Path
 
 import numpy as np
 
-from .amp import autocast, choose_precision, get_gemm_backend, resolve_precision
-from .cli import USAGE_ERROR, UsageError, select_kernels, setup_threads  # noqa: F401
-from .cli import pretrain_corpus
-from .cli.pretrain_corpus import is_root
-from .cli.pretrain_flags import (DEFAULT_SAVE_EVERY, ECHOED_FLAGS, EPILOG, RUN_KEYS,  # noqa: F401
-                                 TRAINING_FAILED, adopt_checkpoint_config, build_parser, check_args,
-                                 explicit_flags, open_checkpoint, resume_command)
-from .cli.pretrain_saving import (Checkpointer, TrainingInterrupted, _SignalHandlers,  # noqa: F401
-                                  generate_command, plan_directories, report_interrupt, save_final_model)
+from .. import USAGE_ERROR, UsageError, select_kernels, setup_threads
+from . import corpus as pretrain_corpus
+from .config import build_config, precision_reason
+from .corpus import is_root
+from .flags import DEFAULT_SAVE_EVERY, RUN_KEYS, TRAINING_FAILED, build_parser, explicit_flags, open_checkpoint, resume_command
+from .saving import (Checkpointer, TrainingInterrupted, _SignalHandlers, open_metrics_log, plan_directories,
+                     report_interrupt, save_final_model)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = None
+    dp = None
     try:
         args = build_parser().parse_args(argv)
-        args.explicit = explicit_flags(argv)
-        args.dp = pretrain_corpus.init_data_parallel()             # None unless mpirun -n N > 1
-        if not is_root(args.dp):                                   # rank 0 prints
+        dp = pretrain_corpus.init_data_parallel()                  # None unless mpirun -n N > 1
+        if not is_root(dp):                                        # rank 0 prints
             import contextlib
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-                return run(args)
-        return run(args)
+                return run(args, explicit_flags(argv), dp)
+        return run(args, explicit_flags(argv), dp)
     except UsageError as e:
-        if is_root(getattr(args, "dp", None)):
+        if is_root(dp):
             print(f"pretrain.py: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:                    # outside training (set-up, the plot)
@@ -62,93 +60,84 @@ def main(argv=None):
 
 
 # ----------------------------------------------------------------------------- the run, step by step
-def run(args):
+def run(args, explicit=frozenset(), dp=None):
     """The book's chapter-5 run: read the text, make the loaders, the model and AdamW, train
     with evaluations and samples, then keep the model and plot the losses. Every check of
     the input comes before anything is printed or written. A prepared corpus (--data DIR)
-    replaces the text and its loaders; under mpirun every rank runs this, rank 0 writes."""
-    from . import data
-    if not hasattr(args, "explicit"):
-        args.explicit = set()
-    dp = getattr(args, "dp", None)
+    replaces the text and its loaders; under mpirun every rank runs this, rank 0 writes.
+    args: the parsed flags (read once, by build_config); explicit: the flags typed."""
+    from ... import data
     ckpt, ckpt_root = open_checkpoint(args) if args.resume is not None else (None, None)
-    check_args(args)
-    corpus_run = pretrain_corpus.open_run(args, ckpt)           # --data DIR: a prepared corpus, or None
-    pretrain_corpus.check_data_parallel(args, dp)
-    select_kernels(args.kernels)
-    cfg = model_config(args, ckpt)
+    config, corpus_run = build_config(args, explicit, ckpt, dp)
+    select_kernels(config.kernels)
     if corpus_run is None:
-        text, description, text_sha = load_text(args, ckpt, cfg)
-        tokenizer = text_tokenizer(args, cfg, text)
+        text, description, text_sha = load_text(config, ckpt)
+        tokenizer = text_tokenizer(config, text)
         train_text, val_text = data.split_train_val(text, 0.9)
-        check_windows_fit(args, tokenizer, train_text, val_text)
+        check_windows_fit(config, tokenizer, train_text, val_text)
     else:
         text, description, text_sha = None, corpus_run.description, None
-        tokenizer = corpus_tokenizer(args, ckpt, cfg)
-    save_dir, fallback = plan_directories(args, ckpt, ckpt_root)
+        tokenizer = corpus_tokenizer(config, ckpt)
+    save_dir, fallback = plan_directories(config, ckpt, ckpt_root)
 
     # ---- from here on the input is valid
     print(description, flush=True)
-    precision = resolve_precision(args.precision)
-    print(setup_threads(args.threads, warm_up=True, precision=precision), flush=True)
-    print(f"Precision: {choose_precision(args.precision)[1]}", flush=True)
-    if precision == "bfloat16" and get_gemm_backend() == "reference":
-        # that line has said it: not again as autocast's warning (two lines, one of them source) at step 1
-        warnings.filterwarnings("ignore", message=r"autocast\('bfloat16'\): .* the NumPy twin",
-                                category=RuntimeWarning)
-    args.precision = precision                    # what the checkpoints store
+    print(setup_threads(config.threads, warm_up=True, precision=config.precision), flush=True)
+    print(f"Precision: {precision_reason(config)}", flush=True)
+    if config.precision == "bfloat16":
+        from ...amp import get_gemm_backend
+        if get_gemm_backend() == "reference":
+            # that line has said it: not again as autocast's warning (two lines, one of them source) at step 1
+            warnings.filterwarnings("ignore", message=r"autocast\('bfloat16'\): .* the NumPy twin",
+                                    category=RuntimeWarning)
     if corpus_run is None:
         n_tokens = len(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))
         print(f"Characters: {len(text)} Tokens: {n_tokens}", flush=True)
-        train_loader, val_loader = make_loaders(args, tokenizer, train_text, val_text)
+        train_loader, val_loader = make_loaders(config, tokenizer, train_text, val_text)
         if dp is not None:
             train_loader, val_loader = pretrain_corpus.slice_loaders(train_loader, val_loader, dp)
     else:
-        train_loader, val_loader = corpus_loaders(args, corpus_run, dp)
+        train_loader, val_loader = corpus_loaders(config, corpus_run, dp)
     if dp is not None:
-        print(f"Data parallel: {dp.world} MPI ranks ({dp.local_world} on this machine) x {args.threads} threads, "
-              f"{args.batch_size // dp.world} of each batch's {args.batch_size} rows per rank", flush=True)
-    model, optimizer, rngs, state = make_model_and_optimizer(args, cfg, ckpt, train_loader)
+        print(f"Data parallel: {dp.world} MPI ranks ({dp.local_world} on this machine) x {config.threads} threads, "
+              f"{config.batch_size // dp.world} of each batch's {config.batch_size} rows per rank", flush=True)
+    model, optimizer, rngs, state = make_model_and_optimizer(config, ckpt, train_loader)
     if corpus_run is not None:
-        state = pretrain_corpus.continue_finished_run(state, args)
+        state = pretrain_corpus.continue_finished_run(state, config)
     print(model.summary(), flush=True)
-    config = run_config(args, cfg, text, text_sha, corpus_run)
-    checkpointer = make_checkpointer(args, save_dir, fallback, model, optimizer, rngs, config,
-                                     train_loader, ckpt, state)
+    checkpoint_config = run_config(config, text, text_sha, corpus_run)
+    checkpointer = make_checkpointer(config, save_dir, fallback, model, optimizer, rngs, checkpoint_config,
+                                     train_loader, ckpt, state, dp)
+    metrics = open_metrics_log(config, state.global_step if ckpt is not None else None) if is_root(dp) else None
 
     start, start_tokens = time.perf_counter(), state.tokens_seen
-    state, code = train(args, model, train_loader, val_loader, optimizer, tokenizer, state, checkpointer,
-                        save_dir)
+    state, code = train(config, model, train_loader, val_loader, optimizer, tokenizer, state, checkpointer,
+                        save_dir, metrics, dp)
     if code is not None:
         return code
-    report_run(args, model, state, time.perf_counter() - start, start_tokens, checkpointer, save_dir)
+    report_run(config, model, state, time.perf_counter() - start, start_tokens, checkpointer, save_dir, dp)
     if is_root(dp):                               # one model on disk, written by rank 0
-        save_final_model(model, args.out)
-        plot(args, state)
+        save_final_model(model, config.out)
+        plot(config, state, metrics)
     return 0
 
 
-def load_text(args, ckpt, cfg):
-    """The training text, its description and sha256; a resumed run must get the same text,
-    and its checkpoint's tensor files are verified here, before anything is written. The
-    micro model (a character tokenizer) reads its own sentence unless --data is given."""
-    from . import checkpoint as ckpt_mod
-    from . import data
-    if cfg.get("tokenizer") == "char" and args.data is None:
-        from .char_tokenizer import MICRO_REPEATS, MICRO_SENTENCE, micro_text
-        text = micro_text()
-        description = f"Using the micro model's sentence {MICRO_SENTENCE!r}, {MICRO_REPEATS} times ({len(text)} characters)"
-    else:
-        try:
-            text, description = data.load_training_text(args.data)
-        except data.DataError as e:
-            raise UsageError(str(e)) from None
+def load_text(config, ckpt):
+    """The training text (data.load_text), its description and sha256; a resumed run must get
+    the same text, and its checkpoint's tensor files are verified here, before anything is
+    written. The micro model (a character tokenizer) reads its own sentence unless --data is given."""
+    from ... import checkpoint as ckpt_mod
+    from ... import data
+    try:
+        text, description = data.load_text(config.data, config.model_config)
+    except data.DataError as e:
+        raise UsageError(str(e)) from None
     text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if ckpt is not None:
         saved = ckpt.config.get("data", {})
         if saved.get("sha256") != text_sha:
             was = saved.get("path") or "the default text"
-            raise UsageError(f"the training text {args.data or '(the default)'} is not the one checkpoint "
+            raise UsageError(f"the training text {config.data or '(the default)'} is not the one checkpoint "
                              f"{ckpt.path} was trained on ({was}); fix: pass --data with that text")
         try:
             ckpt_mod.load_tensors(ckpt)           # sizes and sha256 of the tensor files, then parse
@@ -157,102 +146,89 @@ def load_text(args, ckpt, cfg):
     return text, description, text_sha
 
 
-def corpus_tokenizer(args, ckpt, cfg):
+def corpus_tokenizer(config, ckpt):
     """A corpus holds GPT-2 BPE tokens: the model must read them. On --resume, the
     checkpoint's tensor files are verified here, before anything is written."""
-    from . import checkpoint as ckpt_mod
-    from .tokenizer import tokenizer_for
-    if cfg.get("tokenizer") == "char":
-        raise UsageError(f"--model {args.model} reads characters of its own sentence, a corpus holds GPT-2 "
+    from ... import checkpoint as ckpt_mod
+    from ...tokenizer import tokenizer_for
+    if config.model_config.get("tokenizer") == "char":
+        raise UsageError(f"--model {config.model} reads characters of its own sentence, a corpus holds GPT-2 "
                          f"tokens; fix: leave out --data, or pick a GPT-2 --model (tiny, 124M, ...)")
     if ckpt is not None:
         try:
             ckpt_mod.load_tensors(ckpt)
         except ckpt_mod.CheckpointError as e:
             raise UsageError(str(e)) from None
-    return tokenizer_for(cfg)
+    return tokenizer_for(config.model_config)
 
 
-def text_tokenizer(args, cfg, text):
+def text_tokenizer(config, text):
     """The tokenizer the config was built for (GPT-2's BPE, or micro's characters), checked
     against the training text: a character micro cannot read is a usage error."""
-    from .tokenizer import tokenizer_for
+    from ...tokenizer import tokenizer_for
     try:
-        tokenizer = tokenizer_for(cfg)
+        tokenizer = tokenizer_for(config.model_config)
         tokenizer.encode(text, allowed_special={"<|endoftext|>"})
     except ValueError as e:
         fix = ("; fix: leave out --data (micro learns its own sentence) or use a text of those characters"
-               if cfg.get("tokenizer") == "char" else "")
-        raise UsageError(f"training text {args.data or '(the default)'}: {e}{fix}") from None
+               if config.model_config.get("tokenizer") == "char" else "")
+        raise UsageError(f"training text {config.data or '(the default)'}: {e}{fix}") from None
     return tokenizer
 
 
-def model_config(args, ckpt):
-    """The book's config dict: the checkpoint's on --resume, else the named one with the flags."""
-    from .model import get_config
-    if ckpt is not None:
-        return dict(ckpt.config.get("model_config") or {})
-    cfg = get_config(args.model)
-    cfg["context_length"] = args.context_length
-    if args.drop_rate is not None:
-        cfg["drop_rate"] = args.drop_rate
-    args.drop_rate = cfg["drop_rate"]
-    return cfg
-
-
-def check_windows_fit(args, tokenizer, train_text, val_text):
+def check_windows_fit(config, tokenizer, train_text, val_text):
     for name, part in (("training", train_text), ("validation", val_text)):
         have = len(tokenizer.encode(part, allowed_special={"<|endoftext|>"}))
-        if have <= args.context_length:
-            raise UsageError(f"training text {args.data or '(the default)'} is too short: its {name} part "
+        if have <= config.context_length:
+            raise UsageError(f"training text {config.data or '(the default)'} is too short: its {name} part "
                              f"(the {'first 90' if name == 'training' else 'last 10'}%) has {have} tokens, "
-                             f"one window needs {args.context_length + 1}; fix: use a longer text or a "
+                             f"one window needs {config.context_length + 1}; fix: use a longer text or a "
                              "smaller --context-length")
 
 
-def make_loaders(args, tokenizer, train_text, val_text):
+def make_loaders(config, tokenizer, train_text, val_text):
     """The book's create_dataloader_v1 twice: shuffled training windows, ordered validation ones."""
-    from . import data
-    from .tensor import manual_seed
-    manual_seed(args.seed)
-    loader_rng = np.random.default_rng(args.seed)
-    train_loader = data.create_dataloader_v1(train_text, batch_size=args.batch_size,
-                                             max_length=args.context_length, stride=args.context_length,
+    from ... import data
+    from ...tensor import manual_seed
+    manual_seed(config.seed)
+    loader_rng = np.random.default_rng(config.seed)
+    train_loader = data.create_dataloader_v1(train_text, batch_size=config.batch_size,
+                                             max_length=config.context_length, stride=config.context_length,
                                              shuffle=True, drop_last=True, tokenizer=tokenizer, rng=loader_rng)
-    val_loader = data.create_dataloader_v1(val_text, batch_size=args.batch_size,
-                                           max_length=args.context_length, stride=args.context_length,
+    val_loader = data.create_dataloader_v1(val_text, batch_size=config.batch_size,
+                                           max_length=config.context_length, stride=config.context_length,
                                            shuffle=False, drop_last=False, tokenizer=tokenizer)
-    if len(train_loader) < args.accum_steps:
-        raise UsageError(f"the training text gives {len(train_loader)} batches of {args.batch_size}, "
-                         f"fewer than --accum-steps {args.accum_steps}; lower --batch-size or --accum-steps")
+    if len(train_loader) < config.accum_steps:
+        raise UsageError(f"the training text gives {len(train_loader)} batches of {config.batch_size}, "
+                         f"fewer than --accum-steps {config.accum_steps}; lower --batch-size or --accum-steps")
     print(f"train batches {len(train_loader)} val batches {len(val_loader)}", flush=True)
     return train_loader, val_loader
 
 
-def corpus_loaders(args, corpus_run, dp):
+def corpus_loaders(config, corpus_run, dp):
     """A corpus's loaders (this rank's rows of every batch): --max-steps steps of random or
     sequential windows from the memory-mapped shards."""
-    from .tensor import manual_seed
-    manual_seed(args.seed)
-    train_loader, val_loader = corpus_run.loaders(args, *((dp.rank, dp.world) if dp else (0, 1)))
+    from ...tensor import manual_seed
+    manual_seed(config.seed)
+    train_loader, val_loader = corpus_run.loaders(config, *((dp.rank, dp.world) if dp else (0, 1)))
     print(f"train batches {len(train_loader)} val batches {len(val_loader)}", flush=True)
     return train_loader, val_loader
 
 
-def make_model_and_optimizer(args, cfg, ckpt, train_loader):
+def make_model_and_optimizer(config, ckpt, train_loader):
     """GPTModel and AdamW, restored from the checkpoint on --resume (with every generator)."""
-    from . import checkpoint as ckpt_mod
-    from .kernels import get_backend
-    from .model import GPTModel
-    from .optim import AdamW
-    from .tensor import default_rng
-    from .train import TrainState
+    from ... import checkpoint as ckpt_mod
+    from ...kernels import get_backend
+    from ...model import GPTModel
+    from ...optim import AdamW
+    from ...tensor import default_rng
+    from ...train import TrainState
     try:
-        model = GPTModel(cfg)
+        model = GPTModel(config.model_config)
     except (KeyError, ValueError, TypeError) as e:
         raise UsageError(f"checkpoint {ckpt.path} has an invalid model config ({e}); "
                          "fix: resume from another checkpoint, or start a new run") from None
-    optimizer = AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rngs = {"default": default_rng(), "train_loader": train_loader.rng}
     state = TrainState()
     if ckpt is not None:
@@ -264,8 +240,8 @@ def make_model_and_optimizer(args, cfg, ckpt, train_loader):
         note = (f"; note: it was trained with the {saved_kernels} kernels, these are {get_backend()}, "
                 "so the last bits may differ" if saved_kernels and saved_kernels != get_backend() else "")
         saved_precision = ckpt.config.get("precision", "float32")
-        if saved_precision != args.precision:
-            note += (f"; note: it was trained in {saved_precision}, this run continues in {args.precision}, "
+        if saved_precision != config.precision:
+            note += (f"; note: it was trained in {saved_precision}, this run continues in {config.precision}, "
                      "so the losses differ from an uninterrupted run's")
         print(f"Resuming from {ckpt.path}: step {state.global_step}, epoch {state.epoch + 1}, "
               f"batch {state.batch} of {len(train_loader)}, {state.tokens_seen:,} tokens seen{note}", flush=True)
@@ -273,32 +249,33 @@ def make_model_and_optimizer(args, cfg, ckpt, train_loader):
     return model, optimizer, rngs, state
 
 
-def run_config(args, cfg, text, text_sha, corpus_run=None):
+def run_config(config, text, text_sha, corpus_run=None):
     """What each checkpoint stores about the run, so that --resume can continue it."""
-    from .kernels import get_backend
-    every = args.save_every or DEFAULT_SAVE_EVERY
+    from ...kernels import get_backend
+    every = config.save_every or DEFAULT_SAVE_EVERY
     if corpus_run is None:
-        data = {"path": os.path.abspath(os.path.expanduser(args.data)) if args.data else None,
+        data = {"path": os.path.abspath(os.path.expanduser(config.data)) if config.data else None,
                 "sha256": text_sha, "characters": len(text)}
     else:
         data = corpus_run.data_config
-    return {"model": args.model, "model_config": cfg,
-            "run": {**{k: getattr(args, k) for k in RUN_KEYS}, "epochs": args.epochs},
+    return {"model": config.model, "model_config": config.model_config,
+            "run": {**{k: getattr(config, k) for k in RUN_KEYS}, "epochs": config.epochs},
             "data": data,
-            **({"corpus": pretrain_corpus.corpus_config(args)} if corpus_run is not None else {}),
-            "kernels": get_backend(), "precision": args.precision,
-            "options": {"out": os.path.abspath(args.out), "save_every": every, "threads": args.threads,
-                        "log_grad_norms": args.log_grad_norms, "no_plot": args.no_plot}}
+            **({"corpus": pretrain_corpus.corpus_config(config)} if corpus_run is not None else {}),
+            "kernels": get_backend(), "precision": config.precision,
+            "options": {"out": os.path.abspath(config.out), "save_every": every, "threads": config.threads,
+                        "log_grad_norms": config.log_grad_norms, "no_plot": config.no_plot}}
 
 
-def make_checkpointer(args, save_dir, fallback, model, optimizer, rngs, config, train_loader, ckpt, state):
-    from . import checkpoint as ckpt_mod
-    every = config["options"]["save_every"]
-    checkpointer = Checkpointer(save_dir, every, fallback, model, optimizer, rngs, config,
-                                len(train_loader), args.accum_steps, args.epochs,
+def make_checkpointer(config, save_dir, fallback, model, optimizer, rngs, checkpoint_config, train_loader,
+                      ckpt, state, dp):
+    from ... import checkpoint as ckpt_mod
+    every = checkpoint_config["options"]["save_every"]
+    checkpointer = Checkpointer(save_dir, every, fallback, model, optimizer, rngs, checkpoint_config,
+                                len(train_loader), config.accum_steps, config.epochs,
                                 last_path=ckpt.path if ckpt is not None else None,
                                 last_step=state.global_step if ckpt is not None else None,
-                                dp=getattr(args, "dp", None))
+                                dp=dp)
     if save_dir is not None:
         if Path(save_dir).is_dir():
             ckpt_mod.prune(save_dir)              # what a kill -9 mid-save or mid-prune left behind
@@ -309,37 +286,39 @@ def make_checkpointer(args, save_dir, fallback, model, optimizer, rngs, config, 
     return checkpointer
 
 
-def train(args, model, train_loader, val_loader, optimizer, tokenizer, state, checkpointer, save_dir):
-    """train.train_model under the signal handlers. Returns (state, None) when training
+def train(config, model, train_loader, val_loader, optimizer, tokenizer, state, checkpointer, save_dir, metrics, dp):
+    """train.train_model under the signal handlers (and autocast for bfloat16), each evaluation
+    appended to the run log `metrics` (None: another rank's). Returns (state, None) when training
     finished, (state, exit code) when it stopped: interrupted, or a non-finite loss."""
-    from . import checkpoint as ckpt_mod
-    from .tensor import default_rng
-    from .train import NonFiniteLossError, Progress, train_model
-    dp = getattr(args, "dp", None)
-    total_steps = args.epochs * (len(train_loader) // args.accum_steps)
-    progress = Progress(total_steps, enabled=args.progress if is_root(dp) else False)
+    from ... import checkpoint as ckpt_mod
+    from ...amp import autocast
+    from ...tensor import default_rng
+    from ...train import NonFiniteLossError, Progress, TrainConfig, train_model
+    total_steps = config.epochs * (len(train_loader) // config.accum_steps)
+    progress = Progress(total_steps, enabled=config.progress if is_root(dp) else False)
     on_step = checkpointer.on_step
     if dp is not None and model.cfg.get("drop_rate", 0) > 0:      # each rank its own dropout masks
-        dp.reseed_dropout(default_rng(), args.seed, state.global_step + 1)
+        dp.reseed_dropout(default_rng(), config.seed, state.global_step + 1)
 
         def on_step(state):
-            dp.reseed_dropout(default_rng(), args.seed, state.global_step + 1)
+            dp.reseed_dropout(default_rng(), config.seed, state.global_step + 1)
             checkpointer.on_step(state)
+    loop = TrainConfig(config.epochs, config.eval_freq, config.eval_iter, config.start_context, peak_lr=config.lr,
+                       warmup_steps=config.warmup_steps, min_lr=config.min_lr, grad_clip=config.grad_clip,
+                       accum_steps=config.accum_steps, log_grad_norms=config.log_grad_norms)
     try:
-        with _SignalHandlers(checkpointer), autocast("bfloat16", enabled=args.precision == "bfloat16"):
-            state = train_model(model, train_loader, val_loader, optimizer, args.epochs, args.eval_freq,
-                                args.eval_iter, args.start_context, tokenizer, state=state, peak_lr=args.lr,
-                                warmup_steps=args.warmup_steps, min_lr=args.min_lr, grad_clip=args.grad_clip,
-                                accum_steps=args.accum_steps, log_grad_norms=args.log_grad_norms,
-                                progress=progress, on_step=on_step, data_parallel=dp)
+        with _SignalHandlers(checkpointer), autocast("bfloat16", enabled=config.precision == "bfloat16"):
+            state = train_model(model, train_loader, val_loader, optimizer, tokenizer, loop, state=state,
+                                on_step=on_step, on_eval=metrics.append if metrics is not None else None,
+                                progress=progress, data_parallel=dp)
             signum = checkpointer.signum or checkpointer.pending    # pending: after the last step
-            if save_dir is not None or signum is not None or getattr(args, "save_optimizer", False):
+            if save_dir is not None or signum is not None or config.save_optimizer:
                 checkpointer.save(state)          # at the end (on_step has usually done it)
             if signum is not None:
                 raise TrainingInterrupted(signum, checkpointer.last_path, state.global_step)
     except TrainingInterrupted as e:
         progress.clear()
-        report_interrupt(e, checkpointer, args)
+        report_interrupt(e, checkpointer, config)
         return state, 128 + e.signum
     except NonFiniteLossError as e:
         progress.clear()
@@ -353,13 +332,13 @@ def train(args, model, train_loader, val_loader, optimizer, tokenizer, state, ch
         return state, TRAINING_FAILED
     except ckpt_mod.CheckpointSaveError as e:
         progress.clear()
-        fix = (f"; then resume with: {resume_command(Path(e.path).parent, args)}"
+        fix = (f"; then resume with: {resume_command(Path(e.path).parent, config, dp)}"
                if e.previous is not None else "")
         raise UsageError(f"{e}{fix}") from None
     return state, None
 
 
-def report_run(args, model, state, seconds, start_tokens, checkpointer, save_dir):
+def report_run(config, model, state, seconds, start_tokens, checkpointer, save_dir, dp):
     minutes = seconds / 60
     print(f"Training completed in {minutes:.2f} minutes.")
     if state.train_losses:
@@ -369,26 +348,34 @@ def report_run(args, model, state, seconds, start_tokens, checkpointer, save_dir
     session_tokens = state.tokens_seen - start_tokens
     print(f"Summary: {model.num_parameters():,} parameters, {steps} steps, {state.tokens_seen:,} tokens, "
           f"{minutes * 60:.1f} s, {session_tokens / max(minutes * 60, 1e-9):,.0f} tokens/s")
-    dp = getattr(args, "dp", None)
     if dp is not None:
         print(f"Allreduce: {dp.allreduce_seconds / max(dp.steps, 1):.4f} s per step over {dp.steps} steps "
               f"({dp.buffer.nbytes / 1e6 if dp.buffer is not None else 0:.1f} MB of float32 gradients)")
-    if checkpointer.last_path is not None and (save_dir is not None or getattr(args, "save_optimizer", False)):
+    if checkpointer.last_path is not None and (save_dir is not None or config.save_optimizer):
         print(f"Checkpoint saved to {checkpointer.last_path}")
 
 
-def plot(args, state):
-    """The book's plot_losses, into OUT/loss-plot.png (unless --no-plot)."""
-    from .train import plot_losses
-    if args.no_plot or not state.train_losses:
+def plot(config, state, metrics):
+    """The book's plot_losses, into OUT/loss-plot.png (unless --no-plot), drawn from the run
+    log OUT/metrics.jsonl (from the state's loss history when the log does not cover the run:
+    a resumed run that started before there were logs). examples/plot.py redraws it."""
+    from ...runlog import read_metrics
+    from ...train import plot_losses
+    if config.no_plot or not state.train_losses:
         return None
     try:
-        os.makedirs(args.out, exist_ok=True)
-        epochs_seen = np.linspace(0, args.epochs, len(state.train_losses))
-        path = plot_losses(epochs_seen, state.track_tokens_seen, state.train_losses, state.val_losses,
-                           os.path.join(args.out, "loss-plot.png"), grad_norms=state.grad_norms)
+        records = read_metrics(metrics.path) if metrics is not None else []
+        if [r["step"] for r in records] and len(records) == len(state.train_losses):
+            train_losses, val_losses = [r["train_loss"] for r in records], [r["val_loss"] for r in records]
+            tokens_seen = [r["tokens_seen"] for r in records]
+        else:
+            train_losses, val_losses, tokens_seen = state.train_losses, state.val_losses, state.track_tokens_seen
+        os.makedirs(config.out, exist_ok=True)
+        epochs_seen = np.linspace(0, config.epochs, len(train_losses))
+        path = plot_losses(epochs_seen, tokens_seen, train_losses, val_losses,
+                           os.path.join(config.out, "loss-plot.png"), grad_norms=state.grad_norms)
     except OSError as e:
-        raise UsageError(f"cannot save the loss plot in {args.out} ({e.strerror or e}); "
+        raise UsageError(f"cannot save the loss plot in {config.out} ({e.strerror or e}); "
                          "fix: free some space or pass another --out (training is saved)") from None
     print(f"Loss plot saved to {path}")
     return path
