@@ -159,12 +159,40 @@ KNOWN_PACKAGE_CYCLES = [
 ]
 
 
-def import_cycles(rooms):
-    """The strongly connected components (Tarjan) with more than one room of the room import
-    graph, each a sorted list; lazy imports count."""
+def room_graph():
+    """{room: rooms it imports}, like room_imports but exact about `from . import name`: an edge
+    to the module `name` when it is one (Python has its package initialised anyway, before any
+    of its modules: that is no circle), to the package only for a name defined in its __init__
+    (kernels.bf16_mkl's `from . import K`). Lazy imports count."""
     layers = documented_layers()
-    graph = {room: {t for t in (resolve(n, layers) for n in names) if t is not None and t != room}
-             for room, names in rooms.items()}
+    graph = {}
+    for path in sorted(PKG.rglob("*.py")):
+        parts = list(path.relative_to(PKG).with_suffix("").parts)
+        if parts == ["__init__"]:
+            continue
+        room = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        here = parts[:-1]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("tinygrad_gpt.")):
+                if node.level:
+                    base = here[:len(here) - (node.level - 1)] if node.level > 1 else here
+                    target = base + (node.module.split(".") if node.module else [])
+                else:
+                    target = node.module.split(".")[1:]
+                for alias in node.names:
+                    module = ".".join(target + [alias.name])
+                    edges.add(module if module in layers else resolve(".".join(target), layers))
+            elif isinstance(node, ast.Import):
+                edges.update(resolve(a.name.split(".", 1)[1], layers) for a in node.names
+                             if a.name.startswith("tinygrad_gpt."))
+        graph[room] = {e for e in edges if e is not None and e != room}
+    return graph
+
+
+def import_cycles(graph):
+    """The strongly connected components (Tarjan) with more than one room of an import graph
+    {room: rooms it imports}, each a sorted list."""
     index, low, stack, on_stack, found = {}, {}, [], set(), []
     counter = [0]
 
@@ -197,7 +225,7 @@ def import_cycles(rooms):
 
 
 def test_the_only_import_cycle_is_the_engines():
-    cycles = import_cycles(room_imports())
+    cycles = import_cycles(room_graph())
     allowed = [ENGINE_CYCLE] + KNOWN_PACKAGE_CYCLES
     unexpected = [c for c in cycles if set(c) not in allowed]
     assert not unexpected, "import cycles (docs/architecture.md names only the engine's):\n" + \
@@ -207,7 +235,7 @@ def test_the_only_import_cycle_is_the_engines():
 
 def test_the_cycle_check_catches_a_new_circle(monkeypatch):
     """explain.book importing explain.cli back (the circle that torch.book once made) fails."""
-    real = room_imports()
-    monkeypatch.setitem(globals(), "room_imports", lambda: {**real, "explain.book": real["explain.book"] | {"explain.cli"}})
+    real = room_graph()
+    monkeypatch.setitem(globals(), "room_graph", lambda: {**real, "explain.book": real["explain.book"] | {"explain.cli"}})
     with pytest.raises(AssertionError, match=r"explain\.book -> explain\.cli"):
         test_the_only_import_cycle_is_the_engines()

@@ -21,8 +21,7 @@ from ..data import load_text, one_batch
 from ..model import get_config
 from ..tensor import Tensor, manual_seed
 from ..torch.binding import BOOK_PACKAGE, load_book_modules
-from . import render_dot
-from .render_dot import write_dot
+from .render_dot import to_dot, write_dot
 from .render_text import Listing, chain_lines, totals
 from .trace import trace_backward
 
@@ -90,7 +89,7 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
     if dot:
         title = (f"backward through the book's GPTModel ({model}) on the engine: loss {trace.loss:.4f}, "
                  f"{len(trace.ops)} ops, {gpt.num_parameters():,} parameters")
-        write_dot(render_dot.to_dot(trace, gpt, expand=expand, title=title), dot, file=out)
+        write_dot(to_dot(trace, gpt, expand=expand, title=title), dot, file=out)
     return trace, gpt
 
 
@@ -101,10 +100,10 @@ _BOOK_FLAGS = {"book": None, "model": "model", "context_length": "context_length
                "depth": "depth", "dot": "dot", "expand": "expand"}
 
 
-def run_book(args, file=None):
+def run_book(args, defaults, file=None):
     """`explain_backward.py --book ...` (tinygrad_gpt/explain/cli.py): the explain command's
-    flags, already checked, on the book's model. A usage error (exit 2) without the book's package."""
-    from ..explain.cli import build_parser
+    flags, already checked, on the book's model; defaults: the flags' defaults (to tell the
+    ones given). A usage error (exit 2) without the book's package."""
     from ..kernels import use
     try:
         import llms_from_scratch  # noqa: F401
@@ -112,7 +111,6 @@ def run_book(args, file=None):
         raise UsageError(f"--book traces the book's own {BOOK_PACKAGE}.ch04.GPTModel, and the package "
                          f"{BOOK_PACKAGE} is not installed: pip install --no-deps llms-from-scratch==1.0.19"
                          ) from None
-    defaults = vars(build_parser().parse_args([]))
     other = [k for k, v in vars(args).items() if k not in _BOOK_FLAGS and v != defaults.get(k, v)]
     if other:
         raise UsageError(f"--book does not take {', '.join('--' + k.replace('_', '-') for k in other)}")

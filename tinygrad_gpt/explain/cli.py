@@ -97,7 +97,7 @@ def run(args, file=None, stdin=None):
     args = check_args(args)
     if args.book:                                    # the book's model: tinygrad_gpt/explain/book.py
         from .book import run_book
-        return run_book(args, file=file)
+        return run_book(args, vars(build_parser().parse_args([])), file=file)
     from ..kernels import use
     from ..model import GPTModel, get_config
     from ..tensor import manual_seed
