@@ -436,3 +436,26 @@ def test_a_non_finite_gradient_raises_before_the_optimizer_step(monkeypatch):
     with pytest.raises(train.NonFiniteLossError, match="gradient norm is not finite at step 0"):
         train.train_model(model, loader, loader, AdamW(model.parameters()), None, train.TrainConfig(1, 1, 1, "a"))
     assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))
+
+
+# ----------------------------------------------------------------------------- the run log
+def test_the_run_log_resumed_drops_the_steps_after_the_checkpoint_and_continues_elapsed(tmp_path):
+    from tinygrad_gpt.runlog import MetricsLog, read_metrics
+    path = tmp_path / "out" / "metrics.jsonl"
+    log = MetricsLog(path, extra={"precision": "float32"})
+    for step in (0, 5, 10, 15):
+        log.append({"step": step, "train_loss": 10.0 - step / 10, "elapsed": 1.0 + step})
+    with open(path, "a") as f:
+        f.write('{"step": 20, "train_lo')                 # a kill in the middle of a record
+    assert [r["step"] for r in read_metrics(path)] == [0, 5, 10, 15]
+    log = MetricsLog(path, resume_step=11)                 # the checkpoint was saved after step 11
+    assert [r["step"] for r in read_metrics(path)] == [0, 5, 10]
+    log.append({"step": 15, "train_loss": 8.5, "elapsed": 2.0})
+    records = read_metrics(tmp_path / "out")
+    assert [r["step"] for r in records] == [0, 5, 10, 15]
+    assert records[-1]["elapsed"] == 11.0 + 2.0 and records[-1]["train_loss"] == 8.5
+    MetricsLog(path)                                       # a new run starts an empty log
+    assert read_metrics(path) == []
+    path.write_text('{"step": 0}\nnot json\n{"step": 5}\n')
+    with pytest.raises(ValueError, match="line 2: not a JSON record"):
+        read_metrics(path)

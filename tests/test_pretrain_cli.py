@@ -23,6 +23,7 @@ import pytest
 
 from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt.cli import pretrain
+from tinygrad_gpt.runlog import read_metrics
 
 from helpers import TINY, assert_same_run, by_step, cli, env, ep_lines, isolated, run_cli, small_text, start
 
@@ -257,7 +258,7 @@ def baseline(tmp_path_factory, text_file):
     r = subprocess.run(cli(*RUN, "--data", text_file, "--save-dir", tmp / "ck", "--save-every", "1000"),
                        cwd=tmp, env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    return C.latest_checkpoint(tmp / "ck"), ep_lines(r.stdout)
+    return C.latest_checkpoint(tmp / "ck"), ep_lines(r.stdout), read_metrics(tmp / "runs" / "pretrain")
 
 
 
@@ -353,6 +354,41 @@ def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_b
     assert sorted(p.name for p in save.iterdir()) == ["latest", "step-000019", "step-000021"]
     assert_same_run(C.latest_checkpoint(save), baseline[0])
     assert table == by_step(baseline[1], {})
+    # the run log went on across the kills: every evaluation once, with the uninterrupted run's numbers
+    records = read_metrics(tmp_path / "runs" / "pretrain")
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), f"a step logged twice or out of order: {steps}"
+    numbers = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "lr")
+    assert [[r[k] for k in numbers] for r in records] == [[r[k] for k in numbers] for r in baseline[2]]
+    elapsed = [r["elapsed"] for r in records]
+    assert elapsed == sorted(elapsed), "elapsed goes on from the kept records after a resume"
+
+
+def test_the_run_log_has_one_record_per_printed_evaluation_with_its_numbers(baseline):
+    """metrics.jsonl: what each "Ep N (Step S): Train loss ..., Val loss ..." line printed, unrounded."""
+    _, lines, records = baseline
+    assert len(records) == len(lines) > 5
+    for line, r in zip(lines, records):
+        assert line == f"Ep {r['epoch']} (Step {r['step']:06d}): Train loss {r['train_loss']:.3f}, Val loss {r['val_loss']:.3f}"
+        assert r["lr"] == 4e-4 and r["precision"] == "float32" and r["tokens_per_s"] > 0 and r["elapsed"] > 0
+        assert isinstance(r["train_loss"], float) and r["train_loss"] != round(r["train_loss"], 3)
+    tokens = [r["tokens_seen"] for r in records]
+    assert tokens == sorted(tokens) and tokens[0] == 2 * 16     # batch 2 x context 16 after step 0
+
+
+def test_plot_redraws_one_run_and_overlays_several(tmp_path, baseline, capsys):
+    """examples/plot.py RUN_DIR...: one run redrawn into its own loss-plot.png; two overlaid."""
+    from tinygrad_gpt.cli import plot
+    run = Path(baseline[0]).parent.parent / "runs" / "pretrain"
+    other = tmp_path / "bf16"
+    other.mkdir()
+    shutil.copy(run / "metrics.jsonl", other / "metrics.jsonl")
+    assert plot.main([str(run), "--out", str(tmp_path / "one.png")]) == 0
+    assert plot.main([str(run), str(other), "--out", str(tmp_path / "two.png")]) == 0
+    assert (tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "two.png").stat().st_size > 1000
+    assert plot.main([str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plot.py: error: ") and "no metrics.jsonl" in err and len(err.splitlines()) == 1
 
 
 def test_a_second_signal_stops_at_once_and_names_the_last_checkpoint(tmp_path, text_file, monkeypatch, capsys):
