@@ -424,7 +424,7 @@ def test_a_finished_run_saves_its_model_and_generate_checkpoint_out_generates_fr
     p = subprocess.run(cli(*TINY, "--epochs", "1", "--data", text_file, "--out", out),
                        capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert sorted(f.name for f in out.iterdir()) == ["config.json", "model.safetensors"]   # no optimizer
+    assert sorted(f.name for f in out.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors"]   # no optimizer
     command = [line for line in p.stdout.splitlines() if line.startswith("Generate with: ")]
     assert command == [f"Generate with: python examples/generate.py --checkpoint {out}"], p.stdout[-500:]
 
@@ -492,3 +492,39 @@ def test_setup_threads_reports_the_blas_kernel_variable(monkeypatch, tmp_path):
         assert f"{arch}, OPENBLAS_CORETYPE=NoSuchCore is set" in setup_threads(1)
         monkeypatch.delenv("OPENBLAS_CORETYPE")
         assert "OPENBLAS_CORETYPE" not in setup_threads(1)
+
+
+# ----------------------------------------------------------------------------- the run configuration
+def test_the_run_config_is_settled_once_from_flags_and_checkpoint_and_the_flags_are_not_written(ckpt_copy):
+    import dataclasses
+    from tinygrad_gpt.cli.pretrain import config as run_config, flags
+    argv = ["--resume", str(ckpt_copy), "--epochs", "3"]
+    args = flags.build_parser().parse_args(argv)
+    parsed = dict(vars(args))
+    ckpt, _ = flags.open_checkpoint(args)
+    config, corpus_run = run_config.build_config(args, flags.explicit_flags(argv), ckpt)
+    assert vars(args) == parsed                                  # read, never written
+    assert corpus_run is None
+    assert (config.model, config.context_length, config.batch_size, config.epochs) == ("tiny", 16, 2, 3)
+    assert config.precision == config.precision_requested == "float32"     # the checkpoint's
+    assert config.model_config["context_length"] == 16 and config.drop_rate == config.model_config["drop_rate"]
+    assert config.explicit == {"resume", "epochs"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+
+
+def test_nothing_in_the_package_assigns_into_parsed_flags():
+    """No `args.x = ...`, `args.x += ...` or `setattr(args, ...)` anywhere in tinygrad_gpt/:
+    a command settles its flags into a config of its own (cli/pretrain/config.py)."""
+    import ast
+    writes = []
+    for path in sorted((REPO / "tinygrad_gpt").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            writes += [f"{path.relative_to(REPO)}:{node.lineno}" for t in targets
+                       if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "args"]
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and node.args \
+                    and getattr(node.args[0], "id", None) == "args":
+                writes.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not writes, f"assignments into parsed flags: {writes}"

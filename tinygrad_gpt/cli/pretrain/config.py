@@ -77,9 +77,6 @@ class RunConfig:
     model_config: dict             # the book's config dict (the checkpoint's on --resume)
     explicit: frozenset            # the flags typed on the command line (dests)
 
-    def flag_given(self, dest: str) -> bool:
-        return dest in self.explicit
-
 
 def model_config(draft, ckpt):
     """The book's config dict: the checkpoint's on --resume, else the named one with the flags."""

@@ -26,6 +26,8 @@ the result:
   a finished run writes its model into OUT (model.safetensors + config.json, Hugging Face's
   layout, no optimizer state: --save-optimizer adds a resumable checkpoint) and prints the
   command that generates from it: python examples/generate.py --checkpoint OUT
+  every run appends each evaluation to OUT/metrics.jsonl (step, losses, lr, tokens/s;
+  --resume continues it) and draws OUT/loss-plot.png from it: python examples/plot.py OUT
 
 checkpoints:
   --save-dir DIR keeps the last 2 checkpoints in DIR/step-NNNNNN/ (model.safetensors,
@@ -70,7 +72,8 @@ def build_parser():
     p.add_argument("--start-context", default="Every effort moves you")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--out", default="runs/pretrain",
-                   help="directory for the final model (model.safetensors + config.json) and the loss plot")
+                   help="directory for the final model (model.safetensors + config.json), the run log "
+                        "(metrics.jsonl) and the loss plot")
     p.add_argument("--save-optimizer", action="store_true",
                    help="also keep AdamW's state at the end: a resumable checkpoint (into --save-dir, "
                         "or OUT/checkpoints)")
