@@ -71,7 +71,7 @@ def run(args, explicit=frozenset(), dp=None):
     config, corpus_run = build_config(args, explicit, ckpt, dp)
     select_kernels(config.kernels)
     if corpus_run is None:
-        text, description, text_sha = load_text(config, ckpt)
+        text, description, text_sha = training_text(config, ckpt)
         tokenizer = text_tokenizer(config, text)
         train_text, val_text = data.split_train_val(text, 0.9)
         check_windows_fit(config, tokenizer, train_text, val_text)
@@ -122,7 +122,7 @@ def run(args, explicit=frozenset(), dp=None):
     return 0
 
 
-def load_text(config, ckpt):
+def training_text(config, ckpt):
     """The training text (data.load_text), its description and sha256; a resumed run must get
     the same text, and its checkpoint's tensor files are verified here, before anything is
     written. The micro model (a character tokenizer) reads its own sentence unless --data is given."""
