@@ -56,6 +56,11 @@ def build_parser():
     p.add_argument("--expand", action=argparse.BooleanOptionalAction, default=None,
                    help=f"--dot: draw every op of every block (default: when there are at most "
                         f"{render_dot.EXPAND_AT_MOST_OPS} ops, as in the tiny model; else one node per block)")
+    p.add_argument("--break", dest="break_mode", default=None, metavar="MODE",
+                   choices=["layernorm-mean", "embedding-assign", "attention-scale", "none"],
+                   help="run backward twice, correct and with one op's backward sabotaged (layernorm-mean, "
+                        "embedding-assign, attention-scale; none: a correct one), compare them op by op and "
+                        "name the first op where they part, then gradcheck it (explain/sabotage.py)")
     p.add_argument("--book", action="store_true",
                    help="trace the book's own llms_from_scratch.ch04.GPTModel run on the engine "
                         "(tinygrad_gpt.torch; needs the llms-from-scratch package), named by its modules")
@@ -77,6 +82,14 @@ def check_args(args):
         raise UsageError(f"--depth {args.depth} must be at least 0")
     if args.drop_rate is not None and not 0 <= args.drop_rate < 1:
         raise UsageError(f"--drop-rate {args.drop_rate} must be in [0, 1)")
+    if args.break_mode is not None:
+        if args.drop_rate:
+            raise UsageError("--break runs without dropout (both backwards must see the same forward): "
+                             "leave out --drop-rate")
+        args.drop_rate = 0.0
+        if args.book or args.values or args.step or args.html or args.dot or args.param:
+            raise UsageError("--break takes --model, --context-length, --batch-size, --data, --seed and "
+                             "--kernels only")
 
 
 def one_batch(text, tokenizer, batch_size, context_length):
@@ -148,6 +161,11 @@ def run(args, file=None, stdin=None):
                          + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {names[2]}"))
 
     with use(args.kernels):                          # in-process callers (tests) keep theirs
+        if args.break_mode is not None:              # explain/sabotage.py: two backwards compared
+            from .sabotage import report_break
+            print(description, file=out)
+            report_break(args, out, model, x, y)
+            return 0
         report(args, out, model, cfg, description, tokenizer, x, y, stdin=stdin)
     return 0
 
