@@ -1,12 +1,15 @@
 """The explain command: parse the flags, take one batch of text, trace, print, draw.
 
 --values prints the arrays (meant for --model micro, where every gradient fits on a few
-lines), --step pauses after each op until Enter (q stops backward there), --html writes the
+lines; rows at the terminal's width under their column indices), --op / --module list only
+some ops, --worked OP works one row of an op's backward by hand (worked.py), --break MODE
+compares a correct backward with a sabotaged one (sabotage.py), --step pauses after each op until Enter (q stops backward there), --html writes the
 graph as one page (render_html.py), with the values and the --param chain when given.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import math
 import os
@@ -43,6 +46,13 @@ def build_parser():
     p.add_argument("--values", action="store_true",
                    help=f"print each op's dL/d(output) and the gradient it returns for each input as arrays "
                         f"(norms only for arrays of more than {MAX_PRINTED} numbers; try --model micro)")
+    p.add_argument("--op", default=None, metavar="NAME",
+                   help="list only the ops of this kind (LayerNorm, Attention, Linear, ...); the totals count all")
+    p.add_argument("--module", default=None, metavar="NAME",
+                   help="list only the ops made in this module or inside it (final_norm, trf_blocks.0.att, ...)")
+    p.add_argument("--worked", default=None, metavar="OP", choices=["LayerNorm", "CrossEntropy", "Attention"],
+                   help="with --values: the first such op's backward formula (docs/backward.md) with row 0's "
+                        "numbers substituted, to check on a calculator (LayerNorm, CrossEntropy, Attention)")
     p.add_argument("--step", action="store_true",
                    help="pause after each op of backward: Enter goes on, q stops")
     p.add_argument("--html", default=None, metavar="FILE",
@@ -82,12 +92,14 @@ def check_args(args):
         raise UsageError(f"--depth {args.depth} must be at least 0")
     if args.drop_rate is not None and not 0 <= args.drop_rate < 1:
         raise UsageError(f"--drop-rate {args.drop_rate} must be in [0, 1)")
+    if args.worked is not None and not args.values:
+        raise UsageError("--worked works with --values (it prints one row of the op's arrays): add --values")
     if args.break_mode is not None:
         if args.drop_rate:
             raise UsageError("--break runs without dropout (both backwards must see the same forward): "
                              "leave out --drop-rate")
         args.drop_rate = 0.0
-        if args.book or args.values or args.step or args.html or args.dot or args.param:
+        if args.book or args.values or args.step or args.html or args.dot or args.param or args.op or args.module:
             raise UsageError("--break takes --model, --context-length, --batch-size, --data, --seed and "
                              "--kernels only")
 
@@ -155,6 +167,7 @@ def run(args, file=None, stdin=None):
     manual_seed(args.seed)
     model = GPTModel(cfg).train()
     names = [name for name, _ in model.named_parameters()]
+    check_filters(args, model)
     if args.param is not None and args.param not in names:
         close = difflib.get_close_matches(args.param, names, n=3, cutoff=0.5)
         raise UsageError(f"--param {args.param!r} is not a parameter of the {args.model} model"
@@ -168,6 +181,27 @@ def run(args, file=None, stdin=None):
             return 0
         report(args, out, model, cfg, description, tokenizer, x, y, stdin=stdin)
     return 0
+
+
+def check_filters(args, model):
+    """--op and --module must name something the model has, else a one-line error with the choices."""
+    from ..tensor import Function
+    if args.op is not None:
+        kinds, todo = set(), [Function]
+        while todo:
+            for sub in todo.pop().__subclasses__():
+                kinds.add(sub.__name__)
+                todo.append(sub)
+        if args.op.lower() not in {k.lower() for k in kinds}:
+            close = difflib.get_close_matches(args.op, sorted(kinds), n=3)
+            raise UsageError(f"--op {args.op!r} is not an op of the engine"
+                             + (f"; did you mean {', '.join(close)}?" if close else ""))
+    if args.module is not None:
+        modules = [name for name, _ in model.named_modules() if name] + ["loss"]
+        if args.module not in modules:
+            close = difflib.get_close_matches(args.module, modules, n=3, cutoff=0.5)
+            raise UsageError(f"--module {args.module!r} is not a module of the {args.model} model"
+                             + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {modules[0]}"))
 
 
 class StopBackward(Exception):
@@ -204,8 +238,12 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
           f"tensors, {cfg['n_layers']} block{'s' if cfg['n_layers'] != 1 else ''}, dropout {cfg['drop_rate']}, kernels {get_backend()}", file=out)
     preview = tokenizer.decode(x[0, :12].tolist()).replace("\n", " ")
     print(f"one batch of {args.batch_size} x {args.context_length} tokens: {preview!r}...", file=out)
+    worked, recording = None, contextlib.nullcontext({})
+    if args.worked is not None:                      # explain/worked.py: one row's numbers in the formula
+        from . import worked as worked_module
+        recording = worked_module.recording(args.worked)
     listing = Listing(model, depth=args.depth, file=out, values=args.values,
-                      pause=pauser(out, stdin) if args.step else None)
+                      pause=pauser(out, stdin) if args.step else None, op=args.op, module=args.module)
 
     def forward_done(loss):
         print(f"forward: loss {loss:.4f} (a uniform guess over {cfg['vocab_size']} tokens "
@@ -220,8 +258,18 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
         from .render_html import MAX_VALUES
         keep = max(MAX_PRINTED if args.values else 0, MAX_VALUES if args.html else 0)
     try:
-        trace = trace_backward(model, x, y, on_op=listing if args.param is None else None,
-                               on_forward=forward_done, keep_values=keep)
+        with recording as kept:
+            if args.worked is not None:
+                done = []
+
+                def worked(op):                      # the first op of that kind the listing shows
+                    if done or op.name != args.worked or op.node not in kept:
+                        return None
+                    done.append(op.step)
+                    return [""] + worked_module.worked_lines(op, kept[op.node]) + [""]
+                listing.worked = worked
+            trace = trace_backward(model, x, y, on_op=listing if args.param is None else None,
+                                   on_forward=forward_done, keep_values=keep)
     except StopBackward as e:
         print(f"\nstopped after step {e.args[0]} (q): the ops below it did not run, "
               "and no parameter below them received a gradient", file=out)
@@ -232,6 +280,11 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
     else:
         if args.depth is not None and len(trace.ops) > args.depth:
             print(f"  ... {len(trace.ops) - args.depth} more ops not listed (--depth {args.depth})", file=out)
+        if args.op is not None or args.module is not None:
+            which = " and ".join(f"--{k} {v}" for k, v in (("op", args.op), ("module", args.module)) if v is not None)
+            print(f"  ({which}: {listing.listed} of {len(trace.ops)} ops listed)", file=out)
+        if args.worked is not None and not listing.worked.__closure__[0].cell_contents:
+            print(f"  (--worked {args.worked}: no {args.worked} op was listed)", file=out)
         print("", file=out)
         print("\n".join(totals(trace, model)), file=out)
     if args.dot:
