@@ -278,3 +278,25 @@ def test_chromium_frames_hold_only_their_blocks_nodes_and_no_arrow_crosses_a_tit
             pts = _bezier_points(d)
             hit = (pts[:, 0] > bx) & (pts[:, 0] < bx + bw) & (pts[:, 1] > by) & (pts[:, 1] < by + bh)
             assert not hit.any(), f"an arrow {d} crosses the title of {_attrs(tag)['data-title']}"
+
+
+def test_chromium_side_panel_names_q_k_v_and_the_residual_and_shows_the_worked_row(tmp_path):
+    """--html with --worked Attention: step 13's panel calls its inputs q, k, v (not input 0, 1, 2)
+    and shows the worked numbers, dq's row 0 explained; an Add's panel says which input is the
+    residual stream."""
+    import io
+    page = tmp_path / "worked.html"
+    assert explain.main(["--model", "micro", "--html", str(page), "--worked", "Attention"], file=io.StringIO()) == 0
+    dom = render(page, "#step=13")
+    assert errors_in(dom) == ""
+    details = re.search(r'<div id="details">(.*?)</div>\s*<h2>Parameters', dom, re.S).group(1)
+    for name in "qkv":
+        assert f"<b>{name}</b>: 1x2x8x4" in details
+    assert "<b>input 0</b>" not in details
+    worked = re.search(r'<pre class="worked">(.*?)</pre>', details, re.S).group(1)
+    assert "worked numbers: batch 0, head 0 of step 13 Attention" in worked and "why dq's row 0 is zero" in worked
+    dom = render(page, "#step=9")
+    details = re.search(r'<div id="details">(.*?)</div>\s*<h2>Parameters', dom, re.S).group(1)
+    assert "<b>a</b>: 1x8x8, the output of step 24 (the residual stream: the block's input (the embeddings' Add))" in details
+    assert "(the attention branch's output (Linear trf_blocks.0.att.out_proj))" in details
+    assert '<pre class="worked">' not in details                       # only the op worked

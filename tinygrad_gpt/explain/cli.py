@@ -51,7 +51,7 @@ def build_parser():
     p.add_argument("--module", default=None, metavar="NAME",
                    help="list only the ops made in this module or inside it (final_norm, trf_blocks.0.att, ...)")
     p.add_argument("--worked", default=None, metavar="OP", choices=["LayerNorm", "CrossEntropy", "Attention"],
-                   help="with --values: the first such op's backward formula (docs/backward.md) with row 0's "
+                   help="with --values (or --html: in the op's side panel): the first such op's backward formula (docs/backward.md) with row 0's "
                         "numbers substituted, to check on a calculator (LayerNorm, CrossEntropy, Attention)")
     p.add_argument("--step", action="store_true",
                    help="pause after each op of backward: Enter goes on, q stops")
@@ -92,8 +92,8 @@ def check_args(args):
         raise UsageError(f"--depth {args.depth} must be at least 0")
     if args.drop_rate is not None and not 0 <= args.drop_rate < 1:
         raise UsageError(f"--drop-rate {args.drop_rate} must be in [0, 1)")
-    if args.worked is not None and not args.values:
-        raise UsageError("--worked works with --values (it prints one row of the op's arrays): add --values")
+    if args.worked is not None and not (args.values or args.html):
+        raise UsageError("--worked works with --values or --html (it shows one row of the op's arrays): add --values")
     if args.break_mode is not None:
         if args.drop_rate:
             raise UsageError("--break runs without dropout (both backwards must see the same forward): "
@@ -238,12 +238,14 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
           f"tensors, {cfg['n_layers']} block{'s' if cfg['n_layers'] != 1 else ''}, dropout {cfg['drop_rate']}, kernels {get_backend()}", file=out)
     preview = tokenizer.decode(x[0, :12].tolist()).replace("\n", " ")
     print(f"one batch of {args.batch_size} x {args.context_length} tokens: {preview!r}...", file=out)
-    worked, recording = None, contextlib.nullcontext({})
-    if args.worked is not None:                      # explain/worked.py: one row's numbers in the formula
-        from . import worked as worked_module
-        recording = worked_module.recording(args.worked)
     listing = Listing(model, depth=args.depth, file=out, values=args.values,
                       pause=pauser(out, stdin) if args.step else None, op=args.op, module=args.module)
+    worked, recording = None, contextlib.nullcontext()
+    if args.worked is not None:                      # explain/worked.py: one row's numbers in the formula
+        from .worked import Worked
+        worked = Worked(args.worked, listing.shown)
+        recording = worked.recording()
+        listing.worked = worked if args.values else None
 
     def forward_done(loss):
         print(f"forward: loss {loss:.4f} (a uniform guess over {cfg['vocab_size']} tokens "
@@ -258,16 +260,7 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
         from .render_html import MAX_VALUES
         keep = max(MAX_PRINTED if args.values else 0, MAX_VALUES if args.html else 0)
     try:
-        with recording as kept:
-            if args.worked is not None:
-                done = []
-
-                def worked(op):                      # the first op of that kind the listing shows
-                    if done or op.name != args.worked or op.node not in kept:
-                        return None
-                    done.append(op.step)
-                    return [""] + worked_module.worked_lines(op, kept[op.node]) + [""]
-                listing.worked = worked
+        with recording:
             trace = trace_backward(model, x, y, on_op=listing if args.param is None else None,
                                    on_forward=forward_done, keep_values=keep)
     except StopBackward as e:
@@ -283,7 +276,7 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
         if args.op is not None or args.module is not None:
             which = " and ".join(f"--{k} {v}" for k, v in (("op", args.op), ("module", args.module)) if v is not None)
             print(f"  ({which}: {listing.listed} of {len(trace.ops)} ops listed)", file=out)
-        if args.worked is not None and not listing.worked.__closure__[0].cell_contents:
+        if worked is not None and worked.lines_for(trace)[0] is None:
             print(f"  (--worked {args.worked}: no {args.worked} op was listed)", file=out)
         print("", file=out)
         print("\n".join(totals(trace, model)), file=out)
@@ -292,11 +285,11 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
                  f"{model.num_parameters():,} parameters")
         write_dot(render_dot.to_dot(trace, model, expand=args.expand, title=title), args.dot, file=out)
     if args.html:
-        write_page(args, out, trace, model)
+        write_page(args, out, trace, model, worked.lines_for(trace) if worked is not None else (None, None))
     return trace
 
 
-def write_page(args, out, trace, model):
+def write_page(args, out, trace, model, worked=(None, None)):
     from . import render_html
     highlight = None
     if args.param is not None:
@@ -305,8 +298,11 @@ def write_page(args, out, trace, model):
     title = (f"backward through GPT-2 {args.model}: loss {trace.loss:.4f}, {len(trace.ops)} ops, "
              f"{model.num_parameters():,} parameters")
     try:
-        path = render_html.write_html(render_html.records_from_trace(trace), args.html, title=title,
-                                      loss=trace.loss, highlight=highlight)
+        records = render_html.records_from_trace(trace)
+        step, lines = worked
+        if step is not None:                         # --worked: the op's side panel shows row 0 worked
+            records[step - 1].worked = lines
+        path = render_html.write_html(records, args.html, title=title, loss=trace.loss, highlight=highlight)
     except OSError as e:
         raise UsageError(f"--html {args.html}: {e.strerror or e}") from None
     print(f"wrote {path} ({len(trace.ops)} ops{', values' if trace.ops[0].out_grad is not None else ''}"

@@ -36,6 +36,8 @@ class InputRecord:
     grad_norm: float = None       # norm of the gradient it receives, summed to its shape (None: no gradient)
     grad_shape: tuple = None      # what the op's backward returned, before a broadcast was summed
     grad_values: list = None      # that gradient as nested lists, when small (optional)
+    name: str = None              # the name forward gives it: x, w, b; q, k, v; a, b (optional)
+    carries: str = None           # what it carries, where the name does not say (an Add's residual stream)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class OpRecord:
     parents: list = field(default_factory=list)    # steps of the ops that made its inputs (it sends them gradient)
     children: list = field(default_factory=list)   # steps of the ops that read its output (they sent it gradient)
     out_grad_values: list = None  # dL/d(its output) as nested lists, when small (optional)
+    worked: list = None           # lines: row 0 worked by hand (explain --worked), shown in its panel
 
 
 def small_values(array, limit=MAX_VALUES):
@@ -71,6 +74,7 @@ def records_from_trace(trace, values=None):
     dtype, node, param, grad_shape, grad_norm). The arrays come from the trace when it kept
     them (trace_backward(keep_values=...): Op.out_grad, Input.grad), or from `values`:
     {step: (dL/d(output), [gradient each input receives, or None])}."""
+    from .render_text import carries
     made_by = {op.node: op.step for op in trace.ops}
     readers = {}
     for op in trace.ops:
@@ -94,7 +98,8 @@ def records_from_trace(trace, values=None):
             g = input_grads[k] if k < len(input_grads) else None
             inputs.append(InputRecord(tuple(i.shape), source, i.grad_norm,
                                       None if i.grad_shape is None else tuple(i.grad_shape),
-                                      small_values(g)))
+                                      small_values(g), getattr(i, "arg", None),
+                                      carries(op, i) if hasattr(i, "made_by") else None))
         records.append(OpRecord(
             step=op.step, op=op.name, module=op.module, block=op.block, code=op.backward_at,
             out_shape=tuple(op.out_shape), out_grad_norm=op.out_grad_norm, inputs=inputs,
@@ -219,6 +224,7 @@ table { border-collapse: collapse; font-size: 12px; }
 td, th { padding: 1px 6px 1px 0; text-align: left; vertical-align: top; }
 #params tr { cursor: pointer; }
 #params tr:hover { background: #eef; }
+pre.worked { font-size: 10.5px; background: #f6f3e8; padding: 4px; white-space: pre-wrap; }
 pre.values { font-size: 10.5px; background: #f4f4f4; padding: 4px; overflow-x: auto; margin: 2px 0 6px 0; }
 .code { font-family: ui-monospace, Menlo, Consolas, monospace; }
 .hint { color: #777; }
@@ -556,7 +562,8 @@ function showOp(o) {
   o.inputs.forEach(function (i, k) {
     var src = i.source.indexOf("op:") === 0 ? "the output of step " + i.source.slice(3) :
               i.source.indexOf("param:") === 0 ? "parameter " + i.source.slice(6) : i.source;
-    h += "<div><b>input " + k + "</b>: " + dims(i.shape) + ", " + esc(src) + "<br>";
+    h += "<div><b>" + esc(i.name || "input " + k) + "</b>: " + dims(i.shape) + ", " + esc(src) +
+         (i.carries ? " (" + esc(i.carries) + ")" : "") + "<br>";
     if (i.grad_norm === null) h += "no gradient";
     else {
       h += "gradient norm " + fmt(i.grad_norm);
@@ -565,6 +572,7 @@ function showOp(o) {
     h += "</div>" + valuesBlock(i.grad_values);
   });
   if (o.params.length) h += "<p>parameters reached here: " + o.params.map(esc).join(", ") + "</p>";
+  if (o.worked) h += '<h2>worked numbers (explain --worked)</h2><pre class="worked">' + esc(o.worked.join("\n")) + "</pre>";
   document.getElementById("details").innerHTML = h;
 }
 

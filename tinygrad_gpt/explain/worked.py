@@ -146,3 +146,32 @@ def _attention(op, inputs, eps):
                  "ds[0, 0] = 1 · (datt[0, 0] − datt[0, 0] · 1) = 0. A one-element softmax is 1 whatever its "
                  "score, so position 0's query cannot change the output: no gradient reaches it, in every head.")
     return lines
+
+
+class Worked:
+    """--worked OP for one run: `with worked.recording():` around the trace keeps the inputs;
+    worked(op), the Listing's hook, gives the lines for the first OP the listing shows (and
+    None for every other op); after the trace, lines_for(trace) gives them where the listing
+    printed no values (the HTML page's side panel). .step: the op worked (None: none yet)."""
+
+    def __init__(self, op_name, shown=lambda op: True):
+        self.op_name, self.shown, self.kept, self.step, self.lines = op_name, shown, {}, None, None
+
+    @contextlib.contextmanager
+    def recording(self):
+        with recording(self.op_name) as kept:
+            self.kept = kept
+            yield self
+
+    def __call__(self, op):
+        if self.step is not None or op.name != self.op_name or op.node not in self.kept or not self.shown(op):
+            return None
+        self.step, self.lines = op.step, worked_lines(op, self.kept[op.node])
+        return [""] + self.lines + [""]
+
+    def lines_for(self, trace):
+        if self.step is None:
+            for op in trace.ops:
+                if self(op) is not None:
+                    break
+        return self.step, self.lines
