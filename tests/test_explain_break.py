@@ -74,3 +74,19 @@ def test_break_refuses_dropout_and_unknown_modes(capsys):
     assert "--break runs without dropout" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         explain.main(["--model", "micro", "--break", "gelu-sign"])
+
+
+def test_gradcheck_inputs_are_cut_to_what_the_op_read(monkeypatch):
+    """A tiny or 124M embedding table has millions of numbers, two forwards each: gradcheck gets
+    the rows the ids read (renumbered), where the repeated id still fails the sabotaged backward."""
+    monkeypatch.setattr(sabotage, "GRADCHECK_NUMBERS", 16)
+    W, ids = np.random.default_rng(1).standard_normal((50, 4)), np.array([[7, 3, 7]])
+    (w, i), cut = sabotage.small_inputs(F.Embedding, [W, ids])
+    assert w.shape == (2, 4) and i.tolist() == [[1, 0, 1]] and "the 2 rows its ids read" in cut
+    np.testing.assert_array_equal(w[i], W[ids])                       # the same gather
+    x = np.zeros((1, 10, 4))
+    (x2, *_), cut = sabotage.small_inputs(F.LayerNorm, [x, np.ones(4), np.zeros(4)])
+    assert x2.shape == (2, 4) and "first 2 rows" in cut
+    seen = [(type("ctx", (), {"parents": (None,)})(), [W, ids])]
+    lines = sabotage.gradcheck_lines("embedding-assign", seen)
+    assert "passes" in lines[0] and "FAILS: gradcheck: input 0 (2, 4), element (1, " in lines[1], lines

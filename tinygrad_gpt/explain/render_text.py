@@ -9,7 +9,9 @@ the input's shape. Arrays of more than MAX_PRINTED numbers are shown by their no
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 import textwrap
 from collections import Counter
 
@@ -53,8 +55,6 @@ def contributions_line(op):
 def terminal_width(file=None):
     """The width to print arrays at: COLUMNS when set, else the terminal's columns when `file`
     (default stdout) is a terminal, else 120 (a pipe, a file, a test's StringIO)."""
-    import os
-    import sys
     if os.environ.get("COLUMNS", "").isdigit():
         return int(os.environ["COLUMNS"])
     file = sys.stdout if file is None else file
@@ -69,12 +69,13 @@ def terminal_width(file=None):
 CELL = 11                     # one number: a space, then 4 significant digits right-aligned in 10
 
 
-def array_lines(a, norm, shape, indent, width=None, axes=None):
+def array_lines(a, norm, shape, indent, width=None, axis_names=None):
     """An array as printed lines, or its norm alone when it has more than MAX_PRINTED numbers or
     was not kept. A matrix is printed row by row, each row labelled by its index (the leading
     axes of size 1 dropped: (1, 8, 17) has rows 0..7; (1, 2, 8, 4) rows 'head, position'), under
     a line of column indices; a row wider than the terminal is cut into column groups, each
-    printed whole, never wrapped."""
+    printed whole, never wrapped. axis_names: a name for each axis but the last (the heading
+    of the row labels), e.g. ("batch", "head", "pos") for attention's (B, H, T, D)."""
     size = int(np.prod(shape)) if len(shape) else 1
     if a is None or size > MAX_PRINTED:
         why = f"{size:,} numbers, more than {MAX_PRINTED}" if size > MAX_PRINTED else "not kept"
@@ -85,7 +86,9 @@ def array_lines(a, norm, shape, indent, width=None, axes=None):
     lead = [(k, n) for k, n in enumerate(a.shape[:-1]) if n != 1]
     rows = a.reshape(-1, a.shape[-1])
     labels = [",".join(str(idx[k]) for k, _ in lead) for idx in np.ndindex(*a.shape[:-1])] or [""]
-    if axes is None:                                 # the heading of the row labels ("col": a vector)
+    if axis_names is not None and lead:              # the heading of the row labels ("col": a vector)
+        axes = ",".join(axis_names[k] for k, _ in lead)
+    else:
         axes = {0: "col", 1: "row"}.get(len(lead), "axes " + ",".join(str(k) for k, _ in lead))
     label_w = max(len(axes), max(len(t) for t in labels))
     width = terminal_width() if width is None else width
@@ -184,7 +187,7 @@ class Listing:
         else:
             origin = " (dL/dL = 1: backward starts here)"
         lines = [f"{pad}received dL/d(output) {_dims(op.out_shape)}{origin}:"]
-        axes = "head,pos" if op.name == "Attention" else None      # (B, H, T, D): rows by head and position
+        axes = ("batch", "head", "pos") if op.name == "Attention" else None   # (B, H, T, D): rows by head, position
         lines += array_lines(op.out_grad, op.out_grad_norm, op.out_shape, pad + "  ", self.width, axes)
         for i in op.inputs:
             if i.grad_shape is None:
