@@ -185,7 +185,7 @@ def test_other_devices_are_a_clear_error():
 
 
 def test_outside_the_surface_raises_notimplementederror_naming_the_function():
-    for what, call in [("torch.save", lambda: torch.save({}, "x.pth")),
+    for what, call in [("torch.compile", lambda: torch.compile(nn.Linear(2, 2))),
                        ("torch.nn.Conv2d", lambda: nn.Conv2d(1, 1, 3)),
                        ("torch.nn.functional.mse_loss", lambda: nn.functional.mse_loss),
                        ("torch.optim.SGD", lambda: torch.optim.SGD),
@@ -198,7 +198,7 @@ def test_outside_the_surface_raises_notimplementederror_naming_the_function():
                        ("approximate='none'", lambda: nn.GELU())]:
         with pytest.raises(NotImplementedError, match=re.escape(what)):
             call()
-    assert not hasattr(torch, "save") and not hasattr(torch.ones(1), "clamp")   # still AttributeErrors
+    assert not hasattr(torch, "compile") and not hasattr(torch.ones(1), "clamp")   # still AttributeErrors
     with pytest.raises(AttributeError, match="no attribute 'typo'"):
         nn.Linear(2, 2).typo
 
