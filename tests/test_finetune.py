@@ -19,7 +19,7 @@ from tinygrad_gpt.data import SAMPLE_TEXT_PATH, DataLoader
 from tinygrad_gpt.lora import LinearWithLoRA, merge_lora
 from tinygrad_gpt.optim import AdamW
 from tinygrad_gpt.pretrained import save_pretrained
-from tinygrad_gpt.tensor import Tensor, no_grad
+from tinygrad_gpt.tensor import no_grad
 from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

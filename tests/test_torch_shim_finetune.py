@@ -323,3 +323,128 @@ def test_appendix_e_lora_replace_and_training_gives_pytorchs_numbers_base_weight
     worst = max(float(np.linalg.norm(after[n] - book_after[n]) / np.linalg.norm(book_after[n])) for n in lora)
     print(f"LoRA parameters after training: worst relative difference to PyTorch {worst:.2e}")
     assert worst < 1e-4
+
+
+# ----------------------------------------------------------------------------- the runner: a plain PyTorch script
+BOOK_SCRIPT = '''
+import functools, json, sys
+import torch
+import safetensors.numpy
+import tiktoken
+from llms_from_scratch.ch04 import GPTModel
+from llms_from_scratch.ch05 import train_model_simple
+from llms_from_scratch.ch06 import SpamDataset, train_classifier_simple, calc_accuracy_loader
+from llms_from_scratch.ch07 import InstructionDataset, custom_collate_fn
+from llms_from_scratch.appendix_d import train_model
+from llms_from_scratch.appendix_e import replace_linear_with_lora
+
+folder = sys.argv[1]
+cfg = json.load(open(f"{folder}/cfg.json"))
+tokenizer = tiktoken.get_encoding("gpt2")
+
+
+def load(model, name):
+    arrays = safetensors.numpy.load_file(f"{folder}/{name}.safetensors")
+    model.load_state_dict({k: torch.tensor(v) for k, v in arrays.items()})
+
+
+results = {}
+# chapter 7: the book's dataset, collate (-100) and chapter 5's loop
+data = json.load(open(f"{folder}/instructions.json"))
+collate = functools.partial(custom_collate_fn, device="cpu", allowed_max_length=cfg["context_length"])
+train_loader = torch.utils.data.DataLoader(InstructionDataset(data[:9], tokenizer), batch_size=3,
+                                           collate_fn=collate, shuffle=False, drop_last=True)
+val_loader = torch.utils.data.DataLoader(InstructionDataset(data[9:], tokenizer), batch_size=3,
+                                         collate_fn=collate, shuffle=False, drop_last=False)
+model = GPTModel(cfg)
+load(model, "gpt")
+optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.1)
+results["ch07"] = train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=1, eval_freq=1,
+                                     eval_iter=1, start_context="Every effort", tokenizer=tokenizer)
+# appendix D: warmup, cosine, clipping
+model = GPTModel(cfg)
+load(model, "gpt")
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+results["appendix_d"] = train_model(model, train_loader, val_loader, optimizer, "cpu", n_epochs=2, eval_freq=1,
+                                    eval_iter=1, start_context="Every effort", tokenizer=tokenizer,
+                                    warmup_steps=2, initial_lr=1e-5, min_lr=1e-5)
+# chapters 6 and appendix E: the classifier, then LoRA
+model = GPTModel(cfg)
+for param in model.parameters():
+    param.requires_grad = False
+model.out_head = torch.nn.Linear(in_features=cfg["emb_dim"], out_features=2)
+replace_linear_with_lora(model, rank=4, alpha=8)
+load(model, "lora")
+train = SpamDataset(f"{folder}/train.csv", max_length=None, tokenizer=tokenizer)
+val = SpamDataset(f"{folder}/validation.csv", max_length=train.max_length, tokenizer=tokenizer)
+train_loader = torch.utils.data.DataLoader(train, batch_size=4, shuffle=False, drop_last=True)
+val_loader = torch.utils.data.DataLoader(val, batch_size=4, shuffle=False, drop_last=False)
+trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.1)
+results["appendix_e"] = train_classifier_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=1,
+                                                eval_freq=2, eval_iter=2)
+results["appendix_e_trainable"] = trainable
+results["appendix_e_accuracy"] = calc_accuracy_loader(val_loader, model, "cpu")
+torch.save(model.state_dict(), f"{folder}/lora_classifier.pth")
+print("RESULTS " + json.dumps(results))
+'''
+
+
+def test_the_books_functions_in_a_plain_pytorch_script_give_pytorchs_numbers_under_the_runner(tmp_path):
+    """The held-out check: one unmodified PyTorch script calling the book's ch06, ch07, appendix D
+    and appendix E functions, run by `python -m tinygrad_gpt.torch` and by Python with real torch,
+    from the same weights (a safetensors file): the same losses, learning rates, accuracies."""
+    import json
+    import subprocess
+    import sys
+    import safetensors.numpy
+    from pathlib import Path
+    cfg = {**CFG, "context_length": 48}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    (tmp_path / "instructions.json").write_text(json.dumps(instruction_records(12)))
+    spam_csvs(tmp_path)
+    torch.manual_seed(1)
+    model = real_ch04.GPTModel(cfg)
+    safetensors.numpy.save_file({k: v.numpy().copy() for k, v in model.state_dict().items()},
+                                str(tmp_path / "gpt.safetensors"))
+    cfg_model = real_ch04.GPTModel(cfg)
+    cfg_model.out_head = torch.nn.Linear(cfg["emb_dim"], 2)
+    real_ape.replace_linear_with_lora(cfg_model, rank=4, alpha=8)
+    with torch.no_grad():                                       # B away from zero: LoRA matters from step 0
+        for name, p in cfg_model.named_parameters():
+            if name.endswith(".B"):
+                p.normal_(0.0, 0.02)
+    safetensors.numpy.save_file({k: v.numpy().copy() for k, v in cfg_model.state_dict().items()},
+                                str(tmp_path / "lora.safetensors"))
+    script = tmp_path / "book_chapters.py"
+    script.write_text(BOOK_SCRIPT, encoding="utf-8")
+    root = Path(__file__).resolve().parents[1]
+    offline = ("import runpy, sys, tiktoken\nfrom tinygrad_gpt.tokenizer import get_gpt2_tokenizer\n"
+               "tiktoken.get_encoding = lambda name: get_gpt2_tokenizer()\n"
+               "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
+    real = subprocess.run([sys.executable, "-c", offline, str(script), str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=900)
+    (tmp_path / "lora_classifier.pth").rename(tmp_path / "real.pth")
+    ours = subprocess.run([sys.executable, "-m", "tinygrad_gpt.torch", str(script), str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=900)
+    assert real.returncode == 0, real.stderr[-3000:]
+    assert ours.returncode == 0, ours.stderr[-3000:]
+    got = json.loads(ours.stdout.split("RESULTS ", 1)[1])
+    want = json.loads(real.stdout.split("RESULTS ", 1)[1])
+    print("\n" + ours.stdout.split("RESULTS ")[0])
+    for key in ("ch07", "appendix_d", "appendix_e"):
+        assert len(got[key]) == len(want[key])
+        for i, (a, b) in enumerate(zip(got[key], want[key])):
+            if not isinstance(b, list):
+                assert a == b, (key, i)                                  # examples seen
+                continue
+            assert len(a) == len(b) >= 1, (key, i)
+            np.testing.assert_allclose(a, b, rtol=1e-4, err_msg=f"{key}[{i}]")
+    assert got["appendix_d"][3] == want["appendix_d"][3]                 # the learning rates, equal
+    assert got["appendix_e"][2:] == want["appendix_e"][2:]               # accuracies, examples seen
+    per_block = 4 * (3 * (32 + 32) + (32 + 32) + (32 + 128) + (128 + 32))     # rank 4: A and B of 6 Linears
+    assert got["appendix_e_trainable"] == want["appendix_e_trainable"] == 2 * per_block + 4 * (32 + 2) + (64 + 2)
+    # (+ the new head's own weight and bias: made after the freezing, so it trains too)
+    assert got["appendix_e_accuracy"] == want["appendix_e_accuracy"]
+    saved = safetensors.numpy.load_file(str(tmp_path / "lora_classifier.pth"))   # torch.save: safetensors here
+    assert "trf_blocks.0.att.W_query.lora.A" in saved and "out_head.linear.weight" in saved

@@ -10,7 +10,6 @@ it) and AdamW skips it. The commands are cli/finetune.py (examples/finetune_*.py
 """
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -20,8 +19,10 @@ from . import functional as F
 from .data import DataError, DataLoader
 from .generation import generate
 from .lora import replace_linear_with_lora
+from .model import GPTModel
 from .nn import Linear
 from .optim import clip_grad_norm_, lr_at_step
+from .pretrained import SafetensorsReader
 from .tensor import no_grad
 from .tokenizer import text_to_token_ids, token_ids_to_text
 
@@ -304,14 +305,6 @@ def generate_responses(model, entries, tokenizer, max_new_tokens=256):
             for entry in entries]
 
 
-def check_fits(lengths, context_length, what):
-    """A sequence longer than the model's context would fail in the middle of training."""
-    longest = max(lengths) if lengths else 0
-    if longest > context_length:
-        raise DataError(f"{what}: the longest example is {longest} tokens, the model's context is "
-                        f"{context_length}; shorten it (--max-length / --allowed-max-length)")
-
-
 def lr_schedule_note(warmup_steps, min_lr, grad_clip):
     parts = []
     if warmup_steps:
@@ -323,16 +316,10 @@ def lr_schedule_note(warmup_steps, min_lr, grad_clip):
     return "; ".join(parts) if parts else "constant learning rate"
 
 
-def isfinite_losses(losses):
-    return all(math.isfinite(x) for x in losses)
-
-
 # ----------------------------------------------------------------------------- the saved classifier
 def load_classifier(directory):
     """A classifier finetune_classifier.py saved (model.safetensors + config.json): the model
     in eval mode, its class names and its text length."""
-    from .model import GPTModel
-    from .pretrained import SafetensorsReader
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     model = as_classifier(GPTModel(config["model_config"]), len(config["classes"]))
