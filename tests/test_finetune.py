@@ -187,6 +187,22 @@ def test_finetune_instruct_with_lora_runs_end_to_end_and_writes_the_responses(tm
     assert len(losses["train_losses"]) == 3 and all(np.isfinite(losses["val_losses"]))
 
 
+def test_finetune_classifier_starts_from_a_pretrain_run_its_final_model_or_its_checkpoint(tmp_path):
+    from helpers import TINY, run_cli, small_text
+    text = tmp_path / "story.txt"
+    text.write_text(small_text(300), encoding="utf-8")
+    assert run_cli(*TINY, "--epochs", "1", "--data", text, "--out", tmp_path / "pre", "--save-dir",
+                   tmp_path / "ck") == 0
+    data = write_csv(tmp_path / "t.csv", n=16)
+    for start in ("pre", "ck"):
+        done = run("finetune_classifier.py", "--init-from", str(tmp_path / start), "--data", str(data),
+                   "--out", str(tmp_path / f"out-{start}"), "--epochs", "1", "--batch-size", "4", "--eval-freq", "1",
+                   "--eval-iter", "1")
+        assert done.returncode == 0, done.stderr
+        assert "16 tokens each" in done.stdout                                 # capped by the model's context 16
+        assert ft.load_classifier(tmp_path / f"out-{start}")[0].out_head.weight.shape == (2, 64)
+
+
 @pytest.mark.parametrize("script,make,extra,message", [
     ("finetune_classifier.py", lambda d: d / "missing.csv", [], "missing.csv: no such file or folder"),
     ("finetune_classifier.py", lambda d: (d / "bad.csv").write_text("a,b\n1,2\n") and d / "bad.csv", [],

@@ -98,6 +98,10 @@ def load_start_model(args):
         model = load_model(args.init_from)
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(f"--init-from {args.init_from}: {e}") from None
+    if model.cfg.get("tokenizer", "gpt2") != "gpt2" or model.cfg["vocab_size"] < 50257:
+        raise UsageError(f"--init-from {args.init_from}: a model with {model.cfg['vocab_size']} token ids "
+                         f"({model.cfg.get('tokenizer', 'gpt2')} tokenizer); finetuning reads text with GPT-2's "
+                         f"tokenizer and needs GPT-2's 50257")
     for m in model.modules():
         if isinstance(m, Dropout):
             m.p = args.drop_rate

@@ -6,6 +6,9 @@
 Every name here maps onto the engine (tensor.py, ops.py, functional.py, nn.py, optim.py,
 data.py); nothing computes twice. A name PyTorch has and this namespace does not raises
 NotImplementedError naming it (an AttributeError too, so hasattr() still answers False).
+
+torch.save(model.state_dict(), "model.pth") writes safetensors, whatever the file's name, and
+torch.load reads only such files: nothing is ever pickled (serialization.py).
 """
 import math as _math
 
