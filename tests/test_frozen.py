@@ -146,3 +146,19 @@ def test_adamw_skips_frozen_parameters_and_leaves_them_unmoved():
     moved = {n for n in params if not np.array_equal(before[n], params[n].data)}
     assert moved == {"out_head.weight", "final_norm.scale", "final_norm.shift"}
     assert {id(params[n]) for n in moved} == set(opt.state)         # no moments for frozen ones
+
+
+def test_the_backward_trace_of_a_lora_classifier_reaches_only_the_adapters():
+    """explain's trace (through the same hooks) on appendix E's model: gradients reach the A
+    and B matrices only; every frozen weight is absent from what backward fed."""
+    from tinygrad_gpt.explain import trace_backward
+    from tinygrad_gpt.finetune import add_lora, as_classifier
+    manual_seed(0)
+    model = add_lora(as_classifier(GPTModel(CFG), 2), rank=2, alpha=2.0)
+    rng = np.random.default_rng(4)
+    trace = trace_backward(model, rng.integers(0, CFG["vocab_size"], (1, 8)), rng.integers(0, 2, (1, 8)))
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert sorted(trace.received) == trainable and all(n.endswith((".A", ".B")) for n in trainable)
+    assert len(trainable) == 2 * (6 * CFG["n_layers"] + 1)
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    assert "Embedding" not in {op.name for op in trace.ops}          # frozen: its backward never ran
