@@ -25,19 +25,19 @@ import numpy as np
 from . import USAGE_ERROR, Formatter, Parser, UsageError, add_runtime_flags, select_kernels, setup_threads
 
 
-def _common_flags(p, *, epochs, batch_size, lr, eval_freq, eval_iter):
+def _common_flags(p, *, epochs, batch_size, lr, eval_freq, eval_iter, data_help):
     p.add_argument("--init-from", metavar="DIR", required=True,
                    help="a Hugging Face GPT-2 directory, or what pretrain.py saved (its --out or a checkpoint)")
-    p.add_argument("--data", metavar="PATH", required=True)
+    p.add_argument("--data", metavar="PATH", required=True, help=data_help)
     p.add_argument("--out", metavar="DIR", required=True, help="a new (or empty) directory for the results")
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--epochs", type=int, default=epochs, help="passes over the training data")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="examples per step")
     p.add_argument("--lr", type=float, default=lr, help="AdamW's (peak) learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--eval-freq", type=int, default=eval_freq)
-    p.add_argument("--eval-iter", type=int, default=eval_iter)
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's decoupled weight decay")
+    p.add_argument("--eval-freq", type=int, default=eval_freq, help="evaluate every this many steps")
+    p.add_argument("--eval-iter", type=int, default=eval_iter, help="batches per evaluation")
     p.add_argument("--drop-rate", type=float, default=0.0, help="dropout during finetuning (the book's 0.0)")
-    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--seed", type=int, default=123, help="the split, the shuffling, the new weights")
     p.add_argument("--lora", metavar="RANK", type=int, default=None,
                    help="train LoRA adapters of this rank instead (appendix E)")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA's alpha (default: the rank, as the book)")
@@ -49,19 +49,27 @@ def _common_flags(p, *, epochs, batch_size, lr, eval_freq, eval_iter):
 
 
 def classifier_parser():
-    p = Parser(prog="finetune_classifier.py", description=__doc__.split("\n\n")[0], formatter_class=Formatter,
+    p = Parser(prog="finetune_classifier.py", formatter_class=Formatter,
+               description="Finetune GPT-2 as a classifier of texts, the book's chapter 6 (appendix E's LoRA "
+                           "and appendix D's schedule as options).",
                epilog="The book's chapter 6: batch 8, AdamW lr 5e-5, weight decay 0.1, 5 epochs.")
-    _common_flags(p, epochs=5, batch_size=8, lr=5e-5, eval_freq=50, eval_iter=5)
+    _common_flags(p, epochs=5, batch_size=8, lr=5e-5, eval_freq=50, eval_iter=5,
+                  data_help="a CSV with Label and Text columns (the book's train.csv), or a folder with one "
+                            "sub-folder of .txt files per class; split 70/10/20 (train, validation, test)")
     p.add_argument("--max-length", type=int, default=None,
                    help="tokens per text (default: the longest training text, capped by the context)")
     return p
 
 
 def instruct_parser():
-    p = Parser(prog="finetune_instruct.py", description=__doc__.split("\n\n")[0], formatter_class=Formatter,
+    p = Parser(prog="finetune_instruct.py", formatter_class=Formatter,
+               description="Finetune GPT-2 to follow instructions, the book's chapter 7 (appendix E's LoRA and "
+                           "appendix D's schedule as options).",
                epilog="The book's chapter 7: batch 8, AdamW lr 5e-5, weight decay 0.1, 2 epochs, "
                       "85/10/5 split, 256 new tokens per response.")
-    _common_flags(p, epochs=2, batch_size=8, lr=5e-5, eval_freq=5, eval_iter=5)
+    _common_flags(p, epochs=2, batch_size=8, lr=5e-5, eval_freq=5, eval_iter=5,
+                  data_help="a JSON list of instruction / input / output records (the book's "
+                            "instruction-data.json); split 85/10/5 in order (train, test, validation)")
     p.add_argument("--allowed-max-length", type=int, default=None,
                    help="cut each batch to this many tokens (default: the model's context length)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="per generated response")
