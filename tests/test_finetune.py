@@ -73,8 +73,9 @@ def test_collate_is_the_books_custom_collate_fn():
     ours = ft.InstructionDataset(data, tok)
     book = ch07.InstructionDataset(data, tok)
     assert ours.encoded_texts == [book[i] for i in range(len(book))]
+    x, _ = ours[np.arange(9)]
+    assert x.shape[1] == max(len(e) for e in ours.encoded_texts)              # padded to the longest (+1 - 1)
     for allowed in (None, 20):
-        x, y = ours[np.arange(9)]
         bx, by = ch07.custom_collate_fn([book[i] for i in range(9)], allowed_max_length=allowed)
         x, y = ft.custom_collate_fn(ours.encoded_texts, allowed_max_length=allowed)
         assert x.tolist() == bx.tolist() and y.tolist() == by.tolist()
