@@ -384,7 +384,9 @@ def test_fallback_warns_once_and_matches_rounded_float32():
     prev = amp._warned
     amp._warned = False
     saved_lib, saved_why, saved_avx = bf16_mkl._lib, bf16_mkl._why, bf16_avx512._why
+    saved_amx = bf16_mkl.cpu_has_amx_bf16
     bf16_mkl._lib, bf16_mkl._why = False, "forced off by the test"   # as on a CPU without AMX
+    bf16_mkl.cpu_has_amx_bf16 = lambda: False                         # (auto reads the flag, not _lib)
     bf16_avx512._why = "forced off by the test"                       # and without AVX512-BF16
     try:
         assert amp.get_gemm_backend() == "reference"
@@ -398,6 +400,7 @@ def test_fallback_warns_once_and_matches_rounded_float32():
         assert amp.choose_precision("auto")[0] == "float32"
     finally:
         bf16_mkl._lib, bf16_mkl._why, bf16_avx512._why = saved_lib, saved_why, saved_avx
+        bf16_mkl.cpu_has_amx_bf16 = saved_amx
         amp._warned = prev
     want = R.from_bf16(R.to_bf16(x)) @ R.from_bf16(R.to_bf16(w)).T
     np.testing.assert_allclose(y.data, want, rtol=1e-6, atol=1e-6)
@@ -448,9 +451,25 @@ def test_load_state_dict_invalidates_the_bf16_copies():
 def test_choose_precision():
     assert amp.choose_precision("float32")[0] == "float32"
     assert amp.choose_precision("bfloat16")[0] == "bfloat16"
-    assert amp.choose_precision("auto")[0] == "float32"     # the book's precision (amp.py says why)
     with pytest.raises(ValueError):
         amp.choose_precision("fp16")
+    with pytest.raises(ValueError):
+        amp.resolve_precision("fp16")
+
+
+def test_auto_precision_is_bf16_exactly_where_a_fast_bf16_gemm_exists():
+    """auto: bfloat16 on an AMX-BF16 CPU with oneMKL installed, or where our AVX512-BF16 GEMM beats
+    float32 (AMD); float32 elsewhere. Read from this CPU's flags, not from a hard-coded answer,
+    and resolve_precision (what the run trains in) agrees with the sentence's choice."""
+    fast = (bf16_mkl.cpu_has_amx_bf16() and bf16_mkl.installed()) or bf16_avx512.faster_than_float32()
+    precision, sentence = amp.choose_precision("auto")
+    print(f"this CPU: {sentence}")
+    assert precision == ("bfloat16" if fast else "float32")
+    assert amp.resolve_precision("auto") == precision
+    assert sentence.startswith(f"auto: {precision}")
+    if fast:
+        assert "--precision float32 is the book's exact run" in sentence
+    assert amp.resolve_precision("float32") == "float32" and amp.resolve_precision("bfloat16") == "bfloat16"
 
 
 def test_30_steps_under_autocast_stay_within_2_percent_of_float32():
