@@ -6,8 +6,8 @@ GPTModel and against the book's code on PyTorch: seconds per training step.
 
 One process; each is warmed to its steady state first (benchmarks/common.py: two consecutive
 steps within 5 %, at least 3), then the three run in alternating rounds (so a busy machine slows
-all alike); the table reports min / median / max and the ratio of medians. A step is forward, cross-entropy, backward and one AdamW update, with
-the same weights in all three. The book composes layer norm, GELU and attention from small
+all alike); the table reports min / median / max and the ratio of medians. A step is
+forward, cross-entropy, backward and one AdamW update, with the same weights in all three. The book composes layer norm, GELU and attention from small
 ops; the engine's own model runs one fused op each: the ratio is what fusing buys.
 """
 import argparse

@@ -65,7 +65,8 @@ def torch_worker(data_path, threads, smoke=False):
 
 def run(cmd, log_path):
     with open(log_path, "w") as log:
-        wall, code = bench.timed(lambda: subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode)
+        wall, code = bench.timed(lambda: subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                        cwd=ROOT).returncode)
     text = open(log_path).read()
     if code != 0:
         sys.exit(f"{' '.join(cmd)} failed with exit code {code}; see {log_path}")

@@ -263,20 +263,17 @@ def count_params(cfg):
 def bf16_gemm():
     """(gemm(a, b, trans_a, trans_b, out) on bf16 bits, its backend's name) for the fast bf16
     GEMM this CPU has, or (None, why) where only the NumPy twin exists. The one place that knows
-    where the choice lives: kernels/ (after the engine's move of it), else amp.py."""
+    where the choice lives: kernels/precision.py (where the engine's bf16 GEMM switch moves, beside
+    K), else amp.py (before that move); both offer gemm, get_gemm_backend, unavailable_reason."""
     try:
-        from tinygrad_gpt import kernels
-        gemm, backend = kernels.gemm_bf16, kernels.get_gemm_backend
+        from tinygrad_gpt.kernels import precision as where
+        where.gemm, where.get_gemm_backend, where.unavailable_reason
     except (ImportError, AttributeError):
-        from tinygrad_gpt import amp
-        gemm, backend = amp.gemm, amp.get_gemm_backend
-        why = amp.unavailable_reason
-    else:
-        why = getattr(kernels, "unavailable_reason", lambda: "no fast bf16 GEMM on this CPU")
-    name = backend()
+        from tinygrad_gpt import amp as where
+    name = where.get_gemm_backend()
     if name == "reference":
-        return None, why()
-    return gemm, name
+        return None, where.unavailable_reason() or "no fast bf16 GEMM on this CPU"
+    return where.gemm, name
 
 
 def peak_gemm_gflops(n=2048, repeats=3, bf16=False):

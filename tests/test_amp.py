@@ -538,6 +538,33 @@ def test_resume_keeps_the_checkpoint_precision_and_the_bits(tmp_path, monkeypatc
     assert state.config["precision"] == "float32"
 
 
+def test_default_precision_is_autos_choice_says_why_and_the_checkpoint_keeps_it(tmp_path, monkeypatch, capsys):
+    """No --precision: the run trains in what auto picks on this CPU (bf16 on AMX-BF16 with MKL or
+    on Zen 4/5, float32 elsewhere), its start-up line says which and why, its checkpoint stores
+    it, and --resume without the flag continues in it; --precision float32 is the book's run."""
+    from tinygrad_gpt import checkpoint as C
+    text = tmp_path / "story.txt"
+    text.write_text(small_text(), encoding="utf-8")
+    auto, why = amp.choose_precision("auto")
+    with isolated(monkeypatch, tmp_path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # the twin's note, on a CPU without AMX
+        assert run_cli(*TINY, "--epochs", "1", "--data", text, "--save-dir", tmp_path / "auto") == 0
+        first = capsys.readouterr().out
+        assert run_cli("--resume", tmp_path / "auto", "--epochs", "2") == 0
+        resumed = capsys.readouterr().out
+        assert run_cli(*TINY, "--epochs", "1", "--data", text, "--save-dir", tmp_path / "f32",
+                       "--precision", "float32") == 0
+        book = capsys.readouterr().out
+    print(f"auto here: {why}")
+    assert f"Precision: {why}" in first and why.startswith(f"auto: {auto}")
+    assert C.read_checkpoint(C.latest_checkpoint(tmp_path / "auto")).config["precision"] == auto
+    assert "trained in" not in resumed
+    assert C.read_checkpoint(C.latest_checkpoint(tmp_path / "auto")).config["precision"] == auto
+    assert "Precision: float32 as requested" in book
+    assert C.read_checkpoint(C.latest_checkpoint(tmp_path / "f32")).config["precision"] == "float32"
+    assert (ep_lines(first) == ep_lines(book)) == (auto == "float32")     # bf16's losses are its own
+
+
 GEMMS_AFTER = """
 import sys
 if sys.argv[1] == "torch":
