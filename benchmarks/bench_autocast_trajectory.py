@@ -21,12 +21,9 @@ import tempfile
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+import common as bench  # benchmarks/common.py: paths, the machine line
 
-from machine import cpu_line  # noqa: E402
+ROOT = str(bench.REPO)
 
 CFG = {"vocab_size": 50257, "context_length": 256, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
        "drop_rate": 0.0, "qkv_bias": False}
@@ -152,7 +149,7 @@ def main():
 
     print(f"# GPT-2 124M, context 256, batch 2, dropout 0, {args.steps} AdamW steps (lr 4e-4, wd 0.1) on "
           f"{os.path.basename(args.data)}; weights: {source}")
-    print(f"# {cpu_line()}")
+    print(f"# {bench.cpu_line()}")
     for name, r in results.items():
         print(f"# {name}: {r['runtime']}")
     print()

@@ -10,33 +10,17 @@ Each product is timed in the layout the step uses: y = x W^T (W transposed), dx 
 dW = dy^T x (dy transposed); the attention's products plainly.
 
 Prints GFLOP/s per shape (best of --repeats), the whole step's GEMM time in each precision
-(bench_train_step.step_gemms), the conversion's cost per element (NumPy twin vs numba),
+(common.step_gemms), the conversion's cost per element (NumPy twin vs numba),
 and "alternating": a float32 NumPy GEMM and a bf16 MKL GEMM called in turn, as a training
 step does, each timed alone (if an idle pool spun, the other one would slow down).
 """
 import argparse
-import os
 import statistics
 import sys
-import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-
-from bench_train_step import cpu_line, step_gemms  # noqa: E402
-
-
-def best(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+import common as bench  # benchmarks/common.py: the machine line, the timer, the warm-up rule, the step's GEMMs
 
 
 def layout(index, total):
@@ -61,20 +45,20 @@ def main():
                    help="load MKL on a CPU without AMX-BF16 too (bf16_mkl.allow_without_amx): what its bf16 GEMM "
                         "does there")
     args = p.parse_args()
-    from tinygrad_gpt import amp
     from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl, numba_cpu, reference as R
     from tinygrad_gpt.kernels.threads import set_num_threads
     from tinygrad_gpt.model import get_config
     if args.without_amx:
         bf16_mkl.allow_without_amx()
     threads = set_num_threads(args.threads)
-    print(f"# {cpu_line()}")
-    name = amp.get_gemm_backend() if args.gemm == "auto" else args.gemm
-    if name == "reference" or (name == "mkl" and not bf16_mkl.available()) or (
-            name == "avx512_bf16" and not bf16_avx512.available()):
-        sys.exit(f"bench_bf16_gemm: no bf16 fast path: {amp.unavailable_reason() if name == 'reference' else ''}"
-                 f"{bf16_mkl.unavailable_reason() if name == 'mkl' else ''}"
-                 f"{bf16_avx512.unavailable_reason() if name == 'avx512_bf16' else ''}")
+    print(f"# {bench.cpu_line()}")
+    print(f"# {bench.runtime_line(threads)}")
+    fast, name = bench.bf16_gemm() if args.gemm == "auto" else (None, args.gemm)
+    if fast is None and args.gemm == "auto":
+        sys.exit(f"bench_bf16_gemm: no bf16 fast path: {name}")
+    if (name == "mkl" and not bf16_mkl.available()) or (name == "avx512_bf16" and not bf16_avx512.available()):
+        sys.exit(f"bench_bf16_gemm: no bf16 fast path: "
+                 f"{bf16_mkl.unavailable_reason() if name == 'mkl' else bf16_avx512.unavailable_reason()}")
     if name == "mkl":
         print(f"# {threads} threads; bf16 GEMM: MKL {bf16_mkl.library_path()} ({bf16_mkl.get_num_threads()} threads)")
         gemm16 = bf16_mkl.gemm_bf16
@@ -85,7 +69,7 @@ def main():
     rng = np.random.default_rng(0)
     rows, t32, t16 = [], 0.0, 0.0
     cache = {}
-    gemms = step_gemms(cfg, args.batch, args.seq)
+    gemms = bench.step_gemms(cfg, args.batch, args.seq)
     for index, (count, m, k, n) in enumerate(gemms):
         ta, tb = layout(index, len(gemms))
         if (m, k, n, ta, tb) not in cache:
@@ -94,8 +78,8 @@ def main():
             ab, bb = R.to_bf16(a), R.to_bf16(b)
             a, b = (a.T if ta else a), (b.T if tb else b)       # NumPy reads the transposes in place
             c = np.empty((m, n), np.float32)
-            f32 = best(lambda: np.matmul(a, b, out=c), args.repeats)
-            b16 = best(lambda: gemm16(ab, bb, ta, tb, out=c), args.repeats)
+            f32 = bench.best_time(lambda: np.matmul(a, b, out=c), args.repeats)
+            b16 = bench.best_time(lambda: gemm16(ab, bb, ta, tb, out=c), args.repeats)
             cache[(m, k, n, ta, tb)] = (f32, b16)
             rows.append((m, k, n, ta, tb, f32, b16))
         f32, b16 = cache[(m, k, n, ta, tb)]
@@ -106,14 +90,14 @@ def main():
         g = 2.0 * m * k * n / 1e9
         shape = ("a^T" if ta else "a") + " " + ("b^T" if tb else "b")
         print(f"| {m}x{k}x{n} | {shape} | {g / f32:.0f} | {g / b16:.0f} | {f32 / b16:.2f}x |")
-    gflop = sum(c * 2.0 * m * k * n for c, m, k, n in step_gemms(cfg, args.batch, args.seq)) / 1e9
+    gflop = sum(c * 2.0 * m * k * n for c, m, k, n in gemms) / 1e9     # full T x T attention products
     print(f"\nthe step's {gflop:.0f} GFLOP: float32 {t32:.3f} s ({gflop / t32:.0f} GFLOP/s), "
           f"bf16 {t16:.3f} s ({gflop / t16:.0f} GFLOP/s), {t32 / t16:.2f}x")
 
     x = rng.standard_normal(512 * 3072, dtype=np.float32)
-    tn = best(lambda: R.to_bf16(x), args.repeats)
-    tb = best(lambda: numba_cpu.to_bf16(x), args.repeats)
-    tc = best(lambda: x.copy(), args.repeats)
+    tn = bench.best_time(lambda: R.to_bf16(x), args.repeats)
+    tb = bench.best_time(lambda: numba_cpu.to_bf16(x), args.repeats)
+    tc = bench.best_time(lambda: x.copy(), args.repeats)
     print(f"\nfloat32 -> bf16 of a 512x3072 activation: NumPy twin {tn * 1e3:.2f} ms, numba {tb * 1e3:.2f} ms "
           f"(a plain float32 copy: {tc * 1e3:.2f} ms)")
 
@@ -122,16 +106,12 @@ def main():
     ab, bb = R.to_bf16(a), R.to_bf16(b)
     c = np.empty((m, n), np.float32)
     g = 2.0 * m * k * n / 1e9
-    alone32 = best(lambda: np.matmul(a, b, out=c), args.repeats)
-    alone16 = best(lambda: gemm16(ab, bb, out=c), args.repeats)
+    alone32 = bench.best_time(lambda: np.matmul(a, b, out=c), args.repeats)
+    alone16 = bench.best_time(lambda: gemm16(ab, bb, out=c), args.repeats)
     s32, s16 = [], []
     for _ in range(10 * args.repeats):
-        t = time.perf_counter()
-        np.matmul(a, b, out=c)
-        s32.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        gemm16(ab, bb, out=c)
-        s16.append(time.perf_counter() - t)
+        s32.append(bench.timed(lambda: np.matmul(a, b, out=c))[0])
+        s16.append(bench.timed(lambda: gemm16(ab, bb, out=c))[0])
     print(f"\nalternating {m}x{k}x{n} (median of {len(s32)} pairs) vs each alone (best):")
     print(f"  float32 NumPy: {g / statistics.median(s32):.0f} GFLOP/s alternating, {g / alone32:.0f} alone")
     print(f"  bf16 {name}: {g / statistics.median(s16):.0f} GFLOP/s alternating, {g / alone16:.0f} alone")

@@ -4,18 +4,17 @@ GPTModel and against the book's code on PyTorch: seconds per training step.
     python benchmarks/bench_book_shim.py                    # 124M architecture, batch 2 x 128
     python benchmarks/bench_book_shim.py --model tiny --context-length 64 --rounds 5
 
-One process; the three run in alternating rounds (so a busy machine slows all alike); the
-table reports medians. A step is forward, cross-entropy, backward and one AdamW update, with
-the same weights in all three. The book composes layer norm, GELU and attention from small
+One process; each is warmed to its steady state first (benchmarks/common.py: two consecutive
+steps within 5 %, at least 3), then the three run in alternating rounds (so a busy machine slows
+all alike); the table reports min / median / max and the ratio of medians. A step is
+forward, cross-entropy, backward and one AdamW update, with the same weights in all three. The book composes layer norm, GELU and attention from small
 ops; the engine's own model runs one fused op each: the ratio is what fusing buys.
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 
-from machine import cpu_line  # noqa: E402  (benchmarks/machine.py)
+import common as bench  # benchmarks/common.py: paths, the machine line, the timer, the warm-up rule
 
 
 def main():
@@ -80,24 +79,28 @@ def main():
             "engine's own GPTModel (fused ops)": step_ours}
     times = {k: [] for k in runs}
     losses = {k: [] for k in runs}
-    for name, fn in runs.items():                 # warm-up (numba compiles, allocators settle)
-        losses[name].append(fn())
-    for _ in range(args.rounds):
-        for name, fn in runs.items():
-            start = time.perf_counter()
+    warm = {name: bench.warm_up(lambda: losses[name].append(fn())) for name, fn in runs.items()}
+    for name, fn in runs.items():                 # the same step count everywhere: comparable losses
+        while len(losses[name]) < max(len(v) for v in losses.values()):
             losses[name].append(fn())
-            times[name].append(time.perf_counter() - start)
+    for _ in range(args.rounds):                  # numba compiled, allocators settled: alternate
+        for name, fn in runs.items():
+            seconds, loss = bench.timed(fn)
+            losses[name].append(loss)
+            times[name].append(seconds)
 
-    print(f"{cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"kernels {args.kernels}")
+    print(f"{bench.cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(bench.runtime_line())
     print(f"GPT-2 {args.model} architecture, context {args.context_length}, batch {args.batch_size}, "
-          f"{args.rounds} rounds after 1 warm-up, medians")
-    base = statistics.median(times["book's GPTModel on PyTorch"])
-    print(f"| {'run':38s} | {'s/step':>7s} | {'vs PyTorch':>10s} | {'last loss':>9s} |")
-    print(f"|{'-' * 40}|{'-' * 9}|{'-' * 12}|{'-' * 11}|")
+          f"{args.rounds} rounds after each one's warm-up")
     for name in runs:
-        med = statistics.median(times[name])
-        print(f"| {name:38s} | {med:7.3f} | {med / base:9.2f}x | {losses[name][-1]:9.5f} |")
+        print(f"  {name}: {warm[name].describe()}")
+    base = bench.stats(times["book's GPTModel on PyTorch"])[1]
+    print(f"| {'run':38s} | {'s/step min / median / max':>25s} | {'vs PyTorch':>10s} | {'last loss':>9s} |")
+    print(f"|{'-' * 40}|{'-' * 27}|{'-' * 12}|{'-' * 11}|")
+    for name in runs:
+        med = bench.stats(times[name])[1]
+        print(f"| {name:38s} | {bench.fmt_stats(times[name]):>25s} | {med / base:9.2f}x | {losses[name][-1]:9.5f} |")
 
 
 if __name__ == "__main__":

@@ -24,16 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import common as bench  # benchmarks/common.py: paths, the machine line, the timer
 
 from tinygrad_gpt import corpus as C  # noqa: E402
 
-import machine  # noqa: E402  (benchmarks/machine.py)
+REPO = bench.REPO
 
 
 def cpu_line():
-    return f"{machine.cpu_line()}; Python {platform.python_version()}, numpy {np.__version__}"
+    return f"{bench.cpu_line()}; Python {platform.python_version()}, numpy {np.__version__}"
 
 
 def synthetic_corpus(directory, train_tokens, val_tokens=100_000, shard_tokens=C.DEFAULT_SHARD_TOKENS, seed=0):
@@ -65,8 +64,9 @@ def synthetic_corpus(directory, train_tokens, val_tokens=100_000, shard_tokens=C
 def train(corpus, steps, out):
     cmd = [sys.executable, str(REPO / "examples" / "pretrain.py"), "--data", str(corpus), "--model", "tiny",
            "--context-length", "64", "--batch-size", "8", "--max-steps", str(steps), "--eval-freq", str(steps),
-           "--eval-iter", "2", "--no-plot", "--threads", "2", "--out", str(out)]
-    t0 = time.perf_counter()
+           "--eval-iter", "2", "--no-plot", "--threads", "2", "--out", str(out),
+           "--precision", "float32"]            # as RESULTS.md's table was run (auto is bf16 on some CPUs)
+    t0 = bench.now()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
@@ -87,7 +87,7 @@ def train(corpus, steps, out):
     if proc.returncode != 0:
         raise SystemExit(output[-3000:])
     m = re.search(r"([\d,]+) tokens/s", output)
-    return {k: v / 1024 for k, v in peak.items()}, time.perf_counter() - t0, m.group(1) if m else "?"
+    return {k: v / 1024 for k, v in peak.items()}, bench.now() - t0, m.group(1) if m else "?"
 
 
 def main():
@@ -98,13 +98,14 @@ def main():
     args = p.parse_args()
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-corpus-"))
     print(cpu_line())
+    print(bench.runtime_line())
     try:
         rows = []
         for name, tokens in (("small", 1_000_000), ("large", int(args.gb * 1e9 / 2))):
-            t0 = time.perf_counter()
+            t0 = bench.now()
             d = synthetic_corpus(root / name, tokens)
             size = sum(f.stat().st_size for f in d.iterdir()) / 1e9
-            made = time.perf_counter() - t0
+            made = bench.now() - t0
             rss, secs, tps = train(d, args.steps, root / f"run-{name}")
             rows.append((name, tokens, size, made, rss, secs, tps))
             shutil.rmtree(d)

@@ -19,9 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench_corpus_memory import cpu_line  # noqa: E402
+import common as bench  # benchmarks/common.py: paths, the machine line
+
+REPO = bench.REPO
 
 
 def mpirun():
@@ -55,7 +55,8 @@ def main():
     args = p.parse_args()
     T = args.context_length or (64 if args.model == "tiny" else 256)
     tmp = Path(tempfile.mkdtemp(prefix="bench-dp-"))
-    print(cpu_line())
+    print(bench.cpu_line())
+    print(bench.runtime_line())
     try:
         story = (REPO / "tinygrad_gpt" / "data" / "sample_story.txt").read_text(encoding="utf-8")
         words = story.split()
@@ -66,7 +67,8 @@ def main():
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
         common = ["--data", str(tmp / "corpus"), "--model", args.model, "--context-length", str(T),
                   "--batch-size", str(args.batch_size), "--max-steps", str(args.steps), "--eval-freq",
-                  str(10 ** 6), "--eval-iter", "1", "--drop-rate", "0", "--no-plot", "--out", str(tmp / "out")]
+                  str(10 ** 6), "--eval-iter", "1", "--drop-rate", "0", "--no-plot", "--out", str(tmp / "out"),
+                  "--precision", "float32"]       # as RESULTS.md's table was run (auto is bf16 on some CPUs)
         script = [sys.executable, str(REPO / "examples" / "pretrain.py")]
         results = {"1 rank x 2 threads": [], "2 ranks x 1 thread": []}
         for _ in range(args.rounds):

@@ -10,14 +10,11 @@ the dropout masks of one layer.
 """
 import argparse
 import os
-import platform
 import statistics
-import sys
-import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import common as bench  # benchmarks/common.py: paths, the machine line, the timer, the warm-up rule
 
 from tinygrad_gpt.kernels import numba_cpu as NB      # noqa: E402
 from tinygrad_gpt.kernels import reference as R       # noqa: E402
@@ -27,15 +24,14 @@ B, H, T, D = 2, 12, 256, 64
 ADAMW_N, GPT2_PARAMS = 10_000_000, 124_000_000
 
 
-def median_ms(fn, args, min_time, min_runs=5, warmup=2):
-    for _ in range(warmup):
-        fn(*args)
+def median_ms(fn, args, min_time, min_runs=5):
+    """Median milliseconds of fn(*args) at its steady state (common.warm_up's rule), over at least
+    min_runs calls and min_time seconds (at most 50 calls)."""
+    bench.warm_up(lambda: fn(*args))
     times = []
-    t_end = time.perf_counter() + min_time
-    while len(times) < min_runs or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
+    t_end = bench.now() + min_time
+    while len(times) < min_runs or bench.now() < t_end:
+        times.append(bench.timed(fn, *args)[0])
         if len(times) >= 50:
             break
     return 1e3 * statistics.median(times)
@@ -133,17 +129,13 @@ def adamw_case(dt, rng):
 def header():
     import numba
     from threadpoolctl import threadpool_info
-    print(f"python {platform.python_version()}  numpy {np.__version__}  numba {numba.__version__}")
-    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores")
-    numpy_libs = os.path.dirname(np.__file__) + ".libs"
-    for lib in threadpool_info():
-        path = lib.get("filepath", "")
-        owner = "  <- NumPy's BLAS" if path.startswith(numpy_libs) else ""
+    print(bench.cpu_line())
+    print(bench.runtime_line())
+    for lib in threadpool_info():              # every pool, not only NumPy's BLAS: which one is whose
         print(f"threadpool: {lib.get('internal_api')} {lib.get('version') or ''} "
               f"({lib.get('architecture') or '-'}, {lib.get('threading_layer') or '-'}), "
-              f"{lib.get('num_threads')} threads: {os.path.basename(path)}{owner}")
-    print(f"numba threading layer: {numba.threading_layer()}, {numba.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+              f"{lib.get('num_threads')} threads: {lib.get('filepath', '')}")
+    print(f"numba threading layer: {numba.threading_layer()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
 
 
@@ -157,7 +149,8 @@ def main():
 
     NB.warmup()
     header()
-    print(f"dtype {args.dtype}; median of >= 5 runs after 2 warm-up calls\n")
+    print(f"dtype {args.dtype}; median of >= 5 runs after each kernel's warm-up (two consecutive calls "
+          f"within {bench.WARMUP_TOLERANCE:.0%}, {bench.WARMUP_MIN} to {bench.WARMUP_MAX} calls)\n")
     row = "{:<29} {:<26} {:>10} {:>10} {:>8} {:>9}"
     print(row.format("kernel", "shape", "numpy ms", "numba ms", "speedup", "max diff"))
     print("-" * 97)

@@ -17,10 +17,20 @@
 Ours is timed through the plain API, as a reader's own loop over GPTModel and AdamW runs it
 (no command's set-up: `--commands-setup` adds examples/pretrain.py's). Each engine runs in
 its own process (so peak memory is its own), in alternating rounds (so a busy machine slows
-both alike); the table reports medians and the ratio to the fastest torch setting of the run
-(the strongest peer, whichever it is on this CPU). The "GEMM floor" is the time the step's
-matrix products alone take with NumPy's BLAS, in the same process: a step can't be faster,
-and the ratio to it says how much the rest costs.
+both alike). Every engine is timed at its steady state (benchmarks/common.py: warmed until two
+consecutive steps agree within 5 %, at least 3 steps, at most --max-warmup), then --steps timed
+steps; the table reports min / median / max over all rounds, the warm-up steps' times, and the
+ratios of medians to the fastest torch setting of the run (the strongest peer, whichever it is
+on this CPU).
+
+The limit: a worker measures this CPU's peak GEMM rate on one large square product (float32
+through NumPy's BLAS, bf16 through the fast bf16 GEMM) and its memory bandwidth with a streaming
+copy; the step's lower bound is its GEMM FLOPs (common.step_flops, from the model config) at
+that peak plus AdamW's and the activations' bytes at that bandwidth, and step / bound says how
+far an engine is from it.
+
+    python benchmarks/bench_train_step.py --smoke --precision both --compare-torch
+                     # a tiny model, 2 timed steps, 1 round: checks the script, not the speed
 """
 import argparse
 import json
@@ -29,65 +39,10 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-from machine import cpu_line, has_bf16_units  # noqa: E402  (benchmarks/machine.py)
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-# ----------------------------------------------------------------------------- the GEMMs of a step
-def step_gemms(cfg, B, T):
-    """(count, M, K, N) for every matrix product in a training step: forward + backward."""
-    C, V, L, H = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"], cfg["n_heads"]
-    D, N = C // H, B * T
-    linears = [(N, C, C)] * 4 + [(N, C, 4 * C), (N, 4 * C, C)]          # q, k, v, out, ff1, ff2
-    gemms = []
-    for (m, k, n) in linears:                 # y = x W^T: forward, dx = dy W, dW = dy^T x
-        gemms += [(L, m, k, n), (L, m, n, k), (L, n, m, k)]
-    bh = B * H * L                            # attention: s = q k^T, out = a v; 4 products back
-    gemms += [(bh, T, D, T), (bh, T, T, D)] + [(bh, T, T, D), (bh, T, D, T), (bh, T, T, D), (bh, T, T, D)]
-    gemms += [(1, N, C, V), (1, N, V, C), (1, V, N, C)]                 # the output head
-    return gemms
-
-
-def _floor(cfg, B, T, operand, gemm, repeats):
-    """Seconds the step's GEMMs take with `gemm(a, b, out)` on `operand(shape)` inputs (best of
-    `repeats` per distinct shape, preallocated outputs), and their GFLOP."""
-    total, flops, cache = 0.0, 0.0, {}
-    for count, m, k, n in step_gemms(cfg, B, T):
-        if (m, k, n) not in cache:
-            a, b = operand((m, k)), operand((k, n))
-            out = np.empty((m, n), np.float32)
-            gemm(a, b, out)                    # warm-up
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                gemm(a, b, out)
-                times.append(time.perf_counter() - t)
-            cache[(m, k, n)] = min(times)
-        total += count * cache[(m, k, n)]
-        flops += count * 2.0 * m * k * n
-    return total, flops / 1e9
-
-
-def gemm_floor(cfg, B, T, repeats=3):
-    """Seconds the step's GEMMs take in NumPy (float32, preallocated outputs), and GFLOP."""
-    return _floor(cfg, B, T, lambda shape: np.random.rand(*shape).astype(np.float32),
-                  lambda a, b, out: np.matmul(a, b, out=out), repeats)
-
-
-def gemm_floor_bf16(cfg, B, T, repeats=3):
-    """Seconds the step's GEMMs take as bf16 products on autocast's fast backend (oneMKL on AMX,
-    ours on AVX512-BF16; inputs already bf16), or None without a fast path."""
-    from tinygrad_gpt import amp
-    from tinygrad_gpt.kernels import reference as R
-    if amp.get_gemm_backend() == "reference":
-        return None
-    return _floor(cfg, B, T, lambda shape: R.to_bf16(np.random.rand(*shape).astype(np.float32)),
-                  lambda a, b, out: amp.gemm(a, b, out=out), repeats)[0]
+import common as bench  # benchmarks/common.py: the machine line, the timer, the warm-up rule, the limit
 
 
 def peak_rss_gib():
@@ -100,7 +55,7 @@ def worker_ours(args, cfg):
     from tinygrad_gpt.kernels import set_backend
     set_backend(args.kernels)                  # tinygrad_gpt is already imported: switch explicitly
     from tinygrad_gpt import functional as F
-    from tinygrad_gpt.cli import runtime_line, setup_threads
+    from tinygrad_gpt.cli import setup_threads
     from tinygrad_gpt.kernels.threads import set_num_threads
     from tinygrad_gpt.tensor import no_grad, profile
     bf16 = args.precision == "bfloat16"
@@ -109,9 +64,9 @@ def worker_ours(args, cfg):
     else:                                      # a user's own loop over GPTModel and AdamW: the plain API
         threads = set_num_threads(args.threads, load_mkl=bf16)
         caching = "off" if tg.memory.caching_disabled() else "on"
-        runtime = f"plain API (memory caching {caching}), " + runtime_line(threads, args.precision)
+        runtime = f"plain API (memory caching {caching}), " + bench.runtime_line(threads, args.precision)
     if bf16:
-        runtime = runtime.replace("bfloat16", f"bfloat16 autocast, GEMM {tg.amp.get_gemm_backend()}")
+        runtime = runtime.replace("bfloat16", f"bfloat16 autocast, GEMM {bench.bf16_gemm()[1]}")
     tg.manual_seed(123)
     model = tg.GPTModel(cfg)
     opt = tg.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
@@ -120,41 +75,36 @@ def worker_ours(args, cfg):
     y = rng.integers(0, cfg["vocab_size"], (args.batch, args.seq))
 
     def step():
-        t0 = time.perf_counter()
+        t0 = bench.now()
         opt.zero_grad()
         with tg.autocast("bfloat16", enabled=bf16):
             loss = F.cross_entropy(model(x), y)
-        t1 = time.perf_counter()
+        t1 = bench.now()
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = bench.now()
         opt.step()
-        t3 = time.perf_counter()
+        t3 = bench.now()
         return t1 - t0, t2 - t1, t3 - t2
 
-    t = time.perf_counter()
-    for _ in range(args.warmup):
-        step()
-    warmup = time.perf_counter() - t
+    def evaluate():
+        with no_grad(), tg.autocast("bfloat16", enabled=bf16):
+            F.cross_entropy(model(x), y)
+
+    warm = bench.warm_up(step, max_steps=args.max_warmup)
     splits = [step() for _ in range(args.steps)]
     with profile() as prof:
         step()
     model.eval()
-    evals = []
-    for _ in range(max(2, args.steps)):
-        t = time.perf_counter()
-        with no_grad(), tg.autocast("bfloat16", enabled=bf16):
-            F.cross_entropy(model(x), y)
-        evals.append(time.perf_counter() - t)
-    rss = peak_rss_gib()                       # before the floors' operands (up to 0.4 GiB) exist
-    floor, gflop = gemm_floor(cfg, args.batch, args.seq)
-    floor16 = gemm_floor_bf16(cfg, args.batch, args.seq) if bf16 else None
-    return {"splits": splits, "eval": evals, "peak_rss_gib": rss, "gemm_floor": floor,
-            "gemm_floor_bf16": floor16, "gemm_backend": tg.amp.get_gemm_backend(), "gflop": gflop, "profile": prof.table(), "runtime": runtime, "warmup": warmup}
+    eval_warm, evals = bench.steady_times(evaluate, max(2, args.steps), args.max_warmup)
+    return {"splits": splits, "eval": evals, "peak_rss_gib": peak_rss_gib(), "warmup": warm.times,
+            "warmup_note": warm.describe(), "eval_warmup": eval_warm.times, "profile": prof.table(),
+            "runtime": runtime}
 
 
 def worker_torch(args, cfg):
     """The book's GPTModel; --torch-mode: "default" (the book's AdamW), "fused" (AdamW(fused=True)),
-    "bf16" (torch.autocast("cpu", bfloat16) around forward + loss, fused AdamW)."""
+    "bf16" (torch.autocast("cpu", bfloat16) around forward + loss, fused AdamW), "compile" (bf16 +
+    fused, torch.compile: its warm-up steps compile)."""
     import torch
     from llms_from_scratch.ch04 import GPTModel
     torch.set_num_threads(args.threads or os.cpu_count())
@@ -170,31 +120,40 @@ def worker_torch(args, cfg):
     y = torch.tensor(rng.integers(0, cfg["vocab_size"], (args.batch, args.seq)))
 
     def step():
-        t0 = time.perf_counter()
+        t0 = bench.now()
         opt.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        t1 = time.perf_counter()
+        t1 = bench.now()
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = bench.now()
         opt.step()
-        t3 = time.perf_counter()
+        t3 = bench.now()
         return t1 - t0, t2 - t1, t3 - t2
 
-    t = time.perf_counter()
-    for _ in range(max(args.warmup, 2 if args.torch_mode == "compile" else 0)):
-        step()                                 # compile: forward and backward graphs, then one more
-    warmup = time.perf_counter() - t
-    splits = [step() for _ in range(args.steps)]
-    model.eval()
-    evals = []
-    for _ in range(max(2, args.steps)):
-        t = time.perf_counter()
+    def evaluate():
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        evals.append(time.perf_counter() - t)
-    return {"splits": splits, "eval": evals, "peak_rss_gib": peak_rss_gib(), "warmup": warmup,
+
+    warm = bench.warm_up(step, max_steps=args.max_warmup)
+    splits = [step() for _ in range(args.steps)]
+    model.eval()
+    eval_warm, evals = bench.steady_times(evaluate, max(2, args.steps), args.max_warmup)
+    return {"splits": splits, "eval": evals, "peak_rss_gib": peak_rss_gib(), "warmup": warm.times,
+            "warmup_note": warm.describe(), "eval_warmup": eval_warm.times,
             "runtime": f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.torch_mode}"}
+
+
+def worker_limits(args, cfg):
+    """This CPU's peak GEMM rates (float32 NumPy, bf16 fast path) and its copy bandwidth, with the
+    engines' thread count, in a process of its own."""
+    from tinygrad_gpt.kernels.threads import set_num_threads
+    threads = set_num_threads(args.threads, load_mkl=True)
+    n, mib = (256, 8) if args.smoke else (2048, 256)
+    gemm, backend = bench.bf16_gemm()
+    return {"f32": bench.peak_gemm_gflops(n), "bf16": bench.peak_gemm_gflops(n, bf16=True),
+            "bf16_backend": backend, "bandwidth": bench.copy_bandwidth_gbs(mib), "n": n, "mib": mib,
+            "threads": threads}
 
 
 TORCH_MODES = {"book": "torch book", "fused": "torch fused", "bf16": "torch bf16+fused"}   # --torch-modes
@@ -207,21 +166,26 @@ ENGINES = {   # column name -> (worker, its extra flags)
     "torch fused": ("torch", ["--torch-mode", "fused"]),
     "torch bf16+fused": ("torch", ["--torch-mode", "bf16"]),
     "torch compiled": ("torch", ["--torch-mode", "compile"]),
+    "limits": ("limits", []),
 }
+BF16_ENGINES = {"ours bf16", "torch bf16+fused", "torch compiled"}      # bounded by the bf16 peak
 
 
 def run_worker(engine, args):
     worker, extra = ENGINES[engine]
     cmd = [sys.executable, __file__, "--worker", worker, "--model", args.model, "--batch", str(args.batch),
-           "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--seq", str(args.seq), "--steps", str(args.steps), "--max-warmup", str(args.max_warmup),
            "--kernels", args.kernels] + extra + (["--threads", str(args.threads)] if args.threads else []) \
-        + (["--commands-setup"] if args.commands_setup else [])
+        + (["--commands-setup"] if args.commands_setup else []) + (["--smoke"] if args.smoke else [])
     env = dict(os.environ)
     if args.no_memory_caching and worker == "ours":
         env["TINYGRAD_GPT_NO_MEMORY_CACHING"] = "1"
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         sys.exit(f"the {engine} worker failed:\n{out.stderr[-3000:]}")
+    for line in out.stderr.splitlines():       # the warm-up cap's warning, for one
+        if line.startswith("warning:"):
+            print(f"{engine}: {line}", file=sys.stderr, flush=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -229,7 +193,8 @@ def run_worker(engine, args):
 def summarize(results):
     steps = [sum(s) for r in results for s in r["splits"]]
     med = lambda i: statistics.median(s[i] for r in results for s in r["splits"])   # noqa: E731
-    return {"step": statistics.median(steps), "fwd": med(0), "bwd": med(1), "opt": med(2),
+    lo, median, hi = bench.stats(steps)
+    return {"step": median, "step min": lo, "step max": hi, "fwd": med(0), "bwd": med(1), "opt": med(2),
             "eval": statistics.median(e for r in results for e in r["eval"]),
             "rss": max(r["peak_rss_gib"] for r in results)}
 
@@ -239,9 +204,14 @@ def main():
     p.add_argument("--model", default="124M")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per round")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per round, after the warm-up")
+    p.add_argument("--max-warmup", type=int, default=bench.WARMUP_MAX,
+                   help=f"the warm-up's cap: steps run until two consecutive ones agree within "
+                        f"{bench.WARMUP_TOLERANCE:.0%} (at least {bench.WARMUP_MIN}, at most this many)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of each engine")
+    p.add_argument("--smoke", action="store_true",
+                   help="check the script, not the speed: the tiny model, batch 2 x 32, 2 timed steps, "
+                        "1 round, a warm-up of 3 steps, small limit probes")
     p.add_argument("--kernels", choices=["numpy", "numba"], default="numba")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compare-torch", action="store_true",
@@ -254,7 +224,7 @@ def main():
     p.add_argument("--no-memory-caching", action="store_true",
                    help="ours with TINYGRAD_GPT_NO_MEMORY_CACHING=1: glibc gives each step's freed pages "
                         "back and the next step faults them in again (memory.py)")
-    p.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "torch", "limits"], help=argparse.SUPPRESS)
     p.add_argument("--torch-compile", action="store_true",
                    help="with --compare-torch: also torch.compile (inductor) of the bf16 + fused step; "
                         "its compile time is reported on its own")
@@ -265,13 +235,17 @@ def main():
     p.add_argument("--torch-mode", choices=["default", "fused", "bf16", "compile"], default="default",
                    help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.smoke and not args.worker:
+        args.model, args.batch, args.seq, args.steps, args.rounds = "tiny", 2, 32, 2, 1
+        args.max_warmup = bench.WARMUP_MIN
+    if args.max_warmup < bench.WARMUP_MIN:
+        p.error(f"--max-warmup must be at least {bench.WARMUP_MIN}")
 
-    sys.path.insert(0, os.path.dirname(HERE))
     from tinygrad_gpt.model import get_config
     cfg = get_config(args.model)
     cfg["context_length"] = args.seq
     if args.worker:
-        fn = worker_ours if args.worker == "ours" else worker_torch
+        fn = {"ours": worker_ours, "torch": worker_torch, "limits": worker_limits}[args.worker]
         print(json.dumps(fn(args, cfg)))
         return
 
@@ -292,40 +266,39 @@ def main():
         p.error(f"--torch-modes: unknown setting {sorted(unknown)[0]!r}; choose from {', '.join(TORCH_MODES)}")
     left_out = {TORCH_MODES[m] for m in set(TORCH_MODES) - modes}     # torch compiled: --torch-compile
     engines = [e for e in engines if e not in left_out]
-    if "torch bf16+fused" in engines and not has_bf16_units():
+    if "torch bf16+fused" in engines and not bench.has_bf16_units():
         print("note: this CPU has neither AMX-BF16 nor AVX512-BF16; torch's bf16 autocast step took "
               "240 s (float32: 4.1 s) on such a CPU (RESULTS.md). --torch-modes book,fused leaves it out.",
               file=sys.stderr, flush=True)
-    results = {e: [] for e in engines}
+    results = {e: [] for e in engines + ["limits"]}
     for r in range(args.rounds):
-        for e in engines:
+        for e in engines + ["limits"]:
             print(f"round {r + 1}/{args.rounds}: {e} ...", file=sys.stderr, flush=True)
             results[e].append(run_worker(e, args))
+    limits = results.pop("limits")
     tokens = args.batch * args.seq
-    first = results[engines[0]]
-    floor = statistics.median(r["gemm_floor"] for r in first)
-    gflop = first[0]["gflop"]
-    print(f"# {args.model}, batch {args.batch} x {args.seq}, kernels {args.kernels}, "
-          f"{args.rounds} rounds x {args.steps} steps (median)")
-    print(f"# {cpu_line()}")
+    print(f"# {args.model}, batch {args.batch} x {args.seq}, kernels {args.kernels}, {args.rounds} rounds x "
+          f"{args.steps} timed steps after each engine's warm-up (steady: two consecutive steps within "
+          f"{bench.WARMUP_TOLERANCE:.0%}, {bench.WARMUP_MIN} to {args.max_warmup} steps)")
+    print(f"# {bench.cpu_line()}")
     for e in engines:
         print(f"# {e}: {results[e][0]['runtime']}")
     print()
     # ratio: ours against the fastest eager torch setting of this run (compiled is reported
-    # apart). On an AMX Xeon that was bf16 autocast + fused AdamW (1.26 s against fused
-    # float32's 2.1 s); on an AVX2-only EPYC bf16 autocast took 240 s a step, and fused
-    # float32 was the one to beat
+    # apart), medians of both at their steady state. On an AMX Xeon that was bf16 autocast + fused
+    # AdamW; on an AVX2-only EPYC bf16 autocast took 240 s a step, and fused float32 was the one to beat
     summaries = {e: summarize(results[e]) for e in engines}
     eager = [e for e in engines if e.startswith("torch") and e != "torch compiled"]
     target = min(eager, key=lambda e: summaries[e]["step"]) if eager else None
     if target:
-        print(f"# the ratio columns: against {target}, the fastest eager torch setting in this run")
+        print(f"# the ratio columns: medians against {target}, the fastest eager torch setting in this run")
         print()
     ours_cols = [e for e in engines if e.startswith("ours")]
     ratio_cols = [f"{e} / {target}" for e in ours_cols] if target else []
     cols = engines + ratio_cols
-    rows = [("step (s)", "step"), ("  forward + loss (s)", "fwd"), ("  backward (s)", "bwd"),
-            ("  AdamW step (s)", "opt"), ("eval forward (s)", "eval"), ("peak RSS (GiB)", "rss")]
+    rows = [("step, median (s)", "step"), ("step, min (s)", "step min"), ("step, max (s)", "step max"),
+            ("  forward + loss (s)", "fwd"), ("  backward (s)", "bwd"), ("  AdamW step (s)", "opt"),
+            ("eval forward (s)", "eval"), ("peak RSS (GiB)", "rss")]
     print("| " + " | ".join(["measure"] + cols) + " |")
     print("|" + "---|" * (len(cols) + 1))
     for label, key in rows:
@@ -335,6 +308,12 @@ def main():
     tok = [f"{tokens / summaries[e]['step']:.0f}" for e in engines]
     print("| tokens/s | " + " | ".join(tok + [""] * len(ratio_cols)) + " |")
     print()
+    print("warm-up (each round's steps before the timed ones; the timed steps are min / median / max):")
+    for e in engines:
+        for i, r in enumerate(results[e]):
+            timed_steps = [sum(s) for s in r["splits"]]
+            print(f"  {e}, round {i + 1}: {r['warmup_note']}; timed {bench.fmt_stats(timed_steps)} s")
+    print()
     if target:                                 # round r's ours / round r's torch: drift cancels
         for e in ours_cols:
             step = lambda r: statistics.median(sum(s) for s in r["splits"])   # noqa: E731
@@ -342,23 +321,36 @@ def main():
             print(f"paired: {e} / {target}, round by round: " + ", ".join(f"{x:.2f}x" for x in per_round)
                   + f"; median {statistics.median(per_round):.2f}x")
         if "torch compiled" in results:
-            compile_s = statistics.median(r["warmup"] for r in results["torch compiled"])
+            compile_s = statistics.median(sum(r["warmup"]) for r in results["torch compiled"])
             print(f"torch compiled: {compile_s:.1f} s of compiling and warm-up steps before the timed steps "
                   f"(median over rounds)")
             for e in ours_cols:
                 print(f"{e} / torch compiled = {summaries[e]['step'] / summaries['torch compiled']['step']:.2f}x")
         print()
-    print(f"GEMM floor, float32 (the step's {gflop:.0f} GFLOP of matrix products alone, NumPy BLAS, same "
-          f"process): {floor:.3f} s = {gflop / floor:.0f} GFLOP/s")
-    if "ours bf16" in results and results["ours bf16"][0]["gemm_floor_bf16"] is not None:
-        floor16 = statistics.median(r["gemm_floor_bf16"] for r in results["ours bf16"])
-        print(f"GEMM floor, bf16 (the same products on {results['ours bf16'][0]['gemm_backend']}, inputs already "
-              f"bf16): {floor16:.3f} s = "
-              f"{gflop / floor16:.0f} GFLOP/s; ours bf16 step / bf16 floor = "
-              f"{summaries['ours bf16']['step'] / floor16:.2f}")
-    for e in ours_cols:
-        print(f"{e}: {gflop / summaries[e]['step']:.0f} GFLOP/s achieved; step / float32 GEMM floor = "
-              f"{summaries[e]['step'] / floor:.2f}; first-round warm-up {results[e][0]['warmup']:.1f} s")
+    # the limit: the best of each probe over the rounds (a peak), and each engine's step against it
+    f32 = max(r["f32"] for r in limits)
+    bf16 = max((r["bf16"] for r in limits if r["bf16"] is not None), default=None)
+    bandwidth = max(r["bandwidth"] for r in limits)
+    n, mib = limits[0]["n"], limits[0]["mib"]
+    print(f"the limit on this CPU ({limits[0]['threads']} threads, best of {args.rounds} probe(s)): GEMM peak "
+          f"{f32:.0f} GFLOP/s float32 (NumPy BLAS, {n}x{n}x{n})" +
+          (f", {bf16:.0f} GFLOP/s bf16 ({limits[0]['bf16_backend']})" if bf16 else
+           f", no fast bf16 GEMM ({limits[0]['bf16_backend']})") +
+          f"; copy bandwidth {bandwidth:.1f} GB/s (a {mib} MiB streaming copy, read + write)")
+    bounds = {}
+    for name, peak, is_bf16 in (("float32", f32, False), ("bf16", bf16, True)):
+        if peak is None:
+            continue
+        bound, parts = bench.step_bound(cfg, args.batch, args.seq, peak, bandwidth, bf16=is_bf16)
+        bounds[name] = bound
+        print(f"lower bound of a {name} step: {parts['gflop']:.1f} GFLOP of GEMMs at {peak:.0f} GFLOP/s = "
+              f"{parts['gemm_s']:.3f} s, + AdamW's and the activations' {parts['gbytes']:.2f} GB at "
+              f"{bandwidth:.1f} GB/s = {parts['bytes_s']:.3f} s: {bound:.3f} s")
+    for e in engines:
+        which = "bf16" if e in BF16_ENGINES and "bf16" in bounds else "float32"
+        step = summaries[e]["step"]
+        print(f"{e}: step {step:.3f} s (median) = {step / bounds[which]:.2f}x its {which} bound; "
+              f"{bench.step_flops(cfg, args.batch, args.seq) / 1e9 / step:.0f} GFLOP/s of GEMM work achieved")
     for e in ours_cols:
         print()
         print(f"per-op profile of one step ({e}):")

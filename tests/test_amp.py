@@ -384,7 +384,9 @@ def test_fallback_warns_once_and_matches_rounded_float32():
     prev = amp._warned
     amp._warned = False
     saved_lib, saved_why, saved_avx = bf16_mkl._lib, bf16_mkl._why, bf16_avx512._why
+    saved_amx = bf16_mkl.cpu_has_amx_bf16
     bf16_mkl._lib, bf16_mkl._why = False, "forced off by the test"   # as on a CPU without AMX
+    bf16_mkl.cpu_has_amx_bf16 = lambda: False                         # (auto reads the flag, not _lib)
     bf16_avx512._why = "forced off by the test"                       # and without AVX512-BF16
     try:
         assert amp.get_gemm_backend() == "reference"
@@ -398,6 +400,7 @@ def test_fallback_warns_once_and_matches_rounded_float32():
         assert amp.choose_precision("auto")[0] == "float32"
     finally:
         bf16_mkl._lib, bf16_mkl._why, bf16_avx512._why = saved_lib, saved_why, saved_avx
+        bf16_mkl.cpu_has_amx_bf16 = saved_amx
         amp._warned = prev
     want = R.from_bf16(R.to_bf16(x)) @ R.from_bf16(R.to_bf16(w)).T
     np.testing.assert_allclose(y.data, want, rtol=1e-6, atol=1e-6)
@@ -448,9 +451,25 @@ def test_load_state_dict_invalidates_the_bf16_copies():
 def test_choose_precision():
     assert amp.choose_precision("float32")[0] == "float32"
     assert amp.choose_precision("bfloat16")[0] == "bfloat16"
-    assert amp.choose_precision("auto")[0] == "float32"     # the book's precision (amp.py says why)
     with pytest.raises(ValueError):
         amp.choose_precision("fp16")
+    with pytest.raises(ValueError):
+        amp.resolve_precision("fp16")
+
+
+def test_auto_precision_is_bf16_exactly_where_a_fast_bf16_gemm_exists():
+    """auto: bfloat16 on an AMX-BF16 CPU with oneMKL installed, or where our AVX512-BF16 GEMM beats
+    float32 (AMD); float32 elsewhere. Read from this CPU's flags, not from a hard-coded answer,
+    and resolve_precision (what the run trains in) agrees with the sentence's choice."""
+    fast = (bf16_mkl.cpu_has_amx_bf16() and bf16_mkl.installed()) or bf16_avx512.faster_than_float32()
+    precision, sentence = amp.choose_precision("auto")
+    print(f"this CPU: {sentence}")
+    assert precision == ("bfloat16" if fast else "float32")
+    assert amp.resolve_precision("auto") == precision
+    assert sentence.startswith(f"auto: {precision}")
+    if fast:
+        assert "--precision float32 is the book's exact run" in sentence
+    assert amp.resolve_precision("float32") == "float32" and amp.resolve_precision("bfloat16") == "bfloat16"
 
 
 def test_30_steps_under_autocast_stay_within_2_percent_of_float32():
@@ -517,6 +536,33 @@ def test_resume_keeps_the_checkpoint_precision_and_the_bits(tmp_path, monkeypatc
     assert "it was trained in bfloat16, this run continues in float32" in third
     state = C.read_checkpoint(C.latest_checkpoint(tmp_path / "part"))
     assert state.config["precision"] == "float32"
+
+
+def test_default_precision_is_autos_choice_says_why_and_the_checkpoint_keeps_it(tmp_path, monkeypatch, capsys):
+    """No --precision: the run trains in what auto picks on this CPU (bf16 on AMX-BF16 with MKL or
+    on Zen 4/5, float32 elsewhere), its start-up line says which and why, its checkpoint stores
+    it, and --resume without the flag continues in it; --precision float32 is the book's run."""
+    from tinygrad_gpt import checkpoint as C
+    text = tmp_path / "story.txt"
+    text.write_text(small_text(), encoding="utf-8")
+    auto, why = amp.choose_precision("auto")
+    with isolated(monkeypatch, tmp_path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # the twin's note, on a CPU without AMX
+        assert run_cli(*TINY, "--epochs", "1", "--data", text, "--save-dir", tmp_path / "auto") == 0
+        first = capsys.readouterr().out
+        assert run_cli("--resume", tmp_path / "auto", "--epochs", "2") == 0
+        resumed = capsys.readouterr().out
+        assert run_cli(*TINY, "--epochs", "1", "--data", text, "--save-dir", tmp_path / "f32",
+                       "--precision", "float32") == 0
+        book = capsys.readouterr().out
+    print(f"auto here: {why}")
+    assert f"Precision: {why}" in first and why.startswith(f"auto: {auto}")
+    assert C.read_checkpoint(C.latest_checkpoint(tmp_path / "auto")).config["precision"] == auto
+    assert "trained in" not in resumed
+    assert C.read_checkpoint(C.latest_checkpoint(tmp_path / "auto")).config["precision"] == auto
+    assert "Precision: float32 as requested" in book
+    assert C.read_checkpoint(C.latest_checkpoint(tmp_path / "f32")).config["precision"] == "float32"
+    assert (ep_lines(first) == ep_lines(book)) == (auto == "float32")     # bf16's losses are its own
 
 
 GEMMS_AFTER = """

@@ -158,7 +158,7 @@ def test_auto_picks_this_gemm_only_where_it_beats_float32(vendor, monkeypatch):
     assert ("through the NumPy twin" in sentence) != amd, sentence
     monkeypatch.setattr(bf16_mkl, "cpu_has_amx_bf16", lambda: False)
     auto = amp.choose_precision("auto")
-    assert auto[0] == "float32" and ("~1.5x faster here" in auto[1]) == amd, auto
+    assert auto[0] == ("bfloat16" if amd else "float32") and ("~1.5x faster than float32 here" in auto[1]) == amd, auto
     with amp.gemm_backend("avx512_bf16"):
         assert amp.get_gemm_backend() == "avx512_bf16"
 
@@ -200,6 +200,6 @@ def test_auto_sentence_on_amx_says_2x_only_with_mkl_installed(mkl_installed, mon
     monkeypatch.setattr(G, "_why", "forced off by the test")
     monkeypatch.setattr(bf16_mkl, "unavailable_reason", lambda: "MKL not installed (forced)")
     precision, sentence = amp.choose_precision("auto")
-    assert precision == "float32"
-    assert ("~2x faster here" in sentence) == mkl_installed, sentence
+    assert precision == ("bfloat16" if mkl_installed else "float32")
+    assert ("~2x faster than float32 here" in sentence) == mkl_installed, sentence
     assert mkl_installed or "no MKL is installed" in sentence, sentence

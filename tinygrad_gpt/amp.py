@@ -206,20 +206,22 @@ def resolve_precision(requested="auto"):
     without loading MKL (so that a float32 run keeps MKL's pool out of the process)."""
     if requested not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"precision must be auto, float32 or bfloat16, got {requested!r}")
-    return "bfloat16" if requested == "bfloat16" else "float32"
+    return choose_precision(requested)[0] if requested == "auto" else requested
 
 
 def choose_precision(requested="auto"):
     """"float32" or "bfloat16" for a training run, and a sentence why.
 
-    "auto" is float32, the book's precision, on every CPU: examples/pretrain.py reproduces the
-    book's float32 chapter-5 run and its printed lines. The measurements (benchmarks/RESULTS.md,
-    "bf16 autocast", second and third sessions) say bf16 would be the faster choice on an AMX-BF16
-    CPU: the 124M step 1.8-2.1x faster than our float32 step, and 30 steps from the book's weights
-    within 0.075 % of the float32 losses (torch's own autocast: 0.32 %). So auto names it in
-    its sentence there, and --precision bfloat16 asks for it. Only "bfloat16" loads MKL (to say
-    which GEMM it runs on): a float32 run keeps MKL's pool out of the process."""
-    precision = resolve_precision(requested)
+    "auto" is bfloat16 autocast where this CPU has a fast bf16 GEMM (AMX-BF16 with oneMKL
+    installed, or AVX512-BF16 on AMD through kernels/bf16_avx512.py), float32 elsewhere, as
+    nanoGPT picks bf16 where the hardware has it. The measurements (benchmarks/RESULTS.md, "bf16
+    autocast"): the 124M step 1.8-2.1x faster than our float32 step on AMX, ~1.5x on Zen 4; the
+    chapter-5 run ended at 0.546 / 6.451 in bf16 against float32's 0.545 / 6.451 on both.
+    `--precision float32` is the book's exact run and its printed lines. The choice is made
+    without loading MKL (a float32 run keeps MKL's pool out of the process); only "bfloat16"
+    asked by name loads it here, to say which GEMM it runs on."""
+    if requested != "auto":
+        resolve_precision(requested)            # a clear error for any other name
     if requested == "float32":
         return "float32", "float32 as requested"
     if requested == "bfloat16":
@@ -230,12 +232,13 @@ def choose_precision(requested="auto"):
             return "bfloat16", "bfloat16 autocast on our AVX512-BF16 GEMM (kernels/bf16_avx512.py)"
         return "bfloat16", (f"bfloat16 autocast through the NumPy twin, same numbers, not faster than float32: "
                             f"{unavailable_reason()}")
+    book = "; --precision float32 is the book's exact run"
     if bf16_mkl.cpu_has_amx_bf16() and bf16_mkl.installed():
-        return precision, ("auto: float32, the book's precision (this CPU has AMX-BF16: --precision "
-                           "bfloat16 trains ~2x faster here, benchmarks/RESULTS.md)")
+        return "bfloat16", ("auto: bfloat16 autocast, this CPU has AMX-BF16 and oneMKL is installed (the step "
+                            "~2x faster than float32 here, benchmarks/RESULTS.md)" + book)
     if bf16_avx512.faster_than_float32():
-        return precision, ("auto: float32, the book's precision (this CPU has AVX512-BF16: --precision "
-                           "bfloat16 trains ~1.5x faster here, benchmarks/RESULTS.md)")
+        return "bfloat16", ("auto: bfloat16 autocast, this CPU has AVX512-BF16 (our GEMM, kernels/bf16_avx512.py: "
+                            "the step ~1.5x faster than float32 here, benchmarks/RESULTS.md)" + book)
     why = ("this CPU has AMX-BF16 but no MKL is installed (pip's mkl package)" if bf16_mkl.cpu_has_amx_bf16()
            else unavailable_reason())       # without AMX, asking loads nothing
-    return precision, f"auto: float32 (bf16 would run through the NumPy twin here: {why})"
+    return "float32", f"auto: float32 (bf16 would run through the NumPy twin here: {why})"

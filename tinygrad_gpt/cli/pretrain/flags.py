@@ -90,8 +90,9 @@ def build_parser():
                    help="continue from a checkpoint: a --save-dir (its newest checkpoint) or a "
                         "step-NNNNNN directory")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="bfloat16: autocast's bf16 matrix products (float32 master weights); auto: "
-                        "the measured faster one (float32 so far); on --resume, the checkpoint's")
+                   help="bfloat16: autocast's bf16 matrix products (float32 master weights); float32: the "
+                        "book's exact run; auto: bfloat16 where this CPU has a fast bf16 GEMM (AMX-BF16 with "
+                        "oneMKL, AVX512-BF16 on AMD), else float32; on --resume, the checkpoint's")
     add_runtime_flags(p, threads_help="threads for BLAS, numba and MKL (default: all cores)",
                       kernels_help="kernel backend (default: $TINYGRAD_GPT_KERNELS or numba; on --resume, "
                                    "the checkpoint's)")
