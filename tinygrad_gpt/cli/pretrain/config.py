@@ -18,9 +18,10 @@ from .flags import adopt_checkpoint_config, check_args
 
 def choose_precision(requested: str) -> str:
     """--precision's policy, in one place: what a run asked for `requested` ("auto", "float32"
-    or "bfloat16"; on --resume the checkpoint's) trains in. "auto" is float32, the book's
-    precision, on every CPU (amp.choose_precision's sentence says why, and names bfloat16 where
-    it is faster). Decided without loading MKL, so that a float32 run keeps MKL's pool out."""
+    or "bfloat16"; on --resume the checkpoint's) trains in. "auto" is bfloat16 where this CPU has
+    a fast bf16 GEMM (AMX-BF16 with oneMKL, AVX512-BF16 on AMD) and float32, the book's
+    precision, elsewhere (amp.choose_precision's sentence says why). Decided from the CPU's
+    flags without loading MKL, so that a float32 run keeps MKL's pool out."""
     from ...amp import resolve_precision
     return resolve_precision(requested)
 
