@@ -14,35 +14,20 @@ Steady state: each engine first repeats the first batch until two consecutive st
 within 5 % (at least 3 steps: numba compiles, allocators settle); then both run the same
 batches in the same order (shuffle off), alternating engine by engine for each batch so a
 busy machine slows both alike. The table gives seconds per step (min / median / max) and the
-whole run extrapolated from the median (or measured, with --steps 0). One file, no helpers.
+whole run extrapolated from the median (or measured, with --steps 0). The warm-up rule, the
+timer and the CPU line are benchmarks/common.py's.
 """
 import argparse
 import os
-import platform
 import statistics
-import time
 
 import numpy as np
+
+import common as bench  # noqa: E402  (benchmarks/common.py: paths, the CPU line, the timer, the warm-up rule)
 
 INSTRUCTIONS = ["Rewrite the sentence in your own words.", "Repeat the sentence.",
                 "Summarize the sentence.", "Continue the story after this sentence.",
                 "What is the main idea of the sentence?", "Rewrite the sentence in the passive voice."]
-
-
-def cpu_line():
-    """The CPU model and the flags that decide the GEMM kernels (from /proc/cpuinfo)."""
-    model, flags = platform.processor() or "?", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("?", "x86_64", ""):
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    have = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "fma") if f in flags]
-    return f"CPU: {model}, {os.cpu_count()} cores, flags: {' '.join(have) or '-'}"
 
 
 def make_records(n, seed=123):
@@ -60,18 +45,6 @@ def make_records(n, seed=123):
     return records
 
 
-def steady(step, first_batch, tolerance=0.05, at_least=3, at_most=20):
-    """Repeat one batch until two consecutive steps agree within `tolerance`; the steps taken."""
-    times = []
-    while len(times) < at_most:
-        start = time.perf_counter()
-        step(*first_batch)
-        times.append(time.perf_counter() - start)
-        if len(times) >= at_least and abs(times[-1] - times[-2]) <= tolerance * min(times[-1], times[-2]):
-            break
-    return times
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="124M")
@@ -87,7 +60,7 @@ def main():
     from llms_from_scratch import ch04 as book_ch04, ch05 as book_ch05, ch07 as book_ch07
     from tinygrad_gpt import GPTModel, get_config
     from tinygrad_gpt import finetune as ft
-    from tinygrad_gpt.cli import runtime_line, setup_threads
+    from tinygrad_gpt.cli import setup_threads
     from tinygrad_gpt.kernels import set_backend
     from tinygrad_gpt.optim import AdamW
     from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
@@ -139,8 +112,8 @@ def main():
         our_opt.step()
         return loss.item()
 
-    warm = {"book's PyTorch code": steady(step_book, batches[0][1]),
-            "engine (tinygrad_gpt)": steady(step_ours, batches[0][0])}
+    warm = {"book's PyTorch code": bench.warm_up(lambda: step_book(*batches[0][1])),
+            "engine (tinygrad_gpt)": bench.warm_up(lambda: step_ours(*batches[0][0]))}
     steps = total_steps if args.steps == 0 else min(args.steps, total_steps)
     times = {name: [] for name in warm}
     losses = {name: [] for name in warm}
@@ -148,19 +121,19 @@ def main():
         ours_batch, book_batch = batches[s % n_batches]
         for name, fn, batch in (("book's PyTorch code", step_book, book_batch),
                                 ("engine (tinygrad_gpt)", step_ours, ours_batch)):
-            start = time.perf_counter()
-            losses[name].append(fn(*batch))
-            times[name].append(time.perf_counter() - start)
+            seconds, loss = bench.timed(fn, *batch)
+            losses[name].append(loss)
+            times[name].append(seconds)
 
-    print(cpu_line())
-    print(runtime_line(threads, "float32") + f"; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(bench.cpu_line())
+    print(bench.runtime_line(threads, "float32") + f"; torch {torch.__version__}, {torch.get_num_threads()} threads")
     lengths = [b[0][0].shape[1] for b in batches]
     print(f"GPT-2 {args.model} (context {cfg['context_length']}), {len(train_data)} training records of "
           f"{args.records}, batch {args.batch_size}, {n_batches} steps per epoch, {args.epochs} epochs = "
           f"{total_steps} steps; batch lengths {min(lengths)}-{max(lengths)} tokens (median "
           f"{statistics.median(lengths):.0f})")
-    print("warm-up steps until two agree within 5 %: " +
-          ", ".join(f"{name} {len(t)} ({t[-1]:.3f} s)" for name, t in warm.items()))
+    for name, w in warm.items():
+        print(f"{name}: {w.describe()}")
     print(f"timed: {steps} steps each, alternating" + (" (the whole run)" if steps == total_steps else ""))
     base = statistics.median(times["book's PyTorch code"])
     print(f"| {'run':24s} | {'min s':>7s} | {'median s':>8s} | {'max s':>7s} | {'run, min':>8s} | "
