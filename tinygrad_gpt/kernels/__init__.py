@@ -83,3 +83,11 @@ def _default_backend():
 
 
 set_backend(_default_backend())
+
+
+# The machine under the layers, reached through K like every kernel: the Linear products (dtype,
+# GEMM, output buffers), the embedding's reused gradient, AdamW's pass (kernels/layers.py).
+from . import layers as _layers  # noqa: E402
+
+K.linear, K.linear_backward = _layers.linear, _layers.linear_backward
+K.embedding_grad, K.adamw_update = _layers.embedding_backward, _layers.adamw_update
