@@ -171,9 +171,13 @@ def embedding_backward(dy, ids, owner):
     Held (micro-batches: the .grad still there), a fresh dense array."""
     st = state_of(owner)
     dw = st.grad.take(owner.shape, dy.dtype)
-    if dw is None:
+    if dw is None:                              # held: the engine may add this dense dW into it,
+        st.grad_rows = None                     # so which rows are nonzero is no longer known
         return K.embedding_backward(dy, ids, owner.shape[0])
     if st.grad.fresh:                           # new memory: all zeros, no stale rows
+        st.grad_rows = np.zeros(0, np.int64)
+    elif st.grad_rows is None:                  # written into while held (micro-batches): zero it all
+        dw[...] = 0
         st.grad_rows = np.zeros(0, np.int64)
     st.grad_rows = K.embedding_backward_into(dy, ids, dw, st.grad_rows)
     return dw
