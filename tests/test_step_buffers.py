@@ -222,7 +222,7 @@ def test_a_buffer_is_handed_out_again_only_when_no_array_over_it_is_alive():
     del view
     again = buf.take((3, 4), np.float32)
     assert again is not None and np.shares_memory(again, buf.view())
-    assert again.base is buf.memory            # on the bytearray: no other array shares it
+    assert again.base is buf.memory            # on the mmap: no other array shares it
 
 
 def test_load_state_dict_bumps_the_version_and_the_next_product_converts_the_new_weight():

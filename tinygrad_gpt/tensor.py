@@ -187,7 +187,7 @@ def _accumulate(tensor, g, grad_in, siblings, op="backward"):
         if tensor._ctx is None:
             # A leaf keeps its .grad after backward() and later calls add into it in place:
             # it must own that array, not share it with the output's grad, a sibling or another
-            # array (a kernel's reused buffer sits on a bytearray, no array: it is the grad's own).
+            # array (a kernel's reused buffer sits on an mmap, no array: it is the grad's own).
             shared = g is grad_in or isinstance(g.base, np.ndarray) or sum(s is g for s in siblings) > 1
             tensor.grad = g.copy() if shared else g
         else:

@@ -12,12 +12,13 @@ this module decides the rest, and every buffer it reuses has an owner you can na
   dead once a Linear's backward returns).
 
 A `Buffer` hands its memory out as a new array each time, and only while no array it handed
-out before is alive: an array over our memory sits on a bytearray (not on another array), so
+out before is alive: an array over our memory sits on an mmap (not on another array), so
 every view of it keeps it alive and a weak reference to it says when the last one is gone.
 A buffer in use gives a fresh array instead. No reference counting, no id()-keyed tables.
 
 The plain-NumPy twins: reference.linear_forward / linear_backward (tests/test_kernels.py).
 """
+import mmap
 import weakref
 
 import numpy as np
@@ -33,26 +34,28 @@ class Buffer:
     """Memory reused step after step: `take(shape, dtype)` is an array over it, or None while an
     array it handed out before (or any view of one) is still alive."""
 
-    __slots__ = ("memory", "handed", "fresh")
+    __slots__ = ("memory", "nbytes", "handed", "fresh")
 
     def __init__(self):
-        self.memory, self.handed, self.fresh = None, _dead, False
+        self.memory, self.nbytes, self.handed, self.fresh = None, -1, _dead, False
 
     def take(self, shape, dtype):
         if self.handed() is not None:
             return None
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self.fresh = self.memory is None or len(self.memory) != nbytes   # new memory: zeros
-        if self.fresh:
-            self.memory = bytearray(nbytes)
-        a = np.ndarray(shape, dtype, buffer=self.memory)   # a.base: the bytearray, not an array
+        self.fresh = nbytes != self.nbytes      # new memory: zeros
+        if self.fresh:                          # private anonymous pages: zero, resident only once written
+            # (an embedding's dW: the rows a batch used), copied on write after a fork
+            self.memory = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            self.nbytes = nbytes
+        a = np.ndarray(shape, dtype, buffer=self.memory)   # a.base: the mmap, not an array
         self.handed = weakref.ref(a)
         return a
 
     def view(self):
         """The memory as uint8 (for tests and inspection), or None before the first take."""
-        return None if self.memory is None else np.frombuffer(self.memory, np.uint8)
+        return None if self.memory is None else np.frombuffer(self.memory, np.uint8)[:self.nbytes]
 
     def take_or_new(self, shape, dtype):
         a = self.take(shape, dtype)
