@@ -8,7 +8,7 @@ Functions or reads an array. tensor.py re-exports these names.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
