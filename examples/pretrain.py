@@ -7,7 +7,7 @@
 """
 import sys
 
-from tinygrad_gpt.pretrain import main
+from tinygrad_gpt.cli.pretrain import main
 
 if __name__ == "__main__":
     sys.exit(main())

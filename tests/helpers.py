@@ -178,7 +178,7 @@ def story_corpus(root):
 
 
 def run_cli(*argv):
-    from tinygrad_gpt import pretrain
+    from tinygrad_gpt.cli import pretrain
     return pretrain.main([str(a) for a in argv])
 
 

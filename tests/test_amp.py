@@ -580,7 +580,7 @@ import sys
 from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl
 bf16_mkl._lib, bf16_mkl._why = False, "forced off by the test"     # as on a CPU without AMX
 bf16_avx512._why = "forced off by the test"                         # and without AVX512-BF16
-from tinygrad_gpt import pretrain
+from tinygrad_gpt.cli import pretrain
 sys.exit(pretrain.main(sys.argv[1:]))
 """
 

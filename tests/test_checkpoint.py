@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tinygrad_gpt import checkpoint as C
-from tinygrad_gpt import pretrain
+from tinygrad_gpt.cli import pretrain
 
 from helpers import MICRO, TINY, assert_same_run, ep_lines, isolated, run_cli, small_text
 
@@ -59,20 +59,20 @@ def test_stop_after_n_steps_then_resume_equals_the_uninterrupted_run_bitwise(tmp
     """SIGINT during step 6 (mid-epoch 1): saved after step 6, exit 130; --resume runs the
     other 15 steps; the result is the 22-step run's, to the last bit."""
     base_dir, base_out = baseline
-    original = pretrain.Checkpointer.on_step
+    original = pretrain.saving.Checkpointer.on_step
 
     def interrupt_at_step_6(self, state):
         if state.global_step == 6 and self.signum is None:
             os.kill(os.getpid(), signal.SIGINT)          # the real handler runs, sets the flag
         return original(self, state)
 
-    monkeypatch.setattr(pretrain.Checkpointer, "on_step", interrupt_at_step_6)
+    monkeypatch.setattr(pretrain.saving.Checkpointer, "on_step", interrupt_at_step_6)
     save = tmp_path / "ck"
     assert run_cli(*TINY, "--epochs", "2", "--data", text_file, "--save-dir", save, "--save-every", "4") == 130
     first = capsys.readouterr()
     assert C.latest_checkpoint(save).name == "step-000006"
     assert f"--resume {save}" in first.err
-    monkeypatch.setattr(pretrain.Checkpointer, "on_step", original)
+    monkeypatch.setattr(pretrain.saving.Checkpointer, "on_step", original)
 
     assert run_cli("--resume", save, "--threads", "1") == 0
     second = capsys.readouterr()
@@ -434,5 +434,28 @@ def test_a_non_finite_gradient_raises_before_the_optimizer_step(monkeypatch):
     loader = DataLoader(Data(), batch_size=2, shuffle=False)
     monkeypatch.setattr(train, "global_grad_norm", lambda params: float("inf"))
     with pytest.raises(train.NonFiniteLossError, match="gradient norm is not finite at step 0"):
-        train.train_model(model, loader, loader, AdamW(model.parameters()), 1, 1, 1, "a", None)
+        train.train_model(model, loader, loader, AdamW(model.parameters()), None, train.TrainConfig(1, 1, 1, "a"))
     assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))
+
+
+# ----------------------------------------------------------------------------- the run log
+def test_the_run_log_resumed_drops_the_steps_after_the_checkpoint_and_continues_elapsed(tmp_path):
+    from tinygrad_gpt.runlog import MetricsLog, read_metrics
+    path = tmp_path / "out" / "metrics.jsonl"
+    log = MetricsLog(path, extra={"precision": "float32"})
+    for step in (0, 5, 10, 15):
+        log.append({"step": step, "train_loss": 10.0 - step / 10, "elapsed": 1.0 + step})
+    with open(path, "a") as f:
+        f.write('{"step": 20, "train_lo')                 # a kill in the middle of a record
+    assert [r["step"] for r in read_metrics(path)] == [0, 5, 10, 15]
+    log = MetricsLog(path, resume_step=11)                 # the checkpoint was saved after step 11
+    assert [r["step"] for r in read_metrics(path)] == [0, 5, 10]
+    log.append({"step": 15, "train_loss": 8.5, "elapsed": 2.0})
+    records = read_metrics(tmp_path / "out")
+    assert [r["step"] for r in records] == [0, 5, 10, 15]
+    assert records[-1]["elapsed"] == 11.0 + 2.0 and records[-1]["train_loss"] == 8.5
+    MetricsLog(path)                                       # a new run starts an empty log
+    assert read_metrics(path) == []
+    path.write_text('{"step": 0}\nnot json\n{"step": 5}\n')
+    with pytest.raises(ValueError, match="line 2: not a JSON record"):
+        read_metrics(path)

@@ -271,3 +271,46 @@ def test_download_false_never_downloads(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_download", no)
     text, description = load_training_text(cache_dir=tmp_path, download=False)
     assert description.startswith("Download disabled: using the bundled sample text")
+
+
+# ----------------------------------------------------------------------------- one text resolution for every command
+def test_load_text_gives_micro_its_sentence_and_a_file_its_text(tmp_path):
+    from tinygrad_gpt.char_tokenizer import micro_text
+    from tinygrad_gpt.model import get_config
+    text, description = data.load_text(None, get_config("micro"))
+    assert text == micro_text()
+    assert description == "Using the micro model's sentence 'Every effort moves you onward.', 10 times (309 characters)"
+    (tmp_path / "t.txt").write_text("a short story", encoding="utf-8")
+    for cfg in (get_config("micro"), get_config("tiny")):          # --data wins over micro's sentence
+        assert data.load_text(str(tmp_path / "t.txt"), cfg)[0] == "a short story"
+    with pytest.raises(DataError):
+        data.load_text(str(tmp_path / "missing.txt"), get_config("tiny"))
+
+
+def test_one_batch_is_the_first_windows_and_their_next_tokens():
+    class Chars:
+        def encode(self, text, allowed_special=()):
+            return [ord(c) - 97 for c in text]
+    x, y = data.one_batch("abcdefghij", Chars(), 2, 4)
+    assert x.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]] and y.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    with pytest.raises(DataError, match="the text has 10 tokens; 3 x 4 needs 13"):
+        data.one_batch("abcdefghij", Chars(), 3, 4)
+
+
+# ----------------------------------------------------------------------------- prepare_data: what it passed over
+def test_prepare_data_says_how_many_files_it_skipped_and_why(tmp_path, capsys):
+    from tinygrad_gpt.cli.prepare_data import main
+    src = tmp_path / "src"
+    (src / ".git").mkdir(parents=True)
+    (src / "story.txt").write_text("Every effort moves you onward. " * 20, encoding="utf-8")
+    for i in range(3):
+        (src / f"code{i}.py").write_text("x = 1\n", encoding="utf-8")
+    (src / "notes.md").write_text("# notes\n", encoding="utf-8")
+    (src / ".git" / "config").write_text("[core]\n", encoding="utf-8")
+    assert main([str(src), "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert ("5 files skipped: 4 not .txt (3 .py, 1 .md), 1 under a hidden (dot) name; "
+            "use --ext .txt,.py to take the .py files too") in out
+    assert "from 1 files" in out
+    assert main([str(src), "--out", str(tmp_path / "d"), "--ext", ".txt,.py,.md"]) == 0
+    assert "1 file skipped: under a hidden (dot) name\n" in capsys.readouterr().out

@@ -82,27 +82,31 @@ def test_the_python_examples_in_the_doc_run():
         exec(compile("\n".join(body), str(DOC), "exec"), {})
 
 
-# ----------------------------------------------------------------------------- README's sample listing
+# ----------------------------------------------------------------------------- sample listings, commands
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]        # the README and every docs/ page
 
 
 def readme_listings():
-    """(command line, [expected lines], line number) for each README block whose first line is
-    `$ python examples/explain_backward.py ...`."""
+    """(page:line, command line, [expected lines]) for each block of README.md or a docs/ page
+    whose first line is `$ python examples/explain_backward.py ...`."""
     found = []
-    for path, language, body, start in blocks(README.read_text(encoding="utf-8")):
-        if body and body[0].startswith("$ python examples/explain_backward.py"):
-            found.append((body[0][2:], body[1:], start))
+    for page in PAGES:
+        for path, language, body, start in blocks(page.read_text(encoding="utf-8")):
+            if body and body[0].startswith("$ python examples/explain_backward.py"):
+                found.append((f"{page.relative_to(ROOT)}:{start}", body[0][2:], body[1:]))
     return found
 
 
-def test_the_readme_shows_an_explain_listing_with_its_command():
-    assert readme_listings(), "README.md lost its `$ python examples/explain_backward.py ...` listing"
+def test_the_docs_show_explain_listings_with_their_commands():
+    where = {w.split(":")[0] for w, _, _ in readme_listings()}
+    assert "docs/watching-backward.md" in where, \
+        "docs/watching-backward.md lost its `$ python examples/explain_backward.py ...` listings"
+    assert len(readme_listings()) >= 2
 
 
-@pytest.mark.parametrize("command, expected, fence_line", readme_listings(),
-                         ids=[f"README-line-{n}" for _, _, n in readme_listings()])
-def test_the_readme_listing_is_what_its_command_prints(command, expected, fence_line, monkeypatch):
+@pytest.mark.parametrize("where, command, expected", readme_listings(), ids=[w for w, _, _ in readme_listings()])
+def test_the_readme_listing_is_what_its_command_prints(where, command, expected, monkeypatch):
     """Every line of the block (but `...`) must be a line of the command's output, in order:
     rerun the command from the repository's root and paste its lines when this fails."""
     import io
@@ -123,6 +127,52 @@ def test_the_readme_listing_is_what_its_command_prints(command, expected, fence_
             position = printed.index(want, position) + 1
         except ValueError:
             raise AssertionError(
-                f"README.md:{fence_line + k + 2} is not what `{command}` prints "
+                f"{where} (+{k + 2} lines) is not what `{command}` prints "
                 f"({'out of order' if want in printed else 'no such line'}):\n    {want}\n"
                 "rerun the command and paste its output") from None
+
+
+# every `python examples/X.py ...` line of a bash block names flags its command has
+COMMANDS = {"pretrain": "tinygrad_gpt.cli.pretrain.flags", "generate": "tinygrad_gpt.cli.generate",
+            "prepare_data": "tinygrad_gpt.cli.prepare_data", "explain_backward": "tinygrad_gpt.explain.cli",
+            "plot": "tinygrad_gpt.cli.plot"}
+
+
+def command_lines():
+    """(page:line, command name, [flags]) for each `python examples/NAME.py ...` in a bash block
+    (after `mpirun ...` too; `\\` continuations joined)."""
+    import shlex
+    found = []
+    for page in PAGES:
+        for path, language, body, start in blocks(page.read_text(encoding="utf-8")):
+            if language != "bash":
+                continue
+            joined, k = [], 0
+            for k, line in enumerate(body):
+                if joined and joined[-1][1].endswith("\\"):
+                    joined[-1] = (joined[-1][0], joined[-1][1][:-1] + " " + line.strip())
+                else:
+                    joined.append((start + k + 1, line.strip()))
+            for n, line in joined:
+                words = shlex.split(line.split(" # ")[0].split("  #")[0], comments=True)
+                if "python" not in words:
+                    continue
+                script = words[words.index("python") + 1] if words.index("python") + 1 < len(words) else ""
+                name = Path(script).stem
+                if script.startswith("examples/") and name in COMMANDS:
+                    found.append((f"{page.relative_to(ROOT)}:{n}", name,
+                                  [w.split("=")[0] for w in words if w.startswith("--")]))
+    return found
+
+
+def test_the_docs_run_every_command():
+    assert {name for _, name, _ in command_lines()} == set(COMMANDS)
+
+
+@pytest.mark.parametrize("where, name, flags", command_lines(), ids=[w for w, _, _ in command_lines()])
+def test_every_documented_command_line_uses_flags_its_command_has(where, name, flags):
+    import importlib
+    parser = importlib.import_module(COMMANDS[name]).build_parser()
+    known = {option for action in parser._actions for option in action.option_strings}
+    unknown = [f for f in flags if f not in known]
+    assert not unknown, f"{where}: examples/{name}.py has no {', '.join(unknown)}"

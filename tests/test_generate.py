@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tinygrad_gpt import GPTModel, KVCache, Tensor, generate, generate_stream, manual_seed, no_grad
+from tinygrad_gpt import GPTModel, KVCache, Tensor, generate, generate_stream, manual_seed, no_grad, save_pretrained
 from tinygrad_gpt.generation import sample_next_token, top_k_filter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,7 +274,7 @@ def expected_text(model, text, n, **kw):
 
 
 def test_cli_streams_the_same_text_as_generate_and_reports_speed(tmp_path, capsys, gpt2_vocab_model):
-    gpt2_vocab_model.save_pretrained(tmp_path / "hf")
+    save_pretrained(gpt2_vocab_model, tmp_path / "hf")
     want = expected_text(gpt2_vocab_model, "Every effort moves you", 25)
     for extra in ([], ["--no-cache"]):
         code, out, err = run_cli(capsys, "--pretrained", str(tmp_path / "hf"), "--max-new-tokens", "25", *extra)
@@ -285,7 +285,7 @@ def test_cli_streams_the_same_text_as_generate_and_reports_speed(tmp_path, capsy
 
 
 def test_cli_sampling_with_a_seed_matches_generate(tmp_path, capsys, gpt2_vocab_model):
-    gpt2_vocab_model.save_pretrained(tmp_path / "hf")
+    save_pretrained(gpt2_vocab_model, tmp_path / "hf")
     want = expected_text(gpt2_vocab_model, "Hello", 12, temperature=1.3, top_k=50, rng=np.random.default_rng(7))
     code, out, err = run_cli(capsys, "--pretrained", str(tmp_path / "hf"), "--prompt", "Hello",
                              "--max-new-tokens", "12", "--temperature", "1.3", "--top-k", "50", "--seed", "7")
@@ -332,7 +332,7 @@ def test_cli_checkpoint_with_missing_tensor_names_it(tmp_path, capsys, gpt2_voca
 
 
 def test_cli_threads_option_gives_the_same_text(tmp_path, capsys, gpt2_vocab_model):
-    gpt2_vocab_model.save_pretrained(tmp_path / "hf")
+    save_pretrained(gpt2_vocab_model, tmp_path / "hf")
     code, out, err = run_cli(capsys, "--pretrained", str(tmp_path / "hf"), "--max-new-tokens", "6", "--threads", "1")
     assert code == 0, err
     assert out.rstrip("\n").rsplit("\n\n", 1)[0] == expected_text(gpt2_vocab_model, "Every effort moves you", 6)
@@ -364,7 +364,7 @@ def test_cli_bad_input_is_one_line_on_stderr_and_exit_2(capsys, argv, message):
 
 
 def test_cli_damaged_weights_and_offline_download_exit_2(tmp_path, capsys, monkeypatch, gpt2_vocab_model):
-    gpt2_vocab_model.save_pretrained(tmp_path / "hf")
+    save_pretrained(gpt2_vocab_model, tmp_path / "hf")
     (tmp_path / "hf" / "model.safetensors").write_bytes(b"\x00" * 40)
     code, _, err = run_cli(capsys, "--pretrained", str(tmp_path / "hf"))
     assert code == 2 and "not a readable safetensors file" in err and err.count("\n") == 1

@@ -51,10 +51,19 @@ def test_generation_has_no_forward_of_its_own():
     assert not {"W_query", "W_key", "W_value", "trf_blocks", "norm1", "ff"} & calls
 
 
-def test_readme_spelling_gptmodel_from_pretrained_still_works():
-    from tinygrad_gpt import GPTModel, pretrained
-    assert GPTModel.from_pretrained.__func__ is pretrained.model_from_pretrained
-    assert GPTModel.save_pretrained is pretrained.save_pretrained
+def test_saved_models_are_functions_and_nothing_patches_gptmodel():
+    """from_pretrained / save_pretrained / load_model are module functions at the package's
+    face (the README spells them so); GPTModel gets no methods bound from outside model.py."""
+    import tinygrad_gpt
+    from tinygrad_gpt import GPTModel, loading, pretrained
+    assert tinygrad_gpt.from_pretrained is pretrained.from_pretrained
+    assert tinygrad_gpt.save_pretrained is pretrained.save_pretrained
+    assert tinygrad_gpt.load_model is loading.load_model
+    assert not hasattr(GPTModel, "from_pretrained") and not hasattr(GPTModel, "save_pretrained")
+    face = ast.parse((PKG / "__init__.py").read_text(encoding="utf-8"))
+    patched = [n for n in ast.walk(face) if isinstance(n, ast.Assign)
+               and any(isinstance(t, ast.Attribute) for t in n.targets)]
+    assert not patched, "tinygrad_gpt/__init__.py assigns attributes onto a class"
 
 
 # ----------------------------------------------------------------------------- docs/architecture.md
@@ -137,3 +146,97 @@ def test_the_layer_check_catches_an_upward_import(monkeypatch):
     monkeypatch.setitem(globals(), "room_imports", lambda: {**real, "model": real["model"] | {"train"}})
     with pytest.raises(AssertionError, match=r"model \(layer 4\) imports train \(layer 7\)"):
         test_every_import_points_to_the_same_layer_or_a_lower_one()
+
+
+# ----------------------------------------------------------------------------- no circles but the engine's
+ENGINE_CYCLE = {"tensor", "ops", "functional", "spellings"}   # spellings: Tensor's torch-named mixin
+# circles inside a package between its face (__init__) and its own modules, owned by the
+# engineers restructuring those packages: listed so that the test names them, and so that any
+# other circle fails. Each entry is the exact set of rooms; shrink it when the circle goes.
+KNOWN_PACKAGE_CYCLES = [
+    {"kernels", "kernels.bf16_avx512", "kernels.bf16_mkl", "kernels.layers", "kernels.numba_cpu",
+     "kernels.precision", "kernels.threads"},
+    {"torch", "torch.nn", "torch.nn.functional"},
+]
+
+
+def room_graph():
+    """{room: rooms it imports}, like room_imports but exact about `from . import name`: an edge
+    to the module `name` when it is one (Python has its package initialised anyway, before any
+    of its modules: that is no circle), to the package only for a name defined in its __init__
+    (kernels.bf16_mkl's `from . import K`). Lazy imports count."""
+    layers = documented_layers()
+    graph = {}
+    for path in sorted(PKG.rglob("*.py")):
+        parts = list(path.relative_to(PKG).with_suffix("").parts)
+        if parts == ["__init__"]:
+            continue
+        room = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        here = parts[:-1]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("tinygrad_gpt.")):
+                if node.level:
+                    base = here[:len(here) - (node.level - 1)] if node.level > 1 else here
+                    target = base + (node.module.split(".") if node.module else [])
+                else:
+                    target = node.module.split(".")[1:]
+                for alias in node.names:
+                    module = ".".join(target + [alias.name])
+                    edges.add(module if module in layers else resolve(".".join(target), layers))
+            elif isinstance(node, ast.Import):
+                edges.update(resolve(a.name.split(".", 1)[1], layers) for a in node.names
+                             if a.name.startswith("tinygrad_gpt."))
+        graph[room] = {e for e in edges if e is not None and e != room}
+    return graph
+
+
+def import_cycles(graph):
+    """The strongly connected components (Tarjan) with more than one room of an import graph
+    {room: rooms it imports}, each a sorted list."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):                                   # iterative Tarjan would be longer; depth < 100 here
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_the_only_import_cycle_is_the_engines():
+    cycles = import_cycles(room_graph())
+    allowed = [ENGINE_CYCLE] + KNOWN_PACKAGE_CYCLES
+    unexpected = [c for c in cycles if set(c) not in allowed]
+    assert not unexpected, "import cycles (docs/architecture.md names only the engine's):\n" + \
+        "\n".join(" -> ".join(c) for c in unexpected)
+    assert [c for c in cycles if set(c) == ENGINE_CYCLE], "the engine's circle was not found: is the check blind?"
+
+
+def test_the_cycle_check_catches_a_new_circle(monkeypatch):
+    """explain.book importing explain.cli back (the circle that torch.book once made) fails."""
+    real = room_graph()
+    monkeypatch.setitem(globals(), "room_graph", lambda: {**real, "explain.book": real["explain.book"] | {"explain.cli"}})
+    with pytest.raises(AssertionError, match=r"explain\.book -> explain\.cli"):
+        test_the_only_import_cycle_is_the_engines()

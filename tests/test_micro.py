@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tinygrad_gpt import GPTModel, get_config, manual_seed
-from tinygrad_gpt import pretrain
+from tinygrad_gpt.cli import pretrain
 from tinygrad_gpt.char_tokenizer import MICRO_SENTENCE, CharTokenizer, micro_text, micro_tokenizer
 from tinygrad_gpt.model import CONFIGS
 from tinygrad_gpt.tokenizer import get_gpt2_tokenizer, tokenizer_for

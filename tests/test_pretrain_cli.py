@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tinygrad_gpt import checkpoint as C
-from tinygrad_gpt import pretrain
+from tinygrad_gpt.cli import pretrain
+from tinygrad_gpt.runlog import read_metrics
 
 from helpers import TINY, assert_same_run, by_step, cli, env, ep_lines, isolated, run_cli, small_text, start
 
@@ -257,7 +258,7 @@ def baseline(tmp_path_factory, text_file):
     r = subprocess.run(cli(*RUN, "--data", text_file, "--save-dir", tmp / "ck", "--save-every", "1000"),
                        cwd=tmp, env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    return C.latest_checkpoint(tmp / "ck"), ep_lines(r.stdout)
+    return C.latest_checkpoint(tmp / "ck"), ep_lines(r.stdout), read_metrics(tmp / "runs" / "pretrain")
 
 
 
@@ -353,10 +354,45 @@ def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_b
     assert sorted(p.name for p in save.iterdir()) == ["latest", "step-000019", "step-000021"]
     assert_same_run(C.latest_checkpoint(save), baseline[0])
     assert table == by_step(baseline[1], {})
+    # the run log went on across the kills: every evaluation once, with the uninterrupted run's numbers
+    records = read_metrics(tmp_path / "runs" / "pretrain")
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), f"a step logged twice or out of order: {steps}"
+    numbers = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "lr")
+    assert [[r[k] for k in numbers] for r in records] == [[r[k] for k in numbers] for r in baseline[2]]
+    elapsed = [r["elapsed"] for r in records]
+    assert elapsed == sorted(elapsed), "elapsed goes on from the kept records after a resume"
+
+
+def test_the_run_log_has_one_record_per_printed_evaluation_with_its_numbers(baseline):
+    """metrics.jsonl: what each "Ep N (Step S): Train loss ..., Val loss ..." line printed, unrounded."""
+    _, lines, records = baseline
+    assert len(records) == len(lines) > 5
+    for line, r in zip(lines, records):
+        assert line == f"Ep {r['epoch']} (Step {r['step']:06d}): Train loss {r['train_loss']:.3f}, Val loss {r['val_loss']:.3f}"
+        assert r["lr"] == 4e-4 and r["precision"] == "float32" and r["tokens_per_s"] > 0 and r["elapsed"] > 0
+        assert isinstance(r["train_loss"], float) and r["train_loss"] != round(r["train_loss"], 3)
+    tokens = [r["tokens_seen"] for r in records]
+    assert tokens == sorted(tokens) and tokens[0] == 2 * 16     # batch 2 x context 16 after step 0
+
+
+def test_plot_redraws_one_run_and_overlays_several(tmp_path, baseline, capsys):
+    """examples/plot.py RUN_DIR...: one run redrawn into its own loss-plot.png; two overlaid."""
+    from tinygrad_gpt.cli import plot
+    run = Path(baseline[0]).parent.parent / "runs" / "pretrain"
+    other = tmp_path / "bf16"
+    other.mkdir()
+    shutil.copy(run / "metrics.jsonl", other / "metrics.jsonl")
+    assert plot.main([str(run), "--out", str(tmp_path / "one.png")]) == 0
+    assert plot.main([str(run), str(other), "--out", str(tmp_path / "two.png")]) == 0
+    assert (tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "two.png").stat().st_size > 1000
+    assert plot.main([str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plot.py: error: ") and "no metrics.jsonl" in err and len(err.splitlines()) == 1
 
 
 def test_a_second_signal_stops_at_once_and_names_the_last_checkpoint(tmp_path, text_file, monkeypatch, capsys):
-    original = pretrain.Checkpointer.on_step
+    original = pretrain.saving.Checkpointer.on_step
 
     def two_sigints_at_step_4(self, state):
         if state.global_step == 4:
@@ -364,7 +400,7 @@ def test_a_second_signal_stops_at_once_and_names_the_last_checkpoint(tmp_path, t
             os.kill(os.getpid(), signal.SIGINT)            # again: stop now, no save
         return original(self, state)
 
-    monkeypatch.setattr(pretrain.Checkpointer, "on_step", two_sigints_at_step_4)
+    monkeypatch.setattr(pretrain.saving.Checkpointer, "on_step", two_sigints_at_step_4)
     save = tmp_path / "ck"
     assert run_cli(*RUN, "--data", text_file, "--save-dir", save, "--save-every", "2") == 130
     err = capsys.readouterr().err
@@ -388,11 +424,11 @@ def test_a_finished_run_saves_its_model_and_generate_checkpoint_out_generates_fr
     p = subprocess.run(cli(*TINY, "--epochs", "1", "--data", text_file, "--out", out),
                        capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert sorted(f.name for f in out.iterdir()) == ["config.json", "model.safetensors"]   # no optimizer
+    assert sorted(f.name for f in out.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors"]   # no optimizer
     command = [line for line in p.stdout.splitlines() if line.startswith("Generate with: ")]
     assert command == [f"Generate with: python examples/generate.py --checkpoint {out}"], p.stdout[-500:]
 
-    from tinygrad_gpt.checkpoint import load_model
+    from tinygrad_gpt.loading import load_model
     from tinygrad_gpt.tokenizer import get_gpt2_tokenizer, text_to_token_ids
     model = load_model(out)
     assert model.cfg["n_layers"] == 2 and model.cfg["context_length"] == 16
@@ -456,3 +492,39 @@ def test_setup_threads_reports_the_blas_kernel_variable(monkeypatch, tmp_path):
         assert f"{arch}, OPENBLAS_CORETYPE=NoSuchCore is set" in setup_threads(1)
         monkeypatch.delenv("OPENBLAS_CORETYPE")
         assert "OPENBLAS_CORETYPE" not in setup_threads(1)
+
+
+# ----------------------------------------------------------------------------- the run configuration
+def test_the_run_config_is_settled_once_from_flags_and_checkpoint_and_the_flags_are_not_written(ckpt_copy):
+    import dataclasses
+    from tinygrad_gpt.cli.pretrain import config as run_config, flags
+    argv = ["--resume", str(ckpt_copy), "--epochs", "3"]
+    args = flags.build_parser().parse_args(argv)
+    parsed = dict(vars(args))
+    ckpt, _ = flags.open_checkpoint(args)
+    config, corpus_run = run_config.build_config(args, flags.explicit_flags(argv), ckpt)
+    assert vars(args) == parsed                                  # read, never written
+    assert corpus_run is None
+    assert (config.model, config.context_length, config.batch_size, config.epochs) == ("tiny", 16, 2, 3)
+    assert config.precision == config.precision_requested == "float32"     # the checkpoint's
+    assert config.model_config["context_length"] == 16 and config.drop_rate == config.model_config["drop_rate"]
+    assert config.explicit == {"resume", "epochs"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+
+
+def test_nothing_in_the_package_assigns_into_parsed_flags():
+    """No `args.x = ...`, `args.x += ...` or `setattr(args, ...)` anywhere in tinygrad_gpt/:
+    a command settles its flags into a config of its own (cli/pretrain/config.py)."""
+    import ast
+    writes = []
+    for path in sorted((REPO / "tinygrad_gpt").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            writes += [f"{path.relative_to(REPO)}:{node.lineno}" for t in targets
+                       if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "args"]
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and node.args \
+                    and getattr(node.args[0], "id", None) == "args":
+                writes.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not writes, f"assignments into parsed flags: {writes}"

@@ -116,7 +116,7 @@ def report(name, a, b, tol):
 @pytest.mark.parametrize("prefix", ["", "transformer."])
 def test_from_pretrained_logits_match_numpy_gpt2_reference(tmp_path, prefix):
     t, cfg = hf_tensors(), hf_config(eps=1e-3)
-    model = GPTModel.from_pretrained(write_hf(tmp_path / "m", t, cfg, prefix))
+    model = P.from_pretrained(write_hf(tmp_path / "m", t, cfg, prefix))
     ref = hf_gpt2_forward(t, cfg, IDS)
     report(f"logits vs NumPy GPT-2 (prefix {prefix!r})", ours(model, IDS), ref, 1e-4)
     # layer_norm_epsilon (1e-3 here) is really used: the book's default 1e-5 would miss
@@ -128,7 +128,7 @@ def test_from_pretrained_logits_match_numpy_gpt2_reference(tmp_path, prefix):
 
 def test_from_pretrained_splits_c_attn_and_transposes_conv1d_weights(tmp_path):
     t = hf_tensors()
-    model = GPTModel.from_pretrained(write_hf(tmp_path / "m", t, hf_config()))
+    model = P.from_pretrained(write_hf(tmp_path / "m", t, hf_config()))
     blk, w = model.trf_blocks[1], t["h.1.attn.c_attn.weight"]                  # (C, 3C)
     np.testing.assert_array_equal(blk.att.W_query.weight.data, w[:, :C].T)
     np.testing.assert_array_equal(blk.att.W_key.weight.data, w[:, C:2 * C].T)
@@ -141,7 +141,7 @@ def test_from_pretrained_splits_c_attn_and_transposes_conv1d_weights(tmp_path):
 
 def test_from_pretrained_uses_lm_head_when_the_file_has_one(tmp_path):
     t, cfg = hf_tensors(lm_head=True), hf_config(tied=False)
-    model = GPTModel.from_pretrained(write_hf(tmp_path / "m", t, cfg))
+    model = P.from_pretrained(write_hf(tmp_path / "m", t, cfg))
     np.testing.assert_array_equal(model.out_head.weight.data, t["lm_head.weight"])
     report("untied logits vs NumPy GPT-2", ours(model, IDS), hf_gpt2_forward(t, cfg, IDS), 1e-4)
 
@@ -149,7 +149,7 @@ def test_from_pretrained_uses_lm_head_when_the_file_has_one(tmp_path):
 def test_n_ctx_is_read_when_n_positions_is_absent(tmp_path):
     cfg = hf_config()
     del cfg["n_positions"]
-    model = GPTModel.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), cfg))
+    model = P.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), cfg))
     assert model.cfg["context_length"] == NPOS
 
 
@@ -158,7 +158,7 @@ def test_missing_tensor_is_named(tmp_path):
     t = hf_tensors()
     del t["h.1.mlp.c_fc.bias"], t["ln_f.weight"]
     with pytest.raises(WeightsError, match=r"missing tensors: h\.1\.mlp\.c_fc\.bias, ln_f\.weight") as e:
-        GPTModel.from_pretrained(write_hf(tmp_path / "m", t, hf_config()))
+        P.from_pretrained(write_hf(tmp_path / "m", t, hf_config()))
     print(e.value)
 
 
@@ -167,20 +167,20 @@ def test_misshaped_tensor_is_named_with_both_shapes(tmp_path):
     t["h.0.attn.c_attn.weight"] = np.ascontiguousarray(t["h.0.attn.c_attn.weight"].T)   # (3C, C): nn.Linear layout
     with pytest.raises(WeightsError,
                        match=r"transformer\.h\.0\.attn\.c_attn\.weight \(96, 32\) \(expected \(32, 96\)\)") as e:
-        GPTModel.from_pretrained(write_hf(tmp_path / "m", t, hf_config(), prefix="transformer."))
+        P.from_pretrained(write_hf(tmp_path / "m", t, hf_config(), prefix="transformer."))
     print(e.value)
 
 
 def test_wrong_config_for_the_weights_is_reported(tmp_path):
     with pytest.raises(WeightsError, match=r"missing tensors: h\.2\.ln_1\.weight"):
-        GPTModel.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config(n_layer=3)))
+        P.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config(n_layer=3)))
     with pytest.raises(WeightsError, match=r"unexpected tensors: h\.1\.attn\.c_attn\.bias, .* and 4 more"):
-        GPTModel.from_pretrained(write_hf(tmp_path / "n", hf_tensors(), hf_config(n_layer=1)))
+        P.from_pretrained(write_hf(tmp_path / "n", hf_tensors(), hf_config(n_layer=1)))
 
 
 def test_untied_config_without_lm_head_names_it(tmp_path):
     with pytest.raises(WeightsError, match="missing tensors: lm_head.weight"):
-        GPTModel.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config(tied=False)))
+        P.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config(tied=False)))
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -190,14 +190,14 @@ def test_untied_config_without_lm_head_names_it(tmp_path):
 ])
 def test_configs_that_are_not_the_books_gpt2_are_refused(tmp_path, bad, message):
     with pytest.raises(WeightsError, match=message):
-        GPTModel.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config(**bad)))
+        P.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config(**bad)))
 
 
 def test_config_missing_fields_are_named(tmp_path):
     cfg = hf_config()
     del cfg["n_head"], cfg["n_positions"], cfg["n_ctx"]
     with pytest.raises(WeightsError, match=r"config.json is missing n_head, n_positions \(or n_ctx\)"):
-        GPTModel.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), cfg))
+        P.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), cfg))
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "lfs-pointer", "empty"])
@@ -210,7 +210,7 @@ def test_corrupted_safetensors_gives_a_clear_error(tmp_path, damage):
                    "lfs-pointer": b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 548105171\n",
                    "empty": b""}[damage])
     with pytest.raises(WeightsError) as e:
-        GPTModel.from_pretrained(d)
+        P.from_pretrained(d)
     print(e.value)
     assert str(f) in str(e.value)
     assert ("Git LFS pointer" if damage == "lfs-pointer" else "not a readable safetensors file") in str(e.value)
@@ -220,15 +220,15 @@ def test_missing_files_are_named_and_pickles_are_not_loaded(tmp_path):
     d = write_hf(tmp_path / "m", hf_tensors(), hf_config())
     (d / "model.safetensors").rename(d / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors is missing \(there is a pytorch_model\.bin: a pickle"):
-        GPTModel.from_pretrained(d)
+        P.from_pretrained(d)
     with pytest.raises(FileNotFoundError, match="no such directory"):
-        GPTModel.from_pretrained(tmp_path / "nowhere")
+        P.from_pretrained(tmp_path / "nowhere")
 
 
 def test_a_gpt2_name_not_in_the_cache_says_which_files_to_put_where(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError) as e:
-        GPTModel.from_pretrained("gpt2-medium")
+        P.from_pretrained("gpt2-medium")
     msg = str(e.value)
     print(msg)
     assert f"put config.json and model.safetensors in {tmp_path / 'cache' / 'gpt2-medium'}/" in msg
@@ -239,7 +239,7 @@ def test_a_cached_gpt2_name_loads_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
     t = hf_tensors()
     write_hf(tmp_path / "cache" / "gpt2", t, hf_config())
-    model = GPTModel.from_pretrained("gpt2")
+    model = P.from_pretrained("gpt2")
     report("cached 'gpt2'", ours(model, IDS), hf_gpt2_forward(t, hf_config(), IDS), 1e-4)
 
 
@@ -253,7 +253,7 @@ def test_download_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
     monkeypatch.setattr(P.urllib.request, "urlopen", offline)
     monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
     with pytest.raises(P.DownloadError) as e:
-        GPTModel.from_pretrained("gpt2", download=True)
+        P.from_pretrained("gpt2", download_missing=True)
     print(e.value)
     assert calls == [("https://huggingface.co/gpt2/resolve/main/config.json", 20.0)]
     assert f"put config.json and model.safetensors in {tmp_path / 'cache' / 'gpt2'}/" in str(e.value)
@@ -270,12 +270,12 @@ def test_download_writes_both_files_into_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(P.urllib.request, "urlopen", fake_urlopen)
     monkeypatch.setenv("TINYGRAD_GPT_CACHE", str(tmp_path / "cache"))
-    model = GPTModel.from_pretrained("gpt2", download=True)
+    model = P.from_pretrained("gpt2", download_missing=True)
     assert fetched == [f"https://huggingface.co/gpt2/resolve/main/{f}"
                        for f in ("config.json", "model.safetensors")]
     assert sorted(p.name for p in (tmp_path / "cache" / "gpt2").iterdir()) == ["config.json", "model.safetensors"]
     assert model.cfg["n_layers"] == L
-    GPTModel.from_pretrained("gpt2", download=True)                      # cached: no second fetch
+    P.from_pretrained("gpt2", download_missing=True)                      # cached: no second fetch
     assert len(fetched) == 2
 
 
@@ -292,7 +292,7 @@ def trained_here(qkv_bias=False, seed=3):
 
 def test_save_pretrained_writes_hf_layout_and_reloads_to_the_same_logits(tmp_path):
     model = trained_here(qkv_bias=False)
-    model.save_pretrained(tmp_path / "out")
+    P.save_pretrained(model, tmp_path / "out")
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["model_type"] == "gpt2" and cfg["architectures"] == ["GPT2LMHeadModel"]
     assert cfg["activation_function"] == "gelu_new" and cfg["layer_norm_epsilon"] == 1e-5
@@ -303,15 +303,15 @@ def test_save_pretrained_writes_hf_layout_and_reloads_to_the_same_logits(tmp_pat
     assert t["transformer.h.0.attn.c_attn.weight"].shape == (C, 3 * C)
     assert not t["transformer.h.0.attn.c_attn.bias"].any()             # qkv_bias=False: zero biases
     np.testing.assert_array_equal(t["lm_head.weight"], model.out_head.weight.data)
-    back = GPTModel.from_pretrained(tmp_path / "out")
+    back = P.from_pretrained(tmp_path / "out")
     report("save -> load", ours(back, IDS), ours(model, IDS).astype(np.float64), 1e-5)
     stripped = {k[len("transformer."):] if k.startswith("transformer.") else k: v for k, v in t.items()}
     report("saved file vs NumPy GPT-2", ours(model, IDS), hf_gpt2_forward(stripped, cfg, IDS), 1e-4)
 
 
 def test_save_pretrained_leaves_a_tied_head_out(tmp_path):
-    model = GPTModel.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config()))
-    model.save_pretrained(tmp_path / "out")
+    model = P.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config()))
+    P.save_pretrained(model, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is True
     assert "lm_head.weight" not in load_file(str(tmp_path / "out" / "model.safetensors"))
 
@@ -333,13 +333,13 @@ def test_transformers_gpt2_agrees_on_the_same_files(tmp_path, tied):
     d = write_hf(tmp_path / "m", t, cfg, prefix="transformer.")
     logits, _ = hf_logits(d, IDS)
     report("transformers vs NumPy GPT-2", logits, hf_gpt2_forward(t, cfg, IDS), 1e-4)
-    report("ours vs transformers", ours(GPTModel.from_pretrained(d), IDS), logits, 1e-4)
+    report("ours vs transformers", ours(P.from_pretrained(d), IDS), logits, 1e-4)
 
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
 def test_save_pretrained_loads_in_transformers_with_nothing_missing(tmp_path, qkv_bias):
     model = trained_here(qkv_bias=qkv_bias)
-    model.save_pretrained(tmp_path / "out")
+    P.save_pretrained(model, tmp_path / "out")
     logits, info = hf_logits(tmp_path / "out", IDS)
     print({k: v for k, v in info.items() if v})
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
@@ -348,8 +348,8 @@ def test_save_pretrained_loads_in_transformers_with_nothing_missing(tmp_path, qk
 
 
 def test_tied_round_trip_through_transformers(tmp_path):
-    model = GPTModel.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config()))
-    model.save_pretrained(tmp_path / "out")
+    model = P.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config()))
+    P.save_pretrained(model, tmp_path / "out")
     logits, info = hf_logits(tmp_path / "out", IDS)
     assert not info.get("missing_keys") and not info.get("unexpected_keys")
     report("tied round trip", logits, ours(model, IDS).astype(np.float64), 1e-4)

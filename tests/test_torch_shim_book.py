@@ -13,7 +13,7 @@ require("llms_from_scratch")
 
 import tinygrad_gpt.torch as torch                                       # noqa: E402
 from tinygrad_gpt import kernels                                          # noqa: E402
-from tinygrad_gpt.torch.book import book_gpt_model, explain_book_backward, trace_book_backward  # noqa: E402
+from tinygrad_gpt.explain.book import book_gpt_model, explain_book_backward, trace_book_backward  # noqa: E402
 
 CFG = {"vocab_size": 97, "context_length": 8, "emb_dim": 16, "n_heads": 2, "n_layers": 2,
        "drop_rate": 0.0, "qkv_bias": True}

@@ -9,14 +9,8 @@ from .model import CONFIGS, GPT_CONFIG_124M, GPTModel, generate_text_simple, get
 from .optim import AdamW
 from .amp import autocast, set_autocast
 from .generation import KVCache, generate, generate_stream
-from . import pretrained as _pretrained
+# saved models: functions, not GPTModel methods (model.py imports nothing above it)
 from .pretrained import WeightsError, from_pretrained, save_pretrained
-
-# GPTModel.from_pretrained(DIR) and model.save_pretrained(DIR), as the README and transformers
-# spell them, are pretrained.py's functions. They are bound here, at the package's face, which
-# sits above every room: model.py then imports nothing from a higher room, not even lazily,
-# and since importing any tinygrad_gpt module runs this file first, the methods are always there.
-GPTModel.from_pretrained = classmethod(_pretrained.model_from_pretrained)
-GPTModel.save_pretrained = _pretrained.save_pretrained
+from .loading import load_model
 
 __version__ = "0.1.0"

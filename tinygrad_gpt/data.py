@@ -197,3 +197,28 @@ def load_training_text(path=None, cache_dir=None, download=True):
     text = read_text_file(SAMPLE_TEXT_PATH)
     return text, (f"{reason}: using the bundled sample text tinygrad_gpt/data/{SAMPLE_TEXT_PATH.name} "
                   f"({len(text):,} characters) instead of {VERDICT_NAME}")
+
+
+def load_text(path=None, model_cfg=None, download=True):
+    """The text a command trains or traces on, and one line saying which: the micro model's
+    own sentence for a character model without `path`, else load_training_text (the file at
+    `path`, or the book's the-verdict.txt). A bad file raises DataError."""
+    if path is None and (model_cfg or {}).get("tokenizer") == "char":
+        from .char_tokenizer import MICRO_REPEATS, MICRO_SENTENCE, micro_text
+        text = micro_text()
+        return text, (f"Using the micro model's sentence {MICRO_SENTENCE!r}, {MICRO_REPEATS} times "
+                      f"({len(text)} characters)")
+    return load_training_text(path, download=download)
+
+
+def one_batch(text, tokenizer, batch_size, context_length):
+    """The first batch_size windows of the text: inputs (B, T) and targets shifted by one.
+    A text too short for them raises DataError."""
+    ids = np.array(tokenizer.encode(text, allowed_special={ENDOFTEXT}), dtype=np.int64)
+    need = batch_size * context_length + 1
+    if len(ids) < need:
+        raise DataError(f"the text has {len(ids)} tokens; {batch_size} x {context_length} needs {need}: "
+                        f"use a longer --data or a smaller --context-length")
+    x = ids[:need - 1].reshape(batch_size, context_length)               # (B, T)
+    y = ids[1:need].reshape(batch_size, context_length)                  # (B, T)
+    return x, y

@@ -116,10 +116,6 @@ class GPTModel(Module):
         x = self.final_norm(x)
         return self.out_head(x)                                  # (B, T, V)
 
-    # GPTModel.from_pretrained(path) and model.save_pretrained(dir) are pretrained.py's
-    # (Hugging Face files); the package's face, tinygrad_gpt/__init__.py, binds them here so
-    # that this room imports nothing above it.
-
     # ---- where the parameters are
     def summary(self) -> str:
         """The parameter count, taken apart: where GPT-2's parameters come from."""

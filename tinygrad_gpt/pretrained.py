@@ -20,7 +20,7 @@ keeps one list of transposed weights): reading, writing and the expected shapes 
 Only the safetensors format is read (through its NumPy API): never a pickle.
 
 This room owns the Hugging Face format and nothing else: this project's own checkpoints are
-checkpoint.py's (which may use this room; this room imports neither it nor train.py).
+checkpoint.py's, and loading.load_model picks between the two (this room imports neither).
 """
 import json
 import shutil
@@ -437,8 +437,3 @@ def save_pretrained(model: GPTModel, directory: PathLike) -> Path:
     atomic_write(directory / CONFIG_FILE, (json.dumps(hf_config(model), indent=2) + "\n").encode("utf-8"))
     return directory
 
-
-def model_from_pretrained(cls: Type[GPTModel], path: PathLike, download: bool = False) -> GPTModel:
-    """GPTModel.from_pretrained(path, download=False): see from_pretrained. The package's face
-    (tinygrad_gpt/__init__.py) binds it to GPTModel; model.py itself knows nothing of HF."""
-    return from_pretrained(path, download_missing=download, cls=cls)

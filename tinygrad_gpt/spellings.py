@@ -8,6 +8,8 @@ Functions or reads an array. tensor.py re-exports these names.
 """
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Sequence
 
 import numpy as np
@@ -223,6 +225,20 @@ def note_shared(inputs, saved, out) -> None:
                 any(a is d or (isinstance(a, np.ndarray) and a.base is not None and (a.base is d or a.base is root))
                     for a in saved):
             t._shared = True
+
+
+def check_inputs(cls, inputs, tensor_type):
+    """An op takes Tensors; anything else is a TypeError naming the op and the argument, as
+    torch's: "gelu(): argument 'input' must be Tensor, not numpy.ndarray"."""
+    for i, t in enumerate(inputs):
+        if not isinstance(t, tensor_type):
+            op = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", cls.__name__).lower()      # CrossEntropy -> cross_entropy
+            names = [n for n in inspect.signature(cls.forward).parameters][1:]  # after ctx
+            name = names[i] if i < len(names) else f"#{i + 1}"
+            name = "input" if i == 0 else {"w": "weight", "b": "bias" if "w" in names else "other"}.get(name, name)
+            kind = type(t).__qualname__ if type(t).__module__ == "builtins" else \
+                f"{type(t).__module__.split('.')[0]}.{type(t).__qualname__}"
+            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {kind}")
 
 
 class Device:

@@ -13,8 +13,6 @@ are a mixin from spellings.py; grad mode (`no_grad`) and the random generator ar
 from __future__ import annotations
 
 import contextlib
-import inspect
-import re
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -22,7 +20,8 @@ import numpy as np
 from . import memory, observe
 from .observe import (Profile, RemovableHandle, _backward_hooks, _forward_hooks, profile,  # noqa: F401
                       register_backward_hook, register_forward_hook)
-from .spellings import CPU, Device, MissingFeature, TorchSpellings, _axis, _keep, check_device, note_shared  # noqa: F401
+from .spellings import (CPU, Device, MissingFeature, TorchSpellings, _axis, _keep, check_device,  # noqa: F401
+                        check_inputs, note_shared)
 
 Axis = "int | tuple[int, ...] | list[int] | None"   # an axis argument, as NumPy's
 
@@ -119,7 +118,7 @@ class Function:
     @classmethod
     def apply(cls, *inputs: "Tensor", **options: Any) -> "Tensor":
         """Run forward on the inputs' arrays; record the op if any input needs a gradient."""
-        _check_inputs(cls, inputs)
+        check_inputs(cls, inputs, Tensor)                # a TypeError for anything not a Tensor
         ctx = cls(*inputs)
         with observe.timing(cls.__name__, "forward"):
             out = ctx.forward(*[t.data for t in inputs], **options)
@@ -134,20 +133,6 @@ class Function:
     @property
     def name(self) -> str:
         return type(self).__name__
-
-
-def _check_inputs(cls, inputs):
-    """An op takes Tensors; anything else is a TypeError naming the op and the argument, as
-    torch's: "gelu(): argument 'input' must be Tensor, not numpy.ndarray"."""
-    for i, t in enumerate(inputs):
-        if not isinstance(t, Tensor):
-            op = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", cls.__name__).lower()      # CrossEntropy -> cross_entropy
-            names = [n for n in inspect.signature(cls.forward).parameters][1:]  # after ctx
-            name = names[i] if i < len(names) else f"#{i + 1}"
-            name = "input" if i == 0 else {"w": "weight", "b": "bias" if "w" in names else "other"}.get(name, name)
-            kind = type(t).__qualname__ if type(t).__module__ == "builtins" else \
-                f"{type(t).__module__.split('.')[0]}.{type(t).__qualname__}"
-            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {kind}")
 
 
 # ----------------------------------------------------------------------------- the graph walk

@@ -8,6 +8,8 @@ clipping and accumulation, a live progress line, callbacks for checkpoints, and 
 import math
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -105,24 +107,44 @@ class Progress:
             self.stream.flush()
 
 
-def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_freq, eval_iter,
-                start_context, tokenizer, *, state=None, peak_lr=None, warmup_steps=0, min_lr=None,
-                grad_clip=None, accum_steps=1, log_grad_norms=False, on_step=None, progress=None,
-                out=None, data_parallel=None):
-    """The book's train_model_simple, resumable, with appendix D's options. Returns the state.
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the loop is told: the book's four arguments, then appendix D's options (all off
+    by default). peak_lr None: the optimizer's lr."""
+    num_epochs: int
+    eval_freq: int
+    eval_iter: int
+    start_context: str
+    peak_lr: Optional[float] = None
+    warmup_steps: int = 0
+    min_lr: Optional[float] = None
+    grad_clip: Optional[float] = None
+    accum_steps: int = 1
+    log_grad_norms: bool = False
+
+
+def train_model(model, train_loader, val_loader, optimizer, tokenizer, config, *, state=None,
+                on_step=None, on_eval=None, progress=None, out=None, data_parallel=None):
+    """The book's train_model_simple, resumable, with appendix D's options (a TrainConfig).
+    Returns the state.
 
     on_step(state) runs after every optimizer step and its evaluation, and once more at each
-    epoch's end, after the sample (checkpoints hook in here: the state then is complete). A
-    NaN or infinite loss or gradient raises NonFiniteLossError before the optimizer step.
+    epoch's end, after the sample (checkpoints hook in here: the state then is complete).
+    on_eval(record) gets each evaluation's numbers, unrounded: step, epoch, tokens_seen,
+    train_loss, val_loss, lr, tokens_per_s and elapsed (seconds since this call began).
+    A NaN or infinite loss or gradient raises NonFiniteLossError before the optimizer step.
     data_parallel (distributed.DataParallel): each process's batches are its slice of the
     global batch; its reduce_step averages gradients and losses over the processes.
     """
+    c = config
+    num_epochs, eval_freq, eval_iter, accum_steps = c.num_epochs, c.eval_freq, c.eval_iter, c.accum_steps
     out = sys.stdout if out is None else out
     state = TrainState() if state is None else state
     params = model.parameters()
     steps_per_epoch = len(train_loader) // accum_steps
     total_steps = num_epochs * steps_per_epoch
-    peak_lr = optimizer.param_groups[0]["lr"] if peak_lr is None else peak_lr
+    peak_lr = optimizer.param_groups[0]["lr"] if c.peak_lr is None else c.peak_lr
+    start, start_tokens = time.perf_counter(), state.tokens_seen
     model.train()
     for epoch in range(state.epoch, num_epochs):
         if not hasattr(train_loader, "iter_batches"):     # any iterable of batches (no exact resume)
@@ -136,7 +158,7 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
         while state.batch + accum_steps <= len(train_loader):
             step = state.global_step + 1
             for group in optimizer.param_groups:
-                group["lr"] = lr_at_step(step, peak_lr, total_steps, warmup_steps, min_lr)
+                group["lr"] = lr_at_step(step, peak_lr, total_steps, c.warmup_steps, c.min_lr)
             optimizer.zero_grad()
             step_loss, step_tokens = 0.0, 0
             for _ in range(accum_steps):
@@ -152,9 +174,9 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
             if not math.isfinite(step_loss):
                 raise NonFiniteLossError(step, "the loss")
             # per-block norms before clipping, so that they add up to the global norm printed
-            grad_view = [step, None, block_grad_norms(model)] if log_grad_norms and step % eval_freq == 0 else None
-            if grad_clip is not None:
-                norm = clip_grad_norm_(params, grad_clip)
+            grad_view = [step, None, block_grad_norms(model)] if c.log_grad_norms and step % eval_freq == 0 else None
+            if c.grad_clip is not None:
+                norm = clip_grad_norm_(params, c.grad_clip)
             else:                                # checked every step: one NaN would poison AdamW's moments
                 norm = global_grad_norm(params)
             if not math.isfinite(norm):
@@ -179,6 +201,13 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
                     progress.clear()
                 print(f"Ep {epoch + 1} (Step {step:06d}): "
                       f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}", file=out, flush=True)
+                if on_eval is not None:
+                    elapsed = time.perf_counter() - start
+                    on_eval({"step": step, "epoch": epoch + 1, "tokens_seen": state.tokens_seen,
+                             "train_loss": train_loss, "val_loss": val_loss,
+                             "lr": optimizer.param_groups[0]["lr"],
+                             "tokens_per_s": (state.tokens_seen - start_tokens) / max(elapsed, 1e-9),
+                             "elapsed": elapsed})
                 if grad_view is not None:
                     state.grad_norms.append(grad_view)
                     blocks = " ".join(f"{n:.3g}" for n in grad_view[2])
@@ -188,7 +217,7 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
 
         if progress is not None:
             progress.clear()
-        generate_and_print_sample(model, tokenizer, None, start_context, file=out)
+        generate_and_print_sample(model, tokenizer, None, c.start_context, file=out)
         state.epoch, state.batch, state.order = epoch + 1, 0, None
         if on_step is not None:
             on_step(state)
@@ -198,8 +227,8 @@ def train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_fre
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
                        eval_freq, eval_iter, start_context, tokenizer):
     """The book's loop: returns train_losses, val_losses, tokens_seen."""
-    state = train_model(model, train_loader, val_loader, optimizer, num_epochs, eval_freq,
-                        eval_iter, start_context, tokenizer)
+    config = TrainConfig(num_epochs, eval_freq, eval_iter, start_context)
+    state = train_model(model, train_loader, val_loader, optimizer, tokenizer, config)
     return state.train_losses, state.val_losses, state.track_tokens_seen
 
 

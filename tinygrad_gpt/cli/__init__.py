@@ -4,8 +4,10 @@ This room owns argument-parsing conventions (a mistake is one line on stderr and
 never argparse's usage block or a traceback) and the runtime set-up a command does once for
 its process: one thread count for BLAS, numba and MKL, glibc's allocator tuned (memory.py; at
 once, where a user's loop gets it at its first backward()), the kernel backend chosen. The
-commands themselves are tinygrad_gpt.pretrain, tinygrad_gpt.cli.generate and tinygrad_gpt.explain;
-examples/*.py are two-line wrappers over them. Nothing below the CLI imports this package.
+commands sit beside it, each a `main(argv)` over a `build_parser()`: cli/pretrain/ (a package:
+run, flags, config, corpus, saving), cli/generate.py, cli/prepare_data.py, cli/plot.py, and
+explain/cli.py (beside the tracer it drives); examples/*.py are two-line wrappers over them.
+Nothing below the CLI imports this package.
 """
 from __future__ import annotations
 

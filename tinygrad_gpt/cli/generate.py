@@ -11,7 +11,7 @@ or a GPT-2 name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") already in the 
 there first. --checkpoint takes what pretrain.py saved (its --out directory, with the final
 model; its save directory, for the newest checkpoint; or one step-NNNNNN directory), or a directory with model.safetensors (the
 book's parameter names) and config.json (the book's config dict); see
-tinygrad_gpt.checkpoint.load_model.
+tinygrad_gpt.loading.load_model.
 
 The text goes to stdout as it is produced, then one line with the speed; messages and
 warnings go to stderr. A mistake in the arguments or the files: one line on stderr, exit 2.
@@ -70,17 +70,17 @@ def check_args(args):
 
 
 def load_model(args):
-    from .. import checkpoint, pretrained
+    from .. import loading, pretrained
     from ..model import GPTModel, get_config
     from ..tensor import manual_seed
     try:
         if args.download:
-            return GPTModel.from_pretrained(pretrained.resolve(args.download, download_missing=True,
+            return pretrained.from_pretrained(pretrained.resolve(args.download, download_missing=True,
                                                                progress=sys.stderr)), args.download
         if args.pretrained:
-            return GPTModel.from_pretrained(args.pretrained), args.pretrained
+            return pretrained.from_pretrained(args.pretrained), args.pretrained
         if args.checkpoint:
-            return checkpoint.load_model(args.checkpoint), args.checkpoint
+            return loading.load_model(args.checkpoint), args.checkpoint
     except (OSError, ValueError, KeyError) as e:     # WeightsError, DownloadError, FileNotFoundError
         raise UsageError(str(e).strip("'\"")) from None
     name = args.model or "124M"

@@ -60,9 +60,12 @@ def _excluded(rel, patterns):
                for pat in patterns)
 
 
-def expand_inputs(inputs, exts, exclude=()):
-    """The input files, in a stable order, each once."""
+def expand_inputs(inputs, exts, exclude=(), passed_over=None):
+    """The input files, in a stable order, each once. passed_over (a dict, when given) counts
+    the files of the input directories that were left out, by reason: "ext" (not ending in
+    one of exts), "hidden" (under a dot-name), "exclude" (matching --exclude)."""
     files, seen = [], set()
+    passed_over = {} if passed_over is None else passed_over
 
     def add(path):
         key = os.path.realpath(path)
@@ -75,9 +78,19 @@ def expand_inputs(inputs, exts, exclude=()):
         if p.is_file():
             add(p)
         elif p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(exts)
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                           and not _excluded(f.relative_to(p), exclude))
+            found = []
+            for f in sorted(f for f in p.rglob("*") if f.is_file()):
+                rel = f.relative_to(p)
+                why = ("hidden" if any(part.startswith(".") for part in rel.parts)
+                       else "ext" if not f.name.endswith(exts)
+                       else "exclude" if _excluded(rel, exclude) else None)
+                if why is None:
+                    found.append(f)
+                else:
+                    passed_over[why] = passed_over.get(why, 0) + 1
+                    if why == "ext":                   # which endings, for the hint
+                        endings = passed_over.setdefault("endings", {})
+                        endings[f.suffix or f.name] = endings.get(f.suffix or f.name, 0) + 1
             if not found:
                 raise C.CorpusError(f"directory {p} has no file ending in {', '.join(exts)}; fix: pass "
                                     "--ext with the endings its text files have")
@@ -95,6 +108,21 @@ def expand_inputs(inputs, exts, exclude=()):
     if not files:
         raise C.CorpusError("no input files; fix: pass text files, directories or globs")
     return files
+
+
+def passed_over_line(passed_over, exts):
+    """"120 files skipped: not .txt (97 .py, 23 .md); use --ext .txt,.py to take the .py files
+    too" (from the counts expand_inputs made)."""
+    reasons = [k for k in ("ext", "hidden", "exclude") if k in passed_over]
+    n = sum(passed_over[k] for k in reasons)
+    endings = sorted(passed_over.get("endings", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    why = {"ext": f"not {' or '.join(exts)}" + (f" ({', '.join(f'{c} {e}' for e, c in endings[:3])}"
+                                                 f"{', ...' if len(endings) > 3 else ''})" if endings else ""),
+           "hidden": "under a hidden (dot) name", "exclude": "matched --exclude"}
+    parts = [why[k] if len(reasons) == 1 else f"{passed_over[k]} {why[k]}" for k in reasons]
+    top = next((e for e, _ in endings if e.startswith(".")), None)
+    hint = f"; use --ext {','.join(exts)},{top} to take the {top} files too" if top else ""
+    return f"{n} file{'s' if n != 1 else ''} skipped: {', '.join(parts)}{hint}"
 
 
 def decode_document(path, raw):
@@ -207,12 +235,15 @@ class _SplitWriter:
 
 
 def prepare(args):
-    args.exts = tuple(e if e.startswith(".") else "." + e for e in args.ext.split(",") if e)
+    exts = tuple(e if e.startswith(".") else "." + e for e in args.ext.split(",") if e)
     if not 0 < args.val_fraction < 1:
         raise C.CorpusError(f"--val-fraction {args.val_fraction} is out of range: it must be in (0, 1)")
     if args.shard_tokens < 1:
         raise C.CorpusError(f"--shard-tokens {args.shard_tokens} is out of range: it must be at least 1")
-    files = expand_inputs(args.inputs, args.exts, args.exclude)
+    passed_over = {}
+    files = expand_inputs(args.inputs, exts, args.exclude, passed_over)
+    if passed_over:
+        print(passed_over_line(passed_over, exts), flush=True)
     d = check_out_dir(args.out)
     if not args.force:
         m = up_to_date(d, files, args)

@@ -12,7 +12,8 @@ was made ("Linear trf_blocks.0.att.W_query", from `nn.module_stack()`), and a ba
 gradients are added into the inputs, is where each line is printed. Nothing is patched.
 
 This package owns the explain command; trace.py records a Trace (the data), render_text.py
-and render_dot.py draw it, cli.py is the command. Other renderers go beside them.
+and render_dot.py draw it, book.py traces the book's own GPTModel, cli.py is the command.
+Other renderers go beside them.
 """
 import shutil  # noqa: F401  (tests replace shutil.which to act as if Graphviz were missing)
 

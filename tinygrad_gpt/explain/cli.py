@@ -12,9 +12,8 @@ import math
 import os
 import sys
 
-import numpy as np
-
 from ..cli import USAGE_ERROR, UsageError  # noqa: F401
+from ..data import DataError, load_text, one_batch
 from . import render_dot
 from .render_dot import write_dot
 from .render_text import MAX_PRINTED, Listing, chain_lines, totals
@@ -63,12 +62,15 @@ def build_parser():
 
 
 def check_args(args):
+    """The flags checked, with --context-length's default settled: a new Namespace (the
+    parsed one is not written)."""
     from ..model import CONFIGS
     if args.model not in CONFIGS:
         raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(CONFIGS)}")
     limit = CONFIGS[args.model]["context_length"]
     if args.context_length is None:
-        args.context_length = min(32 if args.model == "tiny" else 256, limit)   # micro: its 8
+        default = min(32 if args.model == "tiny" else 256, limit)                # micro: its 8
+        args = argparse.Namespace(**{**vars(args), "context_length": default})
     if not 1 <= args.context_length <= limit:
         raise UsageError(f"--context-length {args.context_length} must be in [1, {limit}] for {args.model}")
     if args.batch_size < 1:
@@ -77,18 +79,7 @@ def check_args(args):
         raise UsageError(f"--depth {args.depth} must be at least 0")
     if args.drop_rate is not None and not 0 <= args.drop_rate < 1:
         raise UsageError(f"--drop-rate {args.drop_rate} must be in [0, 1)")
-
-
-def one_batch(text, tokenizer, batch_size, context_length):
-    """The first batch_size windows of the text: inputs (B, T) and targets shifted by one."""
-    ids = np.array(tokenizer.encode(text, allowed_special={"<|endoftext|>"}), dtype=np.int64)
-    need = batch_size * context_length + 1
-    if len(ids) < need:
-        raise UsageError(f"the text has {len(ids)} tokens; {batch_size} x {context_length} needs {need}: "
-                         f"use a longer --data or a smaller --context-length")
-    x = ids[:need - 1].reshape(batch_size, context_length)               # (B, T)
-    y = ids[1:need].reshape(batch_size, context_length)                  # (B, T)
-    return x, y
+    return args
 
 
 def main(argv=None, file=None, stdin=None):
@@ -102,24 +93,11 @@ def main(argv=None, file=None, stdin=None):
         return 0
 
 
-def load_text(args, cfg):
-    """The text to take the batch from: --data, else micro's sentence for a character model,
-    else the default training text (never downloaded here)."""
-    from .. import data
-    if args.data is None and cfg.get("tokenizer") == "char":
-        from ..char_tokenizer import MICRO_REPEATS, MICRO_SENTENCE, micro_text
-        return micro_text(), f"Using the micro model's sentence {MICRO_SENTENCE!r}, {MICRO_REPEATS} times"
-    try:
-        return data.load_training_text(args.data, download=False)
-    except data.DataError as e:
-        raise UsageError(str(e)) from None
-
-
 def run(args, file=None, stdin=None):
-    check_args(args)
-    if args.book:                                    # the book's model: tinygrad_gpt/torch/book.py
-        from ..torch.book import run_book
-        return run_book(args, file=file)
+    args = check_args(args)
+    if args.book:                                    # the book's model: tinygrad_gpt/explain/book.py
+        from .book import run_book
+        return run_book(args, vars(build_parser().parse_args([])), file=file)
     from ..kernels import use
     from ..model import GPTModel, get_config
     from ..tensor import manual_seed
@@ -127,12 +105,15 @@ def run(args, file=None, stdin=None):
     out = sys.stdout if file is None else file
 
     cfg = get_config(args.model)
-    text, description = load_text(args, cfg)
+    try:
+        text, description = load_text(args.data, cfg, download=False)   # micro: its own sentence
+    except DataError as e:
+        raise UsageError(str(e)) from None
     try:
         tokenizer = tokenizer_for(cfg)               # GPT-2's BPE, or micro's characters
         x, y = one_batch(text, tokenizer, args.batch_size, args.context_length)
-    except UsageError:
-        raise
+    except DataError as e:                           # a text too short for the batch
+        raise UsageError(str(e)) from None
     except ValueError as e:                          # a character micro's tokenizer does not know
         fix = "; fix: leave out --data (micro reads its own sentence)" if cfg.get("tokenizer") == "char" else ""
         raise UsageError(f"--data {args.data}: {e}{fix}") from None

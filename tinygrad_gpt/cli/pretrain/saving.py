@@ -1,6 +1,6 @@
 """The pretrain command's saving: where checkpoints go (planned before anything is written),
 the checkpointer that saves at its cadence and after Ctrl-C/SIGTERM, the signal handlers,
-and the final model a finished run leaves in --out.
+the final model a finished run leaves in --out, and the run log (OUT/metrics.jsonl).
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
-from . import UsageError
-from .pretrain_flags import _same_dir, resume_command
+from .. import UsageError
+from .flags import _same_dir, resume_command
 
 
 class TrainingInterrupted(BaseException):
@@ -40,7 +40,7 @@ class Checkpointer:
         self.dp = dp                             # MPI: only rank 0 writes; all stop at the same step
 
     def save(self, state):
-        from ..checkpoint import save_checkpoint, step_dir_name
+        from ...checkpoint import save_checkpoint, step_dir_name
         if state.global_step < 0 or state.global_step == self.last_step:
             return self.last_path                # nothing new since the last save
         target = self.save_dir if self.save_dir is not None else self.fallback_dir
@@ -98,7 +98,7 @@ class _SignalHandlers:
         return False
 
 
-def report_interrupt(e, checkpointer, args):
+def report_interrupt(e, checkpointer, config):
     if checkpointer.dp is not None and checkpointer.dp.rank != 0:
         return                                   # rank 0 says it
     name = signal.Signals(e.signum).name
@@ -111,17 +111,18 @@ def report_interrupt(e, checkpointer, args):
     else:
         print(f"Interrupted by {name}: checkpoint after step {checkpointer.last_step} saved to {e.path}",
               file=sys.stderr)
-    print(f"Resume with: {resume_command(Path(e.path).parent, args)}", file=sys.stderr, flush=True)
+    print(f"Resume with: {resume_command(Path(e.path).parent, config, checkpointer.dp)}", file=sys.stderr,
+          flush=True)
 
 
-def plan_directories(args, ckpt, ckpt_root):
+def plan_directories(config, ckpt, ckpt_root):
     """Where checkpoints go, checked before anything is written. Returns (save_dir, fallback)."""
-    from ..checkpoint import CheckpointError, check_writable, latest_checkpoint, list_checkpoints
-    save_dir = args.save_dir
+    from ...checkpoint import CheckpointError, check_writable, latest_checkpoint, list_checkpoints
+    save_dir = config.save_dir
     if save_dir is None and ckpt is not None:
         save_dir = str(ckpt_root)                 # a resumed run goes on saving where it was
-    if save_dir is None and args.save_every is not None:
-        save_dir = os.path.join(args.out, "checkpoints")
+    if save_dir is None and config.save_every is not None:
+        save_dir = os.path.join(config.out, "checkpoints")
     try:
         if save_dir is not None:
             check_writable(save_dir, "--save-dir")
@@ -139,13 +140,13 @@ def plan_directories(args, ckpt, ckpt_root):
                                      "fix: add --save-dir NEW_DIR to continue it in a new directory")
         fallback = None
         if save_dir is None:                      # interrupts still save: into OUT/checkpoints
-            base = os.path.join(args.out, "checkpoints")
+            base = os.path.join(config.out, "checkpoints")
             fallback, n = base, 1
             while Path(fallback).exists() and (not Path(fallback).is_dir() or list_checkpoints(fallback)):
                 n += 1
                 fallback = f"{base}-{n}"
             check_writable(fallback, "--out")
-        check_writable(args.out, "--out")          # the final model goes there
+        check_writable(config.out, "--out")          # the final model goes there
     except CheckpointError as e:
         raise UsageError(str(e)) from None
     return save_dir, fallback
@@ -161,7 +162,7 @@ def save_final_model(model, out):
     """The book saves model.pth right after training: here model.safetensors + config.json in
     OUT (Hugging Face's layout, through pretrained.save_pretrained), which generate.py
     --checkpoint OUT loads. No optimizer state (that is --save-optimizer's checkpoint)."""
-    from ..pretrained import save_pretrained
+    from ...pretrained import save_pretrained
     try:
         directory = save_pretrained(model, out)
     except OSError as e:
@@ -170,3 +171,17 @@ def save_final_model(model, out):
     print(f"Model saved to {directory} (model.safetensors, config.json)")
     print(f"Generate with: {generate_command(directory)}", flush=True)
     return directory
+
+
+def open_metrics_log(config, resume_step=None):
+    """The run log OUT/metrics.jsonl (runlog.py), opened before training: a new run starts it
+    empty, a resumed one (resume_step: its checkpoint's step) keeps the records up to that step."""
+    from ...runlog import METRICS_FILE, MetricsLog
+    try:
+        return MetricsLog(os.path.join(config.out, METRICS_FILE), resume_step,
+                          extra={"precision": config.precision})
+    except OSError as e:
+        raise UsageError(f"cannot write the run log {os.path.join(config.out, METRICS_FILE)} "
+                         f"({e.strerror or e}); fix: free some space or pass another --out") from None
+    except ValueError as e:
+        raise UsageError(f"{e}; fix: move the damaged log away, or pass another --out") from None

@@ -1,7 +1,8 @@
 """The pretrain command's flags: parsing them, checking them, and reconciling them with a
 resumed checkpoint (a resumed run keeps its hyperparameters; --epochs may extend it).
 
-What the flags mean is in `build_parser`; what happens with them is tinygrad_gpt/pretrain.py.
+What the flags mean is in `build_parser`; config.build_config settles them into the run's
+RunConfig (with check_args and adopt_checkpoint_config below); run.py is what happens with them.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import USAGE_ERROR, Formatter, Parser, UsageError, add_runtime_flags  # noqa: F401
-from . import pretrain_corpus
+from .. import Formatter, Parser, UsageError, add_runtime_flags
+from . import corpus as pretrain_corpus
 
 DESCRIPTION = "`python examples/pretrain.py`: the book's chapter-5 pretraining run, from the command line."
 
@@ -25,6 +26,8 @@ the result:
   a finished run writes its model into OUT (model.safetensors + config.json, Hugging Face's
   layout, no optimizer state: --save-optimizer adds a resumable checkpoint) and prints the
   command that generates from it: python examples/generate.py --checkpoint OUT
+  every run appends each evaluation to OUT/metrics.jsonl (step, losses, lr, tokens/s;
+  --resume continues it) and draws OUT/loss-plot.png from it: python examples/plot.py OUT
 
 checkpoints:
   --save-dir DIR keeps the last 2 checkpoints in DIR/step-NNNNNN/ (model.safetensors,
@@ -69,7 +72,8 @@ def build_parser():
     p.add_argument("--start-context", default="Every effort moves you")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--out", default="runs/pretrain",
-                   help="directory for the final model (model.safetensors + config.json) and the loss plot")
+                   help="directory for the final model (model.safetensors + config.json), the run log "
+                        "(metrics.jsonl) and the loss plot")
     p.add_argument("--save-optimizer", action="store_true",
                    help="also keep AdamW's state at the end: a resumable checkpoint (into --save-dir, "
                         "or OUT/checkpoints)")
@@ -109,37 +113,39 @@ def explicit_flags(argv):
     return set(vars(p.parse_args(argv)))
 
 
-def check_args(args):
-    from ..model import CONFIGS
-    if args.model not in CONFIGS:
-        raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(CONFIGS)}")
-    if args.context_length is None:
-        args.context_length = min(256, CONFIGS[args.model]["context_length"])
-    checks = [("--epochs", args.epochs, args.epochs >= 1, "at least 1"),
-              ("--batch-size", args.batch_size, args.batch_size >= 1, "at least 1"),
-              ("--lr", args.lr, 0 < args.lr < 1 and np.isfinite(args.lr), "in (0, 1)"),
-              ("--weight-decay", args.weight_decay, 0 <= args.weight_decay < 10, "in [0, 10)"),
-              ("--eval-freq", args.eval_freq, args.eval_freq >= 1, "at least 1"),
-              ("--eval-iter", args.eval_iter, args.eval_iter >= 1, "at least 1"),
-              ("--context-length", args.context_length, args.context_length >= 2, "at least 2"),
-              ("--accum-steps", args.accum_steps, args.accum_steps >= 1, "at least 1"),
-              ("--warmup-steps", args.warmup_steps, args.warmup_steps >= 0, "at least 0")]
-    if args.drop_rate is not None:
-        checks.append(("--drop-rate", args.drop_rate, 0 <= args.drop_rate < 1, "in [0, 1)"))
-    if args.grad_clip is not None:
-        checks.append(("--grad-clip", args.grad_clip, args.grad_clip > 0, "positive"))
-    if args.min_lr is not None:
-        checks.append(("--min-lr", args.min_lr, 0 <= args.min_lr <= args.lr, "in [0, --lr]"))
-    if args.threads is not None:
-        checks.append(("--threads", args.threads, args.threads >= 1, "at least 1"))
-    if args.save_every is not None:
-        checks.append(("--save-every", args.save_every, args.save_every >= 1, "at least 1"))
+def check_args(draft):
+    """Each flag in its range; --context-length's default (256, or the model's if smaller).
+    `draft`: config.build_config's copy of the flags, settled here."""
+    from ...model import CONFIGS
+    if draft.model not in CONFIGS:
+        raise UsageError(f"unknown --model {draft.model!r}; choose one of {', '.join(CONFIGS)}")
+    if draft.context_length is None:
+        draft.context_length = min(256, CONFIGS[draft.model]["context_length"])
+    checks = [("--epochs", draft.epochs, draft.epochs >= 1, "at least 1"),
+              ("--batch-size", draft.batch_size, draft.batch_size >= 1, "at least 1"),
+              ("--lr", draft.lr, 0 < draft.lr < 1 and np.isfinite(draft.lr), "in (0, 1)"),
+              ("--weight-decay", draft.weight_decay, 0 <= draft.weight_decay < 10, "in [0, 10)"),
+              ("--eval-freq", draft.eval_freq, draft.eval_freq >= 1, "at least 1"),
+              ("--eval-iter", draft.eval_iter, draft.eval_iter >= 1, "at least 1"),
+              ("--context-length", draft.context_length, draft.context_length >= 2, "at least 2"),
+              ("--accum-steps", draft.accum_steps, draft.accum_steps >= 1, "at least 1"),
+              ("--warmup-steps", draft.warmup_steps, draft.warmup_steps >= 0, "at least 0")]
+    if draft.drop_rate is not None:
+        checks.append(("--drop-rate", draft.drop_rate, 0 <= draft.drop_rate < 1, "in [0, 1)"))
+    if draft.grad_clip is not None:
+        checks.append(("--grad-clip", draft.grad_clip, draft.grad_clip > 0, "positive"))
+    if draft.min_lr is not None:
+        checks.append(("--min-lr", draft.min_lr, 0 <= draft.min_lr <= draft.lr, "in [0, --lr]"))
+    if draft.threads is not None:
+        checks.append(("--threads", draft.threads, draft.threads >= 1, "at least 1"))
+    if draft.save_every is not None:
+        checks.append(("--save-every", draft.save_every, draft.save_every >= 1, "at least 1"))
     for flag, value, ok, want in checks:
         if not ok:
             raise UsageError(f"{flag} {value} is out of range: it must be {want}")
-    limit = CONFIGS[args.model]["context_length"]
-    if args.context_length > limit:
-        raise UsageError(f"--context-length {args.context_length} is above the {args.model} "
+    limit = CONFIGS[draft.model]["context_length"]
+    if draft.context_length > limit:
+        raise UsageError(f"--context-length {draft.context_length} is above the {draft.model} "
                          f"model's {limit}; use at most {limit}")
 
 
@@ -148,9 +154,10 @@ def _flag(dest):
     return "--" + dest.replace("_", "-")
 
 
-def adopt_checkpoint_config(args, ckpt):
-    """A resumed run keeps its hyperparameters: take them from the checkpoint, and refuse a
-    flag that contradicts them (except --epochs, which may extend the run)."""
+def adopt_checkpoint_config(draft, explicit, ckpt):
+    """A resumed run keeps its hyperparameters: take them from the checkpoint into `draft`
+    (config.build_config's copy of the flags), and refuse a flag in `explicit` (the ones typed)
+    that contradicts them (except --epochs, which may extend the run)."""
     cfg = ckpt.config
     try:
         run_cfg, options = cfg["run"], cfg.get("options", {})
@@ -162,49 +169,49 @@ def adopt_checkpoint_config(args, ckpt):
         raise UsageError(f"checkpoint {ckpt.path} is corrupted: its {'state.json'} has no valid "
                          "run config; fix: resume from another checkpoint, or start a new run") from None
     for key, value in stored.items():
-        if key in args.explicit and getattr(args, key) != value:
-            raise UsageError(f"{_flag(key)} {getattr(args, key)} conflicts with the checkpoint {ckpt.path}, "
+        if key in explicit and getattr(draft, key) != value:
+            raise UsageError(f"{_flag(key)} {getattr(draft, key)} conflicts with the checkpoint {ckpt.path}, "
                              f"trained with {_flag(key)} {value}; a resumed run keeps its hyperparameters: "
                              f"drop {_flag(key)}, or start a new run without --resume")
-        setattr(args, key, value)
+        setattr(draft, key, value)
     need = done + in_epoch
-    if "epochs" in args.explicit:
-        if args.epochs < need:
-            raise UsageError(f"--epochs {args.epochs} is below the {need} epochs the checkpoint "
+    if "epochs" in explicit:
+        if draft.epochs < need:
+            raise UsageError(f"--epochs {draft.epochs} is below the {need} epochs the checkpoint "
                              f"{ckpt.path} has started; pass --epochs {need} or more")
     else:
-        args.epochs = stored_epochs
-    if "data" not in args.explicit:
-        args.data = cfg.get("data", {}).get("path")
-    if "out" not in args.explicit and options.get("out"):
-        args.out = options["out"]
-    if "save_every" not in args.explicit and options.get("save_every"):
-        args.save_every = options["save_every"]
-    if "threads" not in args.explicit and options.get("threads"):
-        args.threads = options["threads"]         # BLAS splits work by thread count: keep the bits
-    args.log_grad_norms = args.log_grad_norms or bool(options.get("log_grad_norms"))
-    args.no_plot = args.no_plot or bool(options.get("no_plot"))
-    from ..kernels import environment_choice
-    if "kernels" not in args.explicit and not environment_choice() \
+        draft.epochs = stored_epochs
+    if "data" not in explicit:
+        draft.data = cfg.get("data", {}).get("path")
+    if "out" not in explicit and options.get("out"):
+        draft.out = options["out"]
+    if "save_every" not in explicit and options.get("save_every"):
+        draft.save_every = options["save_every"]
+    if "threads" not in explicit and options.get("threads"):
+        draft.threads = options["threads"]         # BLAS splits work by thread count: keep the bits
+    draft.log_grad_norms = draft.log_grad_norms or bool(options.get("log_grad_norms"))
+    draft.no_plot = draft.no_plot or bool(options.get("no_plot"))
+    from ...kernels import environment_choice
+    if "kernels" not in explicit and not environment_choice() \
             and cfg.get("kernels") in ("numpy", "numba"):
-        args.kernels = cfg["kernels"]             # the same kernels give the same bits
-    if "precision" not in args.explicit:          # the same products give the same bits
+        draft.kernels = cfg["kernels"]             # the same kernels give the same bits
+    if "precision" not in explicit:          # the same products give the same bits
         stored_precision = cfg.get("precision", "float32")  # runs saved before --precision: float32
         if stored_precision not in ("float32", "bfloat16"):
             raise UsageError(f"checkpoint {ckpt.path} is corrupted: its state.json names precision "
                              f"{stored_precision!r}; fix: pass --precision float32 or bfloat16")
-        args.precision = stored_precision
+        draft.precision = stored_precision
 
 
-def resume_command(save_dir, args):
-    """The exact command that resumes from save_dir's newest checkpoint."""
+def resume_command(save_dir, config, dp=None):
+    """The exact command that resumes from save_dir's newest checkpoint (config: a RunConfig)."""
     prog = sys.argv[0] if sys.argv and sys.argv[0].endswith("pretrain.py") else "examples/pretrain.py"
     parts = ["python", prog, "--resume", str(save_dir)]
-    if getattr(args, "dp", None) is not None:              # the same job size: same slices, same bits
-        parts = ["mpirun", "-n", str(args.dp.world)] + parts
+    if dp is not None:                                     # the same job size: same slices, same bits
+        parts = ["mpirun", "-n", str(dp.world)] + parts
     for dest in ECHOED_FLAGS:
-        if dest in args.explicit and getattr(args, dest) is not None:
-            parts += [_flag(dest), str(getattr(args, dest))]
+        if dest in config.explicit and getattr(config, dest) is not None:
+            parts += [_flag(dest), str(getattr(config, dest))]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -213,13 +220,13 @@ def _same_dir(a, b):
 
 
 def open_checkpoint(args):
-    """--resume: find the checkpoint, check its state.json, adopt its config (the tensors are
-    verified later, still before anything is written). Returns (checkpoint, its save dir)."""
-    from ..checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
+    """--resume: find the checkpoint and check its state.json (config.build_config adopts its
+    config; the tensors are verified later, still before anything is written). Returns
+    (checkpoint, its save dir)."""
+    from ...checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
     try:
         ckpt_dir, root = resolve_checkpoint(args.resume)
         ckpt = read_checkpoint(ckpt_dir)
     except CheckpointError as e:
         raise UsageError(str(e)) from None
-    adopt_checkpoint_config(args, ckpt)
     return ckpt, root

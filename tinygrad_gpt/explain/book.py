@@ -1,7 +1,7 @@
 """The book's own GPTModel (llms_from_scratch.ch04) on the engine, and the engine's backward
 trace over it: every op of one backward pass, named by the book's modules.
 
-    from tinygrad_gpt.torch.book import explain_book_backward
+    from tinygrad_gpt.explain.book import explain_book_backward
     explain_book_backward(depth=40)          # the tiny config, 1 x 32 tokens of text
 
     python examples/explain_backward.py --book --depth 40          # the same, from the command line
@@ -17,10 +17,13 @@ import sys
 import numpy as np
 
 from ..cli import UsageError
-from ..explain import Listing, chain_lines, one_batch, render_dot, totals, trace_backward, write_dot
+from ..data import load_text, one_batch
 from ..model import get_config
 from ..tensor import Tensor, manual_seed
-from .binding import BOOK_PACKAGE, load_book_modules
+from ..torch.binding import BOOK_PACKAGE, load_book_modules
+from .render_dot import to_dot, write_dot
+from .render_text import Listing, chain_lines, totals
+from .trace import trace_backward
 
 
 def book_gpt_model(cfg, seed=123):
@@ -45,9 +48,6 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
     tinygrad_gpt.explain` does for the engine's model), then the totals; with param=NAME the
     chain of ops from the loss down to that parameter instead; with dot=FILE the graph too.
     model: a config name of tinygrad_gpt.model.CONFIGS. Returns (trace, model)."""
-    from types import SimpleNamespace
-
-    from ..explain.cli import load_text
     from ..kernels import get_backend
     from ..tokenizer import tokenizer_for
     out = sys.stdout if file is None else file
@@ -61,10 +61,10 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
         close = difflib.get_close_matches(param, names, n=3, cutoff=0.5)
         raise UsageError(f"--param {param!r} is not a parameter of the book's {model} GPTModel"
                          + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {names[2]}"))
-    text, description = load_text(SimpleNamespace(data=data), cfg)   # micro: its own sentence
     try:
+        text, description = load_text(data, cfg, download=False)             # micro: its own sentence
         x, y = one_batch(text, tokenizer_for(cfg), batch_size, context_length)   # BPE, or micro's characters
-    except ValueError as e:                          # UsageError included: a text too short, or unknown characters
+    except ValueError as e:                          # DataError: a bad file, a text too short; unknown characters
         raise UsageError(str(e)) from None
     print(description, file=out)
     print(f"the book's llms_from_scratch.ch04.GPTModel ({model}) on tinygrad_gpt's engine: "
@@ -89,7 +89,7 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
     if dot:
         title = (f"backward through the book's GPTModel ({model}) on the engine: loss {trace.loss:.4f}, "
                  f"{len(trace.ops)} ops, {gpt.num_parameters():,} parameters")
-        write_dot(render_dot.to_dot(trace, gpt, expand=expand, title=title), dot, file=out)
+        write_dot(to_dot(trace, gpt, expand=expand, title=title), dot, file=out)
     return trace, gpt
 
 
@@ -100,10 +100,10 @@ _BOOK_FLAGS = {"book": None, "model": "model", "context_length": "context_length
                "depth": "depth", "dot": "dot", "expand": "expand"}
 
 
-def run_book(args, file=None):
+def run_book(args, defaults, file=None):
     """`explain_backward.py --book ...` (tinygrad_gpt/explain/cli.py): the explain command's
-    flags, already checked, on the book's model. A usage error (exit 2) without the book's package."""
-    from ..explain.cli import build_parser
+    flags, already checked, on the book's model; defaults: the flags' defaults (to tell the
+    ones given). A usage error (exit 2) without the book's package."""
     from ..kernels import use
     try:
         import llms_from_scratch  # noqa: F401
@@ -111,7 +111,6 @@ def run_book(args, file=None):
         raise UsageError(f"--book traces the book's own {BOOK_PACKAGE}.ch04.GPTModel, and the package "
                          f"{BOOK_PACKAGE} is not installed: pip install --no-deps llms-from-scratch==1.0.19"
                          ) from None
-    defaults = vars(build_parser().parse_args([]))
     other = [k for k, v in vars(args).items() if k not in _BOOK_FLAGS and v != defaults.get(k, v)]
     if other:
         raise UsageError(f"--book does not take {', '.join('--' + k.replace('_', '-') for k in other)}")

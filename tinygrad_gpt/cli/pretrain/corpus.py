@@ -3,16 +3,16 @@
 The training loop is train.train_model, unchanged: a corpus is one long "epoch" of
 --max-steps steps whose batches come from corpus.CorpusLoader; under MPI each process's
 loaders yield its slice of every global batch, and distributed.DataParallel averages the
-gradients. This module holds the flags, the checks and the loaders; pretrain.run calls it.
+gradients. This module holds the flags, the checks and the loaders; run.py calls it.
 """
 import math
 import os
 import sys
 from pathlib import Path
 
-from .. import corpus as C
-from .. import distributed
-from . import UsageError
+from ... import corpus as C
+from ... import distributed
+from .. import UsageError
 
 DEFAULT_MAX_STEPS = 1000
 
@@ -26,8 +26,9 @@ def add_arguments(p):
                    help="train on this many tokens instead (rounded up to whole steps)")
 
 
-def is_corpus(args):
-    return args.data is not None and Path(args.data).expanduser().is_dir()
+def is_corpus(data):
+    """--data names a directory (a prepared corpus, or a mistake open_run explains)."""
+    return data is not None and Path(data).expanduser().is_dir()
 
 
 class CorpusRun:
@@ -46,28 +47,29 @@ class CorpusRun:
                 f"{len(m['splits']['train']['shards'])} shards, {len(self.streams['val']):,} val tokens, "
                 f"from {len(m.get('inputs', []))} files (memory-mapped)")
 
-    def loaders(self, args, rank=0, world=1):
-        """The training loader (args.max_steps steps) and the validation loader, each yielding
+    def loaders(self, config, rank=0, world=1):
+        """The training loader (config.max_steps steps) and the validation loader, each yielding
         this rank's rows. Each evaluation takes the same random windows from across its
         split (not the split's first windows, which would measure one document)."""
-        train = C.CorpusLoader(self.streams["train"], args.batch_size, args.context_length, order=args.order,
-                               rng=args.seed, num_batches=args.max_steps * args.accum_steps,
-                               eval_seed=args.seed + 1, rank=rank, world=world)
-        val = C.CorpusLoader(self.streams["val"], args.batch_size, args.context_length, order="random",
-                             eval_seed=args.seed + 2, rank=rank, world=world)
+        train = C.CorpusLoader(self.streams["train"], config.batch_size, config.context_length, order=config.order,
+                               rng=config.seed, num_batches=config.max_steps * config.accum_steps,
+                               eval_seed=config.seed + 1, rank=rank, world=world)
+        val = C.CorpusLoader(self.streams["val"], config.batch_size, config.context_length, order="random",
+                             eval_seed=config.seed + 2, rank=rank, world=world)
         return train, val
 
 
-def open_run(args, ckpt):
+def open_run(draft, explicit, ckpt):
     """--data DIR: open and check the corpus, settle --order/--max-steps (from the checkpoint
-    on --resume); returns a CorpusRun, or None when --data is not a directory."""
-    if not is_corpus(args):
+    on --resume) in `draft`, config.build_config's copy of the flags (`explicit`: the flags
+    typed); returns a CorpusRun, or None when --data is not a directory."""
+    if not is_corpus(draft.data):
         for flag in ("order", "max_steps", "max_tokens"):
-            if getattr(args, flag) is not None:
+            if getattr(draft, flag) is not None:
                 raise UsageError(f"--{flag.replace('_', '-')} needs --data DIR, a corpus prepared by "
                                   "examples/prepare_data.py")
         return None
-    directory = Path(args.data).expanduser().resolve()
+    directory = Path(draft.data).expanduser().resolve()
     if not (directory / C.MANIFEST).is_file():
         raise UsageError(f"training text {directory} is a directory, not a corpus (no {C.MANIFEST}); fix: pass "
                           "a UTF-8 text file, or prepare a corpus there with examples/prepare_data.py INPUT... "
@@ -82,50 +84,50 @@ def open_run(args, ckpt):
             raise UsageError(f"the corpus {directory} is not the one checkpoint {ckpt.path} was trained on "
                               f"({saved.get('path')}); fix: pass --data with that corpus")
         stored = ckpt.config.get("corpus", {})
-        if args.order is not None and args.order != stored.get("order"):
-            raise UsageError(f"--order {args.order} conflicts with the checkpoint {ckpt.path}, trained with "
+        if draft.order is not None and draft.order != stored.get("order"):
+            raise UsageError(f"--order {draft.order} conflicts with the checkpoint {ckpt.path}, trained with "
                               f"--order {stored.get('order')}; drop --order")
-        args.order = stored.get("order", "random")
-        if args.max_steps is None and args.max_tokens is None:
-            args.max_steps = int(stored.get("max_steps", DEFAULT_MAX_STEPS))
-    args.order = args.order or "random"
-    if args.max_steps is not None and args.max_tokens is not None:
+        draft.order = stored.get("order", "random")
+        if draft.max_steps is None and draft.max_tokens is None:
+            draft.max_steps = int(stored.get("max_steps", DEFAULT_MAX_STEPS))
+    draft.order = draft.order or "random"
+    if draft.max_steps is not None and draft.max_tokens is not None:
         raise UsageError("--max-steps and --max-tokens both given; pass one")
-    if args.max_tokens is not None:
-        if args.max_tokens < 1:
-            raise UsageError(f"--max-tokens {args.max_tokens} is out of range: it must be at least 1")
-        args.max_steps = math.ceil(args.max_tokens / (args.batch_size * args.accum_steps * args.context_length))
-    args.max_steps = DEFAULT_MAX_STEPS if args.max_steps is None else args.max_steps
-    if args.max_steps < 1:
-        raise UsageError(f"--max-steps {args.max_steps} is out of range: it must be at least 1")
+    if draft.max_tokens is not None:
+        if draft.max_tokens < 1:
+            raise UsageError(f"--max-tokens {draft.max_tokens} is out of range: it must be at least 1")
+        draft.max_steps = math.ceil(draft.max_tokens / (draft.batch_size * draft.accum_steps * draft.context_length))
+    draft.max_steps = DEFAULT_MAX_STEPS if draft.max_steps is None else draft.max_steps
+    if draft.max_steps < 1:
+        raise UsageError(f"--max-steps {draft.max_steps} is out of range: it must be at least 1")
     if ckpt is not None:
         done = int(ckpt.meta["train_state"]["global_step"]) + 1
-        if args.max_steps < done:
-            raise UsageError(f"--max-steps {args.max_steps} is below the {done} steps the checkpoint "
+        if draft.max_steps < done:
+            raise UsageError(f"--max-steps {draft.max_steps} is below the {done} steps the checkpoint "
                               f"{ckpt.path} has taken; pass --max-steps {done} or more")
-    if "epochs" in getattr(args, "explicit", ()) and args.epochs != 1:
+    if "epochs" in explicit and draft.epochs != 1:
         raise UsageError("--epochs has no meaning for a corpus (it has no epoch); use --max-steps or --max-tokens")
-    args.epochs = 1
+    draft.epochs = 1
     for split in C.SPLITS:
-        if len(streams[split]) <= args.context_length:
+        if len(streams[split]) <= draft.context_length:
             raise UsageError(f"the corpus {directory} has {len(streams[split])} {split} tokens, one window "
-                              f"needs {args.context_length + 1}; fix: prepare more text or lower --context-length")
-    val_windows = (len(streams["val"]) - 1) // args.context_length
-    if val_windows < args.batch_size:
-        raise UsageError(f"the corpus {directory}'s val split has {val_windows} windows of {args.context_length} "
-                          f"tokens, fewer than one batch of {args.batch_size}; fix: prepare it with a larger "
+                              f"needs {draft.context_length + 1}; fix: prepare more text or lower --context-length")
+    val_windows = (len(streams["val"]) - 1) // draft.context_length
+    if val_windows < draft.batch_size:
+        raise UsageError(f"the corpus {directory}'s val split has {val_windows} windows of {draft.context_length} "
+                          f"tokens, fewer than one batch of {draft.batch_size}; fix: prepare it with a larger "
                           "--val-fraction, or lower --batch-size")
     return CorpusRun(directory, manifest, streams)
 
 
-def corpus_config(args):
-    return {"order": args.order, "max_steps": args.max_steps}
+def corpus_config(config):
+    return {"order": config.order, "max_steps": config.max_steps}
 
 
-def continue_finished_run(state, args):
+def continue_finished_run(state, config):
     """A finished corpus run resumed with a larger --max-steps: back into its one "epoch"."""
-    if state.epoch >= 1 and state.global_step + 1 < args.max_steps:
-        state.epoch, state.order, state.batch = 0, [], (state.global_step + 1) * args.accum_steps
+    if state.epoch >= 1 and state.global_step + 1 < config.max_steps:
+        state.epoch, state.order, state.batch = 0, [], (state.global_step + 1) * config.accum_steps
     return state
 
 
@@ -137,19 +139,19 @@ def init_data_parallel():
         raise UsageError(str(e)) from None
 
 
-def check_data_parallel(args, dp):
+def check_data_parallel(draft, dp):
     """Batch divisible by the ranks; --threads per rank (default: this machine's cores
-    shared out); a warning when ranks x threads exceed the cores."""
+    shared out, settled in `draft`); a warning when ranks x threads exceed the cores."""
     if dp is None:
         return
-    if args.batch_size % dp.world:
-        raise UsageError(f"--batch-size {args.batch_size} is not divisible by the {dp.world} MPI ranks; "
+    if draft.batch_size % dp.world:
+        raise UsageError(f"--batch-size {draft.batch_size} is not divisible by the {dp.world} MPI ranks; "
                           f"fix: pass a multiple of {dp.world}")
     cores = os.cpu_count() or 1
-    if args.threads is None:
-        args.threads = max(1, cores // dp.local_world)
-    elif args.threads * dp.local_world > cores and dp.rank == 0:
-        print(f"pretrain.py: warning: {dp.local_world} ranks x {args.threads} threads on this machine exceed its "
+    if draft.threads is None:
+        draft.threads = max(1, cores // dp.local_world)
+    elif draft.threads * dp.local_world > cores and dp.rank == 0:
+        print(f"pretrain.py: warning: {dp.local_world} ranks x {draft.threads} threads on this machine exceed its "
               f"{cores} cores; the threads will compete (pass --threads {max(1, cores // dp.local_world)})",
               file=sys.stderr, flush=True)
 

@@ -1,0 +1,111 @@
+"""RunConfig: the pretrain run's configuration, built once and frozen.
+
+`build_config` takes the parsed flags (never written: it works on a copy, its draft), the
+flags the user typed, and on --resume the checkpoint, and settles every choice in one place:
+the hyperparameters (the checkpoint's on --resume), the defaults that depend on the model
+(--context-length) or on the job (--threads under mpirun), a corpus's --order/--max-steps,
+the model config, and --precision. Everything after it reads the RunConfig; nothing writes it.
+"""
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, fields
+from typing import Optional
+
+from . import corpus as pretrain_corpus
+from .flags import adopt_checkpoint_config, check_args
+
+
+def choose_precision(requested: str) -> str:
+    """--precision's policy, in one place: what a run asked for `requested` ("auto", "float32"
+    or "bfloat16"; on --resume the checkpoint's) trains in. "auto" is float32, the book's
+    precision, on every CPU (amp.choose_precision's sentence says why, and names bfloat16 where
+    it is faster). Decided without loading MKL, so that a float32 run keeps MKL's pool out."""
+    from ...amp import resolve_precision
+    return resolve_precision(requested)
+
+
+def precision_reason(config: "RunConfig") -> str:
+    """The sentence the run prints after "Precision: " (amp.choose_precision's, which names the
+    GEMM the bf16 products run on: called once the runtime is set up, since asking loads MKL)."""
+    from ...amp import choose_precision as describe
+    chosen, reason = describe(config.precision_requested)
+    assert chosen == config.precision, (chosen, config.precision)     # one policy, not two
+    return reason
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every flag of the pretrain command, settled (see flags.build_parser for their meaning),
+    and what was derived from them."""
+    # the run's hyperparameters (flags.RUN_KEYS): stored in each checkpoint, taken from it on --resume
+    model: str
+    context_length: int
+    drop_rate: float
+    batch_size: int
+    lr: float
+    weight_decay: float
+    eval_freq: int
+    eval_iter: int
+    start_context: str
+    seed: int
+    warmup_steps: int
+    min_lr: Optional[float]
+    grad_clip: Optional[float]
+    accum_steps: int
+    epochs: int
+    # the text, the output and the checkpoints
+    data: Optional[str]
+    out: str
+    save_optimizer: bool
+    save_dir: Optional[str]
+    save_every: Optional[int]
+    resume: Optional[str]
+    # a prepared corpus (None without --data DIR)
+    order: Optional[str]
+    max_steps: Optional[int]
+    max_tokens: Optional[int]
+    # the machine and the printing
+    kernels: Optional[str]
+    threads: Optional[int]
+    log_grad_norms: bool
+    no_plot: bool
+    progress: Optional[bool]
+    # derived
+    precision: str                 # "float32" or "bfloat16": what the run trains in (and checkpoints store)
+    precision_requested: str       # the --precision asked for (on --resume: the checkpoint's, unless given)
+    model_config: dict             # the book's config dict (the checkpoint's on --resume)
+    explicit: frozenset            # the flags typed on the command line (dests)
+
+
+def model_config(draft, ckpt):
+    """The book's config dict: the checkpoint's on --resume, else the named one with the flags."""
+    from ...model import get_config
+    if ckpt is not None:
+        return dict(ckpt.config.get("model_config") or {})
+    cfg = get_config(draft.model)
+    cfg["context_length"] = draft.context_length
+    if draft.drop_rate is not None:
+        cfg["drop_rate"] = draft.drop_rate
+    return cfg
+
+
+def build_config(args, explicit=frozenset(), ckpt=None, dp=None):
+    """The RunConfig of a run, and its corpus (a corpus.CorpusRun for --data DIR, else None).
+    `args`: the parsed flags (read, not written); `explicit`: the dests typed on the command
+    line; `ckpt`: the checkpoint on --resume (its state.json read, see flags.open_checkpoint);
+    `dp`: the data-parallel context under mpirun, else None. Raises UsageError."""
+    draft = types.SimpleNamespace(**vars(args))      # the one mutable copy, private to this function
+    if ckpt is not None:
+        adopt_checkpoint_config(draft, explicit, ckpt)
+    check_args(draft)
+    corpus_run = pretrain_corpus.open_run(draft, explicit, ckpt)
+    pretrain_corpus.check_data_parallel(draft, dp)
+    cfg = model_config(draft, ckpt)
+    draft.drop_rate = cfg["drop_rate"]
+    draft.precision_requested = draft.precision
+    draft.precision = choose_precision(draft.precision)
+    names = {f.name for f in fields(RunConfig)} - {"model_config", "explicit"}
+    config = RunConfig(**{name: getattr(draft, name) for name in names}, model_config=cfg,
+                       explicit=frozenset(explicit))
+    return config, corpus_run
