@@ -176,3 +176,46 @@ def test_every_documented_command_line_uses_flags_its_command_has(where, name, f
     known = {option for action in parser._actions for option in action.option_strings}
     unknown = [f for f in flags if f not in known]
     assert not unknown, f"{where}: examples/{name}.py has no {', '.join(unknown)}"
+
+
+# ----------------------------------------------------------------------------- every explain listing's code locations
+LISTING_ROW = re.compile(r"^\s*(\d+)\s+([A-Z]\w*)\s+\S+\s+([\w./-]+\.py):(\d+)(\s|$)")
+
+
+def explain_listings():
+    """(document, fence line, [rows]) for each block, in README.md and docs/*.md, that holds an
+    explain listing (its header names the `backward code` column): the `--book` listing, which
+    has no `$ command` line, as well as the `$ python examples/explain_backward.py` ones."""
+    found = []
+    for doc in [README] + sorted((ROOT / "docs").glob("*.md")):
+        for _, _, body, start in blocks(doc.read_text(encoding="utf-8")):
+            if any("step" in line and "backward code" in line for line in body):
+                rows = [(start + k + 1, m.groups()[:4]) for k, line in enumerate(body)
+                        if (m := LISTING_ROW.match(line))]
+                found.append((doc.relative_to(ROOT).as_posix(), start, rows))
+    return found
+
+
+def test_the_docs_show_explain_listings():
+    listings = explain_listings()
+    assert any(rows for *_, rows in listings), "no explain listing found in README.md or docs/*.md"
+
+
+@pytest.mark.parametrize("doc, fence_line, rows", explain_listings(),
+                         ids=[f"{d}-line-{n}" for d, n, _ in explain_listings()])
+def test_every_listed_backward_code_location_is_that_ops_backward(doc, fence_line, rows):
+    """A listing row `7  Mean  final_norm  tinygrad_gpt/ops.py:127` must point at the `def
+    backward(` of class Mean: a line number off by one is a listing pasted before the file moved."""
+    wrong = []
+    for line_no, (step, op, path, line) in rows:
+        source = (ROOT / path).read_text(encoding="utf-8").splitlines()
+        k = int(line) - 1
+        here = source[k].strip() if k < len(source) else "(past the end of the file)"
+        owner = next((m.group(1) for s in reversed(source[:k]) if (m := re.match(r"class (\w+)\b", s))), None)
+        if not here.startswith("def backward(") or owner != op:
+            right = [n + 1 for n, s in enumerate(source) if s.strip().startswith("def backward(")
+                     and next((m.group(1) for t in reversed(source[:n]) if (m := re.match(r"class (\w+)\b", t))),
+                              None) == op]
+            wrong.append(f"{doc}:{line_no}: step {step} {op} says {path}:{line} ({here!r}); "
+                         f"{op}.backward is at {', '.join(f'{path}:{r}' for r in right) or 'no line of that file'}")
+    assert not wrong, "\n".join(wrong)

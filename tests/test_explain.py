@@ -346,3 +346,18 @@ def test_cli_dot_without_graphviz_still_writes_the_dot_file(tmp_path, monkeypatc
     assert code == 0
     assert "no PNG" in out and not path.with_suffix(".png").exists()
     parse_dot(path.read_text(encoding="utf-8"))
+
+
+def test_model_summary_writes_the_weights_shapes_as_the_explain_table_does():
+    """(out, in), as nn.Linear stores a weight and the totals table prints it: the head is V x C."""
+    from tinygrad_gpt.explain.render_text import _shapes_text
+    cfg = get_config("micro")
+    manual_seed(0)
+    model = GPTModel(cfg)
+    rows = {line[:32].strip(): line[32:55].strip() for line in model.summary().splitlines()[1:]}
+    blk = model.trf_blocks[0]
+    for row, module in [("feed-forward expansion", blk.ff.layers[0]), ("feed-forward contraction", blk.ff.layers[2]),
+                        ("attention output projection", blk.att.out_proj), ("output head (untied)", model.out_head),
+                        ("token embedding", model.tok_emb)]:
+        assert rows[row] == _shapes_text([tuple(p.shape) for p in module.parameters()]), (row, rows[row])
+    assert rows["output head (untied)"] == "17 x 8" and rows["feed-forward expansion"] == "32 x 8 + 32"

@@ -223,3 +223,80 @@ def test_chromium_renders_the_cli_page_with_values_and_the_chain(tmp_path):
     assert chained == [1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15, 16]
     details = re.search(r'<div id="details">(.*?)</div>\s*<h2>Parameters', dom, re.S).group(1)
     assert "step 2: Linear" in details and details.count('<pre class="values">') == 3   # dL/d(out), dx, dW
+
+
+def _attrs(tag):
+    return dict(re.findall(r'([\w-]+)="([^"]*)"', tag))
+
+
+def _bezier_points(d, n=48):
+    nums = list(map(float, re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", d)))
+    (x1, y1, c1x, c1y, c2x, c2y, x2, y2) = nums
+    t = np.linspace(0, 1, n + 1)[:, None]
+    u = 1 - t
+    pts = u ** 3 * [x1, y1] + 3 * u * u * t * [c1x, c1y] + 3 * u * t * t * [c2x, c2y] + t ** 3 * [x2, y2]
+    return pts
+
+
+@pytest.mark.parametrize("which", ["micro", "tiny"])
+def test_chromium_frames_hold_only_their_blocks_nodes_and_no_arrow_crosses_a_title(which, micro, tiny, tmp_path):
+    """A block's frame is drawn around its own ops and parameters only: the final norm's
+    parameters, the embeddings' Add and the next block's parameters sit outside it, and the
+    frame's title sits where no arrow passes."""
+    model, trace, records = micro if which == "micro" else tiny
+    dom = render(render_html.write_html(records, tmp_path / f"{which}.html", folded=False))
+    assert errors_in(dom) == ""
+    reader = {name: r.block for r in records for name in r.params}
+    frames = {}
+    for tag in re.findall(r"<rect [^>]*data-frame=[^>]*>", dom):
+        a = _attrs(tag)
+        frames[a["data-frame"]] = tuple(float(a[k]) for k in ("x", "y", "width", "height"))
+    assert sorted(frames) == sorted({r.block for r in records if r.block})
+    nodes = 0
+    for opening, rect in re.findall(r'(<g class="(?:op|param|leaf|loss)[^"]*"[^>]*>)\s*(<rect [^>]*>)', dom):
+        g, a = _attrs(opening), _attrs(rect)
+        if "data-step" in g:
+            block = records[int(g["data-step"]) - 1].block
+        elif "data-param" in g:
+            block = reader[g["data-param"]]
+        else:
+            block = None                                                   # the loss, the token ids
+        x, y, w, h = (float(a[k]) for k in ("x", "y", "width", "height"))
+        for name, (fx, fy, fw, fh) in frames.items():
+            inside = fx <= x and x + w <= fx + fw and fy <= y and y + h <= fy + fh
+            overlaps = x < fx + fw and fx < x + w and y < fy + fh and fy < y + h
+            if name == block:
+                assert inside, (opening, name)
+            else:
+                assert not overlaps, f"{opening} is drawn inside {name}'s frame"
+        nodes += 1
+    assert nodes == len(trace.ops) + len(reader) + 1 + 2                  # ops, parameters, the loss, 2 id leaves
+    for tag in re.findall(r"<text [^>]*data-title=[^>]*>", dom):
+        bx, by, bw, bh = map(float, _attrs(tag)["data-bbox"].split(","))
+        assert bw > 100
+        for d in re.findall(r'<path d="(M[^"]+)"[^>]*class="edge', dom):
+            pts = _bezier_points(d)
+            hit = (pts[:, 0] > bx) & (pts[:, 0] < bx + bw) & (pts[:, 1] > by) & (pts[:, 1] < by + bh)
+            assert not hit.any(), f"an arrow {d} crosses the title of {_attrs(tag)['data-title']}"
+
+
+def test_chromium_side_panel_names_q_k_v_and_the_residual_and_shows_the_worked_row(tmp_path):
+    """--html with --worked Attention: step 13's panel calls its inputs q, k, v (not input 0, 1, 2)
+    and shows the worked numbers, dq's row 0 explained; an Add's panel says which input is the
+    residual stream."""
+    import io
+    page = tmp_path / "worked.html"
+    assert explain.main(["--model", "micro", "--html", str(page), "--worked", "Attention"], file=io.StringIO()) == 0
+    dom = render(page, "#step=13")
+    assert errors_in(dom) == ""
+    details = re.search(r'<div id="details">(.*?)</div>\s*<h2>Parameters', dom, re.S).group(1)
+    for name in "qkv":
+        assert f"<b>{name}</b>: 1x2x8x4" in details
+    assert "<b>input 0</b>" not in details
+    worked = re.search(r'<pre class="worked">(.*?)</pre>', details, re.S).group(1)
+    assert "worked numbers: batch 0, head 0 of step 13 Attention" in worked and "why dq's row 0 is zero" in worked
+    dom = render(page, "#step=9")
+    details = re.search(r'<div id="details">(.*?)</div>\s*<h2>Parameters', dom, re.S).group(1)
+    assert "<b>a</b>: 1x8x8, the output of step 24 (the residual stream: the block's input (the embeddings' Add))" in details
+    assert "(the attention branch's output (Linear trf_blocks.0.att.out_proj))" in details
+    assert '<pre class="worked">' not in details                       # only the op worked

@@ -101,13 +101,27 @@ def run_cli(*argv, stdin=None):
 
 
 def printed_array(lines, start):
-    """The numbers of the array printed from lines[start] on (until the next label line)."""
-    numbers = []
+    """The numbers of the array printed from lines[start] on (until the next label line), in
+    the array's order: rows labelled by their index under a heading of column indices, a wide
+    row cut into column groups ("columns 0-9 of 17:") put back together."""
+    rows, order = {}, []
     for line in lines[start:]:
-        if not re.match(r"^\s+[\[\-\d]", line) or re.match(r"^\s+\d+  [A-Z]", line):
+        if re.match(r"^\s+columns \d+-\d+ of \d+:$", line):
+            continue
+        m = re.match(r"^\s*([\w, ]*?) \|(.*)$", line)
+        if m is None:
+            m = re.match(r"^\s+(-?\d[\d.e+-]*)$", line)             # a scalar
+            if m and not order:
+                return np.array([float(m.group(1))])
             break
-        numbers += [float(v) for v in re.findall(r"-?\d+(?:\.\d*)?(?:e[-+]\d+)?", line)]
-    return np.array(numbers)
+        label, rest = m.group(1).strip(), m.group(2)
+        if not re.fullmatch(r"[\d,]*", label):                       # the heading: column indices
+            continue
+        if label not in rows:
+            rows[label] = []
+            order.append(label)
+        rows[label] += [float(v) for v in rest.split()]
+    return np.array([v for label in order for v in rows[label]])
 
 
 def test_cli_values_prints_arrays_for_every_op_and_the_closing_table(micro):
@@ -204,3 +218,135 @@ def test_cli_html_writes_the_page_with_values_and_the_chain(tmp_path):
     assert data["chain"]["param"] == name and data["chain"]["count"] == 2
     assert data["chain"]["steps"] == [1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15, 16]   # loss ... W_query
     assert render_html.MAX_VALUES >= render_text.MAX_PRINTED
+
+
+# ----------------------------------------------------------------------------- readable --values: filters, widths, names
+def listed_steps(out):
+    return [int(s) for s in re.findall(r"^\s+(\d+)  [A-Z]\w+ ", out, re.M)]
+
+
+def test_op_and_module_filters_list_only_those_ops(micro):
+    _, trace, *_ = micro
+    code, out = run_cli("--model", "micro", "--values", "--op", "layernorm")
+    assert code == 0
+    want = [op.step for op in trace.ops if op.name == "LayerNorm"]
+    assert listed_steps(out) == want == [3, 8, 23]
+    assert f"(--op layernorm: 3 of {len(trace.ops)} ops listed)" in out
+    assert "parameters reached: 18 of 18 tensors" in out                    # the totals still count all
+    code, out = run_cli("--model", "micro", "--module", "trf_blocks.0.att")
+    assert code == 0
+    assert listed_steps(out) == [op.step for op in trace.ops if (op.module or "").startswith("trf_blocks.0.att")]
+    assert len(listed_steps(out)) == 13 and "trf_blocks.0.ff" not in out.split("ops visited")[0]
+    code, out = run_cli("--model", "micro", "--op", "Linear", "--module", "trf_blocks.0.att")
+    assert listed_steps(out) == [10, 16, 19, 22]
+
+
+def test_unknown_filters_and_worked_without_values_are_one_line_errors(capsys):
+    for argv, message in [(["--op", "LayerNrm"], "--op 'LayerNrm' is not an op of the engine; did you mean LayerNorm"),
+                          (["--module", "trf_block.0.att"], "--module 'trf_block.0.att' is not a module of the micro model; did you mean"),
+                          (["--worked", "LayerNorm"], "--worked works with --values")]:
+        assert explain.main(["--model", "micro"] + argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("columns", [80, 240])
+def test_values_rows_fit_the_terminal_and_carry_column_indices(micro, monkeypatch, columns):
+    """No line of an array is wider than the terminal: a 17-wide row is cut into column groups
+    (each with its column indices) at 80 columns and printed whole at 240; the numbers, put back
+    together, are the array's, in its order."""
+    _, trace, *_ = micro
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code, out = run_cli("--model", "micro", "--values", "--depth", "7")
+    assert code == 0
+    lines = out.splitlines()
+    array_rows = [line for line in lines if re.match(r"^\s*[\w, ]* \|", line)]
+    assert array_rows and max(len(line) for line in array_rows) <= columns
+    k = next(k for k, line in enumerate(lines) if "returned dL/d(logits) 1x8x17:" in line)
+    np.testing.assert_allclose(printed_array(lines, k + 1), trace.ops[0].inputs[0].grad.ravel(), rtol=1e-3, atol=1e-9)
+    head = [line.split("|")[1].split() for line in lines[k + 1:k + 4] if re.match(r"^\s+row \|", line)]
+    if columns == 80:
+        assert "columns 0-3 of 17:" in lines[k + 1] and head[0] == ["0", "1", "2", "3"]   # 4 fit in 80
+    else:
+        assert head[0] == [str(j) for j in range(17)]                        # one row, whole
+    # the 32-wide feed-forward rows
+    k = next(k for k, line in enumerate(lines) if "returned dL/dx 1x8x32:" in line)
+    ff = next(op for op in trace.ops if op.module == "trf_blocks.0.ff.layers.2")
+    np.testing.assert_allclose(printed_array(lines, k + 1), ff.inputs[0].grad.ravel(), rtol=1e-3, atol=1e-9)
+
+
+def test_adds_inputs_are_named_by_what_they_carry_and_attentions_by_q_k_v():
+    code, out = run_cli("--model", "micro", "--values")
+    assert code == 0
+    assert "returned dL/da 1x8x8, a = the residual stream after the attention shortcut (this block's first Add):" in out
+    assert "returned dL/db 1x8x8, b = the feed-forward branch's output (Linear trf_blocks.0.ff.layers.2):" in out
+    assert "returned dL/da 1x8x8, a = the residual stream: the block's input (the embeddings' Add):" in out
+    assert "returned dL/db 1x8x8, b = the attention branch's output (Linear trf_blocks.0.att.out_proj):" in out
+    assert "returned dL/da 1x8x8, a = the token embeddings (tok_emb):" in out
+    assert "b = the positional embeddings (pos_emb):" in out
+    for name in "qkv":
+        assert f"returned dL/d{name} 1x2x8x4:" in out
+    lines = out.splitlines()
+    k = next(k for k, line in enumerate(lines) if "returned dL/dq 1x2x8x4:" in line)
+    dq = printed_array(lines, k + 1).reshape(2, 8, 4)
+    assert np.all(dq[:, 0] == 0) and np.all(np.abs(dq[:, 1:]).sum(-1) > 0)
+    assert "dq's row 0 is zero in every head: position 0 attends to itself alone" in out
+
+
+# ----------------------------------------------------------------------------- --worked: one row, checkable by hand
+def worked_values(out):
+    """{name: numbers} from the --worked lines: `name = [a b c]` or `name = a`."""
+    found = {}
+    for line in out.splitlines():
+        m = re.match(r"^\s+(.+?) = (?:.* = )?(\[[-\d.e+ ]+\]|-?[\d.e+-]+)(?:\s.*)?$", line)
+        if m:
+            found.setdefault(m.group(1).strip(), np.array([float(v) for v in m.group(2).strip("[]").split()]))
+    return found
+
+
+def test_worked_layer_norm_pieces_recompute_dx(micro):
+    _, trace, *_ = micro
+    code, out = run_cli("--model", "micro", "--values", "--op", "LayerNorm", "--worked", "LayerNorm")
+    assert code == 0
+    assert "worked numbers: row 0 of step 3 LayerNorm (final_norm)" in out
+    assert out.count("worked numbers:") == 1                                 # the first LayerNorm only
+    v = worked_values(out.split("worked numbers:")[1])
+    x, mu, var, r = v["x (row 0 of the input, 8 wide)"], v["μ"], v["σ²"], v["r"]
+    xhat, dy, w, dxhat = v["x̂"], v["dy (row 0 of what it received)"], v["w"], v["dx̂"]
+    m1, m2, dx = v["mean(dx̂)"], v["mean(dx̂ ⊙ x̂)"], v["dx"]
+    np.testing.assert_allclose(mu, x.mean(), rtol=1e-5)                      # each line from the ones above
+    np.testing.assert_allclose(var, ((x - mu) ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(r, 1 / np.sqrt(var + 1e-5), rtol=1e-5)
+    np.testing.assert_allclose(xhat, (x - mu) * r, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dxhat, dy * w, rtol=1e-5)
+    np.testing.assert_allclose(m1, dxhat.mean(), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(m2, (dxhat * xhat).mean(), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(dx, r * (dxhat - m1 - xhat * m2), rtol=1e-4, atol=1e-8)
+    engine = trace.ops[2].inputs[0].grad.reshape(8, 8)[0]                     # what the engine returned
+    np.testing.assert_allclose(dx, engine, rtol=1e-4, atol=1e-8)
+
+
+def test_worked_cross_entropy_and_attention_pieces_add_up(micro):
+    _, trace, _, y, logits, _ = micro
+    code, out = run_cli("--model", "micro", "--values", "--worked", "CrossEntropy", "--depth", "1")
+    assert code == 0
+    v = worked_values(out.split("worked numbers:")[1])
+    z, p, d = v["z (row 0 of the logits, 17 wide)"], v["p"], v["dlogits"]
+    np.testing.assert_allclose(z, logits[0, 0], rtol=1e-5, atol=1e-6)
+    lse = float(re.search(r"lse\(z\) = .* = (-?[\d.]+)$", out, re.M).group(1))
+    np.testing.assert_allclose(p, np.exp(z - lse), rtol=1e-4)
+    t = int(re.search(r"^\s+t = (\d+):", out, re.M).group(1))
+    assert t == y[0, 0]
+    np.testing.assert_allclose(d, (p - np.eye(17)[t]) / 8, rtol=1e-4, atol=1e-9)
+
+    code, out = run_cli("--model", "micro", "--values", "--op", "Attention", "--worked", "Attention")
+    assert code == 0
+    rows = out.split("worked numbers:")[1].split("  row ")
+    for k, text in ((1, rows[1]), (0, rows[2])):
+        v = worked_values(text)
+        yy, dd = v["y"], v["dy"]
+        np.testing.assert_allclose(yy.sum(), 1, rtol=1e-5)
+        np.testing.assert_allclose(v["dy ⊙ y"], dd * yy, rtol=1e-4, atol=1e-10)
+        np.testing.assert_allclose(v["rowsum(dy ⊙ y)"], (dd * yy).sum(), rtol=1e-4, atol=1e-10)
+        np.testing.assert_allclose(v["ds"], yy * (dd - (dd * yy).sum()), rtol=1e-3, atol=1e-9)
+    assert np.all(worked_values(rows[2])["ds"] == 0) and "why dq's row 0 is zero" in out

@@ -115,3 +115,20 @@ def test_generate_decodes_a_micro_checkpoint_with_its_characters(isolated_runtim
     code = gen.main(["--checkpoint", str(tmp_path / "ckpt"), "--prompt", "Hello"])
     err = capsys.readouterr().err
     assert code == 2 and "--prompt: character 'H' at position 0 is not in the micro tokenizer" in err, err
+
+
+def test_the_final_model_of_a_micro_run_generates_with_the_command_it_prints(isolated_runtime, tmp_path, capsys):
+    """--out D writes a Hugging Face style config.json: it must keep micro's character tokenizer,
+    or the printed `generate.py --checkpoint D` reads a 17-token model with GPT-2's 50,257."""
+    import shlex
+    out_dir = tmp_path / "final"
+    assert pretrain.main(["--model", "micro", "--epochs", "30", "--lr", "1e-2", "--batch-size", "4",
+                          "--no-plot", "--threads", "1", "--out", str(out_dir)]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Generate with: ")]
+    assert len(printed) == 1, printed
+    argv = shlex.split(printed[0][len("Generate with: "):])
+    assert argv[:2] == ["python", "examples/generate.py"] and argv[2:] == ["--checkpoint", str(out_dir)], argv
+    code = load_generate_cli().main(argv[2:] + ["--max-new-tokens", "18"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("Every effort moves you onward."), out

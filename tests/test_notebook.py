@@ -61,4 +61,45 @@ def test_the_exercises_start_undone_and_the_solutions_pass(executed):
     assert "exercise 1: not done yet" in out and "exercise 2: not done yet" in out
     assert "exercise 3: not right yet: gradcheck: input 0 (5, 3), element (1, 0)" in out   # id 1 repeats
     assert "exercise 1: correct" in out and "exercise 3: correct" in out
-    assert "exercise 2: gradcheck caught it: gradcheck: input 1 (2, 3)" in out
+    # exercise 2 checks a and b one at a time: gradcheck names b, the wrong one, and passes a
+    assert "exercise 2: gradcheck caught it on b:\n  b: gradcheck: input 1 (2, 3)" in out
+    assert "6 of 6 elements disagree" in out and "\n  a: gradcheck" not in out
+
+
+def test_the_learner_derives_layer_norm_softmax_cross_entropy_and_attention(executed):
+    """Section 9: the learner's own backwards, stubs first ("not done yet"), the solutions at the
+    end compared step by step with the engine's intermediates (cmp) and then gradcheck."""
+    sources = "\n".join(c.source for c in executed.cells if c.cell_type == "code")
+    for name in ("layer_norm_backward", "softmax_cross_entropy_backward", "attention_backward"):
+        assert sources.count(f"def {name}(") == 2, name                # the learner's stub, the solution
+    out = text_of(executed)
+    for k in (4, 5, 6):
+        assert f"exercise {k}: not done yet" in out
+    assert "exercise 4: 8 of 8 gradients right; gradcheck: True" in out
+    assert "exercise 5: 3 of 3 gradients right; gradcheck: True" in out
+    assert "exercise 6: 5 of 5 gradients right; gradcheck: True" in out
+    rows = re.findall(r"^(\w+) +\| exact: (True|False) +\| approximate: (True|False) +\| maxdiff: ([\d.e+-]+)$", out, re.M)
+    assert len(rows) == 8 + 3 + 1 + 5 and all(r[2] == "True" and float(r[3]) < 1e-12 for r in rows), rows
+    assert "dq row 0: [0. 0. 0. 0.]" in out
+
+
+def test_the_notebook_says_what_it_prints(executed):
+    """The prose matches the numbers: the loss at initialisation, the sample length, where the
+    training loss levels out and the least possible loss it is compared with."""
+    cells = executed.cells
+    prose = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    out = text_of(executed)
+    loss = float(re.search(r"^loss (\d\.\d+)   \(uniform: ln 17 = 2\.8332\)", out, re.M).group(1))
+    assert f"prints {loss:.2f}" in prose
+    n = int(re.search(r'def sample\(model, prompt="Every e", n=(\d+)\)', "\n".join(c.source for c in cells)).group(1))
+    assert f"greedy-sample {n} characters" in prose
+    least, last = map(float, re.search(r"least possible loss on these windows: (\d\.\d+); the model's last: (\d\.\d+)", out).groups())
+    assert f"mean loss of {least:.4f}" in prose and least < last < 0.2
+    first = float(re.search(r"step +0  loss (\d\.\d+)", out).group(1))
+    assert f"falls from {first:.2f}" in prose
+    assert "near zero" not in prose and "starts near ln 17" not in prose
+    assert not re.search(r"\.\n[a-z]", prose.replace("e.g.\n", "")), "a sentence fragment after a full stop"
+    # the exercise stubs take reference.py's argument order
+    sources = "\n".join(c.source for c in cells if c.cell_type == "code")
+    assert "def gelu_backward(dy, x)" in sources and "def gelu_backward(x, dy)" not in sources
+    assert "def embedding_backward(dout, ids, num_embeddings)" in sources and "(ids, dout, num_embeddings)" not in sources

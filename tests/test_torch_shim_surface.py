@@ -185,7 +185,7 @@ def test_other_devices_are_a_clear_error():
 
 
 def test_outside_the_surface_raises_notimplementederror_naming_the_function():
-    for what, call in [("torch.save", lambda: torch.save({}, "x.pth")),
+    for what, call in [("torch.compile", lambda: torch.compile(nn.Linear(2, 2))),
                        ("torch.nn.Conv2d", lambda: nn.Conv2d(1, 1, 3)),
                        ("torch.nn.functional.mse_loss", lambda: nn.functional.mse_loss),
                        ("torch.optim.SGD", lambda: torch.optim.SGD),
@@ -198,7 +198,7 @@ def test_outside_the_surface_raises_notimplementederror_naming_the_function():
                        ("approximate='none'", lambda: nn.GELU())]:
         with pytest.raises(NotImplementedError, match=re.escape(what)):
             call()
-    assert not hasattr(torch, "save") and not hasattr(torch.ones(1), "clamp")   # still AttributeErrors
+    assert not hasattr(torch, "compile") and not hasattr(torch.ones(1), "clamp")   # still AttributeErrors
     with pytest.raises(AttributeError, match="no attribute 'typo'"):
         nn.Linear(2, 2).typo
 
@@ -389,3 +389,78 @@ def test_multinomial_argmax_cat_stack_the_way_the_books_generate_uses_them():
     idx = torch.cat((torch.tensor([[5, 6], [7, 8]]), nxt), dim=1)
     assert idx.tolist() == [[5, 6, 1], [7, 8, 0]] and idx.dtype == np.int64
     assert torch.stack([torch.ones(2), torch.zeros(2)], dim=1).tolist() == [[1, 0], [1, 0]]
+
+
+# ----------------------------------------------------------------------------- chapters 6, 7, appendices D, E
+def test_nonzero_squeeze_numel_and_indexed_assignment_as_the_books_collate_uses_them():
+    targets = torch.tensor([5, 50256, 50256, 50256])
+    indices = torch.nonzero(targets == 50256).squeeze()
+    assert indices.dtype == np.int64 and indices.tolist() == [1, 2, 3] and indices.numel() == 3
+    targets[indices[1:]] = -100
+    assert targets.tolist() == [5, 50256, -100, -100] and targets._version == 1
+    one = torch.nonzero(torch.tensor([0, 1, 0]) == 1)
+    assert one.shape == (1, 1) and one.squeeze().shape == () and one.squeeze().numel() == 1
+    rows, cols = torch.nonzero(torch.tensor([[0, 1], [1, 0]]), as_tuple=True)
+    assert rows.tolist() == [0, 1] and cols.tolist() == [1, 0]
+    w = torch.ones(3, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="indexed assignment into a tensor that requires grad"):
+        w[0] = 2.0
+
+
+def test_empty_and_nn_init_fill_in_place_with_torchs_bounds():
+    a = nn.Parameter(torch.empty(64, 4))
+    array = a.data
+    torch.manual_seed(0)
+    assert nn.init.kaiming_uniform_(a, a=math.sqrt(5)) is a and a.data is array     # in place
+    assert 0.45 < np.abs(a.data).max() <= 0.5 and a.dtype == np.float32            # 1 / sqrt(fan_in = 4)
+    nn.init.zeros_(a)
+    assert not a.data.any()
+    nn.init.normal_(a, mean=1.0, std=0.01)
+    assert abs(a.data.mean() - 1.0) < 0.01
+    with pytest.raises(NotImplementedError, match="torch.nn.init.orthogonal_"):
+        nn.init.orthogonal_(a)
+
+
+def test_module_replacement_named_children_requires_grad_and_grad_data():
+    seq = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    assert [n for n, _ in seq.named_children()] == ["0", "1"]
+    assert (seq[0].in_features, seq[0].out_features) == (3, 4)
+    setattr(seq, "1", nn.Linear(4, 5))
+    assert [n for n, _ in seq.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert seq(torch.ones(2, 3)).shape == (2, 5)
+    seq.requires_grad_(False)
+    assert not any(p.requires_grad for p in seq.parameters())
+    seq[1].weight.requires_grad = True
+    seq(torch.ones(2, 3)).sum().backward()
+    assert seq[0].weight.grad is None and seq[1].bias.grad is None
+    g = seq[1].weight.grad
+    assert g.data.flatten().max() == g.max() and g.shape == (5, 4)               # torch's p.grad.data
+
+
+def test_clip_grad_norm_returns_the_norm_and_scales_every_gradient():
+    p, q = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(4))
+    p.grad, q.grad = np.full(3, 3.0, dtype=np.float32), np.full(4, 4.0, dtype=np.float32)
+    norm = torch.nn.utils.clip_grad_norm_([p, q], max_norm=1.0)
+    assert norm.item() == pytest.approx(math.sqrt(27 + 64)) and norm.dtype == np.float32
+    assert math.sqrt(float((p.grad ** 2).sum() + (q.grad ** 2).sum())) == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(NotImplementedError, match="norm_type"):
+        torch.nn.utils.clip_grad_norm_([p], 1.0, norm_type=1)
+
+
+def test_save_and_load_write_safetensors_never_pickle(tmp_path):
+    import safetensors.numpy
+    model = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
+    path = tmp_path / "model.pth"
+    torch.save(model.state_dict(), path)
+    assert set(safetensors.numpy.load_file(str(path))) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    state = torch.load(path, weights_only=True)
+    assert list(state) == list(model.state_dict())             # the state_dict's order
+    other = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(other[0].weight.data, model[0].weight.data)
+    with pytest.raises(NotImplementedError, match="only tensors can be saved here, as safetensors"):
+        torch.save({"model": model.state_dict()}, tmp_path / "nested.pth")
+    assert not (tmp_path / "nested.pth").exists()
+    (tmp_path / "real.pth").write_bytes(b"PK\x03\x04" + b"\0" * 64)   # what real torch.save writes: a zip
+    with pytest.raises(ValueError, match="real.pth is a pickle \\(zip\\) file from real PyTorch"):
+        torch.load(tmp_path / "real.pth")

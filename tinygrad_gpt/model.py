@@ -118,7 +118,8 @@ class GPTModel(Module):
 
     # ---- where the parameters are
     def summary(self) -> str:
-        """The parameter count, taken apart: where GPT-2's parameters come from."""
+        """The parameter count, taken apart: where GPT-2's parameters come from. Shapes are the
+        weights' own, (out, in) as nn.Linear stores them: the output head is V x C."""
         cfg = self.cfg
         C, V, L = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"]
         blk = self.trf_blocks[0]
@@ -129,8 +130,8 @@ class GPTModel(Module):
             ("  attention query/key/value", f"3 x {C} x {C}" + (" + bias" if cfg["qkv_bias"] else ""),
              count(blk.att.W_query) + count(blk.att.W_key) + count(blk.att.W_value)),
             ("  attention output projection", f"{C} x {C} + {C}", count(blk.att.out_proj)),
-            ("  feed-forward expansion", f"{C} x {4 * C} + {4 * C}", count(blk.ff.layers[0])),
-            ("  feed-forward contraction", f"{4 * C} x {C} + {C}", count(blk.ff.layers[2])),
+            ("  feed-forward expansion", f"{4 * C} x {C} + {4 * C}", count(blk.ff.layers[0])),
+            ("  feed-forward contraction", f"{C} x {4 * C} + {C}", count(blk.ff.layers[2])),
             ("  two layer norms", f"2 x 2 x {C}", count(blk.norm1) + count(blk.norm2)),
         ]
         block_total = sum(n for _, _, n in per_block)
@@ -138,7 +139,7 @@ class GPTModel(Module):
         rows += per_block
         rows += [(f"all {L} blocks", f"{L} x {block_total:,}", L * block_total),
                  ("final layer norm", f"2 x {C}", count(self.final_norm)),
-                 ("output head (untied)", f"{C} x {V}", self.out_head.weight.size)]
+                 ("output head (untied)", f"{V} x {C}", self.out_head.weight.size)]
         total = self.num_parameters()
         assert total == rows[0][2] + rows[1][2] + L * block_total + rows[-2][2] + rows[-1][2]
         lines = [f"{'part':32s} {'shape':>22s} {'parameters':>14s}"]

@@ -167,6 +167,7 @@ def config_from_hf(hf: dict, source: str = "config.json") -> Tuple[dict, float, 
         "n_layers": int(hf["n_layer"]),
         "drop_rate": float(hf.get("resid_pdrop", 0.1)),
         "qkv_bias": True,                  # GPT-2's c_attn has a bias (the book sets this for loading)
+        **({"tokenizer": hf["tokenizer"]} if "tokenizer" in hf else {}),   # micro's "char" (hf_config writes it)
     }
     if cfg["emb_dim"] % cfg["n_heads"]:
         raise WeightsError(f"{source}: n_embd {C} is not divisible by n_head {cfg['n_heads']}")
@@ -400,6 +401,7 @@ def hf_config(model: GPTModel) -> dict:
     # GPT-2's <|endoftext|> is 50256; a smaller vocabulary has none (transformers defaults to 50256)
     eot = 50256 if cfg["vocab_size"] > 50256 else None
     out.update(bos_token_id=eot, eos_token_id=eot)
+    out.update({"tokenizer": cfg["tokenizer"]} if "tokenizer" in cfg else {})   # micro's "char": generate needs it
     return out
 
 

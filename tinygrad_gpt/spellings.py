@@ -93,6 +93,15 @@ class TorchSpellings:
     def contiguous(self):
         return self                                    # NumPy arrays need no such call here
 
+    def __setitem__(self, index, value):
+        """x[index] = value in place, on a tensor outside any graph (the book's
+        `targets[indices[1:]] = ignore_index`); into one that autodiff tracks it is refused."""
+        if self.requires_grad or self._ctx is not None:
+            raise MissingFeature(f"indexed assignment into a tensor that requires grad (shape {self.shape}) "
+                                 f"is not implemented; assign into a tensor without a graph (e.g. targets)")
+        self.data[engine._plain_index(index)] = value.data if isinstance(value, engine.Tensor) else value
+        self._version = self._version + 1
+
     # ---- layer ops as methods
     def softmax(self, axis: int = -1, *, dim: int | None = None):
         return engine.F.softmax(self, _axis(axis, dim))

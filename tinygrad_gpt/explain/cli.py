@@ -1,12 +1,15 @@
 """The explain command: parse the flags, take one batch of text, trace, print, draw.
 
 --values prints the arrays (meant for --model micro, where every gradient fits on a few
-lines), --step pauses after each op until Enter (q stops backward there), --html writes the
+lines; rows at the terminal's width under their column indices), --op / --module list only
+some ops, --worked OP works one row of an op's backward by hand (worked.py), --break MODE
+compares a correct backward with a sabotaged one (sabotage.py), --step pauses after each op until Enter (q stops backward there), --html writes the
 graph as one page (render_html.py), with the values and the --param chain when given.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import math
 import os
@@ -42,6 +45,13 @@ def build_parser():
     p.add_argument("--values", action="store_true",
                    help=f"print each op's dL/d(output) and the gradient it returns for each input as arrays "
                         f"(norms only for arrays of more than {MAX_PRINTED} numbers; try --model micro)")
+    p.add_argument("--op", default=None, metavar="NAME",
+                   help="list only the ops of this kind (LayerNorm, Attention, Linear, ...); the totals count all")
+    p.add_argument("--module", default=None, metavar="NAME",
+                   help="list only the ops made in this module or inside it (final_norm, trf_blocks.0.att, ...)")
+    p.add_argument("--worked", default=None, metavar="OP", choices=["LayerNorm", "CrossEntropy", "Attention"],
+                   help="with --values (or --html: in the op's side panel): the first such op's backward formula (docs/backward.md) with row 0's "
+                        "numbers substituted, to check on a calculator (LayerNorm, CrossEntropy, Attention)")
     p.add_argument("--step", action="store_true",
                    help="pause after each op of backward: Enter goes on, q stops")
     p.add_argument("--html", default=None, metavar="FILE",
@@ -55,6 +65,11 @@ def build_parser():
     p.add_argument("--expand", action=argparse.BooleanOptionalAction, default=None,
                    help=f"--dot: draw every op of every block (default: when there are at most "
                         f"{render_dot.EXPAND_AT_MOST_OPS} ops, as in the tiny model; else one node per block)")
+    p.add_argument("--break", dest="break_mode", default=None, metavar="MODE",
+                   choices=["layernorm-mean", "embedding-assign", "attention-scale", "none"],
+                   help="run backward twice, correct and with one op's backward sabotaged (layernorm-mean, "
+                        "embedding-assign, attention-scale; none: a correct one), compare them op by op and "
+                        "name the first op where they part, then gradcheck it (explain/sabotage.py)")
     p.add_argument("--book", action="store_true",
                    help="trace the book's own llms_from_scratch.ch04.GPTModel run on the engine "
                         "(tinygrad_gpt.torch; needs the llms-from-scratch package), named by its modules")
@@ -79,6 +94,16 @@ def check_args(args):
         raise UsageError(f"--depth {args.depth} must be at least 0")
     if args.drop_rate is not None and not 0 <= args.drop_rate < 1:
         raise UsageError(f"--drop-rate {args.drop_rate} must be in [0, 1)")
+    if args.worked is not None and not (args.values or args.html):
+        raise UsageError("--worked works with --values or --html (it shows one row of the op's arrays): add --values")
+    if args.break_mode is not None:
+        if args.drop_rate:
+            raise UsageError("--break runs without dropout (both backwards must see the same forward): "
+                             "leave out --drop-rate")
+        if args.book or args.values or args.step or args.html or args.dot or args.param or args.op or args.module:
+            raise UsageError("--break takes --model, --context-length, --batch-size, --data, --seed and "
+                             "--kernels only")
+        args = argparse.Namespace(**{**vars(args), "drop_rate": 0.0})
     return args
 
 
@@ -123,14 +148,41 @@ def run(args, file=None, stdin=None):
     manual_seed(args.seed)
     model = GPTModel(cfg).train()
     names = [name for name, _ in model.named_parameters()]
+    check_filters(args, model)
     if args.param is not None and args.param not in names:
         close = difflib.get_close_matches(args.param, names, n=3, cutoff=0.5)
         raise UsageError(f"--param {args.param!r} is not a parameter of the {args.model} model"
                          + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {names[2]}"))
 
     with use(args.kernels):                          # in-process callers (tests) keep theirs
+        if args.break_mode is not None:              # explain/sabotage.py: two backwards compared
+            from .sabotage import report_break
+            print(description, file=out)
+            report_break(args, out, model, x, y)
+            return 0
         report(args, out, model, cfg, description, tokenizer, x, y, stdin=stdin)
     return 0
+
+
+def check_filters(args, model):
+    """--op and --module must name something the model has, else a one-line error with the choices."""
+    from ..tensor import Function
+    if args.op is not None:
+        kinds, todo = set(), [Function]
+        while todo:
+            for sub in todo.pop().__subclasses__():
+                kinds.add(sub.__name__)
+                todo.append(sub)
+        if args.op.lower() not in {k.lower() for k in kinds}:
+            close = difflib.get_close_matches(args.op, sorted(kinds), n=3)
+            raise UsageError(f"--op {args.op!r} is not an op of the engine"
+                             + (f"; did you mean {', '.join(close)}?" if close else ""))
+    if args.module is not None:
+        modules = [name for name, _ in model.named_modules() if name] + ["loss"]
+        if args.module not in modules:
+            close = difflib.get_close_matches(args.module, modules, n=3, cutoff=0.5)
+            raise UsageError(f"--module {args.module!r} is not a module of the {args.model} model"
+                             + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {modules[0]}"))
 
 
 class StopBackward(Exception):
@@ -168,7 +220,13 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
     preview = tokenizer.decode(x[0, :12].tolist()).replace("\n", " ")
     print(f"one batch of {args.batch_size} x {args.context_length} tokens: {preview!r}...", file=out)
     listing = Listing(model, depth=args.depth, file=out, values=args.values,
-                      pause=pauser(out, stdin) if args.step else None)
+                      pause=pauser(out, stdin) if args.step else None, op=args.op, module=args.module)
+    worked, recording = None, contextlib.nullcontext()
+    if args.worked is not None:                      # explain/worked.py: one row's numbers in the formula
+        from .worked import Worked
+        worked = Worked(args.worked, listing.shown)
+        recording = worked.recording()
+        listing.worked = worked if args.values else None
 
     def forward_done(loss):
         print(f"forward: loss {loss:.4f} (a uniform guess over {cfg['vocab_size']} tokens "
@@ -183,8 +241,9 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
         from .render_html import MAX_VALUES
         keep = max(MAX_PRINTED if args.values else 0, MAX_VALUES if args.html else 0)
     try:
-        trace = trace_backward(model, x, y, on_op=listing if args.param is None else None,
-                               on_forward=forward_done, keep_values=keep)
+        with recording:
+            trace = trace_backward(model, x, y, on_op=listing if args.param is None else None,
+                                   on_forward=forward_done, keep_values=keep)
     except StopBackward as e:
         print(f"\nstopped after step {e.args[0]} (q): the ops below it did not run, "
               "and no parameter below them received a gradient", file=out)
@@ -195,6 +254,11 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
     else:
         if args.depth is not None and len(trace.ops) > args.depth:
             print(f"  ... {len(trace.ops) - args.depth} more ops not listed (--depth {args.depth})", file=out)
+        if args.op is not None or args.module is not None:
+            which = " and ".join(f"--{k} {v}" for k, v in (("op", args.op), ("module", args.module)) if v is not None)
+            print(f"  ({which}: {listing.listed} of {len(trace.ops)} ops listed)", file=out)
+        if worked is not None and worked.lines_for(trace)[0] is None:
+            print(f"  (--worked {args.worked}: no {args.worked} op was listed)", file=out)
         print("", file=out)
         print("\n".join(totals(trace, model)), file=out)
     if args.dot:
@@ -202,11 +266,11 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
                  f"{model.num_parameters():,} parameters")
         write_dot(render_dot.to_dot(trace, model, expand=args.expand, title=title), args.dot, file=out)
     if args.html:
-        write_page(args, out, trace, model)
+        write_page(args, out, trace, model, worked.lines_for(trace) if worked is not None else (None, None))
     return trace
 
 
-def write_page(args, out, trace, model):
+def write_page(args, out, trace, model, worked=(None, None)):
     from . import render_html
     highlight = None
     if args.param is not None:
@@ -215,8 +279,11 @@ def write_page(args, out, trace, model):
     title = (f"backward through GPT-2 {args.model}: loss {trace.loss:.4f}, {len(trace.ops)} ops, "
              f"{model.num_parameters():,} parameters")
     try:
-        path = render_html.write_html(render_html.records_from_trace(trace), args.html, title=title,
-                                      loss=trace.loss, highlight=highlight)
+        records = render_html.records_from_trace(trace)
+        step, lines = worked
+        if step is not None:                         # --worked: the op's side panel shows row 0 worked
+            records[step - 1].worked = lines
+        path = render_html.write_html(records, args.html, title=title, loss=trace.loss, highlight=highlight)
     except OSError as e:
         raise UsageError(f"--html {args.html}: {e.strerror or e}") from None
     print(f"wrote {path} ({len(trace.ops)} ops{', values' if trace.ops[0].out_grad is not None else ''}"

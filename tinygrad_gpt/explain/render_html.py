@@ -36,6 +36,8 @@ class InputRecord:
     grad_norm: float = None       # norm of the gradient it receives, summed to its shape (None: no gradient)
     grad_shape: tuple = None      # what the op's backward returned, before a broadcast was summed
     grad_values: list = None      # that gradient as nested lists, when small (optional)
+    name: str = None              # the name forward gives it: x, w, b; q, k, v; a, b (optional)
+    carries: str = None           # what it carries, where the name does not say (an Add's residual stream)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class OpRecord:
     parents: list = field(default_factory=list)    # steps of the ops that made its inputs (it sends them gradient)
     children: list = field(default_factory=list)   # steps of the ops that read its output (they sent it gradient)
     out_grad_values: list = None  # dL/d(its output) as nested lists, when small (optional)
+    worked: list = None           # lines: row 0 worked by hand (explain --worked), shown in its panel
 
 
 def small_values(array, limit=MAX_VALUES):
@@ -71,6 +74,7 @@ def records_from_trace(trace, values=None):
     dtype, node, param, grad_shape, grad_norm). The arrays come from the trace when it kept
     them (trace_backward(keep_values=...): Op.out_grad, Input.grad), or from `values`:
     {step: (dL/d(output), [gradient each input receives, or None])}."""
+    from .render_text import carries
     made_by = {op.node: op.step for op in trace.ops}
     readers = {}
     for op in trace.ops:
@@ -94,7 +98,8 @@ def records_from_trace(trace, values=None):
             g = input_grads[k] if k < len(input_grads) else None
             inputs.append(InputRecord(tuple(i.shape), source, i.grad_norm,
                                       None if i.grad_shape is None else tuple(i.grad_shape),
-                                      small_values(g)))
+                                      small_values(g), getattr(i, "arg", None),
+                                      carries(op, i) if hasattr(i, "made_by") else None))
         records.append(OpRecord(
             step=op.step, op=op.name, module=op.module, block=op.block, code=op.backward_at,
             out_shape=tuple(op.out_shape), out_grad_norm=op.out_grad_norm, inputs=inputs,
@@ -219,6 +224,7 @@ table { border-collapse: collapse; font-size: 12px; }
 td, th { padding: 1px 6px 1px 0; text-align: left; vertical-align: top; }
 #params tr { cursor: pointer; }
 #params tr:hover { background: #eef; }
+pre.worked { font-size: 10.5px; background: #f6f3e8; padding: 4px; white-space: pre-wrap; }
 pre.values { font-size: 10.5px; background: #f4f4f4; padding: 4px; overflow-x: auto; margin: 2px 0 6px 0; }
 .code { font-family: ui-monospace, Menlo, Consolas, monospace; }
 .hint { color: #777; }
@@ -235,7 +241,7 @@ var blocks = [];
 ops.forEach(function (o) { if (o.block && blocks.indexOf(o.block) < 0) blocks.push(o.block); });
 blocks.forEach(function (b) { folded[b] = D.folded; });
 var chainSteps = D.chain ? D.chain.steps : [];
-var W = 200, H = 34, PW = 230, GAP_X = 26, GAP_Y = 28, MARGIN = 20;
+var W = 200, H = 34, PW = 230, GAP_X = 26, GAP_Y = 28, MARGIN = 20, TITLE_BAND = 22;
 var SVGNS = "http://www.w3.org/2000/svg";
 
 function dims(s) { return typeof s === "string" ? s : s.length ? s.join("x") : "scalar"; }
@@ -323,8 +329,32 @@ function layout(g) {
     });
   }
   g.order.forEach(function (id) { if (row[id] === undefined) throw new Error("cycle at " + id); });
+  // a block's frame holds its own nodes only: a row inside a block's span of rows that also holds
+  // other nodes (the final norm's parameters, the next block's norm1 parameters, an embedding's
+  // Add) has those moved to a row of their own, above the block when their gradient comes from
+  // above it, else below it; the rows then renumber in order
+  var key = {}, group = {};
+  g.order.forEach(function (id) { key[id] = row[id]; group[id] = groupOf(g.nodes[id]); });
+  for (var pass = 0; pass < 4; pass++) {
+    var moved = false;
+    blocks.forEach(function (b) {
+      var mine = g.order.filter(function (id) { return group[id] === b; });
+      if (!mine.length) return;
+      var lo = Math.min.apply(null, mine.map(function (id) { return key[id]; }));
+      var hi = Math.max.apply(null, mine.map(function (id) { return key[id]; }));
+      g.order.forEach(function (id) {
+        if (group[id] === b || key[id] < lo || key[id] > hi) return;
+        var before = lo - 0.5 + key[id] * 1e-4, after = hi + 0.5 + key[id] * 1e-4;
+        if (up[id].every(function (p) { return key[p] < before; })) { key[id] = before; moved = true; }
+        else if (down[id].every(function (c) { return key[c] > after; })) { key[id] = after; moved = true; }
+      });
+    });
+    if (!moved) break;
+  }
+  var keys = g.order.map(function (id) { return key[id]; }).filter(function (k, i, a) { return a.indexOf(k) === i; });
+  keys.sort(function (a, b) { return a - b; });
   var rows = [];
-  g.order.forEach(function (id) { (rows[row[id]] = rows[row[id]] || []).push(id); });
+  g.order.forEach(function (id) { row[id] = keys.indexOf(key[id]); (rows[row[id]] = rows[row[id]] || []).push(id); });
   var x = {};
   function width(id) { return g.nodes[id].kind === "param" ? PW : W; }
   function place(r) {
@@ -348,9 +378,22 @@ function layout(g) {
       });
     }
   }
-  var y = {};
-  rows.forEach(function (r, k) { (r || []).forEach(function (id) { y[id] = MARGIN + 24 + k * (H + GAP_Y); }); });
-  return {x: x, y: y, rows: rows.length, width: width};
+  var y = {}, top = MARGIN + 24, previous = null;
+  rows.forEach(function (r) {                  // a block's first row gets a band above it for the frame's title
+    var b = group[r[0]];
+    if (b && b !== previous) top += TITLE_BAND;
+    r.forEach(function (id) { y[id] = top; });
+    top += H + GAP_Y; previous = b;
+  });
+  return {x: x, y: y, rows: rows.length, width: width, height: top + MARGIN, group: group};
+}
+
+// the unfolded block a node is drawn inside (null: none)
+function groupOf(n) {
+  var b = null;
+  if (n.kind === "op") b = byStep[n.step].block;
+  else if (n.kind === "param") b = paramBlock(n.name);
+  return b && !folded[b] ? b : null;
 }
 
 // ---- drawing
@@ -375,7 +418,7 @@ function draw() {
   var g = buildGraph(), L = layout(g);
   var maxX = 0;
   g.order.forEach(function (id) { maxX = Math.max(maxX, L.x[id] + L.width(id) / 2); });
-  var height = MARGIN * 2 + 24 + L.rows * (H + GAP_Y);
+  var height = L.height;
   svg.setAttribute("width", maxX + MARGIN + 60);
   svg.setAttribute("height", height);
   PALETTE.concat(["#bbb", "#e66a00"]).forEach(function (c) {
@@ -383,26 +426,10 @@ function draw() {
                           markerWidth: 6, markerHeight: 6, orient: "auto"}, defs);
     el("path", {d: "M0,0 L10,5 L0,10 z", fill: c}, m);
   });
-  // clusters: an unfolded block's frame, behind its nodes
+  // clusters: an unfolded block's frame, behind its nodes (drawn after the edges, whose
+  // crossings place its title, into a layer below them)
   var clusterLayer = el("g", {}, svg), edgeLayer = el("g", {}, svg), nodeLayer = el("g", {}, svg);
-  blocks.forEach(function (b) {
-    if (folded[b]) return;
-    var ids = g.order.filter(function (id) {
-      var n = g.nodes[id];
-      return (n.kind === "op" && byStep[n.step].block === b) || (n.kind === "param" && byStep[n.step].block === b);
-    });
-    if (!ids.length) return;
-    var x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
-    ids.forEach(function (id) {
-      x0 = Math.min(x0, L.x[id] - L.width(id) / 2); x1 = Math.max(x1, L.x[id] + L.width(id) / 2);
-      y0 = Math.min(y0, L.y[id]); y1 = Math.max(y1, L.y[id] + H);
-    });
-    el("rect", {x: x0 - 10, y: y0 - 26, width: x1 - x0 + 20, height: y1 - y0 + 36, "class": "cluster"}, clusterLayer);
-    var n = ops.filter(function (o) { return o.block === b; }).length;
-    var t = el("text", {x: x0 - 4, y: y0 - 10, "class": "cluster-title"}, clusterLayer);
-    t.textContent = "\u25be " + b + " (TransformerBlock, " + n + " ops): click to fold";
-    t.addEventListener("click", function () { folded[b] = true; draw(); });
-  });
+  var curves = [];                             // each edge as points, to keep the titles clear of them
   g.edges.forEach(function (e) {
     var x1 = L.x[e.from], y1 = L.y[e.from] + H, x2 = L.x[e.to], y2 = L.y[e.to];
     var c = e.chain ? "#e66a00" : colour(e.norm);
@@ -410,6 +437,41 @@ function draw() {
                         "class": "edge" + (e.chain ? " chain" : ""), stroke: c, "marker-end": "url(#arrow" + c.slice(1) + ")"}, edgeLayer);
     var tt = el("title", {}, p);
     tt.textContent = e.norm === null ? "no gradient (integer input)" : "gradient " + dims(e.shape) + ", norm " + fmt(e.norm);
+    var pts = [];
+    for (var k = 0; k <= 48; k++) {
+      var t = k / 48, u = 1 - t;
+      pts.push([u * u * u * x1 + 3 * u * u * t * x1 + 3 * u * t * t * x2 + t * t * t * x2,
+                u * u * u * y1 + 3 * u * u * t * (y1 + GAP_Y * 0.8) + 3 * u * t * t * (y2 - GAP_Y * 0.8) + t * t * t * (y2 - 1)]);
+    }
+    curves.push(pts);
+  });
+  blocks.forEach(function (b) {
+    if (folded[b]) return;
+    var ids = g.order.filter(function (id) { return L.group[id] === b; });
+    if (!ids.length) return;
+    var x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+    ids.forEach(function (id) {
+      x0 = Math.min(x0, L.x[id] - L.width(id) / 2); x1 = Math.max(x1, L.x[id] + L.width(id) / 2);
+      y0 = Math.min(y0, L.y[id]); y1 = Math.max(y1, L.y[id] + H);
+    });
+    el("rect", {x: x0 - 10, y: y0 - 10 - TITLE_BAND, width: x1 - x0 + 20, height: y1 - y0 + 20 + TITLE_BAND,
+                "class": "cluster", "data-frame": b}, clusterLayer);
+    var n = ops.filter(function (o) { return o.block === b; }).length;
+    var t = el("text", {x: x0 - 4, y: y0 - 14, "class": "cluster-title", "data-title": b}, clusterLayer);
+    t.textContent = "\u25be " + b + " (TransformerBlock, " + n + " ops): click to fold";
+    t.addEventListener("click", function () { folded[b] = true; draw(); });
+    // slide the title along the frame's top to where no arrow passes
+    var tw = t.getComputedTextLength ? t.getComputedTextLength() : 8 * t.textContent.length;
+    var ty0 = y0 - 14 - 13, ty1 = y0 - 14 + 4, taken = [];
+    curves.forEach(function (pts) {
+      pts.forEach(function (q) { if (q[1] >= ty0 - 2 && q[1] <= ty1 + 2) taken.push(q[0]); });
+    });
+    var best = null;
+    for (var tx = x0 - 4; tx + tw <= x1 + 6 && best === null; tx += 4) {
+      if (taken.every(function (qx) { return qx < tx - 4 || qx > tx + tw + 4; })) best = tx;
+    }
+    if (best !== null) t.setAttribute("x", best);
+    t.setAttribute("data-bbox", [best === null ? x0 - 4 : best, ty0, tw, ty1 - ty0].join(","));
   });
   g.order.forEach(function (id) {
     var n = g.nodes[id], w = L.width(id), x = L.x[id] - w / 2, y = L.y[id];
@@ -500,7 +562,8 @@ function showOp(o) {
   o.inputs.forEach(function (i, k) {
     var src = i.source.indexOf("op:") === 0 ? "the output of step " + i.source.slice(3) :
               i.source.indexOf("param:") === 0 ? "parameter " + i.source.slice(6) : i.source;
-    h += "<div><b>input " + k + "</b>: " + dims(i.shape) + ", " + esc(src) + "<br>";
+    h += "<div><b>" + esc(i.name || "input " + k) + "</b>: " + dims(i.shape) + ", " + esc(src) +
+         (i.carries ? " (" + esc(i.carries) + ")" : "") + "<br>";
     if (i.grad_norm === null) h += "no gradient";
     else {
       h += "gradient norm " + fmt(i.grad_norm);
@@ -509,6 +572,7 @@ function showOp(o) {
     h += "</div>" + valuesBlock(i.grad_values);
   });
   if (o.params.length) h += "<p>parameters reached here: " + o.params.map(esc).join(", ") + "</p>";
+  if (o.worked) h += '<h2>worked numbers (explain --worked)</h2><pre class="worked">' + esc(o.worked.join("\n")) + "</pre>";
   document.getElementById("details").innerHTML = h;
 }
 

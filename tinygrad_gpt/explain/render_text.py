@@ -9,7 +9,10 @@ the input's shape. Arrays of more than MAX_PRINTED numbers are shown by their no
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
+import textwrap
 from collections import Counter
 
 import numpy as np
@@ -49,24 +52,94 @@ def contributions_line(op):
     return f"{short_label(op.name, op.module)} output: sum of {len(op.contributions)} contributions: {parts}"
 
 
-def array_lines(a, norm, shape, indent):
-    """An array as printed lines (np.array2string, 4 significant digits), or its norm alone when
-    it has more than MAX_PRINTED numbers or was not kept."""
+def terminal_width(file=None):
+    """The width to print arrays at: COLUMNS when set, else the terminal's columns when `file`
+    (default stdout) is a terminal, else 120 (a pipe, a file, a test's StringIO)."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    file = sys.stdout if file is None else file
+    try:
+        if file.isatty():
+            return os.get_terminal_size(file.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        pass
+    return 120
+
+
+CELL = 11                     # one number: a space, then 4 significant digits right-aligned in 10
+
+
+def array_lines(a, norm, shape, indent, width=None, axis_names=None):
+    """An array as printed lines, or its norm alone when it has more than MAX_PRINTED numbers or
+    was not kept. A matrix is printed row by row, each row labelled by its index (the leading
+    axes of size 1 dropped: (1, 8, 17) has rows 0..7; (1, 2, 8, 4) rows 'head, position'), under
+    a line of column indices; a row wider than the terminal is cut into column groups, each
+    printed whole, never wrapped. axis_names: a name for each axis but the last (the heading
+    of the row labels), e.g. ("batch", "head", "pos") for attention's (B, H, T, D)."""
     size = int(np.prod(shape)) if len(shape) else 1
     if a is None or size > MAX_PRINTED:
         why = f"{size:,} numbers, more than {MAX_PRINTED}" if size > MAX_PRINTED else "not kept"
         return [f"{indent}norm {norm:.4g} ({why}: not printed)"]
-    text = np.array2string(np.asarray(a, dtype=np.float64), max_line_width=120, threshold=MAX_PRINTED + 1,
-                           formatter={"float_kind": lambda v: f"{v:.4g}".rjust(10)})
-    return [indent + line for line in text.splitlines()]
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 0:
+        return [f"{indent}{f'{float(a):.4g}':>10s}"]
+    lead = [(k, n) for k, n in enumerate(a.shape[:-1]) if n != 1]
+    rows = a.reshape(-1, a.shape[-1])
+    labels = [",".join(str(idx[k]) for k, _ in lead) for idx in np.ndindex(*a.shape[:-1])] or [""]
+    if axis_names is not None and lead:              # the heading of the row labels ("col": a vector)
+        axes = ",".join(axis_names[k] for k, _ in lead)
+    else:
+        axes = {0: "col", 1: "row"}.get(len(lead), "axes " + ",".join(str(k) for k, _ in lead))
+    label_w = max(len(axes), max(len(t) for t in labels))
+    width = terminal_width() if width is None else width
+    per = max(1, (width - len(indent) - label_w - 2) // CELL)
+    C = rows.shape[1]
+    lines = []
+    for c0 in range(0, C, per):
+        c1 = min(C, c0 + per)
+        if C > per:
+            lines.append(f"{indent}columns {c0}-{c1 - 1} of {C}:")
+        lines.append(f"{indent}{axes:>{label_w}s} |" + "".join(f" {j:>{CELL - 1}d}" for j in range(c0, c1)))
+        for label, row in zip(labels, rows):
+            lines.append(f"{indent}{label:>{label_w}s} |" + "".join(f" {v:>{CELL - 1}.4g}" for v in row[c0:c1]))
+    return lines
+
+
+def carries(op, i):
+    """What an input carries, for an Add (the residual stream, a branch's output, the token or
+    positional embeddings): None for other ops, whose arguments' names say it (q, k, v; x, w, b)."""
+    if op.name != "Add" or i.made_by is None:
+        return None
+    name, module = i.made_by
+    module = module or ""
+    if op.block and op.module == op.block:             # a residual add: x = x + branch(x)
+        if module.startswith(op.block + "."):
+            branch = "attention" if ".att" in module else "feed-forward" if ".ff" in module else None
+            if branch is None:                         # drop_resid: which add tells which branch
+                other = next((j for j in op.inputs if j is not i), None)
+                after_att = other is not None and other.made_by is not None and other.made_by[1] == op.block
+                branch = "feed-forward" if after_att else "attention"
+            return f"the {branch} branch's output ({name} {module})"
+        if module == op.block:
+            return "the residual stream after the attention shortcut (this block's first Add)"
+        who = "the embeddings' Add" if (name, module) == ("Add", "") else f"{name} {module}"
+        return f"the residual stream: the block's input ({who})"
+    if module in ("tok_emb", "pos_emb"):
+        return {"tok_emb": "the token embeddings", "pos_emb": "the positional embeddings"}[module] + f" ({module})"
+    return f"the output of {name} {module or '-'}"
 
 
 class Listing:
     """Prints one line per op, and one per parameter that an op hands its gradient to; with
     values=True the arrays after each op; `pause(op)`, when given, runs after each op's lines."""
 
-    def __init__(self, model, depth=None, file=None, values=False, pause=None):
+    def __init__(self, model, depth=None, file=None, values=False, pause=None, op=None, module=None,
+                 worked=None, width=None):
         self.depth, self.file, self.values, self.pause = depth, file, values, pause
+        self.op, self.module = op, module
+        self.width = terminal_width(file) if width is None else width
+        self.worked = worked              # callable(op) -> [lines] or None (explain/worked.py), or None
+        self.listed = 0
         self.module_width = max(18, max(len(n) for n, _ in model.named_modules()) + 2)
 
     def header(self):
@@ -95,8 +168,17 @@ class Listing:
             lines += self.value_lines(op)
         return lines
 
-    @staticmethod
-    def value_lines(op):
+    def shown(self, op):
+        """Whether --op / --module let this op through (--module: the module or one inside it)."""
+        if self.op is not None and op.name.lower() != self.op.lower():
+            return False
+        if self.module is not None:
+            m = op.module or ""
+            if not (m == self.module or m.startswith(self.module + ".")):
+                return False
+        return True
+
+    def value_lines(self, op):
         pad = " " * 21
         if len(op.contributions) > 1:
             origin = f" (the sum of the {len(op.contributions)} contributions above)"
@@ -105,19 +187,33 @@ class Listing:
         else:
             origin = " (dL/dL = 1: backward starts here)"
         lines = [f"{pad}received dL/d(output) {_dims(op.out_shape)}{origin}:"]
-        lines += array_lines(op.out_grad, op.out_grad_norm, op.out_shape, pad + "  ")
+        axes = ("batch", "head", "pos") if op.name == "Attention" else None   # (B, H, T, D): rows by head, position
+        lines += array_lines(op.out_grad, op.out_grad_norm, op.out_shape, pad + "  ", self.width, axes)
         for i in op.inputs:
             if i.grad_shape is None:
                 continue
             what = i.param or i.arg or "input"
             summed = f", returned {_dims(i.grad_shape)} and summed" if i.grad_shape != tuple(i.shape) else ""
-            lines.append(f"{pad}returned dL/d{what if len(what) == 1 else '(' + what + ')'} {_dims(i.shape)}{summed}:")
-            lines += array_lines(i.grad, i.grad_norm, i.shape, pad + "  ")
+            carried = carries(op, i)
+            carried = f", {what} = {carried}" if carried else ""
+            lines.append(f"{pad}returned dL/d{what if len(what) == 1 else '(' + what + ')'} {_dims(i.shape)}{summed}{carried}:")
+            lines += array_lines(i.grad, i.grad_norm, i.shape, pad + "  ", self.width, axes)
+            if op.name == "Attention" and i.arg == "q" and i.grad is not None and len(i.shape) == 4 \
+                    and i.shape[-2] > 1 and not np.any(np.asarray(i.grad)[..., 0, :]):
+                lines += textwrap.wrap("dq's row 0 is zero in every head: position 0 attends to itself alone, its "
+                                       "softmax has one element (att[0, 0] = 1 whatever the score), so its query "
+                                       "gets no gradient", width=max(60, self.width - len(pad) - 2),
+                                       initial_indent=pad + "  ", subsequent_indent=pad + "  ")
+        if self.worked is not None:
+            lines += [pad + line if line else "" for line in (self.worked(op) or [])]
         return lines
 
     def __call__(self, op):
         if self.depth is not None and op.step > self.depth:
             return
+        if not self.shown(op):
+            return
+        self.listed += 1
         print("\n".join(self.op_lines(op)), file=self.file, flush=True)
         if self.pause is not None:
             self.pause(op)

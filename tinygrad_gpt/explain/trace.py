@@ -40,6 +40,7 @@ class Input:
     grad_norm: float = None   # the norm of what the input receives (summed back to its shape)
     arg: str = None           # the name forward gives it ("x", "w", "b", "q", ...)
     grad: np.ndarray = None   # what it receives, summed to its shape (kept with keep_values, when small)
+    made_by: tuple = None     # (op name, module) of the op whose output it is; None for a leaf
 
 
 @dataclass
@@ -119,6 +120,13 @@ def kernel_locations(function_class):
 
 
 # ----------------------------------------------------------------------------- tracing
+class _Tags(dict):
+    """id(op) -> (module name, block), and .made: id(output Tensor) -> (op name, module), who made it."""
+    def __init__(self):
+        super().__init__()
+        self.made = {}
+
+
 @contextlib.contextmanager
 def record_modules(model):
     """While inside, every op that records a graph node is tagged with the module whose forward
@@ -128,7 +136,8 @@ def record_modules(model):
     object, its ctx goes with it); `with scope(name):` tags ops made outside the model."""
     from ..nn import TransformerBlock, module_stack
     from ..tensor import register_forward_hook
-    tags, labels = {}, []                            # labels: names given with scope(), innermost last
+    tags, labels = _Tags(), []                       # labels: names given with scope(), innermost last
+    made = tags.made
 
     def hook(ctx, inputs, out):
         if out._ctx is None:                         # no graph node: backward will never see it
@@ -141,6 +150,7 @@ def record_modules(model):
         else:
             name, block = (labels[-1] if labels else None), None
         tags[id(out._ctx)] = (name, block)
+        made[id(out)] = (ctx.name, name)
 
     @contextlib.contextmanager
     def scope(name):
@@ -200,6 +210,7 @@ def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None, ke
         with scope("loss"):
             loss = F.cross_entropy(logits, target_ids)
     del logits
+    made = tags.made
     trace = Trace(loss=loss.item())
     if on_forward is not None:
         on_forward(trace.loss)
@@ -214,7 +225,8 @@ def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None, ke
         args = argument_names(type(ctx), len(ctx.parents))
         for parent, pg, arg in zip(ctx.parents, grads, args):
             inp = Input(parent.shape, str(parent.dtype), id(parent),
-                        names.get(id(parent)) if parent._ctx is None else None, arg=arg)
+                        names.get(id(parent)) if parent._ctx is None else None, arg=arg,
+                        made_by=made.get(id(parent)) if parent._ctx is not None else None)
             if pg is not None and parent.requires_grad:          # what the engine will add in
                 inp.grad_shape = tuple(np.shape(pg))
                 summed = unbroadcast(np.asarray(pg), parent.shape)

@@ -6,6 +6,9 @@
 Every name here maps onto the engine (tensor.py, ops.py, functional.py, nn.py, optim.py,
 data.py); nothing computes twice. A name PyTorch has and this namespace does not raises
 NotImplementedError naming it (an AttributeError too, so hasattr() still answers False).
+
+torch.save(model.state_dict(), "model.pth") writes safetensors, whatever the file's name, and
+torch.load reads only such files: nothing is ever pickled (serialization.py).
 """
 import math as _math
 
@@ -75,6 +78,12 @@ def zeros(*size, dtype=None, device=None, requires_grad=False):
     return Tensor(_np.zeros(_size(size), dtype=dtype or float32), requires_grad=requires_grad)
 
 
+def empty(*size, dtype=None, device=None, requires_grad=False):
+    """Uninitialised memory, as torch: fill it before reading it (nn.init does)."""
+    _check_device(device, "torch.empty")
+    return Tensor(_np.empty(_size(size), dtype=dtype or float32), requires_grad=requires_grad)
+
+
 def rand(*size, dtype=None, device=None, requires_grad=False, generator=None):
     """U[0, 1) from the engine's generator (torch.manual_seed seeds it; PyTorch's own stream of
     numbers is not reproduced, only its distribution)."""
@@ -136,6 +145,21 @@ concat = cat
 
 def stack(tensors, dim=0):
     return cat([_t(t).unsqueeze(dim) for t in tensors], dim=dim)
+
+
+def nonzero(input, as_tuple=False):
+    """The indices of the non-zero (True) elements, one row each: int64 (N, input.ndim); with
+    as_tuple=True one (N,) tensor per axis. No gradient (indices have none)."""
+    rows = _np.argwhere(_t(input).data).astype(_np.int64)         # (N, ndim)
+    return tuple(Tensor(rows[:, i].copy()) for i in range(rows.shape[1])) if as_tuple else Tensor(rows)
+
+
+def squeeze(input, dim=None):
+    return _t(input).squeeze(dim)
+
+
+def numel(input):
+    return _t(input).numel()
 
 
 def softmax(input, dim=None, dtype=None):
@@ -284,6 +308,7 @@ class _Backends:
 backends = _Backends()
 
 from . import nn, optim, utils  # noqa: E402  (they import the names above)
+from .serialization import load, save  # noqa: E402
 
 
 def __getattr__(name):

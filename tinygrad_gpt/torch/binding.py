@@ -15,6 +15,7 @@ def shim_modules():
     """The sys.modules entries a script's `import torch...` should find."""
     import tinygrad_gpt.torch as shim
     return {"torch": shim, "torch.nn": shim.nn, "torch.nn.functional": shim.nn.functional,
+            "torch.nn.init": shim.nn.init, "torch.nn.utils": shim.nn.utils,
             "torch.optim": shim.optim, "torch.utils": shim.utils, "torch.utils.data": shim.utils.data,
             "tiktoken": offline_tiktoken()}
 

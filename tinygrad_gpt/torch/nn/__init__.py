@@ -11,9 +11,38 @@ import numpy as np
 from ... import functional as _F
 from ... import nn as _engine
 from ...tensor import Device, MissingFeature, Tensor, check_device
-from . import functional  # noqa: F401  (torch.nn.functional)
+from . import functional, init, utils  # noqa: F401  (torch.nn.functional, .init, .utils)
 
-Parameter = _engine.Parameter
+class _Grad(np.ndarray):
+    """A parameter's gradient as the book's code reads it: the engine's array (a view of it,
+    no copy), whose `.data` is itself, as torch's `p.grad.data` is the gradient's tensor
+    (appendix D's find_highest_gradient: `param.grad.data.flatten().max()`)."""
+
+    @property
+    def data(self):
+        return self
+
+
+class Parameter(_engine.Parameter):
+    """torch.nn.Parameter: the engine's Parameter; `.grad` reads as the gradient array with
+    torch's `.data` (see _Grad). The engine stores and updates the plain array."""
+
+    @property
+    def grad(self):
+        g = self.__dict__["_grad"]
+        return None if g is None else g.view(_Grad)
+
+    @grad.setter
+    def grad(self, value):
+        self.__dict__["_grad"] = value
+
+
+def _torch_parameters(module, *names):
+    """Re-wrap the engine layer's parameters (the same arrays) as torch.nn.Parameters."""
+    for name in names:
+        p = getattr(module, name)
+        if p is not None:
+            setattr(module, name, Parameter(p.data, requires_grad=p.requires_grad))
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -23,7 +52,7 @@ _TORCH_MODULE_METHODS = frozenset("""
     add_module apply bfloat16 compile cpu cuda double float get_buffer get_parameter get_submodule half
     ipu load_state_dict_post_hook register_backward_hook
     register_full_backward_hook register_full_backward_pre_hook register_module register_parameter
-    register_state_dict_pre_hook requires_grad_ set_extra_state share_memory to_empty type xpu
+    register_state_dict_pre_hook set_extra_state share_memory to_empty type xpu
 """.split())
 
 
@@ -62,7 +91,7 @@ class Module(_engine.Module):
         persistent buffers, module by module from the top."""
         seen = set()
         for module_name, module in self.named_modules():
-            own = [(n, v) for n, v in vars(module).items() if isinstance(v, Parameter)]
+            own = [(n, v) for n, v in vars(module).items() if isinstance(v, _engine.Parameter)]
             own += [(n, getattr(module, n)) for n, keep in vars(module).get("_buffer_names", {}).items()
                     if keep and getattr(module, n) is not None]
             for name, value in own:
@@ -97,6 +126,12 @@ class Module(_engine.Module):
             np.copyto(own[name].data, array, casting="same_kind")
         return _IncompatibleKeys(missing, unexpected)
 
+    def requires_grad_(self, requires_grad=True):
+        """Set requires_grad on every parameter (freeze or unfreeze the module), as torch."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
     def to(self, *args, **kwargs):
         """.to("cpu") / .to(torch.device("cpu")) is the module itself; other devices are an error."""
         for arg in args + tuple(kwargs.values()):
@@ -118,6 +153,7 @@ class Linear(_engine.Linear, Module):
         check_device(device, "nn.Linear")
         _not_float32(dtype, "nn.Linear")
         super().__init__(in_features, out_features, bias=bias)   # the engine's, then Module's
+        _torch_parameters(self, "weight", "bias")
 
 
 class Embedding(_engine.Embedding, Module):
@@ -127,6 +163,7 @@ class Embedding(_engine.Embedding, Module):
         check_device(device, "nn.Embedding")
         _not_float32(dtype, "nn.Embedding")
         super().__init__(num_embeddings, embedding_dim)
+        _torch_parameters(self, "weight")
 
 
 class Dropout(_engine.Dropout, Module):
