@@ -11,7 +11,7 @@ import pytest
 import tinygrad_gpt as tg
 from tinygrad_gpt import amp
 from tinygrad_gpt import functional as F
-from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl, reference as R
+from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl, layers, precision, reference as R
 
 from helpers import TINY, env, ep_lines, isolated, require, run_cli, small_text
 
@@ -381,8 +381,8 @@ def test_autocast_leaves_float64_alone():
 def test_fallback_warns_once_and_matches_rounded_float32():
     x = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
     w = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
-    prev = amp._warned
-    amp._warned = False
+    prev = precision._warned
+    precision._warned = False
     saved_lib, saved_why, saved_avx = bf16_mkl._lib, bf16_mkl._why, bf16_avx512._why
     saved_amx = bf16_mkl.cpu_has_amx_bf16
     bf16_mkl._lib, bf16_mkl._why = False, "forced off by the test"   # as on a CPU without AMX
@@ -401,7 +401,7 @@ def test_fallback_warns_once_and_matches_rounded_float32():
     finally:
         bf16_mkl._lib, bf16_mkl._why, bf16_avx512._why = saved_lib, saved_why, saved_avx
         bf16_mkl.cpu_has_amx_bf16 = saved_amx
-        amp._warned = prev
+        precision._warned = prev
     want = R.from_bf16(R.to_bf16(x)) @ R.from_bf16(R.to_bf16(w)).T
     np.testing.assert_allclose(y.data, want, rtol=1e-6, atol=1e-6)
 
@@ -412,13 +412,13 @@ def test_adamw_writes_the_bf16_copy_in_its_pass(backend):
     opt = tg.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     loss_and_grads(model, x, y, "bfloat16")            # the weights are now used under autocast
     opt.step()
-    w = model.trf_blocks[0].att.W_query.weight.data
-    copy = amp._weights[id(w)][1]
-    assert copy is not None and amp._weights[id(w)][2]
-    assert np.array_equal(copy, R.to_bf16(w))        # the copy is of the updated weight
-    assert amp.weight_bf16(w) is copy                 # the next product uses it, no conversion
-    emb = model.tok_emb.weight.data                   # not a GEMM operand: no copy kept
-    assert amp.optimizer_copy(emb) is None
+    w = model.trf_blocks[0].att.W_query.weight        # the weight's Tensor owns its copy
+    copy = layers.state_of(w).bits
+    assert copy is not None and layers.state_of(w).owned
+    assert np.array_equal(copy, R.to_bf16(w.data))   # the copy is of the updated weight
+    assert layers.weight_bits(w) is copy              # the next product uses it, no conversion
+    emb = model.tok_emb.weight                        # not a GEMM operand: no copy kept
+    assert layers.state_of(emb).bits is None
 
 
 def test_adamw_bf16_step_equals_plain_step(backend):

@@ -648,3 +648,18 @@ def test_dropout_masks_still_draw_in_a_forked_child(monkeypatch):
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung drawing a dropout mask")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_an_op_given_an_array_is_a_type_error_naming_the_op_and_the_argument():
+    """As torch: `gelu(): argument 'input' must be Tensor, not numpy.ndarray`, not an
+    AttributeError from deep inside the engine. Ids and targets may stay arrays."""
+    with pytest.raises(TypeError, match=r"^gelu\(\): argument 'input' must be Tensor, not numpy\.ndarray$"):
+        F.gelu(np.ones(3))
+    x = Tensor(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match=r"^linear\(\): argument 'weight' must be Tensor, not numpy\.ndarray$"):
+        F.linear(x, np.ones((4, 3), np.float32))
+    with pytest.raises(TypeError, match=r"^layer_norm\(\): argument 'input' must be Tensor, not list$"):
+        F.layer_norm([1.0, 2.0], Tensor(np.ones(2)), Tensor(np.zeros(2)))
+    logits = Tensor(np.zeros((2, 5), np.float32))
+    assert F.cross_entropy(logits, np.array([1, 2])).shape == ()      # targets: an array is fine
+    assert F.embedding(Tensor(np.ones((5, 3), np.float32)), np.array([0, 4])).shape == (2, 3)

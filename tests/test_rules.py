@@ -47,3 +47,31 @@ def test_no_source_file_breaks_the_rule(what, rule):
 def test_the_rules_catch_what_the_tree_used_to_do(line, what):
     rule = dict(RULES)[what]
     assert violations(line, rule) == [1]
+
+
+# ----------------------------------------------------------------------------- the learner's path is the math
+READING_PATH = ["tensor", "ops", "functional", "nn", "model", "optim", "train"]
+MACHINE_WORDS = re.compile(r"bf16|bfloat16|\bamp\.|\bkept\b|weakref|getrefcount|mallopt|threadpool", re.IGNORECASE)
+
+
+def test_the_reading_path_names_no_machine():
+    """The seven files a learner reads say the math; dtype, GEMM library, reused buffers,
+    threads and malloc tuning live in kernels/ and memory.py (docs/reading.md)."""
+    found = [f"tinygrad_gpt/{name}.py:{i + 1}: {line.strip()}"
+             for name in READING_PATH
+             for i, line in enumerate((ROOT / "tinygrad_gpt" / f"{name}.py").read_text(encoding="utf-8").splitlines())
+             if MACHINE_WORDS.search(line)]
+    assert not found, "machine words on the reading path:\n" + "\n".join(found)
+
+
+def test_the_reading_path_words_rule_can_fail():
+    assert MACHINE_WORDS.search("ctx.bf16 = amp.is_autocast_enabled()")
+    assert MACHINE_WORDS.search("_kept = {}  # weakref to the owner")
+    assert not MACHINE_WORDS.search("dx = dy W, dW = dy^T x")
+
+
+def test_nothing_in_the_package_counts_references():
+    """Buffers are reused by owner and liveness (kernels/layers.Buffer), never by sys.getrefcount."""
+    found = [str(p.relative_to(ROOT)) for p in ROOT.glob("tinygrad_gpt/**/*.py")
+             if "getrefcount" in p.read_text(encoding="utf-8")]
+    assert found == []

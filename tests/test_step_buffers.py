@@ -5,7 +5,7 @@ import numpy as np
 
 import tinygrad_gpt as tg
 from tinygrad_gpt import functional as F
-from tinygrad_gpt.kernels import K, reference as R
+from tinygrad_gpt.kernels import K, layers, reference as R
 
 
 def test_embedding_backward_into_zeroes_the_stale_rows_and_matches_the_dense_kernel(backend):
@@ -42,7 +42,7 @@ def test_the_embedding_gradient_buffer_is_reused_and_stays_right():
         w.grad = None
         F.embedding(w, i).sum().backward()
         np.testing.assert_array_equal(w.grad, R.embedding_backward(np.ones((10, 8), np.float32), i.ravel(), 30))
-        assert w.grad is F._embedding_grads[(id(w.data), "<f4")][1]   # one kept buffer, not fresh ones
+        assert np.shares_memory(w.grad, layers.state_of(w).grad.view())   # one kept buffer, not fresh ones
 
 
 def test_the_buffer_is_not_reused_while_someone_holds_it():
@@ -125,7 +125,7 @@ def test_linear_outputs_alive_at_once_never_share_a_buffer():
     np.testing.assert_allclose(b.data, x2 @ w.data.T, rtol=1e-6)
     del a, b
     for _ in range(3):                         # dropped outputs: the kept buffer is reused
-        assert np.shares_memory(F.linear(tg.Tensor(x1), w).data, F._kept[(id(w.data), "y")][1])
+        assert np.shares_memory(F.linear(tg.Tensor(x1), w).data, layers.state_of(w).y.view())
 
 
 def head_step(w, h, targets, precision):
@@ -154,10 +154,11 @@ def test_the_bf16_copies_go_into_kept_buffers_and_stay_right(backend):
             dw2, loss2 = head_step(w2, tg.Tensor(h.data.copy(), requires_grad=True), t, precision)
             np.testing.assert_array_equal(dw, dw2)
             assert loss == loss2
-            kept = {tag: entry[1] for (owner, tag), entry in F._kept.items()
-                    if owner == id(w.data) and tag in ("y", "x bf16")}
+            state = layers.state_of(w)                      # the weight owns its buffers
+            kept = {tag: buf.view() for tag, buf in (("y", state.y), ("x bf16", state.x_bits))
+                    if buf.memory is not None}
             if precision == "bfloat16":                     # one scratch per shape for all layers
-                kept["dy bf16"] = F._kept[(id(F._SCRATCH), ("dy bf16", (12, 50)))][1]
+                kept["dy bf16"] = layers.SCRATCH.buffers[("dy bf16", (12, 50))].view()
             got.append({tag: a.ctypes.data for tag, a in kept.items()})
         tags = {"y", "x bf16", "dy bf16"} if precision == "bfloat16" else {"y"}   # y: the logits
         assert got[0].keys() == tags and got[0] == got[1] == got[2]
@@ -191,3 +192,62 @@ def test_one_weight_used_twice_under_autocast_keeps_both_saved_inputs():
     xs = R.from_bf16(R.to_bf16(x1.data)) + R.from_bf16(R.to_bf16(x2.data))   # what bf16 multiplies
     want = np.tile(xs.sum(axis=0), (7, 1))          # dy = 1: every row of dW is the column sums
     np.testing.assert_allclose(w.grad, want, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the kernel layer's owners and twins
+def test_k_linear_and_its_backward_match_the_reference_twin_in_float32_and_under_autocast(backend):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((9, 5)).astype(np.float32)
+    w = tg.nn.Parameter(rng.standard_normal((4, 5)).astype(np.float32))
+    b = rng.standard_normal(4).astype(np.float32)
+    dy = rng.standard_normal((9, 4)).astype(np.float32)
+    rounded = lambda a: R.from_bf16(R.to_bf16(a))               # noqa: E731  what bf16 multiplies
+    for precision, op in (("float32", lambda a: a), ("bfloat16", rounded)):
+        with tg.autocast("bfloat16", enabled=precision == "bfloat16"):
+            y, xu, wu = K.linear(x, w.data, b, owner=w)
+            dx, dw = K.linear_backward(dy, xu, wu)
+        assert (xu.dtype == np.uint16) == (precision == "bfloat16")
+        np.testing.assert_allclose(y, R.linear_forward(op(x), op(w.data), b), rtol=1e-5, atol=1e-5)
+        want_dx, want_dw, _ = R.linear_backward(op(dy), op(x), op(w.data))
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-5)
+
+
+def test_a_buffer_is_handed_out_again_only_when_no_array_over_it_is_alive():
+    buf = layers.Buffer()
+    a = buf.take((3, 4), np.float32)
+    view = a.reshape(-1)[2:]                   # a view of a view keeps the memory in use
+    del a
+    assert buf.take((3, 4), np.float32) is None
+    del view
+    again = buf.take((3, 4), np.float32)
+    assert again is not None and np.shares_memory(again, buf.view())
+    assert again.base is buf.memory            # on the mmap: no other array shares it
+
+
+def test_load_state_dict_bumps_the_version_and_the_next_product_converts_the_new_weight():
+    w = tg.nn.Parameter(np.ones((3, 2), np.float32))
+    x = tg.Tensor(np.ones((1, 2), np.float32))
+    with tg.autocast("bfloat16"):
+        F.linear(x, w)
+        stale = layers.state_of(w).bits.copy()
+        lin = tg.nn.Linear(2, 3, bias=False)
+        lin.weight = w
+        lin.load_state_dict({"weight": np.full((3, 2), 2.0, np.float32)})
+        assert w._version == 1
+        np.testing.assert_array_equal(F.linear(x, w).data, np.full((1, 3), 4.0, np.float32))
+    assert not np.array_equal(stale, R.to_bf16(w.data))
+
+
+def test_after_micro_batches_added_into_the_held_buffer_the_next_step_starts_from_zero():
+    """Micro-batches: the second backward's dense dW is added into the held buffer, in rows the
+    buffer's record does not name; the next step, once the buffer is free again, must not
+    find them there (before issue 26 it did: a wrong gradient in those rows)."""
+    w = tg.nn.Parameter(np.ones((30, 4), np.float32))
+    a, b, c = np.array([1, 2]), np.array([5, 6]), np.array([9])
+    F.embedding(w, a).sum().backward()
+    F.embedding(w, b).sum().backward()         # accumulates into the held buffer
+    w.grad = None
+    F.embedding(w, c).sum().backward()
+    np.testing.assert_array_equal(w.grad, R.embedding_backward(np.ones((1, 4), np.float32), c, 30))
+    assert np.shares_memory(w.grad, layers.state_of(w).grad.view())   # still the one buffer

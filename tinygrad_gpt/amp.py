@@ -11,28 +11,18 @@ multiplies bf16 inputs with float32 accumulation and a float32 result, forward a
 cross-entropy, the loss) stays float32, as in torch's autocast lists; parameters, gradients
 and AdamW's moments are float32 throughout. `enabled=False` makes the block a no-op.
 
-The bf16 copy of a weight is made once per optimizer step: the first product under autocast
-converts it, and from then on AdamW's fused kernel writes the copy as it writes the weight
-(kernels: adamw_step_bf16). A weight changed any other way in place must be announced with
-`invalidate()`; `Module.load_state_dict` does it, and a new array (`p.data = ...`) is noticed.
-
-The GEMM: oneMKL's cblas_gemm_bf16bf16f32 on a CPU with AMX-BF16 (kernels/bf16_mkl.py); our
-own VDPBF16PS kernel on an AMD CPU with AVX512-BF16 (kernels/bf16_avx512.py: Zen 4 and 5);
-on any other machine the readable twin (kernels/reference.gemm_bf16) computes the same
-numbers slowly, and a warning says so once. `gemm_backend("reference")` forces the twin.
+This file is the user's switch and the command line's precision choice. The machine is one
+floor down: kernels/precision.py (the bf16 GEMM backend: MKL, our AVX512-BF16 kernel or the
+NumPy twin; `gemm_backend`, `get_gemm_backend` are re-exported here) and kernels/layers.py (the
+products, and each weight's bf16 copy, owned by the weight's Tensor: made by the first product
+under autocast, then written by AdamW's fused pass; `Tensor.copy_` (load_state_dict) or a new
+array (`p.data = ...`) makes it stale. A weight written any other way in place: `invalidate()`).
 """
-import warnings
-import weakref
 
-import numpy as np
+from .kernels import K, bf16_avx512, bf16_mkl, layers, precision
+from .kernels.precision import gemm, gemm_backend, get_gemm_backend, unavailable_reason  # noqa: F401
 
-from .kernels import K, bf16_avx512, bf16_mkl, reference
-
-_DTYPES = ("bfloat16",)
-_active = None              # the dtype name while an autocast block is enabled, else None
-_gemm_choice = "auto"       # "auto" (the fast one this CPU has), "mkl", "avx512_bf16", "reference"
-_BACKENDS = ("auto", "mkl", "avx512_bf16", "reference")
-_warned = False
+_DTYPES = precision.DTYPES
 
 
 class autocast:
@@ -46,97 +36,27 @@ class autocast:
         self.dtype, self.enabled = dtype, bool(enabled)
 
     def __enter__(self):
-        global _active
-        self._prev = _active
-        _active = self.dtype if self.enabled else None
+        self._prev = precision.active
+        precision.set_active(self.dtype if self.enabled else None)
         return self
 
     def __exit__(self, *exc):
-        global _active
-        _active = self._prev
-        if _active is None:
-            _drop_unowned()
+        precision.set_active(self._prev)
         return False
 
 
 def set_autocast(dtype):
     """The setter beside the context manager: "bfloat16" turns it on, None turns it off."""
-    global _active
-    if dtype is not None:
-        dtype = autocast(dtype).dtype
-    _active = dtype
-    if dtype is None:
-        _drop_unowned()
+    precision.set_active(None if dtype is None else autocast(dtype).dtype)
 
 
 def get_autocast():
     """The active autocast dtype ("bfloat16") or None."""
-    return _active
+    return precision.active
 
 
 def is_autocast_enabled():
-    return _active is not None
-
-
-# ----------------------------------------------------------------------------- the GEMM backend
-class gemm_backend:
-    """`with gemm_backend("reference"):` forces the NumPy twin (as on a CPU with neither AMX nor
-    AVX512-BF16); "mkl" and "avx512_bf16" require that fast path, "auto" picks the one this
-    CPU has (MKL on AMX). Also a plain setter call."""
-
-    def __init__(self, name):
-        global _gemm_choice
-        if name not in _BACKENDS:
-            raise ValueError(f"gemm_backend: expected one of {', '.join(map(repr, _BACKENDS))}, got {name!r}")
-        if name == "mkl" and not bf16_mkl.available():
-            raise RuntimeError(f"gemm_backend('mkl'): {bf16_mkl.unavailable_reason()}")
-        if name == "avx512_bf16" and not bf16_avx512.available():
-            raise RuntimeError(f"gemm_backend('avx512_bf16'): {bf16_avx512.unavailable_reason()}")
-        self._prev, _gemm_choice = _gemm_choice, name
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        global _gemm_choice
-        _gemm_choice = self._prev
-        return False
-
-
-def get_gemm_backend():
-    """"mkl", "avx512_bf16" or "reference": what a bf16 product runs on now."""
-    if _gemm_choice in ("mkl", "avx512_bf16", "reference"):
-        return _gemm_choice
-    if bf16_mkl.available():
-        return "mkl"
-    return "avx512_bf16" if bf16_avx512.faster_than_float32() else "reference"
-
-
-def unavailable_reason():
-    """Why a bf16 product runs through the twin here: no AVX512-BF16 either, or (Intel without
-    a usable AMX: MKL not loaded, or Cooper Lake) our VDPBF16PS GEMM is slower than the twin."""
-    if bf16_mkl.available() or bf16_avx512.faster_than_float32():
-        return ""
-    if not bf16_avx512.available():
-        return bf16_avx512.unavailable_reason()
-    return (f"{bf16_mkl.unavailable_reason()}, and our AVX512-BF16 GEMM is slower than NumPy's "
-            f"float32 on this {bf16_mkl.cpu_vendor() or 'non-AMD'} CPU (benchmarks/RESULTS.md)")
-
-
-def gemm(a, b, trans_a=False, trans_b=False, out=None):
-    """float32 (M, N) = op(a) @ op(b) for bf16 bits (uint16) a, b, on the chosen backend."""
-    global _warned
-    backend = get_gemm_backend()
-    if backend == "mkl":
-        return bf16_mkl.gemm_bf16(a, b, trans_a, trans_b, out)
-    if backend == "avx512_bf16":
-        return bf16_avx512.gemm_bf16(a, b, trans_a, trans_b, out)
-    if _gemm_choice == "auto" and not _warned:
-        _warned = True
-        warnings.warn(f"autocast('bfloat16'): {unavailable_reason()}; the bf16 products run "
-                      f"through the NumPy twin (same numbers, not faster than float32)", RuntimeWarning,
-                      stacklevel=3)
-    return reference.gemm_bf16(a, b, trans_a, trans_b, out)
+    return precision.active is not None
 
 
 def to_bf16(x, out=None):
@@ -144,60 +64,10 @@ def to_bf16(x, out=None):
     return K.to_bf16(x, out=out)
 
 
-# ----------------------------------------------------------------------------- weight copies
-# id(weight array) -> [weakref to it, its bf16 bits or None, owned]; owned = AdamW keeps it
-# up to date. Unowned copies live only as long as the autocast block that made them.
-_weights = {}
-
-
-def _forget(key, weights=_weights):             # bound here: the callback may run at interpreter exit
-    return lambda _ref: weights.pop(key, None)
-
-
-def weight_bf16(w):
-    """The bf16 copy of weight array w: AdamW's, or converted now (and kept for the block)."""
-    key = id(w)
-    entry = _weights.get(key)
-    if entry is not None and entry[0]() is w and entry[1] is not None:
-        return entry[1]
-    bits = to_bf16(w)
-    if entry is not None and entry[0]() is w:
-        entry[1] = bits
-    else:
-        _weights[key] = [weakref.ref(w, _forget(key)), bits, False]
-    return bits
-
-
-def optimizer_copy(w):
-    """For AdamW: the uint16 array to write w's bf16 copy into, or None if w has never been
-    used under autocast. The copy becomes owned: it stays valid across steps and blocks."""
-    entry = _weights.get(id(w))
-    if entry is None or entry[0]() is not w:
-        return None
-    if entry[1] is None or entry[1].shape != w.shape:
-        entry[1] = np.empty(w.shape, dtype=np.uint16)
-    entry[2] = True
-    return entry[1]
-
-
-def invalidate(arrays=None):
-    """Forget the bf16 copies (of these arrays, or all): call after changing weights in place
-    other than through AdamW. The next product under autocast converts them again."""
-    if arrays is None:
-        for entry in _weights.values():
-            entry[1], entry[2] = None, False
-        return
-    for a in arrays:
-        a = getattr(a, "data", a)
-        entry = _weights.get(id(a))
-        if entry is not None and entry[0]() is a:
-            entry[1], entry[2] = None, False
-
-
-def _drop_unowned():
-    for entry in _weights.values():
-        if not entry[2]:
-            entry[1] = None
+def invalidate(tensors=None):
+    """Forget the weights' bf16 copies (of these Tensors or arrays, or all): after changing
+    weights in place other than through AdamW or Tensor.copy_."""
+    layers.invalidate(tensors)
 
 
 # ----------------------------------------------------------------------------- precision choice

@@ -4,13 +4,13 @@ Composing softmax or layer norm from tiny ops would work, but it would keep a do
 intermediate arrays alive and walk them all again in backward. Here each layer is one
 Function whose backward is the derivative written out once (the math is in
 kernels/reference.py, next to the code that computes it). `K` is the active kernel backend.
+The machine is K's business, not these ops': which dtype a product runs in (autocast), which
+GEMM library, which thread split, which output buffer is reused (kernels/layers.py,
+kernels/precision.py, kernels/threads.py). Here: the math, each backward under its forward,
+and the plain-NumPy twin of every kernel it calls in kernels/reference.py.
 """
-import sys
-import weakref
-
 import numpy as np
 
-from . import amp
 from .kernels import K
 from .tensor import Function, Tensor, _axis, default_rng, is_grad_enabled
 
@@ -160,34 +160,9 @@ class Embedding(Function):
         return weight[ids]                     # (..., C): a gather
 
     def backward(ctx, grad):                   # scatter-add: a repeated id receives the sum
-        ids, = ctx.saved
-        C = grad.shape[-1]
-        g2, ids = np.ascontiguousarray(grad).reshape(-1, C), ids.reshape(-1)    # (N, C), (N,)
-        kept = _embedding_grad_buffer(ctx.parents[0].data, g2.dtype)
-        if kept is None:
-            return K.embedding_backward(g2, ids, ctx.V), None
-        kept[2] = K.embedding_backward_into(g2, ids, kept[1], kept[2])
-        return kept[1], None
-
-
-# weight array id -> [weakref to it, a kept (V, C) gradient buffer, its nonzero rows]. A fresh
-# (V, C) array every step (154 MB for GPT-2) costs the kernel's page zeroing; the kept one
-# only zeroes the rows the previous step wrote. Reused only while no one else holds it (it
-# is not still some parameter's .grad, e.g. when gradients accumulate over micro-batches).
-_embedding_grads = {}
-
-
-def _embedding_grad_buffer(weight, dtype):
-    key = (id(weight), np.dtype(dtype).str)
-    kept = _embedding_grads.get(key)
-    if kept is not None and kept[0]() is weight and sys.getrefcount(kept[1]) <= 2:  # the list + the call
-        return kept
-    if kept is not None and kept[0]() is weight:
-        return None                            # still in use: this backward gets a fresh array
-    kept = [weakref.ref(weight, lambda _r, d=_embedding_grads: d.pop(key, None)),   # d: alive at exit too
-            np.zeros(weight.shape, dtype=dtype), np.zeros(0, dtype=np.int64)]
-    _embedding_grads[key] = kept
-    return kept
+        ids, = ctx.saved                       # dW[ids[n]] += dy[n]
+        g2 = np.ascontiguousarray(grad).reshape(-1, grad.shape[-1])       # (N, C)
+        return K.embedding_grad(g2, ids.reshape(-1), owner=ctx.parents[0]), None   # (V, C)
 
 
 def embedding(weight, ids):
@@ -200,67 +175,20 @@ def embedding(weight, ids):
 class Linear(Function):
     def forward(ctx, x, w, b=None):            # x: (..., in)  w: (out, in)  b: (out,)
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # (N, in)
-        ctx.bf16 = amp.is_autocast_enabled() and x2.dtype == np.float32 and w.dtype == np.float32
-        y2 = _kept_buffer(w, "y", (x2.shape[0], w.shape[0]), np.result_type(x2, w))   # (N, out)
-        if ctx.bf16:                           # bf16 inputs, float32 accumulation and result
-            xb = _kept_buffer(w, "x bf16", x2.shape, np.uint16)        # saved for backward
-            x2, wb = amp.to_bf16(x2, out=xb), amp.weight_bf16(w)   # (N, in), (out, in) uint16 bits
-            amp.gemm(x2, wb, trans_b=True, out=y2)             # (N, out) float32
-            w = wb                             # backward multiplies the same bf16 numbers
-        else:
-            K.matmul(x2, w.T, out=y2)                          # (N, out), np.matmul (kernels/threads.py)
-        if b is not None:
-            y2 += b
-        ctx.save_for_backward(x2, w)
+        y2, x_used, w_used = K.linear(x2, w, b, owner=ctx.parents[1])   # y = x W^T + b  (N, out)
+        ctx.save_for_backward(x_used, w_used)  # the operands as the product used them
         ctx.in_shape = x.shape
         return y2.reshape(x.shape[:-1] + (w.shape[0],))
 
     def backward(ctx, grad):                   # y = x W^T + b
         x2, w = ctx.saved
         g2 = np.ascontiguousarray(grad).reshape(-1, w.shape[0])   # (N, out)
-        dw = None
-        if ctx.needs_input_grad[1]:            # a fresh (out, in) array, the parameter's .grad until
-            dw = np.empty(w.shape, g2.dtype)   # zero_grad() drops it (memory.py keeps its pages)
-        if ctx.bf16:                           # the same two products, bf16 in, float32 out
-            # one scratch per shape, not per layer: it is dead once this backward returns
-            gb = amp.to_bf16(g2, out=_kept_buffer(_SCRATCH, ("dy bf16", g2.shape), g2.shape, np.uint16))
-            dx = amp.gemm(gb, w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
-            if dw is not None:
-                amp.gemm(gb, x2, trans_a=True, out=dw)
-        else:
-            dx = K.matmul(g2, w).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None   # dx = dy W
-            if dw is not None:
-                K.matmul(g2.T, x2, out=dw)                         # dW = dy^T x   (out, in)
+        dx, dw = K.linear_backward(g2, x2, w, *ctx.needs_input_grad[:2])   # dx = dy W, dW = dy^T x
+        dx = None if dx is None else dx.reshape(ctx.in_shape)
         if len(ctx.needs_input_grad) == 3:
             db = g2.sum(axis=0) if ctx.needs_input_grad[2] else None   # db = sum of dy over rows
             return dx, dw, db
         return dx, dw
-
-
-# (id(owner array), tag) -> [weakref to the owner, a kept array]: an array a layer writes every
-# step (Linear's output, its bf16 input), reused while nobody else holds it (not kept by the
-# caller); otherwise the layer gets a fresh one. Linear's dW and cross-entropy's dlogits are not
-# kept: a kept dW would hold its 0.6 GiB (GPT-2 124M) while the next forward's activations pile
-# up, and a step's peak memory is there (benchmarks/RESULTS.md, "Gradients not kept between
-# steps"). The embedding's gradient is (_embedding_grads): it saves zeroing all but the stale rows.
-_kept = {}
-
-
-def _kept_buffer(owner, tag, shape, dtype):
-    key = (id(owner), tag)
-    entry = _kept.get(key)
-    if entry is not None and entry[0]() is owner:
-        a = entry[1]
-        if a.shape == tuple(shape) and a.dtype == dtype and sys.getrefcount(a) <= 3:   # entry, a, call
-            return a
-        if a.shape == tuple(shape) and a.dtype == dtype:
-            return np.empty(shape, dtype=dtype)                # in use: a fresh one this time
-    a = np.empty(shape, dtype=dtype)
-    _kept[key] = [weakref.ref(owner, lambda _r, d=_kept: d.pop(key, None)), a]   # d: alive at exit too
-    return a
-
-
-_SCRATCH = np.empty(0)                         # the owner of buffers no single layer owns
 
 
 def linear(x, weight, bias=None):
@@ -304,7 +232,7 @@ def dropout(x, p=0.5, training=True, rng=None):
 # ----------------------------------------------------------------------------- attention
 class Attention(Function):
     def forward(ctx, q, k, v, keep=None, causal=True, p=0.0):  # q: (B, H, Tq, D)  k, v: (B, H, Tk, D)
-        if is_grad_enabled() and any(ctx.needs_input_grad):   # kept for backward: contiguous
+        if is_grad_enabled() and any(ctx.needs_input_grad):   # saved for backward: contiguous
             q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
         # under no_grad, k and v may stay views of a KV cache: the kernels read them in place
         out, att = K.attention_forward(q, k, v, causal, keep, p)

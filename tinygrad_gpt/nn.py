@@ -12,8 +12,8 @@ order they were set, so `named_parameters()` yields the book's names in PyTorch'
 This room owns Module (the tree of parameters, state dicts, train/eval modes) and the book's
 layers. `Module.__call__` keeps the module scope, the stack of modules whose forward is
 running (`module_stack()`, with qualified names), and calls the module hooks
-(`register_module_forward_hook`, `Module.register_forward_hook`, and the pre-hooks):
-tracing observes modules through these, never by replacing a `forward`.
+(`register_module_forward_hook`, `Module.register_forward_hook`, and the pre-hooks; the
+global ones live in observe.py): tracing observes modules through these, never by replacing a `forward`.
 """
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from typing import Any, Callable, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from . import amp
 from . import functional as F
+from .observe import (_module_hooks, _module_pre_hooks, _scope, current_module, module_stack,  # noqa: F401
+                      register_module_forward_hook, register_module_forward_pre_hook)
 from .tensor import RemovableHandle, Tensor, default_rng, is_grad_enabled
 
 
@@ -36,56 +37,6 @@ class LayerKV(Protocol):
         """Store k, v (B, H, T, D) at positions [start_pos, start_pos + T); return the keys
         and values of positions [0, start_pos + T), (B, H, start_pos + T, D) each."""
         ...
-from .tensor import RemovableHandle, Tensor, default_rng
-
-# ----------------------------------------------------------------------------- module scope and hooks
-_scope = []                  # [[module, qualified name or None until asked]], innermost last
-_module_pre_hooks = []       # hook(module, args) before every module's forward
-_module_hooks = []           # hook(module, args, output) after every module's forward
-
-
-def register_module_forward_pre_hook(hook: Callable[["Module", tuple], None]) -> RemovableHandle:
-    """Call hook(module, args) before the forward of every module (torch's global twin)."""
-    _module_pre_hooks.append(hook)
-    return RemovableHandle(_module_pre_hooks, hook)
-
-
-def register_module_forward_hook(hook: Callable[["Module", tuple, Any], None]) -> RemovableHandle:
-    """Call hook(module, args, output) after the forward of every module."""
-    _module_hooks.append(hook)
-    return RemovableHandle(_module_hooks, hook)
-
-
-def _child_name(parent, child):
-    for name, value in vars(parent).items():       # a direct attribute: the usual case
-        if value is child:
-            return name
-    for name, m in parent.named_modules():         # deeper (a block calling a grandchild)
-        if m is child and name:
-            return name
-    return type(child).__name__                    # not in the tree: its class
-
-
-def module_stack() -> list:
-    """[(qualified name, module)] of the modules whose forward is running, outermost first.
-    Names are relative to the outermost one ("" for it): "trf_blocks.0.att.W_query" inside
-    model(x). Computed when asked, so a forward without anyone asking pays nothing for them."""
-    for i, entry in enumerate(_scope):
-        if entry[1] is None:
-            if i == 0:
-                entry[1] = ""
-            else:
-                parent_name = _scope[i - 1][1]
-                name = _child_name(_scope[i - 1][0], entry[0])
-                entry[1] = f"{parent_name}.{name}" if parent_name else name
-    return [(name, module) for module, name in _scope]
-
-
-def current_module():
-    """(qualified name, module) of the innermost running module, or (None, None) outside any."""
-    if not _scope:
-        return None, None
-    return module_stack()[-1]
 
 
 class Parameter(Tensor):
@@ -204,8 +155,7 @@ class Module:
         for name, value in state_dict.items():
             if name in params:
                 value = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
-                np.copyto(params[name].data, value, casting="same_kind")
-        amp.invalidate(params.values())       # their bf16 copies (autocast) are stale now
+                params[name].copy_(value)     # in place, and its version goes up
         return missing, unexpected
 
     # ---- modes

@@ -11,7 +11,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import amp
 from .kernels import K
 from .tensor import Tensor
 
@@ -65,13 +64,9 @@ class AdamW:
                     st = self.state[id(p)] = {"step": 0, "exp_avg": np.zeros_like(p.data),
                                               "exp_avg_sq": np.zeros_like(p.data)}
                 st["step"] += 1
-                pb = amp.optimizer_copy(p.data)    # the weight's bf16 copy, if autocast uses it
-                if pb is None:
-                    K.adamw_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], group["lr"],
-                                 beta1, beta2, group["eps"], group["weight_decay"], st["step"])
-                else:                          # the same update, writing the bf16 copy in the pass
-                    K.adamw_step_bf16(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], pb, group["lr"],
-                                      beta1, beta2, group["eps"], group["weight_decay"], st["step"])
+                # p -= lr * wd * p;  m, v = moving averages of g, g^2;  p -= lr * m_hat / (sqrt(v_hat) + eps)
+                K.adamw_update(p, st["exp_avg"], st["exp_avg_sq"], group["lr"], beta1, beta2,
+                               group["eps"], group["weight_decay"], st["step"])
 
     # ---- state, in torch's layout: parameters are numbered in order
     def state_dict(self) -> dict:

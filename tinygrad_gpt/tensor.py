@@ -5,21 +5,23 @@ arrays and a `backward` that maps the output's gradient to its inputs' gradients
 ops.py and functional.py). `Function.apply` records the op in the graph; `backward()`
 walks that graph once, from the output back to the leaves, without recursion.
 
-This room owns the engine and its extension points: grad mode (`no_grad`), the random
-generator, the op profiler, and the hooks that let tools observe every op without patching
-it (`register_forward_hook`, `register_backward_hook`; explain.py and the tests use them).
+Around the sweep, small named steps: the version check (`_check_versions`), the op profiler
+and the hooks (observe.py: `profile`, `register_forward_hook`, `register_backward_hook`,
+re-exported here). torch's method spellings (`view`, `transpose`, `masked_fill_`, `.to()`)
+are a mixin from spellings.py; grad mode (`no_grad`) and the random generator are here.
 """
 from __future__ import annotations
 
 import contextlib
-import os
-import time
-from collections import defaultdict
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import memory
+from . import memory, observe
+from .observe import (Profile, RemovableHandle, _backward_hooks, _forward_hooks, profile,  # noqa: F401
+                      register_backward_hook, register_forward_hook)
+from .spellings import (CPU, Device, MissingFeature, TorchSpellings, _axis, _keep, check_device,  # noqa: F401
+                        check_inputs, note_shared)
 
 Axis = "int | tuple[int, ...] | list[int] | None"   # an axis argument, as NumPy's
 
@@ -66,95 +68,6 @@ def default_rng() -> np.random.Generator:
     return _rng
 
 
-# ----------------------------------------------------------------------------- profiling
-class Profile:
-    """Seconds and calls per op, forward and backward (tinygrad's DEBUG idea).
-
-        with profile() as prof:
-            loss = model(x) ...; loss.backward()
-        print(prof.table())
-
-    TINYGRAD_GPT_DEBUG=1 profiles the whole process and prints the table at exit.
-    """
-
-    def __init__(self):
-        self.seconds = defaultdict(float)      # (op name, "forward" | "backward") -> seconds
-        self.calls = defaultdict(int)
-
-    def add(self, name, phase, seconds):
-        self.seconds[name, phase] += seconds
-        self.calls[name, phase] += 1
-
-    def table(self):
-        total = sum(self.seconds.values()) or 1.0
-        rows = sorted(self.seconds.items(), key=lambda kv: -kv[1])
-        lines = [f"{'op':24s} {'phase':9s} {'calls':>7s} {'ms':>10s} {'share':>7s}"]
-        for (name, phase), sec in rows:
-            lines.append(f"{name:24s} {phase:9s} {self.calls[name, phase]:7d} {sec * 1e3:10.1f} "
-                         f"{100 * sec / total:6.1f}%")
-        lines.append(f"{'total':24s} {'':9s} {'':7s} {total * 1e3:10.1f}")
-        return "\n".join(lines)
-
-
-_profile = None
-
-
-@contextlib.contextmanager
-def profile():
-    global _profile
-    previous, _profile = _profile, Profile()
-    try:
-        yield _profile
-    finally:
-        _profile = previous
-
-
-if os.environ.get("TINYGRAD_GPT_DEBUG", "0") not in ("", "0"):
-    import atexit
-    _profile = Profile()
-    atexit.register(lambda: print(_profile.table()))
-
-
-# ----------------------------------------------------------------------------- hooks
-_forward_hooks = []      # callables hook(ctx, inputs, output), after every Function.apply
-_backward_hooks = []     # callables hook(node, ctx, grad, input_grads), after every op's backward
-
-
-class RemovableHandle:
-    """What a register_*_hook returns, as torch's: `.remove()` takes the hook out again; as a
-    context manager it removes the hook on exit (`with register_forward_hook(f): ...`)."""
-
-    def __init__(self, hooks: list, hook: Callable):
-        self._hooks, self.hook = hooks, hook
-
-    def remove(self) -> None:
-        if self.hook in self._hooks:
-            self._hooks.remove(self.hook)
-
-    def __enter__(self) -> "RemovableHandle":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.remove()
-        return False
-
-
-def register_forward_hook(hook: Callable[["Function", tuple, "Tensor"], None]) -> RemovableHandle:
-    """Call hook(ctx, inputs, output) after every op's forward: ctx is the Function (its
-    class is the op), inputs the Tensors it was given, output the Tensor it made (recorded in
-    the graph or not). For tracing and checks; a hook must not change what it sees."""
-    _forward_hooks.append(hook)
-    return RemovableHandle(_forward_hooks, hook)
-
-
-def register_backward_hook(hook: Callable[["Tensor", "Function", np.ndarray, tuple], None]) -> RemovableHandle:
-    """Call hook(node, ctx, grad, input_grads) right after an op's backward ran and before its
-    gradients are added into its inputs: node is the op's output Tensor, grad dL/d(node),
-    input_grads what backward returned, one per input (None where it gives none)."""
-    _backward_hooks.append(hook)
-    return RemovableHandle(_backward_hooks, hook)
-
-
 # ----------------------------------------------------------------------------- helpers
 def _as_array(data, dtype=None):
     if isinstance(data, Tensor):
@@ -190,7 +103,7 @@ class Function:
     def __init__(self, *parents: "Tensor") -> None:
         self.parents = parents                         # the input Tensors, in order
         self.needs_input_grad = tuple(p.requires_grad for p in parents)
-        self.parent_versions = tuple(p._version for p in parents)   # see Tensor.masked_fill_
+        self.parent_versions = tuple(p._version for p in parents)   # see _check_versions
         self.saved = ()
 
     def save_for_backward(self, *arrays: np.ndarray) -> None:
@@ -205,17 +118,16 @@ class Function:
     @classmethod
     def apply(cls, *inputs: "Tensor", **options: Any) -> "Tensor":
         """Run forward on the inputs' arrays; record the op if any input needs a gradient."""
+        check_inputs(cls, inputs, Tensor)                # a TypeError for anything not a Tensor
         ctx = cls(*inputs)
-        start = time.perf_counter() if _profile is not None else 0.0
-        out = ctx.forward(*[t.data for t in inputs], **options)
-        if _profile is not None:
-            _profile.add(cls.__name__, "forward", time.perf_counter() - start)
+        with observe.timing(cls.__name__, "forward"):
+            out = ctx.forward(*[t.data for t in inputs], **options)
         requires_grad = _grad_enabled and any(ctx.needs_input_grad)
         result = Tensor(out, requires_grad=requires_grad)
         if requires_grad:
             result._ctx = ctx
-        for hook in _forward_hooks:
-            hook(ctx, inputs, result)
+        note_shared(inputs, ctx.saved, out)            # for masked_fill_ (spellings.py)
+        observe.after_forward(ctx, inputs, result)
         return result
 
     @property
@@ -259,8 +171,9 @@ def _accumulate(tensor, g, grad_in, siblings, op="backward"):
     if tensor.grad is None:
         if tensor._ctx is None:
             # A leaf keeps its .grad after backward() and later calls add into it in place:
-            # it must own that array, not share it with the output's grad or a sibling.
-            shared = g is grad_in or g.base is not None or sum(s is g for s in siblings) > 1
+            # it must own that array, not share it with the output's grad, a sibling or another
+            # array (a kernel's reused buffer sits on an mmap, no array: it is the grad's own).
+            shared = g is grad_in or isinstance(g.base, np.ndarray) or sum(s is g for s in siblings) > 1
             tensor.grad = g.copy() if shared else g
         else:
             tensor.grad = g
@@ -286,12 +199,41 @@ _FREED_MESSAGE = ("backward(): this graph was already freed by an earlier backwa
                   "through it twice, or recompute the forward")
 
 
+def _initial_grad(root, grad):
+    """The gradient backward() starts from: ones for a scalar, else the caller's, checked."""
+    if not root.requires_grad:
+        raise RuntimeError("backward(): this tensor does not require grad and has no graph "
+                           "(was it computed under no_grad(), or from tensors without requires_grad=True?)")
+    if grad is None:
+        if root.data.size != 1:
+            raise RuntimeError(f"backward(): grad can be implicitly created only for a scalar output, "
+                               f"this one has shape {root.shape}; pass grad= of that shape")
+        grad = np.ones_like(root.data)
+    else:
+        grad = _as_array(grad, root.data.dtype)
+        if grad.shape != root.shape:
+            raise ValueError(f"backward(): grad has shape {grad.shape}, expected {root.shape}")
+    if root._graph_freed:
+        raise RuntimeError(_FREED_MESSAGE)
+    return grad
+
+
+def _graph_to_walk(root):
+    """topological_order(root), refusing a graph an earlier backward() already freed: walking
+    on would treat a freed node as a leaf and silently drop everything before it."""
+    order = topological_order(root)
+    if any(node._graph_freed for node in order):
+        raise RuntimeError(_FREED_MESSAGE)
+    return order
+
+
 # ----------------------------------------------------------------------------- Tensor
-class Tensor:
+class Tensor(TorchSpellings):
     """A NumPy array plus what autodiff needs: `.grad`, `.requires_grad` and, for a tensor
     made by an op, `._ctx` (the Function that made it, which knows its inputs)."""
 
     __array_priority__ = 1000                          # ndarray + Tensor -> Tensor.__radd__
+    _version = 0             # bumped by each in-place op; every Function records its inputs' versions
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
         self.data = _as_array(data, dtype)
@@ -317,19 +259,12 @@ class Tensor:
     def item(self) -> Any:
         return self.data.item()
 
-    def numpy(self) -> np.ndarray:
-        return self.data
-
     def tolist(self) -> Any:
         return self.data.tolist()
 
     def detach(self) -> "Tensor":
         """The same array, cut from the graph."""
         return Tensor(self.data)
-
-    def requires_grad_(self, mode: bool = True) -> "Tensor":
-        self.requires_grad = bool(mode)
-        return self
 
     def astype(self, dtype: Any) -> "Tensor":
         """A cast that stays in the graph (a new leaf would silently stop the gradient);
@@ -338,38 +273,17 @@ class Tensor:
             return self
         return ops.Cast.apply(self, dtype=np.dtype(dtype))
 
-    def float(self) -> "Tensor":
-        return self.astype(np.float32)
-
-    def double(self) -> "Tensor":
-        return self.astype(np.float64)
-
     # ---- backward
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
         """Fill `.grad` of every leaf this tensor depends on with d(self)/d(leaf), adding
         to what is there. Intermediate gradients are freed as soon as they are used, and
         so is the graph (unless retain_graph=True)."""
-        if not self.requires_grad:
-            raise RuntimeError("backward(): this tensor does not require grad and has no graph "
-                               "(was it computed under no_grad(), or from tensors without requires_grad=True?)")
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(f"backward(): grad can be implicitly created only for a scalar output, "
-                                   f"this one has shape {self.shape}; pass grad= of that shape")
-            grad = np.ones_like(self.data)
-        else:
-            grad = _as_array(grad, self.data.dtype)
-            if grad.shape != self.shape:
-                raise ValueError(f"backward(): grad has shape {grad.shape}, expected {self.shape}")
-        if self._graph_freed:
-            raise RuntimeError(_FREED_MESSAGE)
+        grad = _initial_grad(self, grad)               # d(self)/d(self): 1 for a scalar loss
         if self._ctx is None:                          # a leaf: d(self)/d(self) = 1
             _accumulate(self, grad, grad, ())          # grad_in=grad: never keep the caller's array
             return
         memory.keep_freed_memory(once=True)            # a training process: reuse the step's pages
-        order = topological_order(self)
-        if any(node._graph_freed for node in order):   # walking on would treat it as a leaf and
-            raise RuntimeError(_FREED_MESSAGE)          # silently drop everything before it
+        order = _graph_to_walk(self)                   # every node this one depends on, inputs first
         self.grad = grad
         while order:                                   # outputs first; popped, so that a node no one
             node = order.pop()                         # else holds is freed once its backward has run
@@ -377,20 +291,16 @@ class Tensor:
             if ctx is None:                            # a leaf: its .grad is final
                 continue
             g = node.grad
-            _check_versions(ctx)
-            start = time.perf_counter() if _profile is not None else 0.0
-            input_grads = ctx.backward(g)
-            if not isinstance(input_grads, tuple):
-                input_grads = (input_grads,)
-            for hook in _backward_hooks:
-                hook(node, ctx, g, input_grads)
-            for parent, pg in zip(ctx.parents, input_grads):
-                if pg is None or not parent.requires_grad:
-                    continue
-                _accumulate(parent, unbroadcast(pg, parent.shape), g, input_grads, ctx.name)
-            if _profile is not None:
-                _profile.add(ctx.name, "backward", time.perf_counter() - start)
-            node.grad = None                           # non-leaf grads are not kept, as PyTorch
+            _check_versions(ctx)                       # no input changed in place since the forward
+            with observe.timing(ctx.name, "backward"):
+                input_grads = ctx.backward(g)          # the op's own chain rule
+                if not isinstance(input_grads, tuple):
+                    input_grads = (input_grads,)
+                observe.after_backward(node, ctx, g, input_grads)
+                for parent, pg in zip(ctx.parents, input_grads):   # each input: grad += pg
+                    if pg is not None and parent.requires_grad:
+                        _accumulate(parent, unbroadcast(pg, parent.shape), g, input_grads, ctx.name)
+            node.grad = None                           # non-leaf grads are not stored, as PyTorch
             if not retain_graph:
                 node._ctx = None                       # free the graph (and saved arrays) as we go
                 node._graph_freed = True
@@ -442,21 +352,6 @@ class Tensor:
     def __rmatmul__(self, other: Any) -> "Tensor":
         return ops.MatMul.apply(self._lift(other), self)
 
-    # comparisons give plain boolean arrays: they have no gradient
-    def __lt__(self, other):
-        return self.data < _as_array(other)
-
-    def __le__(self, other):
-        return self.data <= _as_array(other)
-
-    def __gt__(self, other):
-        return self.data > _as_array(other)
-
-    def __ge__(self, other):
-        return self.data >= _as_array(other)
-
-    __hash__ = object.__hash__
-
     # ---- reductions
     def sum(self, axis: Axis = None, keepdims: bool = False, *, dim: Axis = None,
             keepdim: bool | None = None) -> "Tensor":
@@ -479,52 +374,12 @@ class Tensor:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         return ops.Reshape.apply(self, shape=tuple(shape))
 
-    view = reshape
-
-    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
-        s = self.shape
-        end = end_dim % self.ndim if self.ndim else 0
-        return self.reshape(s[:start_dim] + (-1,) + s[end + 1:])
-
-    def unsqueeze(self, axis: int) -> "Tensor":
-        axis = axis % (self.ndim + 1)
-        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
-
     def permute(self, *axes: int | Sequence[int]) -> "Tensor":
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         return ops.Permute.apply(self, axes=tuple(axes))
 
-    def transpose(self, axis0: int = -2, axis1: int = -1) -> "Tensor":
-        axes = list(range(self.ndim))
-        axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
-        return self.permute(axes)
-
-    @property
-    def T(self) -> "Tensor":
-        return self.permute(tuple(reversed(range(self.ndim))))
-
     def __getitem__(self, index: Any) -> "Tensor":
         return ops.GetItem.apply(self, index=_plain_index(index))
-
-    def split(self, split_size: int | Sequence[int], axis: int = -1, *, dim: int | None = None) -> list:
-        """Views along `axis`: an int gives pieces of that size, a list gives the sizes."""
-        axis = _axis(axis, dim) % self.ndim
-        n = self.shape[axis]
-        sizes = [split_size] * (n // split_size) + ([n % split_size] if n % split_size else []) \
-            if isinstance(split_size, int) else list(split_size)
-        if sum(sizes) != n:
-            raise ValueError(f"split: sizes {sizes} do not add up to {n}, the length of axis {axis}")
-        pieces, start = [], 0
-        for size in sizes:
-            index = (slice(None),) * axis + (slice(start, start + size),)
-            pieces.append(self[index])
-            start += size
-        return pieces
-
-    def chunk(self, chunks: int, axis: int = -1, *, dim: int | None = None) -> list:
-        axis = _axis(axis, dim)
-        n = self.shape[axis]
-        return self.split(-(-n // chunks), axis)
 
     # ---- elementwise
     def exp(self) -> "Tensor":
@@ -543,180 +398,6 @@ class Tensor:
         """Where mask is True, `value`; elsewhere self. mask broadcasts against self."""
         mask = mask.data if isinstance(mask, Tensor) else np.asarray(mask)
         return ops.MaskedFill.apply(self, mask=mask.astype(bool, copy=False), value=float(value))
-
-    def softmax(self, axis: int = -1, *, dim: int | None = None) -> "Tensor":
-        return F.softmax(self, _axis(axis, dim))
-
-    def log_softmax(self, axis: int = -1, *, dim: int | None = None) -> "Tensor":
-        return F.log_softmax(self, _axis(axis, dim))
-
-    # ---- torch's spellings: what the book's PyTorch code calls on a tensor (tinygrad_gpt/torch)
-    _version = 0             # bumped by each in-place op; every Function records its inputs' versions
-
-    def var(self, axis=None, keepdims=False, *, dim=None, keepdim=None, unbiased=True, correction=None):
-        """Variance; unbiased=True (torch's default) divides by n - 1, unbiased=False by n."""
-        ddof = (1 if unbiased else 0) if correction is None else int(correction)
-        return ops.Var.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim), ddof=ddof)
-
-    def masked_fill_(self, mask, value):
-        """masked_fill in place, as the book's attention does to its scores. The graph records it
-        as PyTorch does: the old value moves to a new node (the fill's input), self becomes the
-        fill's output and its version goes up. An op that read self before still has an edge to
-        self, which now means the new value, so a backward through it errors (_check_versions)
-        instead of sending its gradient through the fill. The result is a new array, so refuse
-        when anything else can see the old one (a view of this tensor, a value saved for
-        backward, .numpy()): in PyTorch that memory would change too."""
-        if _grad_enabled and self.requires_grad and self._ctx is None:
-            raise RuntimeError(f"masked_fill_: a leaf tensor that requires grad (shape {self.shape}) cannot "
-                               f"be changed in place (as in PyTorch); use masked_fill, or no_grad()")
-        _refuse_if_shared(self, "masked_fill_")
-        if not _grad_enabled:                          # nothing to record: just the new value
-            self.data = self.masked_fill(mask, value).data
-        else:
-            old = Tensor.__new__(Tensor)
-            old.__dict__.update(self.__dict__)         # takes over self's node in the graph
-            new = old.masked_fill(mask, value)
-            self.data, self._ctx, self.requires_grad = new.data, new._ctx, new.requires_grad
-        self._version = self._version + 1
-        return self
-
-    def bool(self):
-        return Tensor(self.data.astype(bool))          # no gradient, as in PyTorch
-
-    device = property(lambda self: CPU)
-
-    def to(self, *args, **kwargs):
-        """.to("cpu") is this tensor (the only device); .to(dtype) casts. Other devices: an error."""
-        out = self
-        for arg in args + tuple(v for k, v in kwargs.items() if k in ("device", "dtype")):
-            if isinstance(arg, (str, Device)):
-                check_device(arg, "Tensor.to")
-            elif arg is not None:
-                out = out.astype(arg)
-        return out
-
-    def numel(self):
-        return self.data.size
-
-    def squeeze(self, dim=None):
-        """Drop axes of size 1 (only `dim`, if given and of size 1, as torch)."""
-        if dim is None:
-            return self.reshape(tuple(n for n in self.shape if n != 1))
-        dim = dim % max(self.ndim, 1)
-        if self.ndim == 0 or self.shape[dim] != 1:
-            return self
-        return self.reshape(self.shape[:dim] + self.shape[dim + 1:])
-
-    def contiguous(self):
-        return self                                    # NumPy arrays need no such call here
-
-    def __setitem__(self, index, value):
-        """x[index] = value in place, on a tensor outside any graph (the book's
-        `targets[indices[1:]] = ignore_index`); into one that autodiff tracks it is refused."""
-        if self.requires_grad or self._ctx is not None:
-            raise MissingFeature(f"indexed assignment into a tensor that requires grad (shape {self.shape}) "
-                                 f"is not implemented; assign into a tensor without a graph (e.g. targets)")
-        self.data[_plain_index(index)] = value.data if isinstance(value, Tensor) else value
-        self._version = self._version + 1
-
-    def __eq__(self, other):                           # like <, a plain boolean array
-        return False if other is None else self.data == _as_array(other)
-
-    def __ne__(self, other):
-        return True if other is None else self.data != _as_array(other)
-
-    def __bool__(self):                                # one element only, as torch
-        if self.data.size != 1:
-            raise RuntimeError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
-        return bool(self.data)
-
-    def __float__(self):
-        return float(self.item())
-
-    def __int__(self):
-        return int(self.item())
-
-    def __getattr__(self, name):                       # only reached when the name is not found
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise MissingFeature(f"Tensor.{name} is not implemented: tinygrad_gpt's Tensor has the part of "
-                             f"torch.Tensor that the book's code uses (see tinygrad_gpt/torch)")
-
-
-class MissingFeature(NotImplementedError, AttributeError):
-    """A part of PyTorch that tinygrad_gpt does not have. An AttributeError too, so hasattr()
-    and getattr(obj, name, default) keep working."""
-
-
-class Device:
-    """torch.device: "cpu" is the only one that computes here; others can be named, not used."""
-
-    def __init__(self, type="cpu", index=None):
-        if isinstance(type, Device):
-            type, index = type.type, type.index
-        if not isinstance(type, str):
-            raise TypeError(f"device: expected a string such as 'cpu', got {type!r}")
-        if ":" in type:
-            type, _, number = type.partition(":")
-            index = int(number)
-        self.type, self.index = type, index
-
-    def __str__(self):
-        return self.type if self.index is None else f"{self.type}:{self.index}"
-
-    def __repr__(self):
-        return f"device(type={self.type!r}" + ("" if self.index is None else f", index={self.index}") + ")"
-
-    def __eq__(self, other):
-        if isinstance(other, str):
-            other = Device(other)
-        return isinstance(other, Device) and (self.type, self.index) == (other.type, other.index)
-
-    def __hash__(self):
-        return hash((self.type, self.index))
-
-
-CPU = Device("cpu")
-
-
-def check_device(device, where):
-    """None and "cpu" pass; any other device is a clear error (the engine computes with NumPy)."""
-    if device is None:
-        return CPU
-    device = Device(device)
-    if device.type != "cpu":
-        raise MissingFeature(f"{where}: device {str(device)!r} is not available: tinygrad_gpt computes "
-                             f"on the CPU with NumPy; use 'cpu'")
-    return device
-
-
-def _refuse_if_shared(tensor, op):
-    """An in-place op gives a tensor a new array; refuse if any other object can see the old one.
-    NumPy does not list an array's views, but each view holds a reference to the array that owns
-    the memory, so a reference count above the tensor's own says someone else is looking."""
-    import sys
-    a = tensor.data
-    # references to a: the tensor's, `a` here, getrefcount's argument; to the memory's owner
-    # when a is a view: a's own link (its .base) and getrefcount's argument
-    if sys.getrefcount(a) > 3 or (a.base is not None and sys.getrefcount(a.base) > 2):
-        raise MissingFeature(f"{op}: this tensor's memory is shared (with a view of it, a value saved for "
-                             f"backward, or an array from .numpy()); in PyTorch the in-place change "
-                             f"would show through all of them, here it cannot: use the out-of-place "
-                             f"{op.rstrip('_')} and assign the result")
-
-
-def _axis(axis, dim):
-    """PyTorch readers write dim=; NumPy readers write axis=. Both mean the same."""
-    if dim is not None:
-        if axis is not None and axis != -1 and axis != dim:
-            raise TypeError("give either axis= or dim=, not both")
-        return tuple(dim) if isinstance(dim, list) else dim
-    return tuple(axis) if isinstance(axis, list) else axis
-
-
-def _keep(keepdims, keepdim):
-    """NumPy's keepdims= and PyTorch's keepdim= mean the same."""
-    return keepdims if keepdim is None else keepdim
 
 
 def _plain_index(index):

@@ -10,6 +10,8 @@ takes effect at once everywhere:
         ...
     kernels.set_backend("numba")    # the plain setter, for a whole program (a CLI flag)
 
+The bf16 GEMM has its one switch beside it: `kernels.gemm_backend("reference")` (precision.py).
+
 The environment variable is read once, at import, for the default; nothing here writes it.
 """
 import contextlib
@@ -83,3 +85,12 @@ def _default_backend():
 
 
 set_backend(_default_backend())
+
+
+# The machine under the layers, reached through K like every kernel: the Linear products (dtype,
+# GEMM, output buffers), the embedding's reused gradient, AdamW's pass (kernels/layers.py).
+from . import layers as _layers  # noqa: E402
+
+K.linear, K.linear_backward = _layers.linear, _layers.linear_backward
+K.embedding_grad, K.adamw_update = _layers.embedding_backward, _layers.adamw_update
+from .precision import gemm_backend, get_gemm_backend  # noqa: E402,F401  the bf16 GEMM switch, beside K

@@ -838,3 +838,17 @@ def embedding_backward_into(dout, ids, dW, stale_rows):
     _zero_rows(dW, np.ascontiguousarray(stale_rows, dtype=np.int64))
     _embedding_backward(dout, ids, dW)         # the same column-blocked scatter-add
     return np.unique(ids)
+
+
+# ----------------------------------------------------------------------------- linear
+def linear_forward(x, w, b=None):              # x: (N, in)  w: (out, in)  b: (out,)
+    """y = x w^T + b through matmul above (OpenBLAS, one thread per piece); kernels/layers.linear
+    runs the same product into its kept output buffer, or in bf16 under autocast."""
+    y = matmul(x, w.T)                         # (N, out)
+    if b is not None:
+        y += b
+    return y
+
+
+def linear_backward(dy, x, w):                 # dy: (N, out)
+    return matmul(dy, w), matmul(dy.T, x), dy.sum(axis=0)   # dx (N, in), dw (out, in), db (out,)

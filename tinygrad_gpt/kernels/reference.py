@@ -275,3 +275,19 @@ def embedding_backward_into(dout, ids, dW, stale_rows):
     dW[stale_rows] = 0.0
     np.add.at(dW, ids, dout)                              # scatter-add, as embedding_backward
     return np.unique(ids)
+
+
+# ----------------------------------------------------------------------------- linear
+def linear_forward(x, w, b=None):              # x: (N, in)  w: (out, in)  b: (out,)
+    """The twin of kernels/layers.linear's product: y = x w^T + b. Under autocast pass
+    from_bf16(to_bf16(x)) and from_bf16(to_bf16(w)): bf16 numbers, float32 accumulation."""
+    y = x @ w.T                                # (N, out)
+    return y if b is None else y + b
+
+
+def linear_backward(dy, x, w):                 # dy: (N, out)
+    # forward: y = x w^T + b
+    dx = dy @ w                                # (N, in)
+    dw = dy.T @ x                              # (out, in)
+    db = dy.sum(axis=0)                        # (out,)
+    return dx, dw, db
