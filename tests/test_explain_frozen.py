@@ -275,3 +275,17 @@ def test_chromium_draws_frozen_leaves_grey_and_trainable_ones_not(argv, tmp_path
         assert "step 3: Linear" in details and "frozen: no gradient computed (needs_input_grad False)" in details
     else:                                            # chapter 6: no op below the last block ran backward
         assert not drawn_frozen and parts >= {"tok_emb.weight", "trf_blocks.0.att.W_query.weight"}
+
+
+@pytest.mark.parametrize("expand", ["--expand", "--no-expand"])
+def test_dot_graph_draws_frozen_parameters_grey(expand, tmp_path):
+    dot = tmp_path / "g.dot"
+    run(["--model", "micro", "--lora", "2", "--dot", str(dot), expand])
+    text = dot.read_text(encoding="utf-8")
+    if expand == "--expand":
+        node = re.search(r'"param:out_head\.linear\.weight" \[([^\]]*)\]', text).group(1)
+        assert 'fillcolor="gray90"' in node and "frozen" in node
+        node = re.search(r'"param:out_head\.lora\.B" \[([^\]]*)\]', text).group(1)
+        assert 'fillcolor="lightyellow"' in node and "grad " in node
+    else:
+        assert re.search(r'"block:trf_blocks\.0" \[[^\]]*parameter tensors \(\d+ frozen\)', text)

@@ -152,7 +152,7 @@ class Listing:
     @staticmethod
     def input_text(i):
         if i.grad_shape is None:
-            return f"{_dims(i.shape)} (no grad)"
+            return f"{_dims(i.shape)} ({'frozen' if i.param is not None and i.needed is False else 'no grad'})"
         if i.grad_shape != tuple(i.shape):           # a broadcast input: the engine sums it back
             return f"{_dims(i.shape)} ({i.grad_norm:.3g}, returned {_dims(i.grad_shape)}, summed)"
         return f"{_dims(i.shape)} ({i.grad_norm:.3g})"
