@@ -411,7 +411,8 @@ function layout(g) {
       var bary = {};
       r.forEach(function (id, j) {
         var ps = up[id].filter(function (p) { return x[p] !== undefined; });
-        bary[id] = ps.length ? ps.reduce(function (s, p) { return s + x[p]; }, 0) / ps.length : j * 1000;
+        bary[id] = ps.length ? ps.reduce(function (s, p) { return s + x[p]; }, 0) / ps.length :
+                   g.nodes[id].kind === "frozenpart" ? j : j * 1000;   // the frozen parts: packed left
       });
       r.sort(function (a, b) { return bary[a] - bary[b]; });
       var pos = MARGIN;                        // keep order, move right of the barycentre when room
