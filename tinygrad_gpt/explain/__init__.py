@@ -4,6 +4,7 @@
     python -m tinygrad_gpt.explain --model 124M           # the book's GPT-2, 1 x 256 tokens
     python -m tinygrad_gpt.explain --param trf_blocks.0.att.W_query.weight
     python -m tinygrad_gpt.explain --depth 12 --dot graph.dot
+    python -m tinygrad_gpt.explain --model micro --lora 2    # appendix E: what trains, what is frozen
 
 One forward and one backward on one batch of text, observed through the engine's hooks:
 a forward hook (`tensor.register_forward_hook`) names each op by the module running when it

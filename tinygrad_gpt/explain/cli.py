@@ -5,6 +5,9 @@ lines; rows at the terminal's width under their column indices), --op / --module
 some ops, --worked OP works one row of an op's backward by hand (worked.py), --break MODE
 compares a correct backward with a sabotaged one (sabotage.py), --step pauses after each op until Enter (q stops backward there), --html writes the
 graph as one page (render_html.py), with the values and the --param chain when given.
+--finetune classifier and --lora RANK trace the book's finetuned models (chapter 6, appendix
+E; finetune.as_classifier and finetune.add_lora): which parameters receive gradients, and
+that none is computed for the frozen ones.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import difflib
 import math
 import os
 import sys
+
+import numpy as np
 
 from ..cli import USAGE_ERROR, UsageError  # noqa: F401
 from ..data import DataError, load_text, one_batch
@@ -70,6 +75,12 @@ def build_parser():
                    help="run backward twice, correct and with one op's backward sabotaged (layernorm-mean, "
                         "embedding-assign, attention-scale; none: a correct one), compare them op by op and "
                         "name the first op where they part, then gradcheck it (explain/sabotage.py)")
+    p.add_argument("--finetune", default=None, choices=["classifier"],
+                   help="classifier: chapter 6's model, a 2-class head on the last token, every parameter "
+                        "frozen but the last block, the final norm and the head (made-up labels: row i is class i %% 2)")
+    p.add_argument("--lora", type=int, default=None, metavar="RANK",
+                   help="appendix E: a LoRA adapter of this rank (alpha = RANK, as the book) beside every "
+                        "Linear, every other parameter frozen; with --finetune classifier, the book's appendix E")
     p.add_argument("--book", action="store_true",
                    help="trace the book's own llms_from_scratch.ch04.GPTModel run on the engine "
                         "(tinygrad_gpt.torch; needs the llms-from-scratch package), named by its modules")
@@ -94,13 +105,18 @@ def check_args(args):
         raise UsageError(f"--depth {args.depth} must be at least 0")
     if args.drop_rate is not None and not 0 <= args.drop_rate < 1:
         raise UsageError(f"--drop-rate {args.drop_rate} must be in [0, 1)")
+    if args.lora is not None and args.lora < 1:
+        raise UsageError(f"--lora RANK must be at least 1, got {args.lora}")
+    if args.book and (args.finetune or args.lora is not None):
+        raise UsageError("--book traces the book's chapter-4 model as it is: leave out --finetune and --lora")
     if args.worked is not None and not (args.values or args.html):
         raise UsageError("--worked works with --values or --html (it shows one row of the op's arrays): add --values")
     if args.break_mode is not None:
         if args.drop_rate:
             raise UsageError("--break runs without dropout (both backwards must see the same forward): "
                              "leave out --drop-rate")
-        if args.book or args.values or args.step or args.html or args.dot or args.param or args.op or args.module:
+        if args.book or args.values or args.step or args.html or args.dot or args.param or args.op or args.module \
+                or args.finetune or args.lora is not None:
             raise UsageError("--break takes --model, --context-length, --batch-size, --data, --seed and "
                              "--kernels only")
         args = argparse.Namespace(**{**vars(args), "drop_rate": 0.0})
@@ -146,13 +162,19 @@ def run(args, file=None, stdin=None):
     if args.drop_rate is not None:
         cfg["drop_rate"] = args.drop_rate
     manual_seed(args.seed)
-    model = GPTModel(cfg).train()
+    model = finetuned(GPTModel(cfg).train(), args)
+    if args.finetune == "classifier":                # chapter 6: one label a row, made up
+        y = np.arange(args.batch_size) % 2           # (B,)
     names = [name for name, _ in model.named_parameters()]
     check_filters(args, model)
     if args.param is not None and args.param not in names:
         close = difflib.get_close_matches(args.param, names, n=3, cutoff=0.5)
         raise UsageError(f"--param {args.param!r} is not a parameter of the {args.model} model"
                          + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {names[2]}"))
+    if args.param is not None and not dict(model.named_parameters())[args.param].requires_grad:
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        raise UsageError(f"--param {args.param} is frozen: no gradient reaches it, so no chain leads to it; "
+                         f"follow a trainable one, e.g. {trainable[0]}")
 
     with use(args.kernels):                          # in-process callers (tests) keep theirs
         if args.break_mode is not None:              # explain/sabotage.py: two backwards compared
@@ -162,6 +184,49 @@ def run(args, file=None, stdin=None):
             return 0
         report(args, out, model, cfg, description, tokenizer, x, y, stdin=stdin)
     return 0
+
+
+def finetuned(model, args):
+    """The model as the book finetunes it (the library's own surgery, tinygrad_gpt/finetune.py):
+    --finetune classifier is chapter 6's as_classifier (2 classes), --lora RANK appendix E's
+    add_lora (alpha = RANK), both: appendix E's LoRA classifier. Else the model as it is."""
+    from ..finetune import add_lora, as_classifier
+    if getattr(args, "finetune", None) == "classifier":
+        as_classifier(model, 2)
+    if getattr(args, "lora", None) is not None:
+        add_lora(model, args.lora, alpha=float(args.lora))
+    return model
+
+
+def finetune_lines(args, model):
+    """What --finetune / --lora did to the model, and how much of it trains."""
+    lines = []
+    args = argparse.Namespace(**{"finetune": None, "lora": None, **vars(args)})
+    if args.finetune == "classifier" and args.lora is None:
+        last = f"trf_blocks.{len(model.trf_blocks) - 1}"
+        lines.append(f"chapter 6's classifier: out_head is a new Linear({model.cfg['emb_dim']}, 2) read at the last "
+                     f"token; every parameter frozen but {last}, final_norm and out_head")
+    elif args.finetune == "classifier":
+        lines.append(f"appendix E's LoRA classifier: out_head a new Linear({model.cfg['emb_dim']}, 2) read at the last "
+                     f"token, a rank-{args.lora} adapter (alpha {args.lora}) beside every Linear, every other parameter frozen")
+    elif args.lora is not None:
+        lines.append(f"appendix E's LoRA: a rank-{args.lora} adapter (alpha {args.lora}) beside every Linear, "
+                     "every other parameter frozen")
+    if not lines:
+        return lines
+    params = list(model.named_parameters())
+    n_train = sum(p.size for _, p in params if p.requires_grad)
+    t_train = sum(1 for _, p in params if p.requires_grad)
+    lines.append(f"trainable: {t_train} of {len(params)} tensors, {n_train:,} of {model.num_parameters():,} "
+                 f"numbers ({100 * n_train / model.num_parameters():.2f}%); the frozen ones have requires_grad False")
+    if args.lora is not None:
+        lines.append("LoRA's B starts at zero (the adapted model starts as the model it adapts), so on this "
+                     "first backward A's gradient is zero: dA = alpha x^T (dy B^T)")
+    if args.finetune == "classifier":
+        labels = ", ".join(f"row {i}: class {i % 2}" for i in range(min(args.batch_size, 4)))
+        lines.append(f"made-up labels ({labels}{', ...' if args.batch_size > 4 else ''}): the trace shows where "
+                     "the gradients go, not what is learned")
+    return lines
 
 
 def check_filters(args, model):
@@ -179,6 +244,8 @@ def check_filters(args, model):
                              + (f"; did you mean {', '.join(close)}?" if close else ""))
     if args.module is not None:
         modules = [name for name, _ in model.named_modules() if name] + ["loss"]
+        if getattr(args, "finetune", None) == "classifier":
+            modules.append("classifier_logits")      # the last token's logits, taken outside the model
         if args.module not in modules:
             close = difflib.get_close_matches(args.module, modules, n=3, cutoff=0.5)
             raise UsageError(f"--module {args.module!r} is not a module of the {args.model} model"
@@ -213,10 +280,13 @@ def pauser(out, stdin):
 
 
 def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
+    from ..finetune import classifier_logits
     from ..kernels import get_backend
     print(description, file=out)
     print(f"GPT-2 {args.model}: {model.num_parameters():,} parameters in {len(model.parameters())} "
           f"tensors, {cfg['n_layers']} block{'s' if cfg['n_layers'] != 1 else ''}, dropout {cfg['drop_rate']}, kernels {get_backend()}", file=out)
+    for line in finetune_lines(args, model):
+        print(line, file=out)
     preview = tokenizer.decode(x[0, :12].tolist()).replace("\n", " ")
     print(f"one batch of {args.batch_size} x {args.context_length} tokens: {preview!r}...", file=out)
     listing = Listing(model, depth=args.depth, file=out, values=args.values,
@@ -228,9 +298,13 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
         recording = worked.recording()
         listing.worked = worked if args.values else None
 
+    classifier = getattr(args, "finetune", None) == "classifier"
+    n_out, what = (2, "classes") if classifier else (cfg["vocab_size"], "tokens")
+
     def forward_done(loss):
-        print(f"forward: loss {loss:.4f} (a uniform guess over {cfg['vocab_size']} tokens "
-              f"would give ln {cfg['vocab_size']} = {math.log(cfg['vocab_size']):.4f})", file=out)
+        print(f"forward: loss {loss:.4f} (a uniform guess over {n_out} {what} "
+              f"would give ln {n_out} = {math.log(n_out):.4f})"
+              + ("; the classifier reads the last token's logits" if classifier else ""), file=out)
         if args.param is None:
             print("\nbackward, op by op in the order it runs: each op receives dL/d(its output) "
                   "and returns dL/d(each input)", file=out)
@@ -243,7 +317,8 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
     try:
         with recording:
             trace = trace_backward(model, x, y, on_op=listing if args.param is None else None,
-                                   on_forward=forward_done, keep_values=keep)
+                                   on_forward=forward_done, keep_values=keep,
+                                   logits_of=classifier_logits if classifier else None)
     except StopBackward as e:
         print(f"\nstopped after step {e.args[0]} (q): the ops below it did not run, "
               "and no parameter below them received a gradient", file=out)
@@ -283,7 +358,8 @@ def write_page(args, out, trace, model, worked=(None, None)):
         step, lines = worked
         if step is not None:                         # --worked: the op's side panel shows row 0 worked
             records[step - 1].worked = lines
-        path = render_html.write_html(records, args.html, title=title, loss=trace.loss, highlight=highlight)
+        path = render_html.write_html(records, args.html, title=title, loss=trace.loss, highlight=highlight,
+                                      frozen=render_html.frozen_from_trace(trace))
     except OSError as e:
         raise UsageError(f"--html {args.html}: {e.strerror or e}") from None
     print(f"wrote {path} ({len(trace.ops)} ops{', values' if trace.ops[0].out_grad is not None else ''}"

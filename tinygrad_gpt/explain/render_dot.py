@@ -50,9 +50,10 @@ def to_dot(trace, model, expand=None, title=None):
                 src = where(f"op{made_by[i.node]}", trace.ops[made_by[i.node] - 1].block)
             elif i.param is not None:
                 src = where(f"param:{i.param}", param_block[i.param])
+                frozen = i.grad_norm is None         # requires_grad False: grey, no gradient
                 nodes.setdefault(src, (param_block[i.param], _attrs(
-                    shape="ellipse", style="filled", fillcolor="lightyellow",
-                    label=f"{i.param}\n{_dims(i.shape)}\ngrad {i.grad_norm:.3g}")))
+                    shape="ellipse", style="filled", fillcolor="gray90" if frozen else "lightyellow",
+                    label=f"{i.param}\n{_dims(i.shape)}\n" + ("frozen" if frozen else f"grad {i.grad_norm:.3g}"))))
             elif "int" in i.dtype:                   # token ids, targets: inputs with no gradient
                 src = f"input{op.step}_{k}"
                 what = "targets" if op.name == "CrossEntropy" else "ids"
@@ -77,12 +78,13 @@ def to_dot(trace, model, expand=None, title=None):
     for block, ops in blocks.items():
         if not expand:
             names = [n for n, b in param_block.items() if b == block]
-            norm = math.sqrt(sum(_norm(params[n].grad) ** 2 for n in names))
+            norm = math.sqrt(sum(_norm(params[n].grad) ** 2 for n in names if params[n].grad is not None))
             size = sum(params[n].size for n in names)
+            n_frozen = sum(1 for n in names if not params[n].requires_grad)
             nodes[f"block:{block}"] = (None, _attrs(
                 shape="box3d", style="filled", fillcolor="lightblue",
-                label=f"{block} (TransformerBlock)\n{len(ops)} ops, {len(names)} parameter tensors\n"
-                      f"{size:,} parameters, grad norm {norm:.3g}"))
+                label=f"{block} (TransformerBlock)\n{len(ops)} ops, {len(names)} parameter tensors"
+                      + (f" ({n_frozen} frozen)" if n_frozen else "") + f"\n{size:,} parameters, grad norm {norm:.3g}"))
 
     out = ["digraph backward {",
            "  " + "graph " + _attrs(rankdir="BT", fontname="Helvetica", labelloc="t",

@@ -12,6 +12,10 @@ and norms, the values when the records carry them, and the file:line of its back
 `highlight=(name, steps)` or `(name, steps, number of chains)` draws one parameter's chain
 (explain.chain) in orange. An op whose output was read by several ops (norm1's, read by
 W_query, W_key and W_value) lists the contributions that were added into its gradient.
+Frozen parameters (requires_grad False: explain --lora, --finetune classifier; `frozen`, from
+frozen_from_trace) are drawn grey (class `frozen`), joined by a dashed arrow to the op that read
+them when that op ran backward, else in a grey box per part below the graph (no op reading them
+ran backward); their panel says frozen, and why no gradient was computed.
 
 The records are plain data, so this module needs nothing from the tracer: `records_from_trace`
 reads any object with explain.Trace's fields.
@@ -38,6 +42,8 @@ class InputRecord:
     grad_values: list = None      # that gradient as nested lists, when small (optional)
     name: str = None              # the name forward gives it: x, w, b; q, k, v; a, b (optional)
     carries: str = None           # what it carries, where the name does not say (an Add's residual stream)
+    frozen: bool = False          # a parameter with requires_grad False: the op was not asked for its gradient
+    computed: bool = None         # whether the op's backward returned a gradient for it anyway
 
 
 @dataclass
@@ -99,7 +105,9 @@ def records_from_trace(trace, values=None):
             inputs.append(InputRecord(tuple(i.shape), source, i.grad_norm,
                                       None if i.grad_shape is None else tuple(i.grad_shape),
                                       small_values(g), getattr(i, "arg", None),
-                                      carries(op, i) if hasattr(i, "made_by") else None))
+                                      carries(op, i) if hasattr(i, "made_by") else None,
+                                      frozen=i.param is not None and getattr(i, "needed", None) is False,
+                                      computed=getattr(i, "computed", None)))
         records.append(OpRecord(
             step=op.step, op=op.name, module=op.module, block=op.block, code=op.backward_at,
             out_shape=tuple(op.out_shape), out_grad_norm=op.out_grad_norm, inputs=inputs,
@@ -109,12 +117,27 @@ def records_from_trace(trace, values=None):
     return records
 
 
+def frozen_from_trace(trace):
+    """The frozen parameters of an explain.Trace (trace.frozen) as the page draws them: name,
+    shape, the part it belongs to (its first name: tok_emb, trf_blocks.0, out_head), whether
+    an op that ran backward read it (drawn beside that op) and why no gradient was computed."""
+    from .render_text import frozen_why
+    out = []
+    for f in getattr(trace, "frozen", []):
+        parts = f.name.split(".")
+        part = ".".join(parts[:2]) if parts[0] == "trf_blocks" else parts[0]
+        out.append({"name": f.name, "shape": list(f.shape), "part": part,
+                    "steps": [r.step for r in f.reads if r.step is not None],
+                    "computed": bool(f.computed()), "why": frozen_why(f)})
+    return out
+
+
 # ----------------------------------------------------------------------------- the page
 def _finite(x):
     return None if x is None or not math.isfinite(x) else x
 
 
-def page_data(records, title="backward", loss=None, highlight=None, folded=None):
+def page_data(records, title="backward", loss=None, highlight=None, folded=None, frozen=None):
     """The JSON the page's script draws from (also what tests inspect)."""
     ops = []
     for r in records:
@@ -132,12 +155,13 @@ def page_data(records, title="backward", loss=None, highlight=None, folded=None)
         chain = {"param": name, "steps": [int(s) for s in chain_steps],
                  "count": int(n_chains[0]) if n_chains else None}
     return {"title": title, "loss": _finite(loss), "ops": ops, "chain": chain,
-            "folded": len(ops) > FOLD_ABOVE_OPS if folded is None else bool(folded)}
+            "folded": len(ops) > FOLD_ABOVE_OPS if folded is None else bool(folded),
+            "frozen": list(frozen or [])}
 
 
-def render_html(records, title="backward", loss=None, highlight=None, folded=None):
+def render_html(records, title="backward", loss=None, highlight=None, folded=None, frozen=None):
     """The page as a string: one file, its style and script inline."""
-    data = json.dumps(page_data(records, title, loss, highlight, folded), separators=(",", ":"))
+    data = json.dumps(page_data(records, title, loss, highlight, folded, frozen), separators=(",", ":"))
     data = data.replace("</", "<\\/")            # never end the <script> early
     return (_PAGE.replace("__TITLE__", html.escape(title))
                  .replace("__STYLE__", _STYLE)
@@ -145,11 +169,12 @@ def render_html(records, title="backward", loss=None, highlight=None, folded=Non
                  .replace("__SCRIPT__", _SCRIPT))
 
 
-def write_html(records, path, title="backward", loss=None, highlight=None, folded=None):
-    """Write the page to `path` (its directory is made); returns the Path."""
+def write_html(records, path, title="backward", loss=None, highlight=None, folded=None, frozen=None):
+    """Write the page to `path` (its directory is made); returns the Path. frozen: the frozen
+    parameters (frozen_from_trace), drawn grey."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(records, title, loss, highlight, folded), encoding="utf-8")
+    path.write_text(render_html(records, title, loss, highlight, folded, frozen), encoding="utf-8")
     return path
 
 
@@ -210,6 +235,10 @@ g.loss rect { fill: #fde2e2; stroke: #b55; rx: 14; }
 g.op:hover rect, g.param:hover rect, g.blockbox:hover rect { stroke-width: 2.5; cursor: pointer; }
 g.op.selected rect, g.param.selected rect { stroke: #000; stroke-width: 2.5; }
 g.param rect { fill: #fff8d6; stroke: #c9a400; rx: 12; }
+g.param.frozen rect { fill: #e6e6e6; stroke: #9a9a9a; stroke-dasharray: 3 2; }
+g.param.frozen text { fill: #777; }
+path.edge.frozen { stroke-dasharray: 4 3; }
+#params tr.frozen td { color: #888; }
 g.leaf rect { fill: #eee; stroke: #999; rx: 3; }
 g.blockbox rect { fill: #d7ecff; stroke: #3a6ea5; stroke-width: 1.5; rx: 6; }
 rect.cluster { fill: #f7f9fc; stroke: #99a; stroke-dasharray: 4 3; rx: 8; }
@@ -241,6 +270,8 @@ var blocks = [];
 ops.forEach(function (o) { if (o.block && blocks.indexOf(o.block) < 0) blocks.push(o.block); });
 blocks.forEach(function (b) { folded[b] = D.folded; });
 var chainSteps = D.chain ? D.chain.steps : [];
+var frozen = {};                               // name -> the frozen parameter's record
+(D.frozen || []).forEach(function (f) { frozen[f.name] = f; });
 var W = 200, H = 34, PW = 230, GAP_X = 26, GAP_Y = 28, MARGIN = 20, TITLE_BAND = 22;
 var SVGNS = "http://www.w3.org/2000/svg";
 
@@ -264,6 +295,7 @@ function colour(n) {
 // ---- the visible graph: ops (or their folded block), parameters, token ids; the loss on top
 function paramBlock(name) {
   for (var k = 0; k < ops.length; k++) if (ops[k].params.indexOf(name) >= 0) return ops[k].block;
+  if (frozen[name] && frozen[name].steps.length) return byStep[frozen[name].steps[0]].block;   // read, not fed
   return null;
 }
 function where(step) { var o = byStep[step]; return o.block && folded[o.block] ? "b:" + o.block : "op:" + step; }
@@ -274,10 +306,10 @@ function buildGraph() {
     if (!nodes[id]) { nodes[id] = Object.assign({id: id, kind: kind}, extra || {}); order.push(id); }
     return nodes[id];
   }
-  function edge(from, to, norm, shape, chain) {     // from: the op sending the gradient; to: its input
+  function edge(from, to, norm, shape, chain, isFrozen) {   // from: the op sending the gradient; to: its input
     if (from === to) return;
     var key = from + "|" + to, e = edges[key];
-    if (!e) { e = edges[key] = {from: from, to: to, norm: norm, shape: shape, chain: false}; edgeList.push(e); }
+    if (!e) { e = edges[key] = {from: from, to: to, norm: norm, shape: shape, chain: false, frozen: !!isFrozen}; edgeList.push(e); }
     else if (norm > e.norm) { e.norm = norm; e.shape = shape; }
     e.chain = e.chain || chain;
   }
@@ -301,14 +333,22 @@ function buildGraph() {
       } else if (inp.source.indexOf("param:") === 0) {
         var name = inp.source.slice(6), b = paramBlock(name);
         to = b && folded[b] ? "b:" + b : "param:" + name;
-        if (to.charAt(0) === "p") node(to, "param", {name: name, shape: inp.shape, norm: inp.grad_norm, step: o.step});
+        if (to.charAt(0) === "p") node(to, "param", {name: name, shape: inp.shape, norm: inp.grad_norm, step: o.step,
+                                                     frozen: !!frozen[name]});
         chain = D.chain && D.chain.param === name && chainSteps[chainSteps.length - 1] === o.step;
+        if (frozen[name]) { edge(from, to, null, inp.shape, false, true); return; }
       } else if (inp.source === "ids") {
         to = "ids:" + o.step + ":" + k;
         node(to, "leaf", {label: "token ids " + dims(inp.shape), step: o.step});
       } else { return; }                       // targets, dropout masks: not drawn
       edge(from, to, inp.grad_norm, inp.shape, chain);   // to the token ids: grey, no gradient
     });
+  });
+  // frozen parameters no op that ran backward read: one grey box per part, below the graph
+  (D.frozen || []).forEach(function (f) {
+    if (f.steps.length) return;
+    var n = node("frozen:" + f.part, "frozenpart", {part: f.part, names: []});
+    n.names.push(f.name);
   });
   return {nodes: nodes, order: order, edges: edgeList};
 }
@@ -329,6 +369,9 @@ function layout(g) {
     });
   }
   g.order.forEach(function (id) { if (row[id] === undefined) throw new Error("cycle at " + id); });
+  var bottom = 0;                              // the frozen parts out of the graph: a row below it
+  g.order.forEach(function (id) { if (g.nodes[id].kind !== "frozenpart") bottom = Math.max(bottom, row[id]); });
+  g.order.forEach(function (id) { if (g.nodes[id].kind === "frozenpart") row[id] = bottom + 1; });
   // a block's frame holds its own nodes only: a row inside a block's span of rows that also holds
   // other nodes (the final norm's parameters, the next block's norm1 parameters, an embedding's
   // Add) has those moved to a row of their own, above the block when their gradient comes from
@@ -356,7 +399,7 @@ function layout(g) {
   var rows = [];
   g.order.forEach(function (id) { row[id] = keys.indexOf(key[id]); (rows[row[id]] = rows[row[id]] || []).push(id); });
   var x = {};
-  function width(id) { return g.nodes[id].kind === "param" ? PW : W; }
+  function width(id) { var k = g.nodes[id].kind; return k === "param" || k === "frozenpart" ? PW : W; }
   function place(r) {
     var pos = MARGIN;
     r.forEach(function (id) { x[id] = pos + width(id) / 2; pos += width(id) + GAP_X; });
@@ -368,7 +411,8 @@ function layout(g) {
       var bary = {};
       r.forEach(function (id, j) {
         var ps = up[id].filter(function (p) { return x[p] !== undefined; });
-        bary[id] = ps.length ? ps.reduce(function (s, p) { return s + x[p]; }, 0) / ps.length : j * 1000;
+        bary[id] = ps.length ? ps.reduce(function (s, p) { return s + x[p]; }, 0) / ps.length :
+                   g.nodes[id].kind === "frozenpart" ? j : j * 1000;   // the frozen parts: packed left
       });
       r.sort(function (a, b) { return bary[a] - bary[b]; });
       var pos = MARGIN;                        // keep order, move right of the barycentre when room
@@ -434,9 +478,11 @@ function draw() {
     var x1 = L.x[e.from], y1 = L.y[e.from] + H, x2 = L.x[e.to], y2 = L.y[e.to];
     var c = e.chain ? "#e66a00" : colour(e.norm);
     var p = el("path", {d: "M" + x1 + "," + y1 + " C" + x1 + "," + (y1 + GAP_Y * 0.8) + " " + x2 + "," + (y2 - GAP_Y * 0.8) + " " + x2 + "," + (y2 - 1),
-                        "class": "edge" + (e.chain ? " chain" : ""), stroke: c, "marker-end": "url(#arrow" + c.slice(1) + ")"}, edgeLayer);
+                        "class": "edge" + (e.chain ? " chain" : "") + (e.frozen ? " frozen" : ""), stroke: c,
+                        "marker-end": "url(#arrow" + c.slice(1) + ")"}, edgeLayer);
     var tt = el("title", {}, p);
-    tt.textContent = e.norm === null ? "no gradient (integer input)" : "gradient " + dims(e.shape) + ", norm " + fmt(e.norm);
+    tt.textContent = e.frozen ? "frozen parameter: no gradient computed (needs_input_grad False)" :
+                     e.norm === null ? "no gradient (integer input)" : "gradient " + dims(e.shape) + ", norm " + fmt(e.norm);
     var pts = [];
     for (var k = 0; k <= 48; k++) {
       var t = k / 48, u = 1 - t;
@@ -486,11 +532,18 @@ function draw() {
       text(grp, cx, y + 27, clip(o.module === null ? "-" : (o.module || "(model)"), 34));
       grp.addEventListener("click", function () { select(grp); showOp(o); });
     } else if (n.kind === "param") {
-      grp.setAttribute("class", "param" + (D.chain && D.chain.param === n.name ? " chain" : ""));
+      grp.setAttribute("class", "param" + (n.frozen ? " frozen" : "") + (D.chain && D.chain.param === n.name ? " chain" : ""));
       grp.setAttribute("data-param", n.name);
       text(grp, cx, y + 14, clip(n.name, 38));
-      text(grp, cx, y + 27, dims(n.shape) + "  grad " + fmt(n.norm));
+      text(grp, cx, y + 27, dims(n.shape) + (n.frozen ? "  frozen" : "  grad " + fmt(n.norm)));
       grp.addEventListener("click", function () { select(grp); showParam(n.name); });
+    } else if (n.kind === "frozenpart") {
+      grp.setAttribute("class", "param frozen");
+      grp.setAttribute("data-frozen-part", n.part);
+      grp.setAttribute("data-params", n.names.join(" "));
+      text(grp, cx, y + 14, clip(n.part + ": " + n.names.length + " frozen", 38));
+      text(grp, cx, y + 27, "no op reading them ran backward");
+      grp.addEventListener("click", function () { select(grp); showFrozen(n.names[0], n.names); });
     } else if (n.kind === "block") {
       var bops = ops.filter(function (o) { return o.block === n.block; });
       var np = bops.reduce(function (s, o) { return s + o.params.length; }, 0);
@@ -564,7 +617,9 @@ function showOp(o) {
               i.source.indexOf("param:") === 0 ? "parameter " + i.source.slice(6) : i.source;
     h += "<div><b>" + esc(i.name || "input " + k) + "</b>: " + dims(i.shape) + ", " + esc(src) +
          (i.carries ? " (" + esc(i.carries) + ")" : "") + "<br>";
-    if (i.grad_norm === null) h += "no gradient";
+    if (i.frozen) h += i.computed ? "frozen, but its backward computed a gradient for it anyway (dropped)"
+                                  : "frozen: no gradient computed (needs_input_grad False)";
+    else if (i.grad_norm === null) h += "no gradient";
     else {
       h += "gradient norm " + fmt(i.grad_norm);
       if (i.grad_shape && dims(i.grad_shape) !== dims(i.shape)) h += " (returned " + dims(i.grad_shape) + ", summed to " + dims(i.shape) + ")";
@@ -576,7 +631,29 @@ function showOp(o) {
   document.getElementById("details").innerHTML = h;
 }
 
+function showFrozen(name, names) {
+  var f = frozen[name];
+  var h = "<h2>" + esc(names && names.length > 1 ? f.part + ": " + names.length + " frozen parameters" : name) + "</h2>";
+  (names || [name]).forEach(function (n) {
+    var r = frozen[n];
+    h += '<p class="frozen"><b class="code">' + esc(n) + "</b> " + dims(r.shape) + ": frozen (requires_grad False): " +
+         (r.computed ? "a gradient was computed anyway" : "no gradient computed") + ". " + esc(r.why) + "</p>";
+  });
+  document.getElementById("details").innerHTML = h;
+}
+
 function showParam(name) {
+  if (frozen[name]) {
+    var f = frozen[name], sel = null;
+    if (f.steps.length) {
+      var b = paramBlock(name);
+      if (b && folded[b]) { folded[b] = false; draw(); }
+      sel = document.querySelector('g.param[data-param="' + name + '"]');
+    }
+    if (sel) { select(sel); sel.scrollIntoView({block: "center", inline: "center"}); }
+    showFrozen(name);
+    return;
+  }
   var o = ops.filter(function (o) { return o.params.indexOf(name) >= 0; })[0];
   if (o.block && folded[o.block]) { folded[o.block] = false; draw(); }
   var grp = document.querySelector('g.param[data-param="' + name + '"]');
@@ -595,6 +672,10 @@ function paramTable() {
       }
     });
   });
+  (D.frozen || []).forEach(function (f) {
+    h += '<tr class="frozen" data-param-row="' + esc(f.name) + '"><td class="code">' + esc(f.name) + "</td><td>" +
+         dims(f.shape) + "</td><td>frozen</td><td>" + (f.steps.length ? f.steps.join(", ") : "-") + "</td></tr>";
+  });
   t.innerHTML = h;
   Array.prototype.forEach.call(t.querySelectorAll("tr[data-param-row]"), function (tr) {
     tr.addEventListener("click", function () { showParam(tr.getAttribute("data-param-row")); });
@@ -608,9 +689,16 @@ function legend() {
   document.getElementById("legend").innerHTML = h;
 }
 
+function frozenSummary() {
+  var wasted = D.frozen.filter(function (f) { return f.computed; }).length;
+  return wasted ? "no gradient computed for " + (D.frozen.length - wasted) + " of them, one computed anyway (and dropped) for " + wasted
+                : "no gradient computed for them";
+}
 var nparams = ops.reduce(function (s, o) { return s + o.params.length; }, 0);
 document.getElementById("summary").textContent = ops.length + " ops in the order backward ran them (#1 first), " +
-  nparams + " parameter tensors reached" + (D.loss === null ? "" : ", loss " + Number(D.loss).toFixed(4)) +
+  nparams + " parameter tensors reached" +
+  (D.frozen && D.frozen.length ? ", " + D.frozen.length + " frozen (grey): " + frozenSummary() : "") +
+  (D.loss === null ? "" : ", loss " + Number(D.loss).toFixed(4)) +
   (D.chain ? "; in orange: the shortest chain from the loss to " + D.chain.param + ", " + chainSteps.length + " ops" +
              (D.chain.count ? " (of " + Number(D.chain.count).toLocaleString("en-US") + " chains through the graph)" : "") : "");
 document.getElementById("fold-all").addEventListener("click", function () { blocks.forEach(function (b) { folded[b] = true; }); draw(); });

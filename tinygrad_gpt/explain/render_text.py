@@ -4,7 +4,10 @@ at its end (ops by kind, parameters reached, by part of GPT-2), and one paramete
 The listing shows, under an op whose output several ops read, that its gradient is the sum
 of their contributions; with values=True (explain --values) it prints the arrays: what the
 op received, dL/d(its output), and what it sent back to each input, dL/d(input), summed to
-the input's shape. Arrays of more than MAX_PRINTED numbers are shown by their norm.
+the input's shape. Arrays of more than MAX_PRINTED numbers are shown by their norm. A model
+with frozen parameters (explain --lora, --finetune classifier) gets each one named where an op
+read it, and at the end two lists: the trainable parameters with the step that fed each, the
+frozen ones with the evidence that no gradient was computed for them (frozen_lines).
 """
 from __future__ import annotations
 
@@ -149,7 +152,7 @@ class Listing:
     @staticmethod
     def input_text(i):
         if i.grad_shape is None:
-            return f"{_dims(i.shape)} (no grad)"
+            return f"{_dims(i.shape)} ({'frozen' if i.param is not None and i.needed is False else 'no grad'})"
         if i.grad_shape != tuple(i.shape):           # a broadcast input: the engine sums it back
             return f"{_dims(i.shape)} ({i.grad_norm:.3g}, returned {_dims(i.grad_shape)}, summed)"
         return f"{_dims(i.shape)} ({i.grad_norm:.3g})"
@@ -161,6 +164,10 @@ class Listing:
             if i.param is not None and i.grad_shape is not None:
                 lines.append(f"{'':21s}-> {i.param} ({_dims(i.shape)}) receives its gradient, "
                              f"norm {i.grad_norm:.4g}")
+            elif i.param is not None and i.needed is False:      # requires_grad False: frozen
+                done = ("its gradient was computed anyway, and dropped" if i.computed
+                        else "no gradient computed (needs_input_grad False)")
+                lines.append(f"{'':21s}-> {i.param} ({_dims(i.shape)}) frozen: {done}")
         added = contributions_line(op)
         if added:
             lines.append(f"{'':21s}<- {added}")
@@ -241,8 +248,14 @@ def parameter_group(name):
     return name                                      # a part this table does not know: itself
 
 
-def _shapes_text(shapes):
-    """[(64, 64)] * 3 + [(64,)] -> '3 x 64 x 64 + 64' (model.summary's style)."""
+def _shapes_text(shapes, grouped=False):
+    """[(64, 64)] * 3 + [(64,)] -> '3 x 64 x 64 + 64' (model.summary's style). grouped: equal
+    shapes counted wherever they are, in the order they first appear (LoRA's Q/K/V: each
+    weight with its A and B, '3 x 8 x 8 + 3 x 8 x 2 + 3 x 2 x 8')."""
+    if grouped:
+        counts = Counter(map(tuple, shapes))
+        return " + ".join((" x ".join(map(str, s)) or "1") if n == 1 else f"{n} x " + (" x ".join(map(str, s)) or "1")
+                          for s, n in counts.items())
     parts, i = [], 0
     while i < len(shapes):
         j = i
@@ -289,32 +302,108 @@ def _all_functions():
 
 
 def totals(trace, model):
-    """The end of the listing: ops visited, parameters reached, where the parameters are."""
+    """The end of the listing: ops visited, parameters reached, where the parameters are; with
+    frozen parameters, which ones trained and which did not (frozen_lines)."""
     params = list(model.named_parameters())
     total = model.num_parameters()
+    frozen = {f.name for f in trace.frozen}
     reached = [name for name, _ in params if trace.received[name]]
     numbers = sum(p.size for name, p in params if trace.received[name])
     once = all(trace.received[name] == 1 for name in reached)
     lines = [f"ops visited: {len(trace.ops)} (backward took {trace.seconds:.2f} s, printing included)"]
     lines += ["  " + line for line in ops_table(trace)]
-    lines.append(f"parameters reached: {len(reached)} of {len(params)} tensors, "
-                 f"{numbers:,} of {total:,} numbers" + (", each tensor once" if once else ""))
-    for name, _ in params:
-        if trace.received[name] != 1:
-            lines.append(f"  {name}: received a gradient from {trace.received[name]} ops")
+    if frozen:
+        lines += frozen_lines(trace, model)
+    else:
+        lines.append(f"parameters reached: {len(reached)} of {len(params)} tensors, "
+                     f"{numbers:,} of {total:,} numbers" + (", each tensor once" if once else ""))
+        for name, _ in params:
+            if trace.received[name] != 1:
+                lines.append(f"  {name}: received a gradient from {trace.received[name]} ops")
     width = max(28, max(len(g) for g, _ in parameter_groups(model)) + 2)
-    lines.append(f"  {'part':{width}s} {'shape':>22s} {'parameters':>13s} {'share':>7s} {'grad norm':>10s}")
+    trainable = f" {'trainable':>13s}" if frozen else ""
+    shapes = {group: _shapes_text([tuple(p.shape) for _, p in members], grouped=bool(frozen))
+              for group, members in parameter_groups(model)}
+    sw = max(22, max(map(len, shapes.values()))) if frozen else 22   # LoRA's parts: three shapes each
+    lines.append(f"  {'part':{width}s} {'shape':>{sw}s} {'parameters':>13s}{trainable} {'share':>7s} {'grad norm':>10s}")
     added = 0
     for group, members in parameter_groups(model):
         n = sum(p.size for _, p in members)
         added += n
         norm = math.sqrt(sum(_norm(p.grad) ** 2 for _, p in members if p.grad is not None))
-        shape = _shapes_text([tuple(p.shape) for _, p in members])
-        lines.append(f"  {group:{width}s} {shape:>22s} {n:>13,} {100 * n / total:6.2f}% {norm:10.4g}")
+        norm_text = f"{norm:10.4g}"
+        if frozen:
+            n_trainable = sum(p.size for name, p in members if name not in frozen)
+            trainable = f" {n_trainable:>13,}"
+            norm_text = f"{'frozen':>10s}" if not n_trainable else norm_text
+        lines.append(f"  {group:{width}s} {shapes[group]:>{sw}s} {n:>13,}{trainable} {100 * n / total:6.2f}% {norm_text}")
     global_norm = math.sqrt(sum(_norm(p.grad) ** 2 for _, p in params if p.grad is not None))
     assert added == total
-    lines.append(f"  {'total = model.num_parameters()':{width}s} {'':>22s} {total:>13,} "
+    if frozen:
+        trainable = f" {sum(p.size for name, p in params if name not in frozen):>13,}"
+    lines.append(f"  {'total = model.num_parameters()':{width}s} {'':>{sw}s} {total:>13,}{trainable} "
                  f"{100.0:6.2f}% {global_norm:10.4g}")
+    return lines
+
+
+def frozen_why(record):
+    """Why no gradient was computed for a frozen parameter, from the ops that read it: one that
+    was never recorded (no input of it needed a gradient) never ran backward; one that ran was
+    told needs_input_grad False for it and returned None. An op that returned a gradient for it
+    anyway is named: that gradient was computed and dropped, the work frozen should save."""
+    if not record.reads:
+        return "no op read it"
+    parts = []
+    for r in record.reads:
+        who = f"{r.name} {_module_label(r)}"
+        if r.computed:
+            parts.append(f"{who} at step {r.step} computed its gradient anyway (dropped)")
+        elif r.step is not None:
+            parts.append(f"{who} ran backward at step {r.step} with needs_input_grad False for it")
+        elif r.recorded:
+            parts.append(f"{who} was recorded but its backward did not run")
+        else:
+            parts.append(f"{who} never ran backward (none of its inputs needed a gradient)")
+    return "; ".join(parts)
+
+
+def frozen_lines(trace, model):
+    """The trainable parameters, each with the step(s) that fed it its gradient and the norm,
+    then the frozen ones, each 'frozen: no gradient computed' with the ops that read it and
+    what their backward did (frozen_why)."""
+    params = list(model.named_parameters())
+    total = model.num_parameters()
+    frozen = {f.name: f for f in trace.frozen}
+    trainable = [(name, p) for name, p in params if name not in frozen]
+    fed = {}
+    for op in trace.ops:
+        for name in op.params():
+            fed.setdefault(name, []).append(op)
+    reached = [name for name, _ in trainable if trace.received[name]]
+    n_trainable = sum(p.size for _, p in trainable)
+    n_frozen = sum(f.size for f in frozen.values())
+    wasted = [f for f in frozen.values() if f.computed()]
+    once = all(trace.received[name] == 1 for name in reached)
+    lines = [f"parameters reached: {len(reached)} of {len(trainable)} trainable tensors, "
+             f"{sum(p.size for name, p in trainable if trace.received[name]):,} of {n_trainable:,} trainable numbers"
+             + (", each tensor once" if once else ""),
+             f"parameters frozen: {len(frozen)} of {len(params)} tensors, {n_frozen:,} of {total:,} numbers "
+             f"({100 * n_frozen / total:.2f}%): "
+             + (f"a gradient was computed anyway for {len(wasted)} of them" if wasted
+                else "no gradient computed for any of them")]
+    width = max(len(name) for name, _ in params) + 2
+    lines.append(f"trainable ({len(trainable)} tensors):")
+    for name, p in trainable:
+        ops = fed.get(name, [])
+        if not ops:
+            lines.append(f"  {name:{width}s} {_dims(p.shape):>11s}  trainable, but no op fed it a gradient")
+            continue
+        steps = ", ".join(f"step {op.step} {op.name} {_module_label(op)}" for op in ops)
+        lines.append(f"  {name:{width}s} {_dims(p.shape):>11s}  receives its gradient, norm {_norm(p.grad):.4g} ({steps})")
+    lines.append(f"frozen ({len(frozen)} tensors):")
+    for record in frozen.values():
+        state = "frozen: a gradient was computed" if record.computed() else "frozen: no gradient computed"
+        lines.append(f"  {record.name:{width}s} {_dims(record.shape):>11s}  {state}: {frozen_why(record)}")
     return lines
 
 

@@ -8,7 +8,11 @@ parameter's name when it is one, and the shape and norm of the gradient it gets 
 With `keep_values`, the arrays themselves too (dL/d(output), each input's gradient), for a
 model small enough to print (micro). Where a tensor was read by several ops its gradient is
 their sum: the op that made it lists those contributions (Contribution), in the order they
-were added. Renderers (render_text.py, render_dot.py) read only these records. Recorded through the
+were added. A frozen parameter (requires_grad False: explain --lora, --finetune classifier)
+gets a Frozen record: each op that read it in forward, and what that op's backward did about it
+(none ran: the op was not recorded, no input of it needed a gradient; or it ran and returned
+no gradient for the parameter, which needs_input_grad told it not to compute). Renderers
+(render_text.py, render_dot.py, render_html.py) read only these records. Recorded through the
 engine's hooks (tensor.register_forward_hook, tensor.register_backward_hook): nothing is patched.
 """
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Input:
     arg: str = None           # the name forward gives it ("x", "w", "b", "q", ...)
     grad: np.ndarray = None   # what it receives, summed to its shape (kept with keep_values, when small)
     made_by: tuple = None     # (op name, module) of the op whose output it is; None for a leaf
+    needed: bool = None       # ctx.needs_input_grad for it: whether the op's backward was asked for its gradient
+    computed: bool = None     # whether the op's backward returned a gradient for it (not None)
 
 
 @dataclass
@@ -73,11 +79,39 @@ class Op:
 
 
 @dataclass
+class Read:
+    """One op that read a frozen parameter in forward, and what its backward did about it."""
+    name: str                 # the op: Linear, Embedding, MatMul, ...
+    module: str
+    block: str
+    step: int = None          # the step at which its backward ran; None: it never ran
+    recorded: bool = False    # the op is in the graph (some input of it needed a gradient)
+    computed: bool = False    # its backward returned a gradient for the parameter anyway (then dropped)
+
+
+@dataclass
+class Frozen:
+    """A parameter with requires_grad False: no gradient is computed for it."""
+    name: str
+    shape: tuple
+    reads: list = field(default_factory=list)         # [Read], in forward's order
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape)) if len(self.shape) else 1
+
+    def computed(self):
+        """The ops whose backward computed a gradient for it anyway (an engine bug: wasted work)."""
+        return [r for r in self.reads if r.computed]
+
+
+@dataclass
 class Trace:
     ops: list = field(default_factory=list)          # [Op], in the order backward ran them
     loss: float = None
     seconds: float = 0.0                              # backward's wall time, printing included
     received: Counter = field(default_factory=Counter)   # parameter name -> ops that fed it
+    frozen: list = field(default_factory=list)       # [Frozen], in the model's order (empty: none frozen)
 
 
 # ----------------------------------------------------------------------------- where code lives
@@ -121,10 +155,13 @@ def kernel_locations(function_class):
 
 # ----------------------------------------------------------------------------- tracing
 class _Tags(dict):
-    """id(op) -> (module name, block), and .made: id(output Tensor) -> (op name, module), who made it."""
+    """id(op) -> (module name, block), .made: id(output Tensor) -> (op name, module), who made it,
+    and .reads: id(frozen parameter) -> [(op name, module, block, id(op) or None when the op made
+    no graph node)], the ops that read it."""
     def __init__(self):
         super().__init__()
         self.made = {}
+        self.reads = defaultdict(list)
 
 
 @contextlib.contextmanager
@@ -133,14 +170,17 @@ def record_modules(model):
     made it and the transformer block around it, read from the engine's module scope through a
     forward hook. Yields (tags, scope): tags maps id(op) -> (module name, block), the op being
     the output's ctx (the node's own key: an in-place masked_fill_ moves a node to a new Tensor
-    object, its ctx goes with it); `with scope(name):` tags ops made outside the model."""
+    object, its ctx goes with it); `with scope(name):` tags ops made outside the model. The ops
+    that read a frozen parameter (requires_grad False) are kept in tags.reads, graph node or not."""
     from ..nn import TransformerBlock, module_stack
     from ..tensor import register_forward_hook
     tags, labels = _Tags(), []                       # labels: names given with scope(), innermost last
     made = tags.made
+    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
 
     def hook(ctx, inputs, out):
-        if out._ctx is None:                         # no graph node: backward will never see it
+        read = [t for t in inputs if id(t) in frozen]
+        if out._ctx is None and not read:            # no graph node: backward will never see it
             return
         stack = module_stack()
         if stack:
@@ -149,6 +189,10 @@ def record_modules(model):
                           or type(m).__name__ == "TransformerBlock"), None)        # (ch04, --book)
         else:
             name, block = (labels[-1] if labels else None), None
+        for t in read:
+            tags.reads[id(t)].append((ctx.name, name, block, None if out._ctx is None else id(out._ctx)))
+        if out._ctx is None:
+            return
         tags[id(out._ctx)] = (name, block)
         made[id(out)] = (ctx.name, name)
 
@@ -196,17 +240,26 @@ def _kept(a, limit):
     return np.array(a, copy=True)
 
 
-def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None, keep_values=None):
+def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None, keep_values=None,
+                   logits_of=None):
     """Forward `model` on input_ids (B, T), cross-entropy against target_ids (B, T), then
     backward with a hook that records every op as it runs. `on_forward(loss)` is called between
     the two, `on_op(op)` for each op as backward runs it (to print them; an exception it raises
     stops backward there). The model's gradients are reset first. keep_values: None (norms
-    only), or keep every gradient array of at most this many numbers. Returns a Trace."""
+    only), or keep every gradient array of at most this many numbers. logits_of(model,
+    input_ids): the logits the loss reads, when not model(input_ids) (a classifier's last
+    token, finetune.classifier_logits, with target_ids (B,) its labels); ops it makes outside
+    the model are tagged with its name. Returns a Trace."""
     from .. import functional as F
-    names = {id(p): name for name, p in model.named_parameters()}
+    named = list(model.named_parameters())
+    names = {id(p): name for name, p in named}
     model.zero_grad()
     with record_modules(model) as (tags, scope):
-        logits = model(input_ids)                               # (B, T, V)
+        if logits_of is None:
+            logits = model(input_ids)                           # (B, T, V)
+        else:
+            with scope(logits_of.__name__):
+                logits = logits_of(model, input_ids)            # e.g. (B, num_classes)
         with scope("loss"):
             loss = F.cross_entropy(logits, target_ids)
     del logits
@@ -216,17 +269,20 @@ def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None, ke
         on_forward(trace.loss)
 
     pending = defaultdict(list)      # tensor id -> [Contribution]: the readers that already ran
+    step_of = {}                     # id(op) -> the step at which its backward ran
 
     def hook(node, ctx, grad, input_grads):
         module, block = tags.get(id(ctx), (None, None))
         step = len(trace.ops) + 1
+        step_of[id(ctx)] = step
         inputs = []
         grads = tuple(input_grads) + (None,) * (len(ctx.parents) - len(input_grads))
         args = argument_names(type(ctx), len(ctx.parents))
-        for parent, pg, arg in zip(ctx.parents, grads, args):
+        for parent, pg, arg, needed in zip(ctx.parents, grads, args, ctx.needs_input_grad):
             inp = Input(parent.shape, str(parent.dtype), id(parent),
                         names.get(id(parent)) if parent._ctx is None else None, arg=arg,
-                        made_by=made.get(id(parent)) if parent._ctx is not None else None)
+                        made_by=made.get(id(parent)) if parent._ctx is not None else None,
+                        needed=bool(needed), computed=pg is not None)
             if pg is not None and parent.requires_grad:          # what the engine will add in
                 inp.grad_shape = tuple(np.shape(pg))
                 summed = unbroadcast(np.asarray(pg), parent.shape)
@@ -248,7 +304,27 @@ def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None, ke
     with register_backward_hook(hook):
         loss.backward()
     trace.seconds = time.perf_counter() - start
+    trace.frozen = frozen_records(trace, named, tags.reads, step_of)
     return trace
+
+
+def frozen_records(trace, named, reads, step_of):
+    """[Frozen] for each parameter without requires_grad: the ops that read it in forward,
+    joined with what backward did (its step, whether it returned a gradient for it)."""
+    frozen = []
+    for name, p in named:
+        if p.requires_grad:
+            continue
+        record = Frozen(name, tuple(p.shape))
+        for op_name, module, block, ctx_id in reads.get(id(p), []):
+            read = Read(op_name, module, block, recorded=ctx_id is not None)
+            read.step = step_of.get(ctx_id) if ctx_id is not None else None
+            if read.step is not None:
+                op = trace.ops[read.step - 1]
+                read.computed = any(i.computed for i in op.inputs if i.node == id(p))
+            record.reads.append(read)
+        frozen.append(record)
+    return frozen
 
 
 # ----------------------------------------------------------------------------- one parameter's chain
