@@ -162,3 +162,32 @@ def test_the_backward_trace_of_a_lora_classifier_reaches_only_the_adapters():
     assert len(trainable) == 2 * (6 * CFG["n_layers"] + 1)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
     assert "Embedding" not in {op.name for op in trace.ops}          # frozen: its backward never ran
+
+
+def test_a_frozen_layer_norm_computes_dx_but_no_scale_or_shift_gradient(monkeypatch):
+    """w and b frozen: the kernel is told params=False and returns no dw, db (nothing computed
+    and dropped); dx is what it is with them trainable."""
+    from tinygrad_gpt.nn import LayerNorm
+    calls = []
+    plain = reference.layernorm_backward
+
+    def spy(*args, **kw):
+        calls.append(kw.get("params", True))
+        return plain(*args, **kw)
+    monkeypatch.setattr(reference, "layernorm_backward", spy)
+    x0 = np.random.default_rng(1).standard_normal((3, 4, 8)).astype(np.float32)
+    dx = {}
+    with kernels.use("numpy"):
+        for frozen in (False, True):
+            norm = LayerNorm(8)
+            for p in norm.parameters():
+                p.requires_grad = not frozen
+            x = Tensor(x0.copy(), requires_grad=True)
+            seen = ops_run_backward((norm(x) * Tensor(x0)).sum())
+            (_, grads), = [s for s in seen if s[0] == "LayerNorm"]
+            dx[frozen] = x.grad
+            if frozen:
+                assert grads[1] is None and grads[2] is None
+                assert all(p.grad is None for p in norm.parameters())
+    assert calls == [True, False]
+    np.testing.assert_array_equal(dx[True], dx[False])

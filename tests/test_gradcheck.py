@@ -121,8 +121,8 @@ def test_gradcheck_fails_a_monkeypatched_layernorm_backward_that_forgets_the_mea
 
     right = numpy_kernels.layernorm_backward
 
-    def wrong(dy, x, w, mean, rstd):                   # dx without the - mean(dxhat) term
-        _, dw, db = right(dy, x, w, mean, rstd)
+    def wrong(dy, x, w, mean, rstd, params=True):      # dx without the - mean(dxhat) term
+        _, dw, db = right(dy, x, w, mean, rstd, params)
         xhat = (x - mean[:, None]) * rstd[:, None]
         dxhat = dy * w
         return rstd[:, None] * (dxhat - xhat * (dxhat * xhat).mean(1, keepdims=True)), dw, db

@@ -121,6 +121,20 @@ def test_layernorm_backward_sums_dw_db_over_many_row_chunks(dt):
     both("layernorm_backward", (dy, x, w, mean, rstd), dt)
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+def test_layernorm_backward_without_params_gives_the_same_dx_and_no_dw_db(dt):
+    """params=False (w and b frozen): dx as with them, no dw or db computed, in both twins."""
+    rng = rng_for(dt)
+    x, dy = randn(rng, dt, N, C), randn(rng, dt, N, C)
+    w, b = randn(rng, dt, C), randn(rng, dt, C)
+    _, mean, rstd = R.layernorm_forward(x, w, b)
+    for twin in (R, NB):
+        dx_all, _, _ = twin.layernorm_backward(dy, x, w, mean, rstd)
+        dx, dw, db = twin.layernorm_backward(dy, x, w, mean, rstd, params=False)
+        assert dw is None and db is None
+        np.testing.assert_array_equal(dx, dx_all)
+
+
 def test_layernorm_accepts_non_contiguous_input():
     rng = rng_for(np.float64)
     x = randn(rng, np.float64, N, 2 * C)[:, ::2]           # strided view

@@ -74,8 +74,8 @@ class LayerNorm(Function):
     def backward(ctx, grad):                   # forward was y = (x - mean) * rstd * w + b
         x2, w, mean, rstd = ctx.saved
         dy2 = np.ascontiguousarray(grad).reshape(x2.shape)
-        dx2, dw, db = K.layernorm_backward(dy2, x2, w, mean, rstd)
-        return dx2.reshape(grad.shape), dw, db
+        dx2, dw, db = K.layernorm_backward(dy2, x2, w, mean, rstd, params=any(ctx.needs_input_grad[1:]))
+        return dx2.reshape(grad.shape), dw, db     # dw, db None when w and b are frozen
 
 
 def layer_norm(x, weight, bias, eps=1e-5):

@@ -137,7 +137,7 @@ def layernorm_forward(x, w, b, eps=1e-5):     # x: (N, C)  w, b: (C,)
 
 
 @njit(parallel=True, cache=True, fastmath=SAFE)
-def _layernorm_backward(dy, x, w, mean, rstd, dx, dw_part, db_part):   # dy, x, dx: (N, C)
+def _layernorm_backward(dy, x, w, mean, rstd, dx, dw_part, db_part, params):   # dy, x, dx: (N, C)
     # xhat = (x - mean) * rstd; dxhat = dy * w
     # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
     # dw, db = sum over rows of dy * xhat, dy: chunk k of LN_ROWS_PER_CHUNK rows adds into
@@ -156,8 +156,9 @@ def _layernorm_backward(dy, x, w, mean, rstd, dx, dw_part, db_part):   # dy, x, 
                 g = dy[n, c] * w[c]
                 s1 += g
                 s2 += g * xhat
-                dw_part[k, c] += dy[n, c] * xhat
-                db_part[k, c] += dy[n, c]
+                if params:                      # False: w and b are frozen, no dw, db
+                    dw_part[k, c] += dy[n, c] * xhat
+                    db_part[k, c] += dy[n, c]
             m1 = s1 / dt(C)
             m2 = s2 / dt(C)
             for c in range(C):
@@ -165,7 +166,7 @@ def _layernorm_backward(dy, x, w, mean, rstd, dx, dw_part, db_part):   # dy, x, 
                 dx[n, c] = r * (dy[n, c] * w[c] - m1 - xhat * m2)
 
 
-def layernorm_backward(dy, x, w, mean, rstd):  # dy, x: (N, C)
+def layernorm_backward(dy, x, w, mean, rstd, params=True):  # dy, x: (N, C)
     dy, x, w, mean, rstd = _floats("layernorm_backward", dy=dy, x=x, w=w, mean=mean, rstd=rstd)
     _ndim("layernorm_backward", "x", x, "NC")
     N, C = x.shape
@@ -173,11 +174,13 @@ def layernorm_backward(dy, x, w, mean, rstd):  # dy, x: (N, C)
     _shape("layernorm_backward", "w", w, (C,))
     _shape("layernorm_backward", "mean", mean, (N,))
     _shape("layernorm_backward", "rstd", rstd, (N,))
-    K = max(1, -(-N // LN_ROWS_PER_CHUNK))
+    K = max(1, -(-N // LN_ROWS_PER_CHUNK)) if params else 1
     dx = np.empty_like(x)                                  # (N, C)
     dw_part = np.zeros((K, C), dtype=x.dtype)              # (K, C) per-chunk partial sums
     db_part = np.zeros((K, C), dtype=x.dtype)
-    _layernorm_backward(dy, x, w, mean, rstd, dx, dw_part, db_part)
+    _layernorm_backward(dy, x, w, mean, rstd, dx, dw_part, db_part, bool(params))
+    if not params:
+        return dx, None, None                              # (N, C): w and b frozen
     return dx, dw_part.sum(axis=0), db_part.sum(axis=0)    # (N, C), (C,), (C,)
 
 

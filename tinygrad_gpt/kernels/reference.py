@@ -29,11 +29,11 @@ def layernorm_forward(x, w, b, eps=1e-5):     # x: (N, C)  w, b: (C,)
     return y, mean, rstd
 
 
-def layernorm_backward(dy, x, w, mean, rstd):  # dy, x: (N, C)
+def layernorm_backward(dy, x, w, mean, rstd, params=True):  # dy, x: (N, C)
     # forward: xhat = (x - mean) * rstd ; y = xhat * w + b
     xhat = (x - mean[:, None]) * rstd[:, None]               # (N, C)
-    dw = (dy * xhat).sum(axis=0)                             # (C,)
-    db = dy.sum(axis=0)                                      # (C,)
+    dw = (dy * xhat).sum(axis=0) if params else None         # (C,)  params=False: w, b frozen
+    db = dy.sum(axis=0) if params else None                  # (C,)
     dxhat = dy * w                                           # (N, C)
     # d/dx of (x - mean) * rstd, where mean and rstd depend on every x of the row:
     # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
