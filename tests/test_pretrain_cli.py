@@ -508,7 +508,9 @@ def test_the_run_config_is_settled_once_from_flags_and_checkpoint_and_the_flags_
     assert vars(args) == parsed                                  # read, never written
     assert corpus_run is None
     assert (config.model, config.context_length, config.batch_size, config.epochs) == ("tiny", 16, 2, 3)
-    assert config.precision == config.precision_requested == "float32"     # the checkpoint's
+    stored = ckpt.config.get("precision", "float32")            # what the checkpoint trained in
+    assert stored == resolve_precision("auto")                   # the fixture's run asked for auto
+    assert config.precision == config.precision_requested == stored     # the checkpoint's
     assert config.model_config["context_length"] == 16 and config.drop_rate == config.model_config["drop_rate"]
     assert config.explicit == {"resume", "epochs"}
     with pytest.raises(dataclasses.FrozenInstanceError):
