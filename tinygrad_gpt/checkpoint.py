@@ -42,10 +42,12 @@ from typing import Dict, List, Optional, Tuple, Type, Union
 
 import numpy as np
 
-from .fileio import atomic_replace, fsync_dir, fsync_file, write_synced
+from . import configcheck
+from .fileio import (ChecksumError, atomic_replace, fsync_dir, fsync_file, save_safetensors, verify_checksums,
+                     write_checksums, write_synced)
 from .model import CONFIG_KEYS, GPTModel
 from .pretrained import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsReader, WeightsError, from_pretrained,
-                         listing, read_json, set_layer_norm_eps)
+                         listing, read_json, set_layer_norm_eps, warn_nonfinite)
 
 PathLike = Union[str, Path]
 
@@ -108,15 +110,7 @@ def _write_tensors(path, tensors):
     the whole file in memory, twice: 2.6 GB for the 124M model's AdamW moments); its I/O
     errors come back as OSError with their errno, so a full disk is told apart.
     """
-    import safetensors.numpy
-    from safetensors import SafetensorError
-    try:
-        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                                    str(path), metadata={"format": "np"})
-    except SafetensorError as e:
-        m = re.search(r"os error (\d+)", str(e))
-        code = int(m.group(1)) if m else errno.EIO
-        raise OSError(code, os.strerror(code), str(path)) from None
+    save_safetensors(tensors, path, metadata={"format": "np"})     # OSError with its errno
     fsync_file(path)
     with open(path, "rb") as f:
         return _size_and_sha256(f)
@@ -197,6 +191,7 @@ def save_checkpoint(save_dir: PathLike, model: GPTModel, optimizer, state: Train
                 "rng": {k: _jsonable(g.bit_generator.state) for k, g in rngs.items()},
                 "optimizer": _jsonable(opt_json)}
         _write_file(tmp / STATE_FILE, json.dumps(meta, indent=1).encode("utf-8"))
+        write_checksums(tmp, (STATE_FILE,))  # state.json is covered too (read_checkpoint checks it)
         fsync_dir(tmp)
         old = None
         if final.exists():                   # the same step saved again: swap, then drop the old one
@@ -361,6 +356,10 @@ def read_checkpoint(path: PathLike) -> "Checkpoint":
         if size != entry["bytes"]:
             raise _bad(ckpt_dir, f"{'truncated' if size < entry['bytes'] else 'corrupted'}: "
                                  f"{entry['name']} has {size} bytes, {entry['bytes']} were saved")
+    try:                                   # a changed digit that still parses (checkpoints before SHA256SUMS: none)
+        verify_checksums(ckpt_dir, only=(STATE_FILE,))
+    except ChecksumError as e:
+        raise _bad(ckpt_dir, f"corrupted: {e}") from None
     return Checkpoint(ckpt_dir, meta)
 
 
@@ -532,6 +531,10 @@ def load_model(path: PathLike, cls: Type[GPTModel] = GPTModel) -> GPTModel:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: it should hold the model config "
                                 f"({', '.join(CONFIG_KEYS)})")
+    try:
+        verify_checksums(directory, only=(CONFIG_FILE, weights.name))   # when SHA256SUMS is there
+    except ChecksumError as e:
+        raise WeightsError(str(e)) from None
     obj = read_json(config_path)
     if obj.get("model_type") == "gpt2" and weights.name == WEIGHTS_FILE:
         return from_pretrained(directory, cls=cls)
@@ -545,6 +548,10 @@ def load_model(path: PathLike, cls: Type[GPTModel] = GPTModel) -> GPTModel:
 
 def _model_from_book_tensors(cls, cfg, tensors, source):
     keep = CONFIG_KEYS + (("tokenizer",) if "tokenizer" in cfg else ())    # micro's "char" must survive
+    try:                                      # types, ranges, memory: before the model is built
+        configcheck.check_book_config(cfg, f"{source.parent}: model config")
+    except configcheck.ConfigError as e:
+        raise WeightsError(str(e)) from None
     model = cls({k: cfg[k] for k in keep})
     params = dict(model.named_parameters())
     missing = [n for n in params if n not in tensors]
@@ -558,4 +565,5 @@ def _model_from_book_tensors(cls, cfg, tensors, source):
         np.copyto(p.data, tensors[n], casting="unsafe")
     if "layer_norm_epsilon" in cfg:
         set_layer_norm_eps(model, cfg["layer_norm_epsilon"])
+    warn_nonfinite(model, source)
     return model.eval()
