@@ -7,7 +7,10 @@
 """
 import sys
 
-from tinygrad_gpt.pretrain import main
+try:
+    from tinygrad_gpt.pretrain import main
+except KeyboardInterrupt:                # Ctrl-C while the libraries load: quietly, 130
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

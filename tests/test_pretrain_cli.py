@@ -23,6 +23,7 @@ import pytest
 
 from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt import pretrain
+from tinygrad_gpt.fileio import write_checksums
 
 from helpers import TINY, assert_same_run, by_step, cli, env, ep_lines, isolated, run_cli, small_text, start
 
@@ -213,6 +214,7 @@ def test_resume_from_a_checkpoint_of_another_config_names_the_tensor(tmp_path, c
     meta = json.loads(f.read_text())
     meta["config"]["model_config"]["context_length"] = 32
     f.write_text(json.dumps(meta))
+    write_checksums(ckpt_copy, (C.STATE_FILE,))   # mixed files: that state.json came with its SHA256SUMS
     refused(tmp_path, capsys, "--resume", ckpt_copy, words=["pos_emb.weight", "(16, 64)", "(32, 64)"])
 
 
@@ -388,7 +390,7 @@ def test_a_finished_run_saves_its_model_and_generate_checkpoint_out_generates_fr
     p = subprocess.run(cli(*TINY, "--epochs", "1", "--data", text_file, "--out", out),
                        capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert sorted(f.name for f in out.iterdir()) == ["config.json", "model.safetensors"]   # no optimizer
+    assert sorted(f.name for f in out.iterdir()) == ["SHA256SUMS", "config.json", "model.safetensors"]   # no optimizer
     command = [line for line in p.stdout.splitlines() if line.startswith("Generate with: ")]
     assert command == [f"Generate with: python examples/generate.py --checkpoint {out}"], p.stdout[-500:]
 
@@ -419,7 +421,8 @@ def test_save_optimizer_also_keeps_a_resumable_checkpoint(tmp_path, text_file):
     with contextlib.redirect_stdout(io.StringIO()) as stdout:
         assert run_cli(*TINY, "--epochs", "1", "--data", text_file, "--out", out, "--save-optimizer") == 0
     step = C.latest_checkpoint(out / "checkpoints")
-    assert sorted(f.name for f in step.iterdir()) == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    assert sorted(f.name for f in step.iterdir()) == ["SHA256SUMS", "model.safetensors", "optimizer.safetensors",
+                                                      "state.json"]
     assert f"Checkpoint saved to {step}" in stdout.getvalue()
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import rundir
 from .amp import autocast, choose_precision, get_gemm_backend, resolve_precision
 from .cli import USAGE_ERROR, UsageError, select_kernels, setup_threads  # noqa: F401
 from .cli import pretrain_corpus
@@ -59,6 +60,8 @@ def main(argv=None):
     except KeyboardInterrupt:                    # outside training (set-up, the plot)
         print("pretrain.py: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    finally:
+        rundir.release_all()                     # the run directories' locks
 
 
 # ----------------------------------------------------------------------------- the run, step by step
@@ -73,10 +76,11 @@ def run(args):
     dp = getattr(args, "dp", None)
     ckpt, ckpt_root = open_checkpoint(args) if args.resume is not None else (None, None)
     check_args(args)
+    rundir.settle_out(args)                                     # no --out: the next free runs/pretrain-N
     corpus_run = pretrain_corpus.open_run(args, ckpt)           # --data DIR: a prepared corpus, or None
     pretrain_corpus.check_data_parallel(args, dp)
     select_kernels(args.kernels)
-    cfg = model_config(args, ckpt)
+    cfg = rundir.check_model_config(model_config(args, ckpt), ckpt)
     if corpus_run is None:
         text, description, text_sha = load_text(args, ckpt, cfg)
         tokenizer = text_tokenizer(args, cfg, text)
@@ -85,7 +89,10 @@ def run(args):
     else:
         text, description, text_sha = None, corpus_run.description, None
         tokenizer = corpus_tokenizer(args, ckpt, cfg)
+    rundir.refuse_if_busy(args, ckpt_root, dp)                  # a live trainer there: its pid
     save_dir, fallback = plan_directories(args, ckpt, ckpt_root)
+    rundir.check_overwrite(args, ckpt, ckpt_root, save_dir)
+    rundir.claim(args, cfg, save_dir, dp)                       # free space, the locks, stale .tmp files
 
     # ---- from here on the input is valid
     print(description, flush=True)
@@ -123,7 +130,8 @@ def run(args):
         return code
     report_run(args, model, state, time.perf_counter() - start, start_tokens, checkpointer, save_dir)
     if is_root(dp):                               # one model on disk, written by rank 0
-        save_final_model(model, args.out)
+        save_final_model(model, args.out, checkpointer.last_path
+                         if save_dir is not None or getattr(args, "save_optimizer", False) else None)
         plot(args, state)
     return 0
 
@@ -208,6 +216,8 @@ def check_windows_fit(args, tokenizer, train_text, val_text):
                              f"(the {'first 90' if name == 'training' else 'last 10'}%) has {have} tokens, "
                              f"one window needs {args.context_length + 1}; fix: use a longer text or a "
                              "smaller --context-length")
+        if name == "training":
+            rundir.check_batches_fit(args, have)   # --batch-size x --accum-steps, before start-up
 
 
 def make_loaders(args, tokenizer, train_text, val_text):

@@ -68,8 +68,11 @@ def build_parser():
     p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
     p.add_argument("--start-context", default="Every effort moves you")
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--out", default="runs/pretrain",
-                   help="directory for the final model (model.safetensors + config.json) and the loss plot")
+    p.add_argument("--out", default=None,
+                   help="directory for the final model (model.safetensors + config.json) and the loss plot "
+                        "(default: the next free runs/pretrain, runs/pretrain-2, ...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out replace the model another run left there")
     p.add_argument("--save-optimizer", action="store_true",
                    help="also keep AdamW's state at the end: a resumable checkpoint (into --save-dir, "
                         "or OUT/checkpoints)")
