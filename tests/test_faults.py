@@ -437,3 +437,29 @@ def test_the_torch_runner_keeps_torch_bound_for_threads_and_atexit(tmp_path):
                        text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["thread tinygrad_gpt.torch", "atexit tinygrad_gpt.torch"], r.stdout
+
+
+@pytest.mark.parametrize("argv,words", [(["--seed", "-1"], "--seed -1"), (["--seed", str(2 ** 64)], "--seed"),
+                                        (["--threads", "0"], "--threads 0"), (["--eval-iter", "0"], "--eval-iter 0")])
+def test_a_numeric_flag_out_of_range_is_one_line(tmp_path, capsys, argv, words):
+    refused(tmp_path, capsys, *MICRO, *argv, words=[words, "out of range"])
+
+
+@pytest.mark.parametrize("argv,words", [(["--shard-tokens", str(2 ** 31)], "--shard-tokens"),
+                                        (["--threads", "-1"], "--threads -1")])
+def test_a_prepare_data_flag_out_of_range_is_one_line(tmp_path, capsys, argv, words):
+    (tmp_path / "in.txt").write_text(small_text(100), encoding="utf-8")
+    refused(tmp_path, capsys, tmp_path / "in.txt", "--out", tmp_path / "c", *argv, words=[words, "out of range"],
+            main=lambda *a: prepare_main([str(x) for x in a]), prog="prepare_data.py")
+
+
+@pytest.mark.parametrize("script", ["pretrain.py", "generate.py", "prepare_data.py"])
+def test_ctrl_c_while_the_libraries_load_exits_130_quietly(tmp_path, script):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "numpy.py").write_text("raise KeyboardInterrupt\n")     # Ctrl-C lands during `import numpy`
+    e = env()
+    e["PYTHONPATH"] = os.pathsep.join([str(fake), e["PYTHONPATH"]])
+    r = subprocess.run([sys.executable, str(REPO / "examples" / script), "--help"], env=e, capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 130 and r.stderr == "" and r.stdout == "", r

@@ -250,8 +250,10 @@ def prepare(args):
     args.exts = tuple(e if e.startswith(".") else "." + e for e in args.ext.split(",") if e)
     if not 0 < args.val_fraction < 1:
         raise C.CorpusError(f"--val-fraction {args.val_fraction} is out of range: it must be in (0, 1)")
-    if args.shard_tokens < 1:
-        raise C.CorpusError(f"--shard-tokens {args.shard_tokens} is out of range: it must be at least 1")
+    if not 1 <= args.shard_tokens < 2 ** 31:        # the shard header counts tokens in an int32
+        raise C.CorpusError(f"--shard-tokens {args.shard_tokens} is out of range: it must be in [1, 2**31)")
+    if args.threads is not None and args.threads < 1:
+        raise C.CorpusError(f"--threads {args.threads} is out of range: it must be at least 1")
     files = expand_inputs(args.inputs, args.exts, args.exclude)
     d = check_out_dir(args.out)
     if not args.force:

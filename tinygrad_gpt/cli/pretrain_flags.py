@@ -126,7 +126,8 @@ def check_args(args):
               ("--eval-iter", args.eval_iter, args.eval_iter >= 1, "at least 1"),
               ("--context-length", args.context_length, args.context_length >= 2, "at least 2"),
               ("--accum-steps", args.accum_steps, args.accum_steps >= 1, "at least 1"),
-              ("--warmup-steps", args.warmup_steps, args.warmup_steps >= 0, "at least 0")]
+              ("--warmup-steps", args.warmup_steps, args.warmup_steps >= 0, "at least 0"),
+              ("--seed", args.seed, 0 <= args.seed < 2 ** 64, "in [0, 2**64)")]
     if args.drop_rate is not None:
         checks.append(("--drop-rate", args.drop_rate, 0 <= args.drop_rate < 1, "in [0, 1)"))
     if args.grad_clip is not None:
