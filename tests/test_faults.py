@@ -463,3 +463,9 @@ def test_ctrl_c_while_the_libraries_load_exits_130_quietly(tmp_path, script):
     r = subprocess.run([sys.executable, str(REPO / "examples" / script), "--help"], env=e, capture_output=True,
                        text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 130 and r.stderr == "" and r.stdout == "", r
+
+
+@pytest.mark.parametrize("key,value", [("batch_size", [2]), ("lr", "fast"), ("seed", None)])
+def test_a_resumed_checkpoints_run_config_of_the_wrong_type_is_one_line(tmp_path, capsys, micro_ckpt, key, value):
+    _edit_state(micro_ckpt, lambda m: m["config"]["run"].update({key: value}))
+    refused(tmp_path, capsys, "--resume", micro_ckpt, "--epochs", "2", words=[f"run.{key}", str(micro_ckpt)])

@@ -15,6 +15,7 @@ named after the last step they include (the step the "Ep 1 (Step 000042)" lines 
                                   the config; the TrainState (epoch, batch, the epoch's
                                   batch order, tokens seen, loss history); every random
                                   generator's state; AdamW's step counts and groups
+        SHA256SUMS                state.json's sha256 (sha256sum's format), checked on reading
 
 A checkpoint is written into a temporary directory beside the others (each file
 fsync'ed), then renamed into place: a kill at any instant leaves the previous checkpoints
@@ -47,7 +48,8 @@ from .fileio import (ChecksumError, atomic_replace, fsync_dir, fsync_file, save_
                      write_checksums, write_synced)
 from .model import CONFIG_KEYS, GPTModel
 from .pretrained import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsReader, WeightsError, from_pretrained,
-                         listing, read_json, set_layer_norm_eps, warn_nonfinite)
+                         listing, read_json, set_layer_norm_eps, verify_checksums_or_raise,
+                         warn_nonfinite)
 
 PathLike = Union[str, Path]
 
@@ -531,10 +533,6 @@ def load_model(path: PathLike, cls: Type[GPTModel] = GPTModel) -> GPTModel:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: it should hold the model config "
                                 f"({', '.join(CONFIG_KEYS)})")
-    try:
-        verify_checksums(directory, only=(CONFIG_FILE, weights.name))   # when SHA256SUMS is there
-    except ChecksumError as e:
-        raise WeightsError(str(e)) from None
     obj = read_json(config_path)
     if obj.get("model_type") == "gpt2" and weights.name == WEIGHTS_FILE:
         return from_pretrained(directory, cls=cls)
@@ -542,6 +540,7 @@ def load_model(path: PathLike, cls: Type[GPTModel] = GPTModel) -> GPTModel:
     if cfg is None:
         raise WeightsError(f"{config_path} has no model config: expected {', '.join(CONFIG_KEYS)}")
     with SafetensorsReader(weights) as f:
+        verify_checksums_or_raise(directory, (CONFIG_FILE, weights.name))   # when SHA256SUMS is there
         tensors = {k: f.get(k) for k in f.keys}
     return _model_from_book_tensors(cls, cfg, tensors, weights)
 

@@ -75,8 +75,10 @@ def run(args):
         args.explicit = set()
     dp = getattr(args, "dp", None)
     ckpt, ckpt_root = open_checkpoint(args) if args.resume is not None else (None, None)
+    rundir.check_adopted(args, ckpt, build_parser(), RUN_KEYS)  # state.json's hyperparameters: their types
     check_args(args)
     rundir.settle_out(args)                                     # no --out: the next free runs/pretrain-N
+    rundir.refuse_if_busy(args, ckpt_root, dp)                  # a live trainer there: its pid, at once
     corpus_run = pretrain_corpus.open_run(args, ckpt)           # --data DIR: a prepared corpus, or None
     pretrain_corpus.check_data_parallel(args, dp)
     select_kernels(args.kernels)
@@ -89,7 +91,6 @@ def run(args):
     else:
         text, description, text_sha = None, corpus_run.description, None
         tokenizer = corpus_tokenizer(args, ckpt, cfg)
-    rundir.refuse_if_busy(args, ckpt_root, dp)                  # a live trainer there: its pid
     save_dir, fallback = plan_directories(args, ckpt, ckpt_root)
     rundir.check_overwrite(args, ckpt, ckpt_root, save_dir)
     rundir.claim(args, cfg, save_dir, dp)                       # free space, the locks, stale .tmp files

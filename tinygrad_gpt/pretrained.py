@@ -335,12 +335,9 @@ def from_pretrained(path_or_name: PathLike, download_missing: bool = False, cls:
     tensors raise WeightsError naming them; a damaged file raises WeightsError naming it."""
     directory = resolve(path_or_name, download_missing, progress=progress)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    try:
-        verify_checksums(directory, only=(CONFIG_FILE, WEIGHTS_FILE))    # when SHA256SUMS is there
-    except ChecksumError as e:
-        raise WeightsError(str(e)) from None
     cfg, eps, tied = config_from_hf(read_json(config_path), str(config_path))
-    with SafetensorsReader(weights_path) as f:
+    with SafetensorsReader(weights_path) as f:     # a file that does not parse is named as such first
+        verify_checksums_or_raise(directory, (CONFIG_FILE, WEIGHTS_FILE))
         names = {}                                             # HF name without prefix -> key in file
         for key in f.keys:
             name = key[len("transformer."):] if key.startswith("transformer.") else key
@@ -379,6 +376,14 @@ def from_pretrained(path_or_name: PathLike, download_missing: bool = False, cls:
     set_layer_norm_eps(model, eps)
     warn_nonfinite(model, weights_path)
     return model.eval()
+
+
+def verify_checksums_or_raise(directory: Path, names) -> None:
+    """The SHA256SUMS beside the files, when there is one (save_pretrained writes it)."""
+    try:
+        verify_checksums(directory, only=names)
+    except ChecksumError as e:
+        raise WeightsError(str(e)) from None
 
 
 def warn_nonfinite(model: GPTModel, source) -> None:

@@ -295,3 +295,21 @@ def check_batches_fit(args, train_tokens):
         raise UsageError(f"the training text {args.data or '(the default)'} gives {windows} windows of "
                          f"{T} tokens: {batches} batches of --batch-size {args.batch_size}, fewer than "
                          f"--accum-steps {args.accum_steps}; fix: lower --batch-size or --accum-steps")
+
+
+def check_adopted(args, ckpt, parser, keys):
+    """A resumed run's hyperparameters come from its state.json: each must have its flag's
+    type (a list where a number belongs is one line, not a TypeError in the range checks)."""
+    if ckpt is None:
+        return
+    types = {a.dest: a.type for a in parser._actions if a.dest in keys}
+    for key in keys:
+        value, kind = getattr(args, key), types.get(key) or str
+        if value is None and parser.get_default(key) is None:
+            continue
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float \
+            else isinstance(value, kind) and not isinstance(value, bool)
+        if not ok:
+            raise UsageError(f"checkpoint {ckpt.path} is corrupted: its state.json has run.{key} "
+                             f"{configcheck._show(value)}, not {'a number' if kind is float else 'an integer' if kind is int else 'a string'}; "
+                             "fix: resume from another checkpoint, or start a new run")

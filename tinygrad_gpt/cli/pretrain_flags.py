@@ -23,8 +23,12 @@ DEFAULT_SAVE_EVERY = 50
 EPILOG = """\
 the result:
   a finished run writes its model into OUT (model.safetensors + config.json, Hugging Face's
-  layout, no optimizer state: --save-optimizer adds a resumable checkpoint) and prints the
-  command that generates from it: python examples/generate.py --checkpoint OUT
+  layout, and SHA256SUMS, which loading checks; no optimizer state: --save-optimizer adds a
+  resumable checkpoint) and prints the command that generates from it:
+  python examples/generate.py --checkpoint OUT
+  Without --out a run takes the next free runs/pretrain, runs/pretrain-2, ...; an OUT that
+  holds another run's model is refused unless --overwrite. While a run trains, OUT and
+  --save-dir are locked: a second trainer there is refused, naming the first one's pid.
 
 checkpoints:
   --save-dir DIR keeps the last 2 checkpoints in DIR/step-NNNNNN/ (model.safetensors,
@@ -39,8 +43,9 @@ exit codes:
   0    training finished
   1    training stopped: the loss or a gradient became NaN or infinite (nothing was
        applied or overwritten; the message names the last good checkpoint)
-  2    a usage error (bad flag, training text, checkpoint or directory; disk full while
-       saving): one line on stderr, and nothing is written
+  2    a usage error (bad flag, training text, checkpoint, corpus or directory; a directory
+       in use or too small): one line on stderr, and nothing is written; or a full disk
+       while saving: the trained weights are kept (the line says where)
   130  interrupted by Ctrl-C (SIGINT), after saving a checkpoint
   143  stopped by SIGTERM, after saving a checkpoint
 """
