@@ -161,7 +161,7 @@ def test_an_out_too_small_for_the_model_is_refused_before_training(tmp_path, cap
 def test_check_space_sums_out_and_save_dir_on_one_filesystem(tmp_path):
     cfg = {"vocab_size": 100, "context_length": 8, "emb_dim": 8, "n_heads": 2, "n_layers": 1, "qkv_bias": False}
     n = configcheck.num_parameters(cfg)
-    need = 4 * n + rundir.MARGIN + 12 * n + rundir.MARGIN
+    need = 4 * n + rundir.MARGIN + 3 * 12 * n + rundir.MARGIN     # the model; 2 kept checkpoints + 1 in flight
     rundir.check_space(tmp_path / "o", tmp_path / "s", cfg, free=need)
     with pytest.raises(rundir.UsageError, match="--out .* and --save-dir"):
         rundir.check_space(tmp_path / "o", tmp_path / "s", cfg, free=need - 1)
@@ -339,7 +339,9 @@ def test_loading_nan_weights_warns_in_one_line(tmp_path):
     save_pretrained(model, tmp_path / "m")
     with pytest.warns(RuntimeWarning, match=r"NaN or infinite values \(") as w:
         from_pretrained(tmp_path / "m")
-    assert len(str(w[0].message).splitlines()) == 1
+    import warnings
+    shown = warnings.formatwarning(w[0].message, w[0].category, w[0].filename, w[0].lineno, None)
+    assert len(shown.splitlines()) == 1 and "model.safetensors" in shown, shown
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -469,3 +471,28 @@ def test_ctrl_c_while_the_libraries_load_exits_130_quietly(tmp_path, script):
 def test_a_resumed_checkpoints_run_config_of_the_wrong_type_is_one_line(tmp_path, capsys, micro_ckpt, key, value):
     _edit_state(micro_ckpt, lambda m: m["config"]["run"].update({key: value}))
     refused(tmp_path, capsys, "--resume", micro_ckpt, "--epochs", "2", words=[f"run.{key}", str(micro_ckpt)])
+
+
+def test_resuming_on_an_identical_re_prepared_corpus_continues(tmp_path, story):
+    quiet_run(*TINY, "--data", story, "--max-steps", "2", "--save-dir", tmp_path / "ck", "--out", tmp_path / "o")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert prepare_main([str(tmp_path), "--out", str(story), "--shard-tokens", "1000", "--force"]) == 0
+    out = quiet_run("--resume", tmp_path / "ck", "--max-steps", "3")
+    assert "Resuming from" in out and (tmp_path / "ck" / "step-000002").is_dir()
+
+
+def test_a_shard_changed_under_a_running_job_stops_with_one_line(tmp_path, capsys, story, monkeypatch):
+    real = pretrain.corpus_loaders
+
+    def loaders_then_damage(*a, **k):             # verified at the start, overwritten since
+        loaders = real(*a, **k)
+        shard = story / "train_000000.bin"
+        data = bytearray(shard.read_bytes())
+        data[corpus.HEADER_BYTES:] = np.full((len(data) - corpus.HEADER_BYTES) // 2, 60000, "<u2").tobytes()
+        with open(shard, "r+b") as f:             # in place: the memory map sees it
+            f.write(bytes(data))
+        return loaders
+    monkeypatch.setattr(pretrain, "corpus_loaders", loaders_then_damage)
+    rc = run_cli(*TINY, "--data", story, "--max-steps", "2", "--order", "sequential", "--out", tmp_path / "o")
+    one_line_error(rc, capsys.readouterr().err, words=["training stopped", "train_000000.bin", "token 60000",
+                                                      "at token offset 0", "no checkpoint was saved"])

@@ -324,6 +324,7 @@ def train(args, model, train_loader, val_loader, optimizer, tokenizer, state, ch
     """train.train_model under the signal handlers. Returns (state, None) when training
     finished, (state, exit code) when it stopped: interrupted, or a non-finite loss."""
     from . import checkpoint as ckpt_mod
+    from .corpus import CorpusError
     from .tensor import default_rng
     from .train import NonFiniteLossError, Progress, train_model
     dp = getattr(args, "dp", None)
@@ -362,6 +363,11 @@ def train(args, model, train_loader, val_loader, optimizer, tokenizer, state, ch
               "repeat the same steps, so start a new run with a lower --lr or a --grad-clip",
               file=sys.stderr, flush=True)
         return state, TRAINING_FAILED
+    except CorpusError as e:                      # a shard changed under the run (it was verified at the start)
+        progress.clear()
+        last = (f"the last checkpoint is {checkpointer.last_path}" if checkpointer.last_path is not None
+                else "no checkpoint was saved")
+        raise UsageError(f"training stopped: {e}; {last}") from None
     except ckpt_mod.CheckpointSaveError as e:
         progress.clear()
         fix = (f"; then resume with: {resume_command(Path(e.path).parent, args)}"

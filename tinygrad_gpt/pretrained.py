@@ -390,9 +390,9 @@ def warn_nonfinite(model: GPTModel, source) -> None:
     """One warning line when loaded weights hold NaN or infinity (they would generate garbage)."""
     import warnings
     bad = [name for name, p in model.named_parameters() if not np.isfinite(p.data).all()]
-    if bad:
-        warnings.warn(f"{source}: {len(bad)} tensors hold NaN or infinite values ({listing(bad, 3)})",
-                      RuntimeWarning, stacklevel=3)
+    if bad:                                # attributed to the file itself: no source line under it
+        warnings.warn_explicit(f"{len(bad)} tensors hold NaN or infinite values ({listing(bad, 3)}); text "
+                               "generated from them is garbage", RuntimeWarning, str(source), 0)
 
 
 # ----------------------------------------------------------------------------- writing

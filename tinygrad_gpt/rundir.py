@@ -183,12 +183,15 @@ def _existing(path: Path) -> Path:
 
 
 def check_space(out, save_dir, cfg, free=None) -> None:
-    """--out must hold the final model (float32 parameters), --save-dir one checkpoint
-    (parameters + AdamW's two moments); the two summed when they share a filesystem."""
+    """--out must hold the final model (float32 parameters), --save-dir its checkpoints
+    (parameters + AdamW's two moments each): the KEEP it keeps and the one being written,
+    less those already there; the two summed when they share a filesystem."""
+    from .checkpoint import KEEP, list_checkpoints
     n = configcheck.num_parameters(cfg)
     needs = [("--out", out, n * configcheck.FLOAT32_BYTES + MARGIN)]
     if save_dir is not None:
-        needs.append(("--save-dir", save_dir, 3 * n * configcheck.FLOAT32_BYTES + MARGIN))
+        count = max(1, KEEP + 1 - len(list_checkpoints(save_dir)))
+        needs.append(("--save-dir", save_dir, count * 3 * n * configcheck.FLOAT32_BYTES + MARGIN))
     by_device = {}
     for flag, d, need in needs:
         where = _existing(Path(d))
@@ -200,7 +203,7 @@ def check_space(out, save_dir, cfg, free=None) -> None:
         have = shutil.disk_usage(where).free if free is None else free
         if have < need:
             raise UsageError(f"{' and '.join(flags)}: {_mb(have)} free on its filesystem, the run needs "
-                             f"{_mb(need)} (the final model{' and a checkpoint' if len(needs) > 1 else ''} of "
+                             f"{_mb(need)} (the final model{' and its checkpoints' if len(needs) > 1 else ''} of "
                              f"{n:,} parameters); fix: free some space or pass another directory")
 
 
