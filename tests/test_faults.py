@@ -420,8 +420,9 @@ def test_a_batch_larger_than_the_data_is_refused_before_start_up(tmp_path, capsy
 
 
 # ----------------------------------------------------------------------------- the torch runner
-def test_the_torch_runner_in_process_restores_argv_and_path(tmp_path):
+def test_the_torch_runner_in_process_restores_argv_and_path(tmp_path, monkeypatch):
     from tinygrad_gpt.torch.__main__ import main
+    monkeypatch.delitem(sys.modules, "torch", raising=False)     # real torch, if another test imported it
     script = tmp_path / "s.py"
     script.write_text("import sys, torch\nassert sys.argv == [sys.argv[0], 'x']\n")
     argv, path = list(sys.argv), list(sys.path)
