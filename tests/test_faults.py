@@ -497,3 +497,12 @@ def test_a_shard_changed_under_a_running_job_stops_with_one_line(tmp_path, capsy
     rc = run_cli(*TINY, "--data", story, "--max-steps", "2", "--order", "sequential", "--out", tmp_path / "o")
     one_line_error(rc, capsys.readouterr().err, words=["training stopped", "train_000000.bin", "token 60000",
                                                       "at token offset 0", "no checkpoint was saved"])
+
+
+def test_the_torch_runner_lets_a_scripts_thread_pool_finish(tmp_path):
+    script = tmp_path / "p.py"
+    script.write_text("from concurrent.futures import ThreadPoolExecutor\nimport torch\n"
+                      "print(ThreadPoolExecutor(2).submit(lambda: 1 + 1).result())\n")
+    r = subprocess.run([sys.executable, "-m", "tinygrad_gpt.torch", str(script)], env=env(), capture_output=True,
+                       text=True, timeout=60, cwd=REPO)                 # its idle workers once hung the join
+    assert r.returncode == 0 and r.stdout == "2\n", r

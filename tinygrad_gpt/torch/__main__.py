@@ -43,10 +43,14 @@ def main(argv=None, as_program=False):
 
 
 def finish_like_the_interpreter():
-    """What Python does after a script's last line, done while `torch` is still the shim: wait
-    for the non-daemon threads, then run the atexit handlers (run once: they are cleared)."""
+    """What Python does after a script's last line (threading._shutdown, then atexit), done
+    while `torch` is still the shim: the threading module's exit hooks (they tell thread pools'
+    idle workers to stop), then a join of every non-daemon thread, then the atexit handlers
+    (run once: the interpreter finds them cleared)."""
     import atexit
     import threading
+    for hook in reversed(list(getattr(threading, "_threading_atexits", []))):
+        hook()
     for t in threading.enumerate():
         if t is not threading.current_thread() and not t.daemon:
             t.join()
