@@ -108,6 +108,8 @@ def build_config(args, explicit=frozenset(), ckpt=None, dp=None, ckpt_root=None)
         rundir.check_adopted(draft, ckpt, build_parser(), RUN_KEYS)   # state.json's hyperparameters: their types
     check_args(draft)
     draft.out, draft.out_chosen = rundir.settle_out(draft.out)      # no --out: the next free runs/pretrain-N
+    if dp is not None and draft.out_chosen:
+        dp.barrier()          # every rank picks before rank 0 creates it (rundir.claim): the same directory
     rundir.refuse_if_busy(draft.out, draft.save_dir, ckpt_root, dp)  # a live trainer there: its pid, at once
     corpus_run = pretrain_corpus.open_run(draft, explicit, ckpt)
     pretrain_corpus.check_data_parallel(draft, dp)
