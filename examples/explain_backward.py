@@ -11,7 +11,10 @@
 """
 import sys
 
-from tinygrad_gpt.explain import main
+try:
+    from tinygrad_gpt.explain import main
+except KeyboardInterrupt:                # Ctrl-C while the libraries load: quietly, 130
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

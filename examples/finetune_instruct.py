@@ -6,7 +6,10 @@
 """
 import sys
 
-from tinygrad_gpt.cli.finetune import instruct_main
+try:
+    from tinygrad_gpt.cli.finetune import instruct_main
+except KeyboardInterrupt:                # Ctrl-C while the libraries load: quietly, 130
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(instruct_main())

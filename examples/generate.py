@@ -8,7 +8,10 @@ The command lives in tinygrad_gpt/cli/generate.py.
 """
 import sys
 
-from tinygrad_gpt.cli.generate import main
+try:
+    from tinygrad_gpt.cli.generate import main
+except KeyboardInterrupt:                # Ctrl-C while the libraries load: quietly, 130
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,10 @@
 """
 import sys
 
-from tinygrad_gpt.cli.plot import main
+try:
+    from tinygrad_gpt.cli.plot import main
+except KeyboardInterrupt:                # Ctrl-C while the libraries load: quietly, 130
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

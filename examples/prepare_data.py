@@ -4,7 +4,10 @@ The command lives in tinygrad_gpt/cli/prepare_data.py.
 """
 import sys
 
-from tinygrad_gpt.cli.prepare_data import main
+try:
+    from tinygrad_gpt.cli.prepare_data import main
+except KeyboardInterrupt:                # Ctrl-C while the libraries load: quietly, 130
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,6 +24,7 @@ import pytest
 
 from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt.cli import pretrain
+from tinygrad_gpt.fileio import write_checksums
 
 from helpers import MICRO, TINY, assert_same_run, ep_lines, isolated, run_cli, small_text
 
@@ -141,7 +142,7 @@ def test_keeps_the_last_two_checkpoints_and_a_latest_pointer(tmp_path):
     names = sorted(p.name for p in (tmp_path / "ck").iterdir())
     assert names == ["latest", "step-000002", "step-000003"]
     assert sorted(p.name for p in (tmp_path / "ck" / "step-000003").iterdir()) == \
-        ["model.safetensors", "optimizer.safetensors", "state.json"]
+        ["SHA256SUMS", "model.safetensors", "optimizer.safetensors", "state.json"]   # SHA256SUMS: state.json's
     meta = json.loads((tmp_path / "ck" / "step-000003" / "state.json").read_text())
     assert meta["format"] == C.FORMAT and meta["version"] == C.VERSION
     data = (tmp_path / "ck" / "step-000003" / "model.safetensors").read_bytes()
@@ -301,6 +302,7 @@ def _rewrite(ckpt_dir, name, data):
     key = "model" if name == C.MODEL_FILE else "optimizer"
     meta["files"][key].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     (ckpt_dir / C.STATE_FILE).write_text(json.dumps(meta))
+    write_checksums(ckpt_dir, (C.STATE_FILE,))
 
 
 def _refused(path, *words):

@@ -137,6 +137,7 @@ def test_a_kill_9_mid_prepare_leaves_only_temp_files_that_the_rerun_removes(tmp_
     assert prepare(tmp_path / "docs", "--out", tmp_path / "ref", "--shard-tokens", "50") == 0
     c = tmp_path / "c"
     c.mkdir()
+    (c / ".prepare_data.journal").write_text("train_000000.bin\ntrain_000001.bin\n")   # noted before writing
     C.write_shard(c / "train_000000.bin", np.arange(50, dtype=np.uint16))
     (c / ".train_000001.bin.999.0badcafe.tmp").write_bytes(bytes(1024) + b"\x01\x00")
     (c / "notes.txt").write_text("mine")       # not the corpus's: kept

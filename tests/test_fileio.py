@@ -59,3 +59,42 @@ def test_the_training_text_and_gpt2_downloads_share_the_cache_rule(tmp_path, mon
     assert text == "the verdict"
     assert (tmp_path / "xdg" / "tinygrad_gpt" / data.VERDICT_NAME).read_bytes() == payload
     assert pretrained.cache_dir("gpt2") == tmp_path / "xdg" / "tinygrad_gpt" / "gpt2"
+
+
+def test_save_safetensors_gives_the_mode_open_gives_not_0600(tmp_path):
+    import numpy as np
+    fileio.save_safetensors({"w": np.zeros(3, np.float32)}, tmp_path / "w.safetensors")
+    (tmp_path / "c.json").write_text("{}")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes["w.safetensors"] == modes["c.json"] == 0o666 & ~fileio.umask(), modes
+
+
+def test_umask_is_read_without_changing_it():
+    old = os.umask(0o027)
+    try:
+        assert fileio.umask() == 0o027
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)
+
+
+def test_checksums_verify_and_name_the_file_that_changed(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    (tmp_path / "b.json").write_text("{}")
+    assert not fileio.verify_checksums(tmp_path)                 # none written yet: nothing to check
+    fileio.write_checksums(tmp_path, ["a.bin", "b.json"])
+    assert fileio.verify_checksums(tmp_path)
+    (tmp_path / "a.bin").write_bytes(b"abd")
+    assert fileio.verify_checksums(tmp_path, only=["b.json"])
+    with pytest.raises(fileio.ChecksumError, match=r"a\.bin does not match its sha256"):
+        fileio.verify_checksums(tmp_path)
+
+
+def test_atomic_leftovers_are_recognised_by_atomic_replaces_names_only(tmp_path):
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_replace(tmp_path / "model.safetensors") as tmp:
+            name = tmp.name
+            raise RuntimeError
+    assert fileio.atomic_leftover(name)
+    assert not fileio.atomic_leftover("model.safetensors") and not fileio.atomic_leftover(".bashrc")
+    assert not fileio.atomic_leftover(".notes.tmp")

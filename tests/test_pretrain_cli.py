@@ -25,6 +25,7 @@ from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt.cli import pretrain
 from tinygrad_gpt.runlog import read_metrics
 from tinygrad_gpt.amp import resolve_precision
+from tinygrad_gpt.fileio import write_checksums
 
 from helpers import TINY, assert_same_run, by_step, cli, env, ep_lines, isolated, run_cli, small_text, start
 
@@ -215,6 +216,7 @@ def test_resume_from_a_checkpoint_of_another_config_names_the_tensor(tmp_path, c
     meta = json.loads(f.read_text())
     meta["config"]["model_config"]["context_length"] = 32
     f.write_text(json.dumps(meta))
+    write_checksums(ckpt_copy, (C.STATE_FILE,))   # mixed files: that state.json came with its SHA256SUMS
     refused(tmp_path, capsys, "--resume", ckpt_copy, words=["pos_emb.weight", "(16, 64)", "(32, 64)"])
 
 
@@ -368,11 +370,11 @@ def test_kill_9_at_random_moments_then_resume_ends_with_the_uninterrupted_runs_b
 def test_the_run_log_has_one_record_per_printed_evaluation_with_its_numbers(baseline):
     """metrics.jsonl: what each "Ep N (Step S): Train loss ..., Val loss ..." line printed, unrounded."""
     _, lines, records = baseline
+    ran_in = resolve_precision("auto")          # the baseline gives no --precision: bfloat16 on a bf16 CPU
     assert len(records) == len(lines) > 5
     for line, r in zip(lines, records):
         assert line == f"Ep {r['epoch']} (Step {r['step']:06d}): Train loss {r['train_loss']:.3f}, Val loss {r['val_loss']:.3f}"
-        trained_in = resolve_precision("auto")             # the run asks for auto: bf16 where a fast bf16 GEMM exists
-        assert r["lr"] == 4e-4 and r["precision"] == trained_in and r["tokens_per_s"] > 0 and r["elapsed"] > 0
+        assert r["lr"] == 4e-4 and r["precision"] == ran_in and r["tokens_per_s"] > 0 and r["elapsed"] > 0
         assert isinstance(r["train_loss"], float) and r["train_loss"] != round(r["train_loss"], 3)
     tokens = [r["tokens_seen"] for r in records]
     assert tokens == sorted(tokens) and tokens[0] == 2 * 16     # batch 2 x context 16 after step 0
@@ -426,7 +428,8 @@ def test_a_finished_run_saves_its_model_and_generate_checkpoint_out_generates_fr
     p = subprocess.run(cli(*TINY, "--epochs", "1", "--data", text_file, "--out", out),
                        capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert sorted(f.name for f in out.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors"]   # no optimizer
+    assert sorted(f.name for f in out.iterdir()) == ["SHA256SUMS", "config.json", "metrics.jsonl",
+                                                     "model.safetensors"]   # no optimizer
     command = [line for line in p.stdout.splitlines() if line.startswith("Generate with: ")]
     assert command == [f"Generate with: python examples/generate.py --checkpoint {out}"], p.stdout[-500:]
 
@@ -457,7 +460,8 @@ def test_save_optimizer_also_keeps_a_resumable_checkpoint(tmp_path, text_file):
     with contextlib.redirect_stdout(io.StringIO()) as stdout:
         assert run_cli(*TINY, "--epochs", "1", "--data", text_file, "--out", out, "--save-optimizer") == 0
     step = C.latest_checkpoint(out / "checkpoints")
-    assert sorted(f.name for f in step.iterdir()) == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    assert sorted(f.name for f in step.iterdir()) == ["SHA256SUMS", "model.safetensors", "optimizer.safetensors",
+                                                      "state.json"]
     assert f"Checkpoint saved to {step}" in stdout.getvalue()
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
 
@@ -515,6 +519,26 @@ def test_the_run_config_is_settled_once_from_flags_and_checkpoint_and_the_flags_
     assert config.explicit == {"resume", "epochs"}
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.lr = 1.0
+
+
+def test_without_out_the_run_config_settles_the_next_free_runs_pretrain(tmp_path, monkeypatch):
+    """No --out: the RunConfig's `out` is the next free runs/pretrain-N and `out_chosen` says so;
+    the parsed flags keep their None (rundir.settle_out returns the choice, writes nothing)."""
+    from tinygrad_gpt.cli.pretrain import config as run_config, flags
+    monkeypatch.chdir(tmp_path)
+    argv = ["--model", "micro", "--epochs", "1"]
+    args = flags.build_parser().parse_args(argv)
+    config, _ = run_config.build_config(args, flags.explicit_flags(argv))
+    assert (config.out, config.out_chosen, config.overwrite, args.out) == ("runs/pretrain", True, False, None)
+    (tmp_path / "runs" / "pretrain").mkdir(parents=True)
+    (tmp_path / "runs" / "pretrain" / "model.safetensors").write_bytes(b"a model")
+    (tmp_path / "runs" / "pretrain-2").mkdir()                  # empty: free
+    config, _ = run_config.build_config(args, flags.explicit_flags(argv))
+    assert (config.out, config.out_chosen) == ("runs/pretrain-2", True)
+    argv = ["--model", "micro", "--out", "runs/pretrain", "--overwrite"]
+    args = flags.build_parser().parse_args(argv)
+    config, _ = run_config.build_config(args, flags.explicit_flags(argv))
+    assert (config.out, config.out_chosen, config.overwrite) == ("runs/pretrain", False, True)
 
 
 def test_nothing_in_the_package_assigns_into_parsed_flags():

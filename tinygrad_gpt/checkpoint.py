@@ -15,6 +15,7 @@ named after the last step they include (the step the "Ep 1 (Step 000042)" lines 
                                   the config; the TrainState (epoch, batch, the epoch's
                                   batch order, tokens seen, loss history); every random
                                   generator's state; AdamW's step counts and groups
+        SHA256SUMS                state.json's sha256 (sha256sum's format), checked on reading
 
 A checkpoint is written into a temporary directory beside the others (each file
 fsync'ed), then renamed into place: a kill at any instant leaves the previous checkpoints
@@ -41,7 +42,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .fileio import atomic_replace, fsync_dir, fsync_file, write_synced
+from .fileio import (ChecksumError, atomic_replace, fsync_dir, fsync_file, save_safetensors, verify_checksums,
+                     write_checksums, write_synced)
 from .model import GPTModel
 
 PathLike = Union[str, Path]
@@ -105,15 +107,7 @@ def _write_tensors(path, tensors):
     the whole file in memory, twice: 2.6 GB for the 124M model's AdamW moments); its I/O
     errors come back as OSError with their errno, so a full disk is told apart.
     """
-    import safetensors.numpy
-    from safetensors import SafetensorError
-    try:
-        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                                    str(path), metadata={"format": "np"})
-    except SafetensorError as e:
-        m = re.search(r"os error (\d+)", str(e))
-        code = int(m.group(1)) if m else errno.EIO
-        raise OSError(code, os.strerror(code), str(path)) from None
+    save_safetensors(tensors, path, metadata={"format": "np"})     # OSError with its errno
     fsync_file(path)
     with open(path, "rb") as f:
         return _size_and_sha256(f)
@@ -194,6 +188,7 @@ def save_checkpoint(save_dir: PathLike, model: GPTModel, optimizer, state: Train
                 "rng": {k: _jsonable(g.bit_generator.state) for k, g in rngs.items()},
                 "optimizer": _jsonable(opt_json)}
         _write_file(tmp / STATE_FILE, json.dumps(meta, indent=1).encode("utf-8"))
+        write_checksums(tmp, (STATE_FILE,))  # state.json is covered too (read_checkpoint checks it)
         fsync_dir(tmp)
         old = None
         if final.exists():                   # the same step saved again: swap, then drop the old one
@@ -358,6 +353,10 @@ def read_checkpoint(path: PathLike) -> "Checkpoint":
         if size != entry["bytes"]:
             raise _bad(ckpt_dir, f"{'truncated' if size < entry['bytes'] else 'corrupted'}: "
                                  f"{entry['name']} has {size} bytes, {entry['bytes']} were saved")
+    try:                                   # a changed digit that still parses (checkpoints before SHA256SUMS: none)
+        verify_checksums(ckpt_dir, only=(STATE_FILE,))
+    except ChecksumError as e:
+        raise _bad(ckpt_dir, f"corrupted: {e}") from None
     return Checkpoint(ckpt_dir, meta)
 
 

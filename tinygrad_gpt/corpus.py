@@ -21,6 +21,13 @@ interrupted run leaves no manifest, and the next run removes what it left and st
 
 Training reads the shards through np.memmap: a batch copies B windows of T+1 tokens out of
 the page cache, so the process's own memory does not grow with the corpus.
+
+Nothing in a corpus is trusted blindly: shard names must be llm.c's (train_NNNNNN.bin, in the
+corpus directory itself), each shard's sha256 is checked against the manifest when it is opened
+(streamed; remembered by path, size and mtime in the cache directory, so a big corpus is hashed
+once), its tokens against the vocabulary (then, and again as windows are read), and the
+corpus's identity for --resume is its content (shard names, token counts, sha256), not the
+manifest's bytes (which hold the time it was made).
 """
 import hashlib
 import json
@@ -29,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_replace, atomic_write
+from .fileio import atomic_replace, atomic_write, cache_root
 from .tokenizer import ENCODER_JSON_SHA256, ENDOFTEXT_ID, GPT2_VOCAB_SIZE, VOCAB_BPE_SHA256
 
 FORMAT = "tinygrad_gpt corpus"
@@ -177,18 +184,116 @@ def read_manifest(directory):
     try:
         for split in SPLITS:
             for s in manifest["splits"][split]["shards"]:
-                int(s["tokens"]), str(s["name"])
+                for key, kind in (("name", str), ("tokens", int), ("sha256", str)):
+                    if not isinstance(s[key], kind) or isinstance(s[key], bool):
+                        raise TypeError(key)
     except (KeyError, TypeError, ValueError):
         raise CorpusError(f"corpus manifest {path} lacks valid splits/shards entries; fix: prepare the "
                           "corpus again") from None
-    manifest["sha256"] = hashlib.sha256(raw).hexdigest()    # the corpus's identity, for --resume
+    for split in SPLITS:
+        for s in manifest["splits"][split]["shards"]:
+            m = _SHARD_NAME.match(s["name"])
+            if m is None or m.group(1) != split:     # no path: a shard lives in the corpus directory
+                raise CorpusError(f"corpus manifest {path} names a {split} shard {s['name'][:80]!r}, not "
+                                  f"{split}_NNNNNN.bin in {directory}; fix: prepare the corpus again")
+            if not 0 <= s["tokens"] < 1 << 40 or not re.fullmatch(r"[0-9a-f]{64}", s["sha256"]):
+                raise CorpusError(f"corpus manifest {path}: shard {s['name']} has tokens {s['tokens']} or "
+                                  f"sha256 {s['sha256'][:80]!r} out of range; fix: prepare the corpus again")
+    manifest["manifest_sha256"] = hashlib.sha256(raw).hexdigest()   # what checkpoints stored before
+    manifest["sha256"] = content_identity(manifest)                  # the corpus's identity, for --resume
     return manifest
 
 
-class TokenStream:
-    """The shards of one split, read as one sequence of tokens (memory-mapped)."""
+def content_identity(manifest):
+    """sha256 over the tokenizer and each split's shards (name, tokens, sha256): the same
+    inputs prepared again give the same identity, whenever they were prepared."""
+    tok = manifest.get("tokenizer") or {}
+    content = {"tokenizer": [tok.get(k) for k in ("name", "vocab_size", "eot", "dtype")],
+               "splits": {split: [[s["name"], s["tokens"], s["sha256"]] for s in manifest["splits"][split]["shards"]]
+                          for split in SPLITS}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
-    def __init__(self, shards):
+
+# ----------------------------------------------------------------------------- verifying shards
+SHARD_CACHE = "shard-checks.json"
+
+
+def _cache_path():
+    return cache_root() / SHARD_CACHE
+
+
+def _read_cache():
+    try:
+        obj = json.loads(_cache_path().read_text(encoding="utf-8"))
+        return obj if isinstance(obj, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(cache):
+    try:
+        _cache_path().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(_cache_path(), json.dumps(cache).encode("utf-8"))
+    except OSError:
+        pass                                     # a cache: a read-only home only costs a rehash
+
+
+def _scan(path, chunk_tokens=1 << 23):
+    """(sha256 of the file, the largest token) in one streamed pass."""
+    h, top = hashlib.sha256(), -1
+    with open(path, "rb") as f:
+        header = f.read(HEADER_BYTES)
+        h.update(header)
+        while True:
+            block = f.read(2 * chunk_tokens)
+            if not block:
+                return h.hexdigest(), top
+            h.update(block)
+            tokens = np.frombuffer(block[:len(block) // 2 * 2], dtype="<u2")
+            if len(tokens):
+                top = max(top, int(tokens.max()))
+
+
+def verify_shards(directory, manifest, vocab_size):
+    """Every shard's sha256 against the manifest and its tokens against the vocabulary; a
+    shard checked before (same path, size, mtime, inode) is not read again."""
+    cache, changed = _read_cache(), False
+    for split in SPLITS:
+        for s in manifest["splits"][split]["shards"]:
+            path = Path(directory) / s["name"]
+            try:
+                st = path.stat()
+            except OSError as e:
+                raise CorpusError(f"shard {path} cannot be read ({e.strerror}); fix: prepare the corpus again") from None
+            key = str(path.resolve())
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+            entry = cache.get(key)
+            if not (isinstance(entry, dict) and entry.get("stamp") == stamp and entry.get("sha256") == s["sha256"]):
+                try:
+                    sha, top = _scan(path)
+                except OSError as e:
+                    raise CorpusError(f"shard {path} cannot be read ({e.strerror}); fix: prepare the corpus "
+                                      "again") from None
+                if sha != s["sha256"]:
+                    raise CorpusError(f"shard {path} does not match its sha256 in {MANIFEST} (changed or "
+                                      "corrupted since it was prepared); fix: prepare the corpus again")
+                entry, changed = {"stamp": stamp, "sha256": sha, "max_token": top}, True
+                cache[key] = entry
+            if entry["max_token"] >= vocab_size:
+                raise CorpusError(f"shard {path} holds token {entry['max_token']}, past the vocabulary of "
+                                  f"{vocab_size}; fix: prepare the corpus again with the GPT-2 tokenizer")
+    if changed:
+        _write_cache(cache)
+
+
+class TokenStream:
+    """The shards of one split, read as one sequence of tokens (memory-mapped). With
+    vocab_size, each window is checked against it (a shard changed under a running job)."""
+
+    def __init__(self, shards, names=None, vocab_size=None):
+        names = names if names is not None else [getattr(s, "filename", None) or "?" for s in shards]
+        self.names = [n for s, n in zip(shards, names) if len(s)]
+        self.vocab_size = vocab_size
         self.shards = [s for s in shards if len(s)]
         lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])           # (n_shards + 1,)
@@ -205,19 +310,32 @@ class TokenStream:
             lo = start + done - int(self.offsets[i])
             take = min(n - done, len(self.shards[i]) - lo)
             out[done:done + take] = self.shards[i][lo:lo + take]
+            if self.vocab_size is not None and take and out[done:done + take].max() >= self.vocab_size:
+                bad = done + int(np.argmax(out[done:done + take] >= self.vocab_size))
+                raise CorpusError(f"shard {self.names[i]} holds token {out[bad]} at token offset "
+                                  f"{lo + bad - done}, past the vocabulary of {self.vocab_size}; fix: prepare "
+                                  "the corpus again")
             done += take
             i += 1
         return out
 
 
-def open_corpus(directory):
-    """(manifest, {split: TokenStream}) with every shard's header and size checked."""
+def open_corpus(directory, vocab_size=None):
+    """(manifest, {split: TokenStream}) with every shard's header, size, sha256 and tokens
+    checked (against vocab_size, default the manifest tokenizer's)."""
     directory = Path(directory).expanduser()
     manifest = read_manifest(directory)
+    if vocab_size is None:
+        vocab_size = (manifest.get("tokenizer") or {}).get("vocab_size", GPT2_VOCAB_SIZE)
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= 1 << 16:
+            raise CorpusError(f"corpus manifest {directory / MANIFEST}: tokenizer.vocab_size {vocab_size!r} is "
+                              "not an integer in [1, 65536] (uint16 tokens); fix: prepare the corpus again")
     streams = {}
     for split in SPLITS:
-        shards = [read_shard(directory / s["name"], int(s["tokens"])) for s in manifest["splits"][split]["shards"]]
-        streams[split] = TokenStream(shards)
+        entries = manifest["splits"][split]["shards"]
+        shards = [read_shard(directory / s["name"], int(s["tokens"])) for s in entries]
+        streams[split] = TokenStream(shards, [str(directory / s["name"]) for s in entries], vocab_size)
+    verify_shards(directory, manifest, vocab_size)
     return manifest, streams
 
 

@@ -9,10 +9,18 @@ This room owns two rules that every other room uses and none repeats:
 - the cache directory: $TINYGRAD_GPT_CACHE, else $XDG_CACHE_HOME/tinygrad_gpt, else
   ~/.cache/tinygrad_gpt.
 
+Beside them, what every writer of a run's files shares: safetensors' errors as OSError with
+their errno (a full disk told apart), one file mode for every file (0666 less the umask:
+safetensors alone would make 0600), and SHA256SUMS files (sha256sum's format) that loading
+verifies.
+
 It imports nothing from the package: any room may use it.
 """
 import contextlib
+import errno
+import hashlib
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Iterator, Union
@@ -71,6 +79,7 @@ def atomic_replace(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         fsync_file(tmp)
+        set_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -85,3 +94,105 @@ def atomic_write(path: PathLike, data: bytes) -> Path:
     with atomic_replace(path) as tmp:
         write_synced(tmp, data)
     return path
+
+
+# fileio.atomic_replace's temporary names: .<name>.<pid>.<random hex>.tmp
+_ATOMIC_TMP = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def atomic_leftover(name: str) -> bool:
+    """A temporary file that atomic_replace left when its process was killed mid-write."""
+    return bool(_ATOMIC_TMP.match(name))
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (Linux /proc; else set and restore)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def set_mode(path: PathLike) -> None:
+    """0666 less the umask, as open() gives a new file: every file of a run gets one mode
+    (safetensors' writer creates 0600 files)."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~umask())
+
+
+def save_safetensors(tensors: dict, path: PathLike, metadata: dict = None) -> None:
+    """safetensors.numpy.save_file (it streams the arrays from their memory), its errors as
+    OSError with their errno (SafetensorError says "... (os error 28)" for a full disk), the
+    file in set_mode's mode. Not fsync'ed: atomic_replace or the caller does that."""
+    import numpy as np
+    import safetensors.numpy
+    from safetensors import SafetensorError
+    try:
+        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                                    str(path), metadata=metadata)
+    except SafetensorError as e:
+        m = re.search(r"os error (\d+)", str(e))
+        code = int(m.group(1)) if m else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
+    set_mode(path)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+# ----------------------------------------------------------------------------- checksums
+CHECKSUMS = "SHA256SUMS"
+
+
+class ChecksumError(ValueError):
+    """A file that does not match the SHA256SUMS beside it: one line naming it."""
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(directory: PathLike, names) -> Path:
+    """directory/SHA256SUMS for the files `names` (sha256sum's format: `sha256sum -c` checks
+    it), written atomically."""
+    directory = Path(directory)
+    lines = "".join(f"{sha256_file(directory / n)}  {n}\n" for n in names)
+    return atomic_write(directory / CHECKSUMS, lines.encode("utf-8"))
+
+
+def verify_checksums(directory: PathLike, only=None) -> bool:
+    """Check the files directory/SHA256SUMS lists (those in `only`, if given); False when
+    there is no SHA256SUMS. Raises ChecksumError naming the first file that differs."""
+    directory = Path(directory)
+    sums = directory / CHECKSUMS
+    if not sums.is_file():
+        return False
+    try:
+        text = sums.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ChecksumError(f"{sums} is unreadable ({e})") from None
+    for line in text.splitlines():
+        digest, _, name = line.partition("  ")
+        if not name or "/" in name or name.startswith("."):
+            raise ChecksumError(f"{sums} is corrupted (line {line[:60]!r})")
+        if only is not None and name not in only:
+            continue
+        try:
+            actual = sha256_file(directory / name)
+        except OSError as e:
+            raise ChecksumError(f"{directory / name} is listed in {sums} but unreadable ({e.strerror})") from None
+        if actual != digest:
+            raise ChecksumError(f"{directory / name} does not match its sha256 in {sums} (changed or "
+                                "corrupted since it was saved)")
+    return True

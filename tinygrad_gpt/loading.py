@@ -16,10 +16,11 @@ from typing import Type, Union
 
 import numpy as np
 
+from . import configcheck
 from .checkpoint import LATEST, STATE_FILE, load_checkpoint
 from .model import CONFIG_KEYS, GPTModel
 from .pretrained import (CONFIG_FILE, WEIGHTS_FILE, SafetensorsReader, WeightsError, from_pretrained, listing,
-                         read_json, set_layer_norm_eps)
+                         read_json, set_layer_norm_eps, verify_checksums_or_raise, warn_nonfinite)
 
 PathLike = Union[str, Path]
 
@@ -85,12 +86,17 @@ def load_model(path: PathLike, cls: Type[GPTModel] = GPTModel) -> GPTModel:
     if cfg is None:
         raise WeightsError(f"{config_path} has no model config: expected {', '.join(CONFIG_KEYS)}")
     with SafetensorsReader(weights) as f:
+        verify_checksums_or_raise(directory, (CONFIG_FILE, weights.name))   # when SHA256SUMS is there
         tensors = {k: f.get(k) for k in f.keys}
     return _model_from_book_tensors(cls, cfg, tensors, weights)
 
 
 def _model_from_book_tensors(cls, cfg, tensors, source):
     keep = CONFIG_KEYS + (("tokenizer",) if "tokenizer" in cfg else ())    # micro's "char" must survive
+    try:                                      # types, ranges, memory: before the model is built
+        configcheck.check_book_config(cfg, f"{source.parent}: model config")
+    except configcheck.ConfigError as e:
+        raise WeightsError(str(e)) from None
     model = cls({k: cfg[k] for k in keep})
     params = dict(model.named_parameters())
     missing = [n for n in params if n not in tensors]
@@ -104,4 +110,5 @@ def _model_from_book_tensors(cls, cfg, tensors, source):
         np.copyto(p.data, tensors[n], casting="unsafe")
     if "layer_norm_epsilon" in cfg:
         set_layer_norm_eps(model, cfg["layer_norm_epsilon"])
+    warn_nonfinite(model, source)
     return model.eval()

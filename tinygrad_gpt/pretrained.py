@@ -31,7 +31,9 @@ from typing import Dict, List, NamedTuple, Optional, TextIO, Tuple, Type, Union
 
 import numpy as np
 
-from .fileio import atomic_replace, atomic_write, cache_root
+from . import configcheck
+from .fileio import ChecksumError, atomic_replace, atomic_write, cache_root, save_safetensors, verify_checksums, \
+    write_checksums
 from .model import GPTModel
 from .nn import LayerNorm
 
@@ -145,6 +147,10 @@ def config_from_hf(hf: dict, source: str = "config.json") -> Tuple[dict, float, 
         missing.append("n_positions (or n_ctx)")
     if missing:
         raise WeightsError(f"{source} is missing {', '.join(missing)}")
+    try:                                   # types, ranges, memory: before anything is allocated
+        configcheck.check_hf_config(hf, source)
+    except configcheck.ConfigError as e:
+        raise WeightsError(str(e)) from None
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise WeightsError(f"{source}: activation_function {act!r} is not supported; the book's "
@@ -331,7 +337,8 @@ def from_pretrained(path_or_name: PathLike, download_missing: bool = False, cls:
     directory = resolve(path_or_name, download_missing, progress=progress)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     cfg, eps, tied = config_from_hf(read_json(config_path), str(config_path))
-    with SafetensorsReader(weights_path) as f:
+    with SafetensorsReader(weights_path) as f:     # a file that does not parse is named as such first
+        verify_checksums_or_raise(directory, (CONFIG_FILE, WEIGHTS_FILE))
         names = {}                                             # HF name without prefix -> key in file
         for key in f.keys:
             name = key[len("transformer."):] if key.startswith("transformer.") else key
@@ -368,7 +375,25 @@ def from_pretrained(path_or_name: PathLike, download_missing: bool = False, cls:
         if LM_HEAD.hf not in names:            # tied: the book copies wte into out_head
             np.copyto(params["out_head.weight"].data, f.get(names["wte.weight"]), casting="unsafe")
     set_layer_norm_eps(model, eps)
+    warn_nonfinite(model, weights_path)
     return model.eval()
+
+
+def verify_checksums_or_raise(directory: Path, names) -> None:
+    """The SHA256SUMS beside the files, when there is one (save_pretrained writes it)."""
+    try:
+        verify_checksums(directory, only=names)
+    except ChecksumError as e:
+        raise WeightsError(str(e)) from None
+
+
+def warn_nonfinite(model: GPTModel, source) -> None:
+    """One warning line when loaded weights hold NaN or infinity (they would generate garbage)."""
+    import warnings
+    bad = [name for name, p in model.named_parameters() if not np.isfinite(p.data).all()]
+    if bad:                                # attributed to the file itself: no source line under it
+        warnings.warn_explicit(f"{len(bad)} tensors hold NaN or infinite values ({listing(bad, 3)}); text "
+                               "generated from them is garbage", RuntimeWarning, str(source), 0)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -426,7 +451,6 @@ def save_pretrained(model: GPTModel, directory: PathLike) -> Path:
     """Write config.json and model.safetensors as GPT2LMHeadModel.save_pretrained does, so
     transformers.GPT2LMHeadModel.from_pretrained(directory) loads the model. Returns the path.
     Each file is written atomically (fileio.atomic_replace)."""
-    from safetensors.numpy import save_file
     eps = {float(m.eps) for m in model.modules() if isinstance(m, LayerNorm)}
     if len(eps) > 1:
         raise ValueError(f"save_pretrained: the layer norms use different eps {sorted(eps)}; "
@@ -435,7 +459,8 @@ def save_pretrained(model: GPTModel, directory: PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     sd = hf_state_dict(model)
     with atomic_replace(directory / WEIGHTS_FILE) as tmp:
-        save_file(sd, str(tmp), metadata={"format": "pt"})    # transformers requires format "pt"
+        save_safetensors(sd, tmp, metadata={"format": "pt"})  # transformers requires format "pt"
     atomic_write(directory / CONFIG_FILE, (json.dumps(hf_config(model), indent=2) + "\n").encode("utf-8"))
+    write_checksums(directory, (WEIGHTS_FILE, CONFIG_FILE))   # loading verifies them
     return directory
 

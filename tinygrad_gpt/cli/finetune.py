@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import USAGE_ERROR, Formatter, Parser, UsageError, add_runtime_flags, select_kernels, setup_threads
 
 
@@ -214,11 +212,9 @@ def run_classifier(args):
 def save_classifier(model, out, classes, max_length, args, result, accuracies):
     """model.safetensors (the book's parameter names; out_head is (classes, emb_dim)) and
     config.json (the book's config, the classes, the text length, the run's numbers)."""
-    from safetensors.numpy import save_file
-    from ..fileio import atomic_replace
-    with atomic_replace(out / "model.safetensors") as tmp:
-        save_file({n: np.ascontiguousarray(p.data) for n, p in model.named_parameters()}, str(tmp),
-                  metadata={"format": "np"})
+    from ..fileio import atomic_replace, save_safetensors, write_checksums
+    with atomic_replace(out / "model.safetensors") as tmp:        # a full disk: OSError with its errno
+        save_safetensors({n: p.data for n, p in model.named_parameters()}, tmp, metadata={"format": "np"})
     train_losses, val_losses, train_accs, val_accs, examples_seen = result
     write_json(out / "config.json", {
         "model_config": model.cfg, "classes": classes, "max_length": max_length, "pad_token_id": 50256,
@@ -227,6 +223,7 @@ def save_classifier(model, out, classes, max_length, args, result, accuracies):
                                                    "min_lr", "clip_grad", "seed")},
         "train_losses": train_losses, "val_losses": val_losses, "train_accs": train_accs, "val_accs": val_accs,
         "examples_seen": examples_seen, "accuracy": {k.lower(): v for k, v in accuracies.items()}})
+    write_checksums(out, ("model.safetensors", "config.json"))    # loading verifies them, as a pretrain run's
 
 
 # ----------------------------------------------------------------------------- chapter 7

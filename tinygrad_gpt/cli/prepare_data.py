@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import corpus as C
-from ..fileio import fsync_dir
+from ..fileio import fsync_dir, is_disk_full
 from . import USAGE_ERROR, Formatter, Parser, UsageError
 
 DEFAULT_EXT = ".txt"
@@ -153,13 +153,52 @@ def check_out_dir(out):
     return d
 
 
+JOURNAL = ".prepare_data.journal"               # the shard names an unfinished run has started
+
+
+def ours(d):
+    """The shard names a previous run of ours wrote in d: its manifest's and its journal's."""
+    names = set()
+    try:
+        m = C.read_manifest(d)
+        names.update(s["name"] for split in C.SPLITS for s in m["splits"][split]["shards"])
+    except C.CorpusError:
+        pass
+    try:
+        names.update(n for n in (d / JOURNAL).read_text(encoding="utf-8").split() if C._SHARD_NAME.match(n))
+    except (OSError, UnicodeDecodeError):
+        pass
+    return names
+
+
+def check_nothing_foreign(d):
+    """Refuse, before anything is written, a DIR holding shard-named files that no manifest or
+    journal of ours lists: they are someone else's, and this run would replace them."""
+    listed = ours(d)
+    foreign = sorted(f.name for f in d.iterdir() if C._SHARD_NAME.match(f.name) and f.name not in listed)
+    if foreign:
+        raise C.CorpusError(f"--out {d} holds {foreign[0]}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, "
+                            "which no manifest of prepare_data lists; fix: pick an empty --out, or move those files")
+
+
 def clean_out_dir(d):
-    """Remove a previous or interrupted run's files (only the corpus's own names)."""
+    """Remove a previous or interrupted run's files: the shards its manifest or journal lists,
+    fileio's temporary files of ours; nothing else."""
+    listed = ours(d)
     (d / C.MANIFEST).unlink(missing_ok=True)     # first: from here on, d is no corpus
     for f in d.iterdir():
-        if C._SHARD_NAME.match(f.name) or (C.is_leftover(f.name) and f.is_file()):
+        if f.name in listed or (C.is_leftover(f.name) and f.is_file()):
             f.unlink(missing_ok=True)
+    (d / JOURNAL).unlink(missing_ok=True)
     fsync_dir(d)
+
+
+def journal(d, name):
+    """Note a shard's name before any file gets it: a killed run's shards are ours to remove."""
+    with open(d / JOURNAL, "a", encoding="utf-8") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _settings(args):
@@ -213,6 +252,7 @@ class _SplitWriter:
     def write(self, tokens):                    # tokens: (n,) uint16
         while len(tokens):
             if self.w is None:
+                journal(self.d, C.shard_name(self.split, len(self.shards)))
                 self.w = C.ShardWriter(self.d, C.shard_name(self.split, len(self.shards)))
             take = min(len(tokens), self.shard_tokens - self.w.tokens)
             self.w.write(tokens[:take])
@@ -238,8 +278,10 @@ def prepare(args):
     exts = tuple(e if e.startswith(".") else "." + e for e in args.ext.split(",") if e)
     if not 0 < args.val_fraction < 1:
         raise C.CorpusError(f"--val-fraction {args.val_fraction} is out of range: it must be in (0, 1)")
-    if args.shard_tokens < 1:
-        raise C.CorpusError(f"--shard-tokens {args.shard_tokens} is out of range: it must be at least 1")
+    if not 1 <= args.shard_tokens < 2 ** 31:        # the shard header counts tokens in an int32
+        raise C.CorpusError(f"--shard-tokens {args.shard_tokens} is out of range: it must be in [1, 2**31)")
+    if args.threads is not None and args.threads < 1:
+        raise C.CorpusError(f"--threads {args.threads} is out of range: it must be at least 1")
     passed_over = {}
     files = expand_inputs(args.inputs, exts, args.exclude, passed_over)
     if passed_over:
@@ -251,6 +293,7 @@ def prepare(args):
             print(f"{d} is up to date ({m['splits']['train']['tokens']:,} train and "
                   f"{m['splits']['val']['tokens']:,} val tokens from {len(files)} files); --force prepares it again")
             return 0
+    check_nothing_foreign(d)
     clean_out_dir(d)
     from ..tokenizer import get_gpt2_tokenizer
     enc = get_gpt2_tokenizer()
@@ -332,6 +375,7 @@ def prepare(args):
                 "inputs": inputs, "skipped": skipped,
                 "prepare_seconds": round(seconds, 3)}
     C.write_manifest(d, manifest)
+    (d / JOURNAL).unlink(missing_ok=True)       # the manifest lists them now
     mb = total_bytes / 1e6
     print(f"{d}: {manifest['tokens']:,} tokens ({writers['train'].tokens:,} train in "
           f"{len(writers['train'].shards)} shards, {writers['val'].tokens:,} val) from "
@@ -346,6 +390,14 @@ def main(argv=None):
         return prepare(build_parser().parse_args(argv))
     except (C.CorpusError, UsageError) as e:
         print(f"prepare_data.py: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except OSError as e:                         # a full disk, an I/O error: the half corpus is gone
+        if is_disk_full(e):
+            msg = (f"disk full while writing {e.filename or 'the corpus'}; nothing was kept (no manifest); "
+                   "fix: free some space, or pass another --out")
+        else:
+            msg = f"{e.filename or 'a file'}: {e.strerror or e}; nothing was kept (no manifest)"
+        print(f"prepare_data.py: error: {msg}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
         print("prepare_data.py: interrupted (nothing kept; run it again)", file=sys.stderr)

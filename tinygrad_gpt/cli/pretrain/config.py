@@ -4,7 +4,9 @@
 flags the user typed, and on --resume the checkpoint, and settles every choice in one place:
 the hyperparameters (the checkpoint's on --resume), the defaults that depend on the model
 (--context-length) or on the job (--threads under mpirun), a corpus's --order/--max-steps,
-the model config, and --precision. Everything after it reads the RunConfig; nothing writes it.
+the model config, and --precision; the output directory (without --out: the next free
+runs/pretrain-N, rundir.settle_out), refused at once if another trainer holds it. Everything
+after it reads the RunConfig; nothing writes it.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import types
 from dataclasses import dataclass, fields
 from typing import Optional
 
+from ... import rundir
 from . import corpus as pretrain_corpus
-from .flags import adopt_checkpoint_config, check_args
+from .flags import RUN_KEYS, adopt_checkpoint_config, build_parser, check_args
 
 
 def choose_precision(requested: str) -> str:
@@ -57,7 +60,8 @@ class RunConfig:
     epochs: int
     # the text, the output and the checkpoints
     data: Optional[str]
-    out: str
+    out: str                       # settled: without --out (and no checkpoint naming one), the next free runs/pretrain-N
+    overwrite: bool
     save_optimizer: bool
     save_dir: Optional[str]
     save_every: Optional[int]
@@ -76,6 +80,7 @@ class RunConfig:
     precision: str                 # "float32" or "bfloat16": what the run trains in (and checkpoints store)
     precision_requested: str       # the --precision asked for (on --resume: the checkpoint's, unless given)
     model_config: dict             # the book's config dict (the checkpoint's on --resume)
+    out_chosen: bool               # True when `out` was picked for the run (no --out given): the run says where
     explicit: frozenset            # the flags typed on the command line (dests)
 
 
@@ -91,18 +96,24 @@ def model_config(draft, ckpt):
     return cfg
 
 
-def build_config(args, explicit=frozenset(), ckpt=None, dp=None):
+def build_config(args, explicit=frozenset(), ckpt=None, dp=None, ckpt_root=None):
     """The RunConfig of a run, and its corpus (a corpus.CorpusRun for --data DIR, else None).
     `args`: the parsed flags (read, not written); `explicit`: the dests typed on the command
-    line; `ckpt`: the checkpoint on --resume (its state.json read, see flags.open_checkpoint);
-    `dp`: the data-parallel context under mpirun, else None. Raises UsageError."""
+    line; `ckpt`: the checkpoint on --resume (its state.json read, see flags.open_checkpoint)
+    and `ckpt_root` its save directory; `dp`: the data-parallel context under mpirun, else
+    None. Raises UsageError."""
     draft = types.SimpleNamespace(**vars(args))      # the one mutable copy, private to this function
     if ckpt is not None:
         adopt_checkpoint_config(draft, explicit, ckpt)
+        rundir.check_adopted(draft, ckpt, build_parser(), RUN_KEYS)   # state.json's hyperparameters: their types
     check_args(draft)
+    draft.out, draft.out_chosen = rundir.settle_out(draft.out)      # no --out: the next free runs/pretrain-N
+    if dp is not None and draft.out_chosen:
+        dp.barrier()          # every rank picks before rank 0 creates it (rundir.claim): the same directory
+    rundir.refuse_if_busy(draft.out, draft.save_dir, ckpt_root, dp)  # a live trainer there: its pid, at once
     corpus_run = pretrain_corpus.open_run(draft, explicit, ckpt)
     pretrain_corpus.check_data_parallel(draft, dp)
-    cfg = model_config(draft, ckpt)
+    cfg = rundir.check_model_config(model_config(draft, ckpt), ckpt)  # types, ranges, memory
     draft.drop_rate = cfg["drop_rate"]
     draft.precision_requested = draft.precision
     draft.precision = choose_precision(draft.precision)

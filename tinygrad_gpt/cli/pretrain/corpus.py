@@ -80,7 +80,7 @@ def open_run(draft, explicit, ckpt):
         raise UsageError(str(e)) from None
     if ckpt is not None:
         saved = ckpt.config.get("data", {})
-        if saved.get("sha256") != manifest["sha256"]:
+        if saved.get("sha256") not in (manifest["sha256"], manifest.get("manifest_sha256")):  # content; older: bytes
             raise UsageError(f"the corpus {directory} is not the one checkpoint {ckpt.path} was trained on "
                               f"({saved.get('path')}); fix: pass --data with that corpus")
         stored = ckpt.config.get("corpus", {})

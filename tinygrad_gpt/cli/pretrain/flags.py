@@ -24,10 +24,14 @@ DEFAULT_SAVE_EVERY = 50
 EPILOG = """\
 the result:
   a finished run writes its model into OUT (model.safetensors + config.json, Hugging Face's
-  layout, no optimizer state: --save-optimizer adds a resumable checkpoint) and prints the
-  command that generates from it: python examples/generate.py --checkpoint OUT
+  layout, and SHA256SUMS, which loading checks; no optimizer state: --save-optimizer adds a
+  resumable checkpoint) and prints the command that generates from it:
+  python examples/generate.py --checkpoint OUT
   every run appends each evaluation to OUT/metrics.jsonl (step, losses, lr, tokens/s;
   --resume continues it) and draws OUT/loss-plot.png from it: python examples/plot.py OUT
+  Without --out a run takes the next free runs/pretrain, runs/pretrain-2, ...; an OUT that
+  holds another run's model is refused unless --overwrite. While a run trains, OUT and
+  --save-dir are locked: a second trainer there is refused, naming the first one's pid.
 
 checkpoints:
   --save-dir DIR keeps the last 2 checkpoints in DIR/step-NNNNNN/ (model.safetensors,
@@ -42,8 +46,9 @@ exit codes:
   0    training finished
   1    training stopped: the loss or a gradient became NaN or infinite (nothing was
        applied or overwritten; the message names the last good checkpoint)
-  2    a usage error (bad flag, training text, checkpoint or directory; disk full while
-       saving): one line on stderr, and nothing is written
+  2    a usage error (bad flag, training text, checkpoint, corpus or directory; a directory
+       in use or too small): one line on stderr, and nothing is written; or a full disk
+       while saving: the trained weights are kept (the line says where)
   130  interrupted by Ctrl-C (SIGINT), after saving a checkpoint
   143  stopped by SIGTERM, after saving a checkpoint
 """
@@ -71,9 +76,12 @@ def build_parser():
     p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
     p.add_argument("--start-context", default="Every effort moves you")
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--out", default="runs/pretrain",
+    p.add_argument("--out", default=None,
                    help="directory for the final model (model.safetensors + config.json), the run log "
-                        "(metrics.jsonl) and the loss plot")
+                        "(metrics.jsonl) and the loss plot (default: the next free runs/pretrain, "
+                        "runs/pretrain-2, ...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out replace the model another run left there")
     p.add_argument("--save-optimizer", action="store_true",
                    help="also keep AdamW's state at the end: a resumable checkpoint (into --save-dir, "
                         "or OUT/checkpoints)")
@@ -130,7 +138,8 @@ def check_args(draft):
               ("--eval-iter", draft.eval_iter, draft.eval_iter >= 1, "at least 1"),
               ("--context-length", draft.context_length, draft.context_length >= 2, "at least 2"),
               ("--accum-steps", draft.accum_steps, draft.accum_steps >= 1, "at least 1"),
-              ("--warmup-steps", draft.warmup_steps, draft.warmup_steps >= 0, "at least 0")]
+              ("--warmup-steps", draft.warmup_steps, draft.warmup_steps >= 0, "at least 0"),
+              ("--seed", draft.seed, 0 <= draft.seed < 2 ** 64, "in [0, 2**64)")]
     if draft.drop_rate is not None:
         checks.append(("--drop-rate", draft.drop_rate, 0 <= draft.drop_rate < 1, "in [0, 1)"))
     if draft.grad_clip is not None:

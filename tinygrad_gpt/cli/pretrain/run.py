@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import rundir
 from .. import USAGE_ERROR, UsageError, select_kernels, setup_threads
 from . import corpus as pretrain_corpus
 from .config import build_config, precision_reason
@@ -57,6 +58,8 @@ def main(argv=None):
     except KeyboardInterrupt:                    # outside training (set-up, the plot)
         print("pretrain.py: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    finally:
+        rundir.release_all()                     # the run directories' locks
 
 
 # ----------------------------------------------------------------------------- the run, step by step
@@ -68,7 +71,7 @@ def run(args, explicit=frozenset(), dp=None):
     args: the parsed flags (read once, by build_config); explicit: the flags typed."""
     from ... import data
     ckpt, ckpt_root = open_checkpoint(args) if args.resume is not None else (None, None)
-    config, corpus_run = build_config(args, explicit, ckpt, dp)
+    config, corpus_run = build_config(args, explicit, ckpt, dp, ckpt_root)   # refuses a busy --out at once
     select_kernels(config.kernels)
     if corpus_run is None:
         text, description, text_sha = training_text(config, ckpt)
@@ -79,6 +82,8 @@ def run(args, explicit=frozenset(), dp=None):
         text, description, text_sha = None, corpus_run.description, None
         tokenizer = corpus_tokenizer(config, ckpt)
     save_dir, fallback = plan_directories(config, ckpt, ckpt_root)
+    rundir.check_overwrite(config, ckpt, ckpt_root, save_dir)
+    rundir.claim(config, save_dir, dp)                          # free space, the locks, stale .tmp files
 
     # ---- from here on the input is valid
     print(description, flush=True)
@@ -117,7 +122,8 @@ def run(args, explicit=frozenset(), dp=None):
         return code
     report_run(config, model, state, time.perf_counter() - start, start_tokens, checkpointer, save_dir, dp)
     if is_root(dp):                               # one model on disk, written by rank 0
-        save_final_model(model, config.out)
+        save_final_model(model, config.out, checkpointer.last_path
+                         if save_dir is not None or config.save_optimizer else None)
         plot(config, state, metrics)
     return 0
 
@@ -184,6 +190,8 @@ def check_windows_fit(config, tokenizer, train_text, val_text):
                              f"(the {'first 90' if name == 'training' else 'last 10'}%) has {have} tokens, "
                              f"one window needs {config.context_length + 1}; fix: use a longer text or a "
                              "smaller --context-length")
+        if name == "training":
+            rundir.check_batches_fit(config, have)   # --batch-size x --accum-steps, before start-up
 
 
 def make_loaders(config, tokenizer, train_text, val_text):
@@ -291,6 +299,7 @@ def train(config, model, train_loader, val_loader, optimizer, tokenizer, state, 
     appended to the run log `metrics` (None: another rank's). Returns (state, None) when training
     finished, (state, exit code) when it stopped: interrupted, or a non-finite loss."""
     from ... import checkpoint as ckpt_mod
+    from ...corpus import CorpusError
     from ...amp import autocast
     from ...tensor import default_rng
     from ...train import NonFiniteLossError, Progress, TrainConfig, train_model
@@ -330,6 +339,11 @@ def train(config, model, train_loader, val_loader, optimizer, tokenizer, state, 
               "repeat the same steps, so start a new run with a lower --lr or a --grad-clip",
               file=sys.stderr, flush=True)
         return state, TRAINING_FAILED
+    except CorpusError as e:                      # a shard changed under the run (it was verified at the start)
+        progress.clear()
+        last = (f"the last checkpoint is {checkpointer.last_path}" if checkpointer.last_path is not None
+                else "no checkpoint was saved")
+        raise UsageError(f"training stopped: {e}; {last}") from None
     except ckpt_mod.CheckpointSaveError as e:
         progress.clear()
         fix = (f"; then resume with: {resume_command(Path(e.path).parent, config, dp)}"

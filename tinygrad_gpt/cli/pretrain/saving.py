@@ -158,16 +158,18 @@ def generate_command(directory):
     return " ".join(shlex.quote(p) for p in ["python", prog, "--checkpoint", str(directory)])
 
 
-def save_final_model(model, out):
+def save_final_model(model, out, checkpoint=None):
     """The book saves model.pth right after training: here model.safetensors + config.json in
     OUT (Hugging Face's layout, through pretrained.save_pretrained), which generate.py
-    --checkpoint OUT loads. No optimizer state (that is --save-optimizer's checkpoint)."""
+    --checkpoint OUT loads. No optimizer state (that is --save-optimizer's checkpoint).
+    If OUT refuses (a full disk), the weights are kept (in `checkpoint`, the run's last, or a
+    fallback directory: rundir.keep_trained_model) and the one-line error says where."""
     from ...pretrained import save_pretrained
+    from ...rundir import keep_trained_model
     try:
         directory = save_pretrained(model, out)
     except OSError as e:
-        raise UsageError(f"cannot save the final model in {out} ({e.strerror or e}); "
-                         "fix: free some space or pass another --out") from None
+        raise UsageError(keep_trained_model(model, out, e, checkpoint)) from None
     print(f"Model saved to {directory} (model.safetensors, config.json)")
     print(f"Generate with: {generate_command(directory)}", flush=True)
     return directory
