@@ -74,6 +74,13 @@ def unavailable_reason():
             f"float32 on this {bf16_mkl.cpu_vendor() or 'non-AMD'} CPU (benchmarks/RESULTS.md)")
 
 
+def fallback_reported():
+    """The caller has told the user that the bf16 products run through the NumPy twin (pretrain's
+    "Precision:" line says it): gemm's one-time warning is not repeated."""
+    global _warned
+    _warned = True
+
+
 def gemm(a, b, trans_a=False, trans_b=False, out=None):
     """float32 (M, N) = op(a) @ op(b) for bf16 bits (uint16) a, b, on the chosen backend."""
     global _warned

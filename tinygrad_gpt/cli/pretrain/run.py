@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +89,8 @@ def run(args, explicit=frozenset(), dp=None):
     print(setup_threads(config.threads, warm_up=True, precision=config.precision), flush=True)
     print(f"Precision: {precision_reason(config)}", flush=True)
     if config.precision == "bfloat16":
-        from ...amp import get_gemm_backend
-        if get_gemm_backend() == "reference":
-            # that line has said it: not again as autocast's warning (two lines, one of them source) at step 1
-            warnings.filterwarnings("ignore", message=r"autocast\('bfloat16'\): .* the NumPy twin",
-                                    category=RuntimeWarning)
+        from ...kernels import precision
+        precision.fallback_reported()      # that line said it: autocast need not warn again at step 1
     if corpus_run is None:
         n_tokens = len(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))
         print(f"Characters: {len(text)} Tokens: {n_tokens}", flush=True)
