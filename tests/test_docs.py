@@ -135,7 +135,8 @@ def test_the_readme_listing_is_what_its_command_prints(where, command, expected,
 # every `python examples/X.py ...` line of a bash block names flags its command has
 COMMANDS = {"pretrain": "tinygrad_gpt.cli.pretrain.flags", "generate": "tinygrad_gpt.cli.generate",
             "prepare_data": "tinygrad_gpt.cli.prepare_data", "explain_backward": "tinygrad_gpt.explain.cli",
-            "plot": "tinygrad_gpt.cli.plot"}
+            "plot": "tinygrad_gpt.cli.plot", "finetune_classifier": "tinygrad_gpt.cli.finetune:classifier_parser",
+            "finetune_instruct": "tinygrad_gpt.cli.finetune:instruct_parser"}
 
 
 def command_lines():
@@ -172,7 +173,8 @@ def test_the_docs_run_every_command():
 @pytest.mark.parametrize("where, name, flags", command_lines(), ids=[w for w, _, _ in command_lines()])
 def test_every_documented_command_line_uses_flags_its_command_has(where, name, flags):
     import importlib
-    parser = importlib.import_module(COMMANDS[name]).build_parser()
+    module, _, make = COMMANDS[name].partition(":")
+    parser = getattr(importlib.import_module(module), make or "build_parser")()
     known = {option for action in parser._actions for option in action.option_strings}
     unknown = [f for f in flags if f not in known]
     assert not unknown, f"{where}: examples/{name}.py has no {', '.join(unknown)}"
