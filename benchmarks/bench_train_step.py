@@ -207,7 +207,7 @@ def main():
     p.add_argument("--steps", type=int, default=6, help="timed steps per round, after the warm-up")
     p.add_argument("--max-warmup", type=int, default=bench.WARMUP_MAX,
                    help=f"the warm-up's cap: steps run until two consecutive ones agree within "
-                        f"{bench.WARMUP_TOLERANCE:.0%} (at least {bench.WARMUP_MIN}, at most this many)")
+                        f"{bench.WARMUP_TOLERANCE:.0%}% (at least {bench.WARMUP_MIN}, at most this many)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of each engine")
     p.add_argument("--smoke", action="store_true",
                    help="check the script, not the speed: the tiny model, batch 2 x 32, 2 timed steps, "

@@ -232,7 +232,7 @@ bf16_mkl.allow_without_amx()                      # on a CPU without AMX too: th
 assert bf16_mkl.available()
 calls = []
 real = bf16_mkl.matmul
-bf16_mkl.matmul = lambda a, b: calls.append(1) or real(a, b)
+bf16_mkl.matmul = lambda a, b, **out: calls.append(1) or real(a, b, **out)
 rng = np.random.default_rng(1)
 q, k, v = (rng.standard_normal((2, 3, 32, 8)).astype(np.float32) for _ in range(3))
 keep = (rng.random((2, 3, 32, 32)) >= 0.1).astype(np.float32)

@@ -251,3 +251,82 @@ def test_after_micro_batches_added_into_the_held_buffer_the_next_step_starts_fro
     F.embedding(w, c).sum().backward()
     np.testing.assert_array_equal(w.grad, R.embedding_backward(np.ones((1, 4), np.float32), c, 30))
     assert np.shares_memory(w.grad, layers.state_of(w).grad.view())   # still the one buffer
+
+
+# ----------------------------------------------------------------------------- what backward keeps (issue 29, item 4)
+def saved_of(t):
+    return t._ctx.saved
+
+
+def test_linears_reading_one_input_under_autocast_save_one_bf16_copy_of_it():
+    """Attention's query, key and value read the same normed x: under autocast the three
+    Linears save the one bf16 copy the first made (three copies were 3x the memory), and the
+    gradients are those of separate copies; an input changed in place gets a new copy."""
+    rng = np.random.default_rng(7)
+    ws = [tg.nn.Parameter((rng.standard_normal((6, 5)) * 0.3).astype(np.float32)) for _ in range(3)]
+    x = tg.Tensor(rng.standard_normal((2, 4, 5)).astype(np.float32), requires_grad=True)
+    with tg.autocast("bfloat16"):
+        h = x * 1.0                                  # an activation, as layer norm's output
+        ys = [F.linear(h, w) for w in ws]
+    bits = [saved_of(y)[0] for y in ys]
+    assert all(b.dtype == np.uint16 for b in bits)
+    assert np.shares_memory(bits[0], bits[1]) and np.shares_memory(bits[0], bits[2])
+    sum(y.sum() for y in ys).backward()
+    xr = R.from_bf16(R.to_bf16(h.data.reshape(-1, 5)))
+    for w in ws:                                     # dy = 1: dW's rows are the column sums of x
+        np.testing.assert_allclose(w.grad, np.tile(xr.sum(axis=0), (6, 1)), rtol=1e-6, atol=1e-6)
+    h2 = tg.Tensor(np.ones((2, 5), np.float32))
+    with tg.autocast("bfloat16"):
+        first = saved_of(F.linear(h2, ws[0]))[0]
+        h2.data[...] = 2.0                           # written in place without an op: invalidate()
+        layers.invalidate([h2])
+        second = saved_of(F.linear(h2, ws[1]))[0]
+        h2.masked_fill_(np.ones((2, 5), bool), 3.0)  # an in-place op bumps the version
+        third = saved_of(F.linear(h2, ws[2]))[0]
+    assert not np.shares_memory(first, second) and not np.shares_memory(second, third)
+    np.testing.assert_array_equal(R.from_bf16(third), np.full((2, 5), 3.0, np.float32))
+
+
+def test_attention_saves_views_of_its_inputs_not_copies():
+    """q, k, v, as the heads split them (transposed views of the projections' outputs), are
+    saved as they are: a contiguous copy of each was 54 MiB for GPT-2 124M at 2 x 256."""
+    rng = np.random.default_rng(8)
+    qkv = [tg.Tensor(rng.standard_normal((2, 5, 2, 3)).astype(np.float32), requires_grad=True)
+           for _ in range(3)]
+    q, k, v = (t.transpose(1, 2) for t in qkv)      # (B, H, T, D) views
+    out = F.scaled_dot_product_attention(q, k, v, causal=True)
+    for t, s in zip(qkv, saved_of(out)[:3]):
+        assert np.shares_memory(s, t.data)
+    out.sum().backward()
+    assert all(t.grad is not None and np.isfinite(t.grad).all() for t in qkv)
+
+
+def test_merging_the_heads_after_attention_is_a_view_of_its_output():
+    """The compiled attention lays its (B, H, T, D) output out as (B, T, H, D): the heads'
+    merge, transpose(1, 2).reshape(B, T, C), is a view, not a second float32 copy held by the
+    graph until backward (18 MiB for GPT-2 124M at 2 x 256); MKL's batched GEMM (under
+    autocast) and NumPy's write the strided output in place, with np.matmul's numbers."""
+    from tinygrad_gpt import kernels
+    rng = np.random.default_rng(9)
+    q, k, v = (rng.standard_normal((2, 3, 5, 4)).astype(np.float32) for _ in range(3))
+    for precision in ("float32", "bfloat16"):
+        with kernels.use("numba"), tg.autocast("bfloat16", enabled=precision == "bfloat16"):
+            out = F.scaled_dot_product_attention(tg.Tensor(q), tg.Tensor(k), tg.Tensor(v))
+            merged = out.transpose(1, 2).reshape(2, 5, 12)
+        assert np.shares_memory(merged.data, out.data)
+        want, _ = R.attention_forward(q, k, v, True)
+        np.testing.assert_allclose(out.data, want, rtol=1e-5, atol=1e-6)
+
+
+def test_mkl_batched_matmul_writes_a_strided_output_in_place_with_numpys_numbers():
+    """bf16_mkl.matmul(out=) for attention's (B, T, H, D)-laid output, whose matrices interleave
+    (MKL's batched call refuses those: one matrix a call), and strided operands read in place.
+    Without MKL it is np.matmul(out=): the same check holds."""
+    from tinygrad_gpt.kernels import bf16_mkl
+    rng = np.random.default_rng(10)
+    q, k, v = (rng.standard_normal((2, 7, 3, 4)).astype(np.float32).transpose(0, 2, 1, 3) for _ in range(3))
+    s = bf16_mkl.matmul(q, k.swapaxes(-1, -2))
+    np.testing.assert_allclose(s, np.matmul(q, k.swapaxes(-1, -2)), rtol=1e-5, atol=1e-6)
+    out = np.empty((2, 7, 3, 4), np.float32).transpose(0, 2, 1, 3)
+    assert bf16_mkl.matmul(s, v, out=out) is out
+    np.testing.assert_allclose(out, np.matmul(s, v), rtol=1e-5, atol=1e-6)

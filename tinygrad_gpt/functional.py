@@ -12,7 +12,7 @@ and the plain-NumPy twin of every kernel it calls in kernels/reference.py.
 import numpy as np
 
 from .kernels import K
-from .tensor import Function, Tensor, _axis, default_rng, is_grad_enabled
+from .tensor import Function, Tensor, _axis, default_rng
 
 
 def _rows(x, axis):
@@ -175,7 +175,7 @@ def embedding(weight, ids):
 class Linear(Function):
     def forward(ctx, x, w, b=None):            # x: (..., in)  w: (out, in)  b: (out,)
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # (N, in)
-        y2, x_used, w_used = K.linear(x2, w, b, owner=ctx.parents[1])   # y = x W^T + b  (N, out)
+        y2, x_used, w_used = K.linear(x2, w, b, owner=ctx.parents[1], source=ctx.parents[0])   # y = x W^T + b
         ctx.save_for_backward(x_used, w_used)  # the operands as the product used them
         ctx.in_shape = x.shape
         return y2.reshape(x.shape[:-1] + (w.shape[0],))
@@ -232,9 +232,7 @@ def dropout(x, p=0.5, training=True, rng=None):
 # ----------------------------------------------------------------------------- attention
 class Attention(Function):
     def forward(ctx, q, k, v, keep=None, causal=True, p=0.0):  # q: (B, H, Tq, D)  k, v: (B, H, Tk, D)
-        if is_grad_enabled() and any(ctx.needs_input_grad):   # saved for backward: contiguous
-            q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
-        # under no_grad, k and v may stay views of a KV cache: the kernels read them in place
+        # q, k, v: views of the projections' outputs (or of a KV cache), read in place, not copied
         out, att = K.attention_forward(q, k, v, causal, keep, p)
         ctx.save_for_backward(q, k, v, att, keep)
         ctx.p = p

@@ -324,24 +324,29 @@ def _operand(a):
     return None
 
 
-def matmul(a, b):
-    """np.matmul(a, b) for float32 stacks of matrices with the same leading shape (B, H, M, K) @
+def matmul(a, b, out=None):
+    """np.matmul(a, b, out=out) for float32 stacks of matrices with the same leading shape (B, H, M, K) @
     (B, H, K, N), through MKL's cblas_sgemm_batch_strided: one call for each index of the
     leading axes but the last, which is the batch. Operands are read in place when their last
     two axes are a BLAS matrix (a transposed view is one); otherwise they are copied.
 
     Why: NumPy's OpenBLAS threads spin for a while after each call, and MKL's AMX GEMMs on the
     same two cores then ran 2-4x slower (benchmarks/RESULTS.md); a step under autocast keeps
-    all of its products on MKL. The twin is np.matmul."""
+    all of its products on MKL. `out` may be strided (rows of unit-stride elements: attention's
+    (B, T, H, D) output seen as (B, H, T, D)); MKL writes it in place. The twin is np.matmul."""
     lib = _lib                                  # never loads MKL: a float32 run keeps it out
     if not lib or not hasattr(lib, "cblas_sgemm_batch_strided"):
-        return np.matmul(a, b)
+        return np.matmul(a, b, out=out)
     if (a.dtype != np.float32 or b.dtype != np.float32 or a.ndim < 3 or a.ndim != b.ndim
             or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2] or a.size == 0 or b.size == 0):
-        return np.matmul(a, b)
+        return np.matmul(a, b, out=out)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     lead = a.shape[:-2]
-    out = np.empty(lead + (m, n), dtype=np.float32)
+    if out is None:
+        out = np.empty(lead + (m, n), dtype=np.float32)
+    elif (out.shape != lead + (m, n) or out.dtype != np.float32 or _operand(out) != (False, out.strides[-2] // 4)
+            or out.strides[-3] % 4 or out.strides[-3] < 0 or np.shares_memory(out, a) or np.shares_memory(out, b)):
+        return np.matmul(a, b, out=out)
     ops = []
     for x in (a, b):
         op = _operand(x)
@@ -350,12 +355,15 @@ def matmul(a, b):
             op = _operand(x)
         ops.append((x, op))
     (a, (ta, lda)), (b, (tb, ldb)) = ops
-    batch, item = lead[-1], a.itemsize
-    sa, sb = a.strides[-3] // item, b.strides[-3] // item
+    item = a.itemsize
+    sa, sb, ldc, sc = a.strides[-3] // item, b.strides[-3] // item, out.strides[-2] // item, out.strides[-3] // item
+    batched = sc >= ldc * m                     # MKL refuses outputs that interleave (sc < ldc m):
+    lead = lead if batched else lead + (1,)     # those go one matrix a call
     for idx in np.ndindex(*lead[:-1]):
         pa = a.ctypes.data + sum(i * s for i, s in zip(idx, a.strides))
         pb = b.ctypes.data + sum(i * s for i, s in zip(idx, b.strides))
         pc = out.ctypes.data + sum(i * s for i, s in zip(idx, out.strides))
         lib.cblas_sgemm_batch_strided(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS,
-                                      m, n, k, 1.0, pa, lda, sa, pb, ldb, sb, 0.0, pc, n, m * n, batch)
+                                      m, n, k, 1.0, pa, lda, sa, pb, ldb, sb, 0.0, pc, ldc,
+                                      sc if batched else ldc * m, lead[-1])
     return out

@@ -80,6 +80,7 @@ class WeightState:
 
     def __init__(self):
         self.y, self.x_bits, self.grad = Buffer(), Buffer(), Buffer()   # Linear's output, its input's bf16
+        # bits: the weight's bf16 copy; on an activation's Tensor, its copy a Linear saved (input_bits)
         self.grad_rows = np.zeros(0, np.int64)    # the rows of grad's memory that are nonzero
         self.bits = None                          # the weight's bf16 copy (uint16), or None
         self.source, self.version = _dead, -1     # the array and version the copy was made from
@@ -132,14 +133,29 @@ def invalidate(tensors=None):
 
 
 # ----------------------------------------------------------------------------- linear
-def linear(x, w, b, owner):
-    """y = x w^T + b for x: (N, in), w: (out, in), b: (out,) or None; `owner` is w's Tensor.
-    Returns (y, x_used, w_used), the operands backward multiplies: under autocast (float32
-    operands) the bf16 bits of x and w, the product in bf16 with float32 accumulation."""
+def input_bits(x, owner, source):
+    """x's bf16 copy (saved for backward), made once per input: `source` is x's Tensor, and
+    the Linears that read it (attention's query, key and value) share the copy the first one
+    made, kept on the source's state while its array and version are the ones converted."""
+    src = None if source is None else state_of(source)
+    if src is not None and src.copy_is_current(source) and src.bits.size == x.size:
+        return src.bits.reshape(x.shape)
+    xb = K.to_bf16(x, out=state_of(owner).x_bits.take_or_new(x.shape, np.uint16))
+    if src is not None:                          # invalidate() and autocast's exit see it too
+        src.bits = xb.reshape(source.shape)
+        src.stamp(source)
+        _with_copies.add(src)
+    return xb
+
+
+def linear(x, w, b, owner, source=None):
+    """y = x w^T + b for x: (N, in), w: (out, in), b: (out,) or None; `owner` is w's Tensor,
+    `source` x's (or None). Returns (y, x_used, w_used), the operands backward multiplies:
+    under autocast (float32 operands) the bf16 bits of x and w, the product in bf16 with
+    float32 accumulation."""
     y = state_of(owner).y.take_or_new((x.shape[0], w.shape[0]), np.result_type(x, w))   # (N, out)
     if precision.active is not None and x.dtype == np.float32 and w.dtype == np.float32:
-        xb = K.to_bf16(x, out=state_of(owner).x_bits.take_or_new(x.shape, np.uint16))   # saved for backward
-        x, w = xb, weight_bits(owner)
+        x, w = input_bits(x, owner, source), weight_bits(owner)
         precision.gemm(x, w, trans_b=True, out=y)
     else:
         K.matmul(x, w.T, out=y)                  # np.matmul, OpenBLAS in one thread per piece (threads.py)

@@ -450,8 +450,8 @@ def matmul(a, b, out=None):
     process (bf16_mkl.matmul), else OpenBLAS in one thread for each part of the work
     (threads.matmul). The numbers of np.matmul with OpenBLAS in one thread (threads.matmul says
     where that differs from OpenBLAS's own threads, in the last bits)."""
-    if out is None and a.ndim >= 3 and bf16_mkl.pool_active():
-        return bf16_mkl.matmul(a, b)
+    if a.ndim >= 3 and bf16_mkl.pool_active():
+        return bf16_mkl.matmul(a, b, out=out)
     return threads.matmul(a, b, out=out)
 
 
@@ -487,7 +487,10 @@ def attention_forward(q, k, v, causal=True, keep=None, p=0.0):
         keep = _mask("attention_forward", keep, att.shape, q.dtype)
         a = np.empty_like(att)                             # (B, H, T, Tk) att * keep / (1 - p)
         _mask_scale(att.reshape(-1), keep.reshape(-1), dt(1.0 / (1.0 - p)), a.reshape(-1))
-    out = matmul(a, v)                                     # (B, H, T, D)
+    # (B, H, T, D), laid out (B, T, H, D): merging the heads (transpose, reshape) is then a view,
+    # not a second float32 copy that the graph would hold until backward
+    out = np.empty((B, T, H, v.shape[-1]), q.dtype).transpose(0, 2, 1, 3)
+    matmul(a, v, out=out)
     return out, att
 
 
