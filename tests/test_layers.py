@@ -150,21 +150,13 @@ def test_the_layer_check_catches_an_upward_import(monkeypatch):
 
 # ----------------------------------------------------------------------------- no circles but the engine's
 ENGINE_CYCLE = {"tensor", "ops", "functional", "spellings"}   # spellings: Tensor's torch-named mixin
-# circles inside a package between its face (__init__) and its own modules, owned by the
-# engineers restructuring those packages: listed so that the test names them, and so that any
-# other circle fails. Each entry is the exact set of rooms; shrink it when the circle goes.
-KNOWN_PACKAGE_CYCLES = [
-    {"kernels", "kernels.bf16_avx512", "kernels.bf16_mkl", "kernels.layers", "kernels.numba_cpu",
-     "kernels.precision", "kernels.threads"},
-    {"torch", "torch.nn", "torch.nn.functional"},
-]
 
 
 def room_graph():
     """{room: rooms it imports}, like room_imports but exact about `from . import name`: an edge
     to the module `name` when it is one (Python has its package initialised anyway, before any
     of its modules: that is no circle), to the package only for a name defined in its __init__
-    (kernels.bf16_mkl's `from . import K`). Lazy imports count."""
+    (a `from . import K` inside kernels/ would be one). Lazy imports count."""
     layers = documented_layers()
     graph = {}
     for path in sorted(PKG.rglob("*.py")):
@@ -227,8 +219,7 @@ def import_cycles(graph):
 
 def test_the_only_import_cycle_is_the_engines():
     cycles = import_cycles(room_graph())
-    allowed = [ENGINE_CYCLE] + KNOWN_PACKAGE_CYCLES
-    unexpected = [c for c in cycles if set(c) not in allowed]
+    unexpected = [c for c in cycles if set(c) != ENGINE_CYCLE]
     assert not unexpected, "import cycles (docs/architecture.md names only the engine's):\n" + \
         "\n".join(" -> ".join(c) for c in unexpected)
     assert [c for c in cycles if set(c) == ENGINE_CYCLE], "the engine's circle was not found: is the check blind?"

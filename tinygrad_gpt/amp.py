@@ -37,17 +37,25 @@ class autocast:
 
     def __enter__(self):
         self._prev = precision.active
-        precision.set_active(self.dtype if self.enabled else None)
+        _set_active(self.dtype if self.enabled else None)
         return self
 
     def __exit__(self, *exc):
-        precision.set_active(self._prev)
+        _set_active(self._prev)
         return False
 
 
 def set_autocast(dtype):
     """The setter beside the context manager: "bfloat16" turns it on, None turns it off."""
-    precision.set_active(None if dtype is None else autocast(dtype).dtype)
+    _set_active(None if dtype is None else autocast(dtype).dtype)
+
+
+def _set_active(dtype):
+    """Autocast's state (kernels/precision.py); leaving autocast frees the weights' bf16 copies
+    that no optimizer keeps up to date."""
+    precision.set_active(dtype)
+    if dtype is None:
+        layers.drop_unowned_copies()
 
 
 def get_autocast():

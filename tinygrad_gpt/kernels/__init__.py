@@ -13,77 +13,21 @@ takes effect at once everywhere:
 The bf16 GEMM has its one switch beside it: `kernels.gemm_backend("reference")` (precision.py).
 
 The environment variable is read once, at import, for the default; nothing here writes it.
+
+The switch lives in backend.py (the kernel modules that call `K` import it from there); this
+package re-exports it, hands it numba_cpu, and gives `K` the machine of layers.py.
 """
-import contextlib
-import os
-
-from . import reference
-
-_BACKENDS = ("numpy", "numba")
+from . import backend, reference  # noqa: F401
+from .backend import (K, _BACKENDS, _default_backend, environment_choice,  # noqa: F401  the switch
+                      get_backend, set_backend, use)
 
 
-class _Kernels:
-    """Forwards attribute lookups to the active backend module."""
-
-    def __init__(self):
-        self.name = None
-        self.module = None
-
-    def __getattr__(self, attr):
-        return getattr(self.module, attr)
+def _numba_cpu():                    # here, not in backend.py: numba_cpu imports bf16_mkl, which imports backend
+    from . import numba_cpu          # imported only when chosen (numba compiles on first call)
+    return numba_cpu
 
 
-K = _Kernels()
-
-
-def set_backend(name):
-    """Select "numpy" (reference.py) or "numba" (numba_cpu.py) for every fused op."""
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown kernel backend {name!r}: expected one of {', '.join(_BACKENDS)}")
-    if name == "numba":
-        from . import numba_cpu
-        K.module = numba_cpu
-    else:
-        K.module = reference
-    K.name = name
-
-
-def get_backend():
-    return K.name
-
-
-@contextlib.contextmanager
-def use(name=None):
-    """`with use("numpy"):` runs the block on that backend and puts the previous one back,
-    even on an error. `use(None)` keeps the current backend and restores it on exit (for
-    code that may call set_backend inside)."""
-    previous = K.name
-    if name is not None:
-        set_backend(name)
-    try:
-        yield K
-    finally:
-        set_backend(previous)
-
-
-def environment_choice():
-    """The backend $TINYGRAD_GPT_KERNELS asks for, or None when it is unset or empty."""
-    name = os.environ.get("TINYGRAD_GPT_KERNELS", "").strip().lower()
-    return name or None
-
-
-def _default_backend():
-    name = environment_choice() or "numba"
-    if name not in _BACKENDS:
-        raise ValueError(f"TINYGRAD_GPT_KERNELS={name!r}: expected one of {', '.join(_BACKENDS)}")
-    if name == "numba":
-        try:
-            import numba  # noqa: F401
-        except ImportError:          # numba is a dependency, but keep the engine usable without it
-            return "numpy"
-    return name
-
-
+backend.MODULES["numba"] = _numba_cpu
 set_backend(_default_backend())
 
 

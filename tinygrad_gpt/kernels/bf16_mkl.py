@@ -279,7 +279,7 @@ def _gemm_long(lib, a, b, ta, tb, m, n, k, out):
     columns (rows) of out is the transpose of op(b)^T[block] @ op(a)^T (of op(b)^T @ op(a)^T[:,
     block]), which is a product of the same operands with the transpose flags flipped."""
     global _chunk
-    from . import K                                 # the transpose: numba's kernel or NumPy's twin
+    from .backend import K                          # the transpose: numba's kernel or NumPy's twin
     if _chunk.size < CHUNK * min(m, n):
         _chunk = np.empty(CHUNK * min(m, n), dtype=np.float32)
     lda, ldb, item = a.shape[1], b.shape[1], a.itemsize

@@ -23,7 +23,8 @@ import weakref
 
 import numpy as np
 
-from . import K, precision, reference
+from . import precision, reference
+from .backend import K
 
 
 def _dead():

@@ -22,12 +22,10 @@ _warned = False
 
 
 def set_active(dtype):
-    """Set by amp.autocast / amp.set_autocast; leaving autocast drops the weights' unowned copies."""
+    """Set by amp.autocast / amp.set_autocast (which, leaving autocast, also drops the weights'
+    unowned bf16 copies: layers.drop_unowned_copies; layers imports this module, not back)."""
     global active
     active = dtype
-    if dtype is None:
-        from .layers import drop_unowned_copies
-        drop_unowned_copies()
 
 
 class gemm_backend:

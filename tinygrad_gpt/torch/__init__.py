@@ -21,7 +21,6 @@ from ..tensor import cat as _cat
 from ..tensor import enable_grad, is_grad_enabled, no_grad
 from ..tensor import manual_seed as _manual_seed
 from .. import ops as _ops
-from .. import functional as _F
 
 inf = _math.inf
 nan = _math.nan
@@ -162,18 +161,7 @@ def numel(input):
     return _t(input).numel()
 
 
-def softmax(input, dim=None, dtype=None):
-    if dim is None:
-        raise TypeError("torch.softmax: give dim= (the axis to normalise over)")
-    x = input if dtype is None else input.astype(dtype)
-    return _F.softmax(x, dim)
-
-
-def log_softmax(input, dim=None, dtype=None):
-    if dim is None:
-        raise TypeError("torch.log_softmax: give dim= (the axis to normalise over)")
-    x = input if dtype is None else input.astype(dtype)
-    return _F.log_softmax(x, dim)
+from .nn.functional import log_softmax, softmax  # noqa: E402,F401  (torch.softmax is F.softmax)
 
 
 def argmax(input, dim=None, keepdim=False):

@@ -14,13 +14,19 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
 
 def softmax(input, dim=None, dtype=None):
-    from .. import softmax as _softmax
-    return _softmax(input, dim=dim, dtype=dtype)
+    """Also torch.softmax (the torch package imports it from here)."""
+    if dim is None:
+        raise TypeError("torch.softmax: give dim= (the axis to normalise over)")
+    x = input if dtype is None else input.astype(dtype)
+    return _F.softmax(x, dim)
 
 
 def log_softmax(input, dim=None, dtype=None):
-    from .. import log_softmax as _log_softmax
-    return _log_softmax(input, dim=dim, dtype=dtype)
+    """Also torch.log_softmax."""
+    if dim is None:
+        raise TypeError("torch.log_softmax: give dim= (the axis to normalise over)")
+    x = input if dtype is None else input.astype(dtype)
+    return _F.log_softmax(x, dim)
 
 
 def gelu(input, approximate="none"):
