@@ -24,6 +24,7 @@ from .nn import Linear
 from .optim import clip_grad_norm_, lr_at_step
 from .pretrained import SafetensorsReader
 from .tensor import no_grad
+from . import train
 from .tokenizer import text_to_token_ids, token_ids_to_text
 
 PAD_TOKEN_ID = 50256                    # <|endoftext|>, the book's padding token
@@ -136,15 +137,7 @@ def calc_loss_batch(input_batch, target_batch, model):
 
 
 def calc_loss_loader(data_loader, model, num_batches=None):
-    if len(data_loader) == 0:
-        return float("nan")
-    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
-    total = 0.0
-    for i, (input_batch, target_batch) in enumerate(data_loader):
-        if i >= num_batches:
-            break
-        total += calc_loss_batch(input_batch, target_batch, model).item()
-    return total / num_batches
+    return train.calc_loss_loader(data_loader, model, num_batches=num_batches, loss_batch=calc_loss_batch)
 
 
 def calc_accuracy_loader(data_loader, model, num_batches=None):

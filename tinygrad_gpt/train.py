@@ -28,8 +28,9 @@ def calc_loss_batch(input_batch, target_batch, model, device=None):
     return F.cross_entropy(logits, target_batch)
 
 
-def calc_loss_loader(data_loader, model, device=None, num_batches=None):
-    """Average loss over the first `num_batches` batches (all by default), as the book."""
+def calc_loss_loader(data_loader, model, device=None, num_batches=None, loss_batch=None):
+    """Average loss over the first `num_batches` batches (all by default), as the book (ch06's
+    classifier passes its own `loss_batch`)."""
     if len(data_loader) == 0:
         return float("nan")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
@@ -37,7 +38,7 @@ def calc_loss_loader(data_loader, model, device=None, num_batches=None):
     for i, (input_batch, target_batch) in enumerate(data_loader):
         if i >= num_batches:
             break
-        total += calc_loss_batch(input_batch, target_batch, model).item()
+        total += (loss_batch or calc_loss_batch)(input_batch, target_batch, model).item()
     return total / num_batches
 
 
