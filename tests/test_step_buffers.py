@@ -225,6 +225,53 @@ def test_a_buffer_is_handed_out_again_only_when_no_array_over_it_is_alive():
     assert again.base is buf.memory            # on the mmap: no other array shares it
 
 
+def test_a_shorter_request_is_the_front_of_the_buffer_and_only_a_longer_one_maps_new_memory():
+    buf = layers.Buffer()
+    long = buf.take((4, 8), np.float32)
+    assert buf.fresh and not buf.relaid
+    memory = buf.memory
+    del long
+    short = buf.take((2, 8), np.float32)       # a shorter batch: the same pages, not new ones
+    assert buf.memory is memory and short.base is memory
+    assert not buf.fresh and buf.relaid        # old bytes under another shape
+    del short
+    again = buf.take((2, 8), np.float32)
+    assert not buf.fresh and not buf.relaid
+    del again
+    longer = buf.take((6, 8), np.float32)      # longer than any before: new (zeroed) memory
+    assert buf.fresh and buf.memory is not memory and not longer.any()
+
+
+def test_linear_outputs_of_varying_batch_lengths_reuse_the_longest_ones_memory():
+    """Chapter 7's batches vary in length (74-127 tokens); each Linear's output buffer mapped
+    new pages at every change of length (~130,000 page faults a 124M step, 10-15 % of its
+    time) until a shorter request reused the front of the longest one's memory."""
+    rng = np.random.default_rng(0)
+    w = tg.nn.Parameter(rng.standard_normal((6, 5)).astype(np.float32))
+    state = layers.state_of(w)
+    F.linear(tg.Tensor(rng.standard_normal((2, 9, 5)).astype(np.float32)), w)
+    memory = state.y.memory
+    for T in (4, 9, 7, 1, 9):
+        x = rng.standard_normal((2, T, 5)).astype(np.float32)
+        y = F.linear(tg.Tensor(x), w)
+        np.testing.assert_allclose(y.data, x @ w.data.T, rtol=1e-5, atol=1e-6)
+        assert state.y.memory is memory and np.shares_memory(y.data, state.y.view())
+        del y
+
+
+def test_an_embedding_gradient_buffer_laid_out_for_another_shape_is_zeroed_whole():
+    """The gradient buffer zeroes only the rows the last step wrote; if the weight was replaced
+    by one of another shape but the same size, those row numbers mean other bytes, so the
+    whole buffer is zeroed (without it the old step's values stayed in the new gradient)."""
+    w = tg.nn.Parameter(np.ones((30, 4), np.float32))
+    F.embedding(w, np.array([1, 2, 29])).sum().backward()
+    w.grad = None
+    w.data = np.ones((60, 2), np.float32)      # the same 480 bytes, another layout
+    ids = np.array([0])
+    F.embedding(w, ids).sum().backward()
+    np.testing.assert_array_equal(w.grad, R.embedding_backward(np.ones((1, 2), np.float32), ids, 60))
+
+
 def test_load_state_dict_bumps_the_version_and_the_next_product_converts_the_new_weight():
     w = tg.nn.Parameter(np.ones((3, 2), np.float32))
     x = tg.Tensor(np.ones((1, 2), np.float32))

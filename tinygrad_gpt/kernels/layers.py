@@ -33,23 +33,29 @@ def _dead():
 
 class Buffer:
     """Memory reused step after step: `take(shape, dtype)` is an array over it, or None while an
-    array it handed out before (or any view of one) is still alive."""
+    array it handed out before (or any view of one) is still alive. The memory only grows: a
+    smaller request (a shorter batch) is the front of it, so batches of varying length reuse
+    the pages the longest one faulted in instead of mapping (and zeroing) new ones each time."""
 
-    __slots__ = ("memory", "nbytes", "handed", "fresh")
+    __slots__ = ("memory", "capacity", "nbytes", "layout", "handed", "fresh", "relaid")
 
     def __init__(self):
-        self.memory, self.nbytes, self.handed, self.fresh = None, -1, _dead, False
+        self.memory, self.capacity, self.nbytes, self.layout = None, -1, -1, None
+        self.handed, self.fresh, self.relaid = _dead, False, False
 
     def take(self, shape, dtype):
         if self.handed() is not None:
             return None
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self.fresh = nbytes != self.nbytes      # new memory: zeros
+        self.fresh = nbytes > self.capacity     # new memory: zeros
         if self.fresh:                          # private anonymous pages: zero, resident only once written
             # (an embedding's dW: the rows a batch used), copied on write after a fork
             self.memory = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            self.nbytes = nbytes
+            self.capacity = nbytes
+        layout = (tuple(shape), dtype)
+        self.relaid = not self.fresh and layout != self.layout   # old memory, another shape: stale bytes
+        self.nbytes, self.layout = nbytes, layout
         a = np.ndarray(shape, dtype, buffer=self.memory)   # a.base: the mmap, not an array
         self.handed = weakref.ref(a)
         return a
@@ -196,8 +202,8 @@ def embedding_backward(dy, ids, owner):
         return K.embedding_backward(dy, ids, owner.shape[0])
     if st.grad.fresh:                           # new memory: all zeros, no stale rows
         st.grad_rows = np.zeros(0, np.int64)
-    elif st.grad_rows is None:                  # written into while held (micro-batches): zero it all
-        dw[...] = 0
+    elif st.grad_rows is None or st.grad.relaid:   # written into while held (micro-batches), or
+        dw[...] = 0                                # laid out for another shape before: zero it all
         st.grad_rows = np.zeros(0, np.int64)
     st.grad_rows = K.embedding_backward_into(dy, ids, dw, st.grad_rows)
     return dw
