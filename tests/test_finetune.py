@@ -177,7 +177,7 @@ def test_finetune_instruct_with_lora_runs_end_to_end_and_writes_the_responses(tm
     print("\n" + done.stdout[-2000:])
     assert "Training set length: 20\nValidation set length: 2\nTest set length: 2" in done.stdout
     assert re.search(r"Total trainable parameters after: [\d,]+ \(LoRA rank 8, alpha 8\)", done.stdout)
-    assert "Schedule: linear warmup over 2 steps from 3e-05; cosine decay to 1e-05; gradient norm clipped at 1" \
+    assert "Schedule: linear warmup over 2 steps from 3e-05; cosine decay to 1e-05; gradient norm clipped at 1 after the warmup" \
         in done.stdout
     responses = json.loads((out / "instruction-data-with-response.json").read_text(encoding="utf-8"))
     assert [{k: r[k] for k in ("instruction", "input", "output")} for r in responses] == records()[22:]

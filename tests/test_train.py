@@ -141,6 +141,23 @@ def test_train_model_simple_takes_one_adamw_step_per_batch():
         np.testing.assert_array_equal(p.data, q.data, err_msg=name)
 
 
+@pytest.mark.parametrize("warmup", [0, 2, 3])
+def test_train_model_clips_the_gradient_from_the_step_the_warmup_ends_as_appendix_d(warmup):
+    """Appendix D clips with `if global_step >= warmup_steps` (global_step counts from 0): with a
+    warmup of 2 the first two steps are not clipped, the third is. The last step's gradients
+    are still on the parameters when train_model returns (zero_grad runs at a step's start)."""
+    from tinygrad_gpt.train import TrainConfig, global_grad_norm, train_model
+    model = micro_model()
+    config = TrainConfig(num_epochs=1, eval_freq=100, eval_iter=1, start_context="1", peak_lr=1e-3,
+                         warmup_steps=warmup, grad_clip=1e-3)
+    train_model(model, loader(3, seed=5), loader(1), AdamW(model.parameters(), lr=1e-3), DigitTokenizer(), config)
+    norm = global_grad_norm(list(model.parameters()))    # after step index 2, the third
+    if warmup <= 2:
+        assert norm == pytest.approx(1e-3, rel=1e-4)
+    else:
+        assert norm > 1e-2
+
+
 # ----------------------------------------------------------------------------- the-verdict.txt
 @pytest.mark.parametrize("source", ["sample_story", pytest.param("the-verdict", marks=needs_verdict)])
 def test_training_the_tiny_gpt_on_real_text_lowers_the_loss_and_prints_the_books_lines(capsys, source):

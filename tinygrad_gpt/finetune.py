@@ -305,7 +305,7 @@ def lr_schedule_note(warmup_steps, min_lr, grad_clip):
     if min_lr is not None:
         parts.append(f"cosine decay to {min_lr:g}")
     if grad_clip is not None:
-        parts.append(f"gradient norm clipped at {grad_clip:g}")
+        parts.append(f"gradient norm clipped at {grad_clip:g}" + (" after the warmup" if warmup_steps else ""))
     return "; ".join(parts) if parts else "constant learning rate"
 
 

@@ -119,7 +119,7 @@ class TrainConfig:
     peak_lr: Optional[float] = None
     warmup_steps: int = 0
     min_lr: Optional[float] = None
-    grad_clip: Optional[float] = None
+    grad_clip: Optional[float] = None            # from the step the warmup ends (appendix D's global_step >= warmup_steps)
     accum_steps: int = 1
     log_grad_norms: bool = False
 
@@ -176,7 +176,7 @@ def train_model(model, train_loader, val_loader, optimizer, tokenizer, config, *
                 raise NonFiniteLossError(step, "the loss")
             # per-block norms before clipping, so that they add up to the global norm printed
             grad_view = [step, None, block_grad_norms(model)] if c.log_grad_norms and step % eval_freq == 0 else None
-            if c.grad_clip is not None:
+            if c.grad_clip is not None and step >= c.warmup_steps:   # after the warmup, as appendix D
                 norm = clip_grad_norm_(params, c.grad_clip)
             else:                                # checked every step: one NaN would poison AdamW's moments
                 norm = global_grad_norm(params)

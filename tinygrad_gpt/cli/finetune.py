@@ -41,7 +41,8 @@ def _common_flags(p, *, epochs, batch_size, lr, eval_freq, eval_iter, data_help)
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA's alpha (default: the rank, as the book)")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup from 3e-5 (appendix D)")
     p.add_argument("--min-lr", type=float, default=None, help="cosine decay to this learning rate (appendix D)")
-    p.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this (appendix D)")
+    p.add_argument("--clip-grad", type=float, default=None,
+                   help="clip the gradient norm to this after the warmup (appendix D)")
     add_runtime_flags(p, threads_help="BLAS and numba threads (default: all cores)",
                       kernels_help="kernel backend (default: $TINYGRAD_GPT_KERNELS)")
 

@@ -87,7 +87,8 @@ def build_parser():
                         "or OUT/checkpoints)")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup (appendix D)")
     p.add_argument("--min-lr", type=float, default=None, help="cosine decay to this lr (appendix D)")
-    p.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm")
+    p.add_argument("--grad-clip", type=float, default=None,
+                   help="clip the global gradient norm (after --warmup-steps, as the book's appendix D)")
     p.add_argument("--accum-steps", type=int, default=1, help="batches per optimizer step")
     p.add_argument("--save-dir", default=None,
                    help="save checkpoints here (default: none; with --resume, the resumed run's directory)")
