@@ -10,18 +10,27 @@ weight decay 0.1, 2 epochs over 85% of its 1,100 records, each batch padded to i
 record (+1) with the -100 targets. The data is made here, of the book's size and shape: 1,100
 instruction / input / output records from the sample story, a third without an input.
 
-Steady state: each engine first repeats the first batch until two consecutive steps agree
-within 5 % (at least 3 steps: numba compiles, allocators settle), and the one that settled
-first takes untimed steps on it until both have taken as many (the same model in both, so
-the losses can be compared step by step); then both run the same
-batches in the same order (shuffle off), alternating engine by engine for each batch so a
-busy machine slows both alike. The table gives seconds per step (min / median / max) and the
-whole run extrapolated from the median (or measured, with --steps 0). The warm-up rule, the
-timer and the CPU line are benchmarks/common.py's.
+One process per engine (a worker, as bench_train_step.py): in one process, each engine
+stepping between the other's steps, ours ran 3.5-3.7 s a step against 2.1-2.7 s alone
+(benchmarks/RESULTS.md, "Chapter 7 in one process or two"). The weights are made once (the
+book's GPTModel under torch.manual_seed(123)) and handed to both workers in a safetensors
+file. Each worker repeats the first batch until two consecutive steps agree within 5 % (at
+least 3 steps: numba compiles, allocators settle), then puts the initial weights back and
+starts a new AdamW, so both engines time the same run from the same state: the same batches
+in the same order (shuffle off), their losses compared step by step. The processes
+alternate, engine by engine, for --rounds rounds. The table gives seconds per step (min /
+median / max over every round's steps) and the whole run extrapolated from the median (or
+measured, with --steps 0). The warm-up rule, the timer and the CPU line are
+benchmarks/common.py's.
 """
 import argparse
+import hashlib
+import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 
@@ -47,6 +56,110 @@ def make_records(n, seed=123):
     return records
 
 
+ENGINES = {"book": "book's PyTorch code", "ours": "engine (tinygrad_gpt)"}
+
+
+def setting(args):
+    """The model config, the training records and the batches' count, the same in both workers."""
+    from tinygrad_gpt import finetune as ft
+    from tinygrad_gpt import get_config
+    cfg = {**get_config(args.model), "drop_rate": 0.0, "qkv_bias": True}
+    if args.model == "124M":
+        cfg["context_length"] = 1024                      # GPT-2's, as the book's BASE_CONFIG
+    train_data, _, _ = ft.split_instruction_data(make_records(args.records))
+    return cfg, train_data, len(train_data) // args.batch_size            # drop_last, as the book
+
+
+def worker(args):
+    """One engine: its batches, its warm-up, the timed steps; one JSON line on stdout."""
+    from safetensors.numpy import load_file
+    from tinygrad_gpt import finetune as ft
+    from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
+    cfg, train_data, n_batches = setting(args)
+    weights = load_file(args.weights)
+    tokenizer = get_gpt2_tokenizer()
+    allowed = cfg["context_length"]
+    total_steps = args.epochs * n_batches
+    steps = total_steps if args.steps == 0 else min(args.steps, total_steps)
+    if args.worker == "book":
+        import torch
+        from llms_from_scratch import ch04 as book_ch04, ch05 as book_ch05, ch07 as book_ch07
+        torch.set_num_threads(args.threads or os.cpu_count())
+        model = book_ch04.GPTModel(cfg)
+        initial = {k: torch.from_numpy(v) for k, v in weights.items()}
+        model.load_state_dict(initial)
+        dataset = book_ch07.InstructionDataset(train_data, tokenizer)
+
+        def batch(b):
+            return book_ch07.custom_collate_fn([dataset[i] for i in range(b * args.batch_size, (b + 1) * args.batch_size)],
+                                               allowed_max_length=allowed)
+
+        def new_optimizer():
+            return torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = book_ch05.calc_loss_batch(x, y, model, "cpu")
+            loss.backward()
+            opt.step()
+            return loss.item()
+        runtime = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    else:
+        from tinygrad_gpt import GPTModel
+        from tinygrad_gpt.cli import setup_threads
+        from tinygrad_gpt.kernels import set_backend
+        from tinygrad_gpt.optim import AdamW
+        set_backend(args.kernels)
+        runtime = setup_threads(args.threads, warm_up=True)
+        model = GPTModel(cfg)
+        initial = weights
+        model.load_state_dict(initial)
+        dataset = ft.InstructionDataset(train_data, tokenizer, allowed_max_length=allowed)
+
+        def batch(b):
+            return dataset[np.arange(b * args.batch_size, (b + 1) * args.batch_size)]
+
+        def new_optimizer():
+            return AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = ft.F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss.item()
+    batches = [batch(b) for b in range(n_batches)]
+    digest = hashlib.sha256()
+    for x, y in batches:
+        digest.update(np.asarray(x, np.int64).tobytes() + np.asarray(y, np.int64).tobytes())
+    opt = new_optimizer()
+    warm = bench.warm_up(lambda: step(*batches[0]))
+    model.load_state_dict(initial)                         # the same state in both engines' timed run
+    opt = new_optimizer()
+    times, losses = [], []
+    for s in range(steps):
+        seconds, loss = bench.timed(step, *batches[s % n_batches])
+        times.append(seconds)
+        losses.append(loss)
+    lengths = [int(np.asarray(x).shape[1]) for x, _ in batches]
+    print(json.dumps({"times": times, "losses": losses, "warmup": warm.describe(), "runtime": runtime,
+                      "batches": digest.hexdigest(), "lengths": lengths, "records": len(train_data),
+                      "context": cfg["context_length"], "n_batches": n_batches, "total_steps": total_steps}))
+
+
+def run_worker(engine, args, weights):
+    cmd = [sys.executable, __file__, "--worker", engine, "--weights", weights, "--model", args.model,
+           "--records", str(args.records), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
+           "--steps", str(args.steps), "--kernels", args.kernels] + (["--threads", str(args.threads)] if args.threads else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"the {ENGINES[engine]} worker failed:\n{out.stderr[-3000:]}")
+    for line in out.stderr.splitlines():       # the warm-up cap's warning, for one
+        if line.startswith("warning:"):
+            print(f"{ENGINES[engine]}: {line}", file=sys.stderr, flush=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="124M")
@@ -54,107 +167,61 @@ def main():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--steps", type=int, default=20, help="batches timed after warm-up; 0: every step of the run")
+    p.add_argument("--rounds", type=int, default=2, help="alternating processes per engine")
     p.add_argument("--kernels", choices=["numpy", "numba"], default="numba")
     p.add_argument("--threads", type=int, default=None, help="both engines (default: all cores)")
+    p.add_argument("--worker", choices=list(ENGINES), help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker:
+        return worker(args)
 
     import torch
-    from llms_from_scratch import ch04 as book_ch04, ch05 as book_ch05, ch07 as book_ch07
-    from tinygrad_gpt import GPTModel, get_config
-    from tinygrad_gpt import finetune as ft
-    from tinygrad_gpt.cli import setup_threads
-    from tinygrad_gpt.kernels import set_backend
-    from tinygrad_gpt.optim import AdamW
-    from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
-
-    set_backend(args.kernels)
-    setup_threads(args.threads, warm_up=True)
-    threads = args.threads or os.cpu_count()
-    torch.set_num_threads(threads)
-    cfg = {**get_config(args.model), "drop_rate": 0.0, "qkv_bias": True}
-    if args.model == "124M":
-        cfg["context_length"] = 1024                      # GPT-2's, as the book's BASE_CONFIG
-    tokenizer = get_gpt2_tokenizer()
-    data = make_records(args.records)
-    train_data, _, _ = ft.split_instruction_data(data)
-    allowed = cfg["context_length"]
-
-    # the same weights in both
-    torch.manual_seed(123)
-    book = book_ch04.GPTModel(cfg)
-    ours = GPTModel(cfg)
-    ours.load_state_dict({k: v.numpy() for k, v in book.state_dict().items()})
-    book_opt = torch.optim.AdamW(book.parameters(), lr=5e-5, weight_decay=0.1)
-    our_opt = AdamW(ours.parameters(), lr=5e-5, weight_decay=0.1)
-
-    # the same batches: the book's dataset and collate for PyTorch, ours for the engine
-    book_ds = book_ch07.InstructionDataset(train_data, tokenizer)
-    our_ds = ft.InstructionDataset(train_data, tokenizer, allowed_max_length=allowed)
-    n_batches = len(train_data) // args.batch_size                     # drop_last, as the book
-    batches = []
-    for b in range(n_batches):
-        idx = np.arange(b * args.batch_size, (b + 1) * args.batch_size)
-        x, y = our_ds[idx]
-        bx, by = book_ch07.custom_collate_fn([book_ds[i] for i in idx], allowed_max_length=allowed)
-        assert x.tolist() == bx.tolist() and y.tolist() == by.tolist()
-        batches.append(((x, y), (bx, by)))
-    total_steps = args.epochs * n_batches
-
-    def step_book(x, y):
-        book_opt.zero_grad()
-        loss = book_ch05.calc_loss_batch(x, y, book, "cpu")
-        loss.backward()
-        book_opt.step()
-        return loss.item()
-
-    def step_ours(x, y):
-        our_opt.zero_grad()
-        loss = ft.F.cross_entropy(ours(x), y)
-        loss.backward()
-        our_opt.step()
-        return loss.item()
-
-    warm = {"book's PyTorch code": bench.warm_up(lambda: step_book(*batches[0][1])),
-            "engine (tinygrad_gpt)": bench.warm_up(lambda: step_ours(*batches[0][0]))}
-    # the same number of optimizer steps on the first batch in both, so the two models stay the
-    # same model and the timed steps' losses can be compared (untimed top-up steps)
-    warm_steps = max(len(w.times) for w in warm.values())
-    for _ in range(warm_steps - len(warm["book's PyTorch code"].times)):
-        step_book(*batches[0][1])
-    for _ in range(warm_steps - len(warm["engine (tinygrad_gpt)"].times)):
-        step_ours(*batches[0][0])
-    steps = total_steps if args.steps == 0 else min(args.steps, total_steps)
-    times = {name: [] for name in warm}
-    losses = {name: [] for name in warm}
-    for s in range(steps):
-        ours_batch, book_batch = batches[s % n_batches]
-        for name, fn, batch in (("book's PyTorch code", step_book, book_batch),
-                                ("engine (tinygrad_gpt)", step_ours, ours_batch)):
-            seconds, loss = bench.timed(fn, *batch)
-            losses[name].append(loss)
-            times[name].append(seconds)
+    from llms_from_scratch import ch04 as book_ch04
+    from safetensors.numpy import save_file
+    cfg, _, _ = setting(args)
+    torch.manual_seed(123)                                 # the same weights in both: the book's init
+    state = {k: v.detach().numpy().copy() for k, v in book_ch04.GPTModel(cfg).state_dict().items()}
+    results = {e: [] for e in ENGINES}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "weights.safetensors")
+        save_file(state, weights)
+        del state
+        for r in range(args.rounds):
+            for e in ENGINES:
+                print(f"round {r + 1}/{args.rounds}: {ENGINES[e]} ...", file=sys.stderr, flush=True)
+                results[e].append(run_worker(e, args, weights))
+    first = results["ours"][0]
+    if any(res["batches"] != first["batches"] for rs in results.values() for res in rs):
+        sys.exit("the two engines' batches differ: the comparison is void")
 
     print(bench.cpu_line())
-    print(bench.runtime_line(threads, "float32") + f"; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    lengths = [b[0][0].shape[1] for b in batches]
-    print(f"GPT-2 {args.model} (context {cfg['context_length']}), {len(train_data)} training records of "
-          f"{args.records}, batch {args.batch_size}, {n_batches} steps per epoch, {args.epochs} epochs = "
-          f"{total_steps} steps; batch lengths {min(lengths)}-{max(lengths)} tokens (median "
+    print(f"ours: {first['runtime']}; book: {results['book'][0]['runtime']}; one process per engine and round")
+    lengths = first["lengths"]
+    print(f"GPT-2 {args.model} (context {first['context']}), {first['records']} training records of "
+          f"{args.records}, batch {args.batch_size}, {first['n_batches']} steps per epoch, {args.epochs} epochs = "
+          f"{first['total_steps']} steps; batch lengths {min(lengths)}-{max(lengths)} tokens (median "
           f"{statistics.median(lengths):.0f})")
-    for name, w in warm.items():
-        print(f"{name}: {w.describe()}")
-    print(f"timed: {steps} steps each, alternating" + (" (the whole run)" if steps == total_steps else ""))
-    base = statistics.median(times["book's PyTorch code"])
+    for e, rs in results.items():
+        for r, res in enumerate(rs):
+            print(f"{ENGINES[e]}, round {r + 1}: {res['warmup']}")
+    steps = len(first["times"])
+    print(f"timed: {steps} steps a round, {args.rounds} rounds, the processes alternating"
+          + (" (the whole run)" if steps == first["total_steps"] else ""))
+    times = {e: [t for res in rs for t in res["times"]] for e, rs in results.items()}
+    base = statistics.median(times["book"])
     print(f"| {'run':24s} | {'min s':>7s} | {'median s':>8s} | {'max s':>7s} | {'run, min':>8s} | "
           f"{'vs book':>7s} | {'last loss':>9s} |")
     print(f"|{'-' * 26}|{'-' * 9}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 9}|{'-' * 11}|")
-    for name, t in times.items():
+    for e, t in times.items():
         med = statistics.median(t)
-        run = sum(t) if steps == total_steps else med * total_steps
-        print(f"| {name:24s} | {min(t):7.3f} | {med:8.3f} | {max(t):7.3f} | {run / 60:8.2f} | "
-              f"{med / base:6.2f}x | {losses[name][-1]:9.5f} |")
-    worst = max(abs(a - b) / abs(b) for a, b in zip(losses["engine (tinygrad_gpt)"], losses["book's PyTorch code"]))
-    print(f"losses agree step by step (both after {warm_steps} warm-up steps on the first batch): worst "
+        run = sum(results[e][0]["times"]) if steps == first["total_steps"] else med * first["total_steps"]
+        print(f"| {ENGINES[e]:24s} | {min(t):7.3f} | {med:8.3f} | {max(t):7.3f} | {run / 60:8.2f} | "
+              f"{med / base:6.2f}x | {results[e][0]['losses'][-1]:9.5f} |")
+    rounds = [statistics.median(o["times"]) / statistics.median(b["times"]) for o, b in zip(results["ours"], results["book"])]
+    print("paired rounds, ours / book: " + ", ".join(f"{x:.2f}x" for x in rounds))
+    worst = max(abs(a - b) / abs(b) for a, b in zip(results["ours"][0]["losses"], results["book"][0]["losses"]))
+    print(f"losses agree step by step (both from the same weights and a new AdamW after the warm-up): worst "
           f"relative difference {worst:.1e}")
 
 
