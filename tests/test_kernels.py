@@ -554,6 +554,26 @@ def test_threads_matmul_is_np_matmul_in_one_thread(case, with_out, monkeypatch, 
         assert len(during) == 2 and all(set(d) == {1} for d in during), during
 
 
+def test_threads_matmul_cuts_a_stack_of_short_matrices_as_chapter_7s_attention(monkeypatch, two_threads):
+    """The real thresholds: a stack of 8 x 12 matrices of 96 rows (chapter 7's attention, batch
+    8 at ~100 tokens) is above SPLIT_FLOPS, so it is cut along its stack, OpenBLAS in one thread
+    per piece. It once went whole to OpenBLAS because each matrix has fewer than SPLIT_ROWS
+    rows; OpenBLAS's threads woke for it and spun into the next products (the float32 step 2x
+    slower at 96 tokens than at 88)."""
+    from tinygrad_gpt.kernels import threads
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((8, 12, 96, 64)).astype(np.float32)
+    b = rng.standard_normal((8, 12, 64, 96)).astype(np.float32)
+    assert 2.0 * 8 * 12 * 96 * 96 * 64 > threads.SPLIT_FLOPS and 96 < threads.SPLIT_ROWS
+    want = one_thread_matmul(a, b)
+    during, real = [], np.matmul
+    monkeypatch.setattr(threads.np, "matmul", lambda *args, **kw: during.append(blas_threads()) or real(*args, **kw))
+    got = threads.matmul(a, b)
+    monkeypatch.undo()
+    assert np.array_equal(got, want)
+    assert len(during) == 2 and all(set(d) == {1} for d in during), during
+
+
 def test_threads_matmul_pieces_cover_the_output(monkeypatch, two_threads):
     """Each piece writes its own rows or columns, and all of them are written: a split that
     dropped or doubled a piece would leave NaN in `out` or fail the comparison above."""

@@ -93,8 +93,8 @@ def one_blas_thread():
                     c.set_num_threads(n)
 
 
-SPLIT_ROWS = 256         # a product of fewer rows (per matrix of a stack) or fewer
-SPLIT_FLOPS = 1 << 26    # flops than this (~0.2 ms at 300 GFLOP/s) goes to np.matmul as it is
+SPLIT_ROWS = 256         # a 2-D product of fewer rows, or any product of fewer
+SPLIT_FLOPS = 1 << 26    # flops than this (~0.2 ms at 300 GFLOP/s), goes to np.matmul as it is
 
 
 def matmul(a, b, out=None):
@@ -109,12 +109,16 @@ def matmul(a, b, out=None):
     2-D: the output's longer side is cut, rows of a or columns of b (the column pieces are
     strided views, which BLAS reads and writes in place). Stacks (..., M, K) @ (..., K, N) of
     one leading shape: the longest stacking axis is cut, into as many pieces as both
-    get_num_threads() and OpenBLAS's own count allow (threadpool_limits(1) means one). A
-    product of fewer than SPLIT_ROWS rows or SPLIT_FLOPS flops goes to np.matmul as it is, on
-    OpenBLAS's own threads: generation's products (1 row with the KV cache, the prompt's rows
-    without) ran slower cut (20 x 768 x 3072: 2.0 ms against 1.1; generation 33-36 tokens/s
-    against 44-47), and there OpenBLAS's spinning helps: the next product comes at once. Every
-    product of a training step at context 256 is cut. Broadcasting, mixed dtypes, an `out` that
+    get_num_threads() and OpenBLAS's own count allow (threadpool_limits(1) means one). A 2-D
+    product of fewer than SPLIT_ROWS rows, or any product of fewer than SPLIT_FLOPS flops, goes
+    to np.matmul as it is, on OpenBLAS's own threads: generation's products (1 row with the KV
+    cache, the prompt's rows without) ran slower cut (20 x 768 x 3072: 2.0 ms against 1.1;
+    generation 33-36 tokens/s against 44-47), and there OpenBLAS's spinning helps: the next
+    product comes at once. A stack is cut whatever its matrices' rows: chapter 7's attention
+    (8 x 12 matrices of ~100 x 64) once went whole to OpenBLAS, whose threads woke above T = 90
+    and spun into the next products, and the whole float32 step took twice as long at T = 96 as
+    at T = 88 (benchmarks/RESULTS.md, "Chapter 7 in one process or two"). Every product of a
+    training step at context 256 is cut. Broadcasting, mixed dtypes, an `out` that
     broadcasts or overlaps an operand, and a NumPy built on another BLAS than OpenBLAS (whose
     thread count this cannot hold at one) go to np.matmul too.
 
@@ -140,7 +144,7 @@ def matmul(a, b, out=None):
         axis = int(np.argmax(lead))            # split the longest stacking axis
         length = lead[axis]
     controllers = _openblas_controllers()
-    if out.size == 0 or m < SPLIT_ROWS or 2.0 * out.size * k < SPLIT_FLOPS or not controllers:
+    if out.size == 0 or (a.ndim == 2 and m < SPLIT_ROWS) or 2.0 * out.size * k < SPLIT_FLOPS or not controllers:
         return np.matmul(a, b, out=out)        # (a NumPy on another BLAS: its own threads, as it is)
     n = min(get_num_threads(), max(c.num_threads for c in controllers))
     if n < 2 or length < 2:
