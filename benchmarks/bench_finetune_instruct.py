@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -151,13 +150,7 @@ def run_worker(engine, args, weights):
     cmd = [sys.executable, __file__, "--worker", engine, "--weights", weights, "--model", args.model,
            "--records", str(args.records), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
            "--steps", str(args.steps), "--kernels", args.kernels] + (["--threads", str(args.threads)] if args.threads else [])
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"the {ENGINES[engine]} worker failed:\n{out.stderr[-3000:]}")
-    for line in out.stderr.splitlines():       # the warm-up cap's warning, for one
-        if line.startswith("warning:"):
-            print(f"{ENGINES[engine]}: {line}", file=sys.stderr, flush=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return bench.run_worker(cmd, ENGINES[engine])
 
 
 def main():

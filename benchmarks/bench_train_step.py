@@ -37,7 +37,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 
 import numpy as np
@@ -180,13 +179,7 @@ def run_worker(engine, args):
     env = dict(os.environ)
     if args.no_memory_caching and worker == "ours":
         env["TINYGRAD_GPT_NO_MEMORY_CACHING"] = "1"
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        sys.exit(f"the {engine} worker failed:\n{out.stderr[-3000:]}")
-    for line in out.stderr.splitlines():       # the warm-up cap's warning, for one
-        if line.startswith("warning:"):
-            print(f"{engine}: {line}", file=sys.stderr, flush=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return bench.run_worker(cmd, engine, env)
 
 
 # ----------------------------------------------------------------------------- the table

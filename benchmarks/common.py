@@ -10,8 +10,10 @@
   (adamw_bytes, activation_bytes), and this CPU's peak GEMM rate and copy bandwidth.
 """
 import os
+import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -187,6 +189,19 @@ def best_time(fn, repeats, max_warmup=WARMUP_MAX):
     """The fastest of `repeats` calls of fn after its warm-up: for kernels and GEMMs, whose
     best call is the measure of what the hardware does."""
     return min(steady_times(fn, repeats, max_warmup)[1])
+
+
+def run_worker(cmd, label, env=None):
+    """Run one benchmark worker process (cmd: its argv) and return the JSON of its last stdout
+    line; a failed worker stops the benchmark with its stderr, and its warnings (the warm-up
+    cap's, for one) are passed on under `label`."""
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"the {label} worker failed:\n{out.stderr[-3000:]}")
+    for line in out.stderr.splitlines():
+        if line.startswith("warning:"):
+            print(f"{label}: {line}", file=sys.stderr, flush=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- the step's work

@@ -156,12 +156,8 @@ def calc_accuracy_loader(data_loader, model, num_batches=None):
 
 
 def evaluate_model(model, train_loader, val_loader, eval_iter):
-    model.eval()
-    with no_grad():
-        train_loss = calc_loss_loader(train_loader, model, num_batches=eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, num_batches=eval_iter)
-    model.train()
-    return train_loss, val_loss
+    """The book's ch06 evaluate_model: train.evaluate_model with the classifier's loss."""
+    return train.evaluate_model(model, train_loader, val_loader, eval_iter=eval_iter, loss_batch=calc_loss_batch)
 
 
 def train_classifier_simple(model, train_loader, val_loader, optimizer, num_epochs, eval_freq, eval_iter,

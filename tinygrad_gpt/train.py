@@ -42,11 +42,11 @@ def calc_loss_loader(data_loader, model, device=None, num_batches=None, loss_bat
     return total / num_batches
 
 
-def evaluate_model(model, train_loader, val_loader, device=None, eval_iter=None):
+def evaluate_model(model, train_loader, val_loader, device=None, eval_iter=None, loss_batch=None):
     model.eval()
     with no_grad():
-        train_loss = calc_loss_loader(train_loader, model, num_batches=eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, num_batches=eval_iter)
+        train_loss = calc_loss_loader(train_loader, model, num_batches=eval_iter, loss_batch=loss_batch)
+        val_loss = calc_loss_loader(val_loader, model, num_batches=eval_iter, loss_batch=loss_batch)
     model.train()
     return train_loss, val_loss
 
