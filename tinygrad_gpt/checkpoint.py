@@ -42,6 +42,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from . import fileio
 from .fileio import (ChecksumError, atomic_replace, fsync_dir, fsync_file, save_safetensors, verify_checksums,
                      write_checksums, write_synced)
 from .model import GPTModel
@@ -65,9 +66,10 @@ class CheckpointError(ValueError):
 class CheckpointSaveError(CheckpointError):
     """Saving failed (disk full, I/O error); the previous checkpoint, `previous`, is intact."""
 
-    def __init__(self, message, path=None, previous=None, disk_full=False):
+    def __init__(self, message, path=None, previous=None, disk_full=False, reason=None):
         super().__init__(message)
         self.path, self.previous, self.disk_full = path, previous, disk_full
+        self.reason = reason or message          # "disk full", "cannot write (...)": the failure in a few words
 
 
 def step_dir_name(global_step: int) -> str:
@@ -173,9 +175,9 @@ def save_checkpoint(save_dir: PathLike, model: GPTModel, optimizer, state: Train
     previous = latest_checkpoint(root) if root.is_dir() else None
     tmp = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        fileio.mkdir(root, parents=True, exist_ok=True)
         tmp = root / f".tmp-{name}-{os.getpid()}-{secrets.token_hex(4)}"
-        os.mkdir(tmp)                        # not mkdtemp: the checkpoint keeps the umask's permissions
+        fileio.mkdir(tmp)                        # not mkdtemp: the checkpoint keeps the umask's permissions
         opt_tensors, opt_json = _optimizer_tensors(model, optimizer)
         files = {}
         for key, fname, tensors in (("model", MODEL_FILE, model.state_dict()),
@@ -193,16 +195,22 @@ def save_checkpoint(save_dir: PathLike, model: GPTModel, optimizer, state: Train
         old = None
         if final.exists():                   # the same step saved again: swap, then drop the old one
             old = root / f".old-{name}-{os.getpid()}"
-            os.rename(final, old)
+            fileio.rename(final, old)
         try:
-            os.rename(tmp, final)
+            fileio.rename(tmp, final)
         except BaseException:
             if old is not None and not final.exists():
-                os.rename(old, final)
+                fileio.rename(old, final)
             raise
         tmp = None
         fsync_dir(root)
-        _write_pointer(root, name)
+        try:
+            _write_pointer(root, name)
+        except OSError:                      # the checkpoint is complete: --resume DIR takes the highest
+            try:                             # step; a pointer naming an older one must not stay
+                (root / LATEST).unlink(missing_ok=True)
+            except OSError:
+                pass
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
@@ -213,7 +221,7 @@ def save_checkpoint(save_dir: PathLike, model: GPTModel, optimizer, state: Train
                 else "no earlier checkpoint exists")
         fix = "free some space there" if disk_full else "check the directory"
         raise CheckpointSaveError(f"{what} while saving checkpoint {final}; {kept}; fix: {fix}",
-                                  path=final, previous=previous, disk_full=disk_full) from None
+                                  path=final, previous=previous, disk_full=disk_full, reason=what) from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -230,7 +238,7 @@ def prune(save_dir: PathLike, keep: int = KEEP, current: Optional[str] = None) -
         if path.name != current:
             gone = root / f".del-{path.name}-{os.getpid()}"
             try:
-                os.rename(path, gone)
+                fileio.rename(path, gone)
             except OSError:
                 continue
             shutil.rmtree(gone, ignore_errors=True)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import fileio
 from .fileio import atomic_replace, atomic_write, cache_root
 from .tokenizer import ENCODER_JSON_SHA256, ENDOFTEXT_ID, GPT2_VOCAB_SIZE, VOCAB_BPE_SHA256
 
@@ -82,7 +83,7 @@ class ShardWriter:
         self.directory, self.name = Path(directory), name
         self._atomic = atomic_replace(self.directory / name)     # entered here, left in close/abort
         self.tmp = self._atomic.__enter__()
-        self.f = open(self.tmp, "wb")
+        self.f = fileio.open_write(self.tmp, "wb")
         self.f.write(bytes(HEADER_BYTES))      # a zero magic: not a shard until close()
         self.tokens = 0
 
@@ -232,7 +233,7 @@ def _read_cache():
 
 def _write_cache(cache):
     try:
-        _cache_path().parent.mkdir(parents=True, exist_ok=True)
+        fileio.mkdir(_cache_path().parent, parents=True, exist_ok=True)
         atomic_write(_cache_path(), json.dumps(cache).encode("utf-8"))
     except OSError:
         pass                                     # a cache: a read-only home only costs a rehash

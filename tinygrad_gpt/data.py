@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import fileio
 from .fileio import atomic_write, cache_root
 from .tokenizer import ENDOFTEXT, get_gpt2_tokenizer
 
@@ -186,7 +187,7 @@ def load_training_text(path=None, cache_dir=None, download=True):
             if _is_verdict(data):
                 text = data.decode("utf-8")
                 try:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    fileio.mkdir(cached.parent, parents=True, exist_ok=True)
                     atomic_write(cached, data)
                     where = f"downloaded to {_shown(cached)}"
                 except OSError:          # a read-only cache should not stop training

@@ -14,6 +14,11 @@ their errno (a full disk told apart), one file mode for every file (0666 less th
 safetensors alone would make 0600), and SHA256SUMS files (sha256sum's format) that loading
 verifies.
 
+Every write the project makes passes through this room's few calls (open_write, fsync,
+replace/rename, mkdir, save_safetensors, save_figure): the seam a test uses to make any one of
+them fail (`with fileio.intercept(hook):` calls hook(kind, path) before each; tests/test_fault_matrix.py
+counts them in a clean run, then fails each in turn).
+
 It imports nothing from the package: any room may use it.
 """
 import contextlib
@@ -28,6 +33,81 @@ from typing import Iterator, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+# ----------------------------------------------------------------------------- the seam
+_hooks: list = []                   # intercept()'s hooks, innermost last; empty outside tests
+
+KINDS = ("write", "fsync", "rename", "mkdir")
+
+
+def _io(kind: str, path) -> None:
+    """Called before each write, fsync, rename or mkdir the project makes: the hook may raise
+    (an OSError, as the real call would)."""
+    for hook in _hooks:
+        hook(kind, str(path))
+
+
+@contextlib.contextmanager
+def intercept(hook):
+    """Inside the block, hook(kind, path) runs before every write ("write": a file opened for
+    writing, safetensors, a figure), fsync, rename and mkdir that passes through this room;
+    kind is one of KINDS. A hook that raises OSError makes that call fail."""
+    _hooks.append(hook)
+    try:
+        yield hook
+    finally:
+        _hooks.remove(hook)
+
+
+def open_write(path: PathLike, mode: str = "wb", **kwargs):
+    """open(path, mode) for writing ("w", "wb", "a", "xb", ...), through the seam."""
+    _io("write", path)
+    return open(path, mode, **kwargs)
+
+
+def open_fd(path: PathLike, flags: int, mode: int = 0o666) -> int:
+    """os.open with write flags (a lock file), through the seam."""
+    _io("write", path)
+    return os.open(path, flags, mode)
+
+
+def fsync(f, path: PathLike = "") -> None:
+    """os.fsync of an open file (or descriptor), through the seam."""
+    _io("fsync", path)
+    os.fsync(f if isinstance(f, int) else f.fileno())
+
+
+def replace(src: PathLike, dst: PathLike) -> None:
+    """os.replace, through the seam."""
+    _io("rename", dst)
+    os.replace(src, dst)
+
+
+def rename(src: PathLike, dst: PathLike) -> None:
+    """os.rename, through the seam."""
+    _io("rename", dst)
+    os.rename(src, dst)
+
+
+def mkdir(path: PathLike, parents: bool = False, exist_ok: bool = False) -> Path:
+    """Path(path).mkdir, through the seam (a directory that is already there is not a call:
+    mkdir(exist_ok=True) never fails on one)."""
+    path = Path(path)
+    if not (exist_ok and path.is_dir()):
+        _io("mkdir", path)
+        path.mkdir(parents=parents, exist_ok=exist_ok)
+    return path
+
+
+def save_figure(fig, path: PathLike) -> Path:
+    """A matplotlib figure saved atomically (PNG unless the name says otherwise)."""
+    path = Path(path)
+    fmt = path.suffix[1:].lower() or "png"
+    with atomic_replace(path) as tmp:
+        _io("write", tmp)
+        fig.savefig(tmp, format=fmt)
+    return path
+
+
 def cache_root() -> Path:
     """$TINYGRAD_GPT_CACHE, else $XDG_CACHE_HOME/tinygrad_gpt, else ~/.cache/tinygrad_gpt."""
     if os.environ.get("TINYGRAD_GPT_CACHE"):
@@ -39,7 +119,7 @@ def cache_root() -> Path:
 def fsync_file(path: PathLike) -> None:
     """Flush a written file's bytes to the disk (whoever wrote it: us, safetensors, ...)."""
     with open(path, "rb") as f:
-        os.fsync(f.fileno())
+        fsync(f, path)
 
 
 def fsync_dir(path: PathLike) -> None:
@@ -50,7 +130,7 @@ def fsync_dir(path: PathLike) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
+        fsync(fd, path)
     except OSError:
         pass
     finally:
@@ -59,10 +139,10 @@ def fsync_dir(path: PathLike) -> None:
 
 def write_synced(path: PathLike, data: bytes) -> None:
     """Write bytes to a new file (it must not exist) and fsync it."""
-    with open(path, "xb") as f:
+    with open_write(path, "xb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        fsync(f, path)
 
 
 @contextlib.contextmanager
@@ -80,7 +160,7 @@ def atomic_replace(path: PathLike) -> Iterator[Path]:
         yield tmp
         fsync_file(tmp)
         set_mode(tmp)
-        os.replace(tmp, path)
+        replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -133,6 +213,7 @@ def save_safetensors(tensors: dict, path: PathLike, metadata: dict = None) -> No
     import numpy as np
     import safetensors.numpy
     from safetensors import SafetensorError
+    _io("write", path)
     try:
         safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                                     str(path), metadata=metadata)

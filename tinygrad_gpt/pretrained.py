@@ -32,6 +32,7 @@ from typing import Dict, List, NamedTuple, Optional, TextIO, Tuple, Type, Union
 import numpy as np
 
 from . import configcheck
+from . import fileio
 from .fileio import ChecksumError, atomic_replace, atomic_write, cache_root, save_safetensors, verify_checksums, \
     write_checksums
 from .model import GPTModel
@@ -76,7 +77,7 @@ def download(name: str, directory: Optional[PathLike] = None, timeout: float = 2
     if name not in GPT2_MODELS:
         raise ValueError(f"unknown GPT-2 model {name!r}: choose one of {', '.join(GPT2_MODELS)}")
     directory = Path(directory) if directory is not None else cache_dir(name)
-    directory.mkdir(parents=True, exist_ok=True)
+    fileio.mkdir(directory, parents=True, exist_ok=True)
     for file in (CONFIG_FILE, WEIGHTS_FILE):
         target = directory / file
         if target.is_file() and target.stat().st_size > 0:
@@ -86,7 +87,7 @@ def download(name: str, directory: Optional[PathLike] = None, timeout: float = 2
             print(f"downloading {url} -> {target}", file=progress, flush=True)
         try:
             with atomic_replace(target) as tmp:        # whole file or nothing: no half-written weights
-                with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                with fileio.open_write(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
                     shutil.copyfileobj(response, out, length=1 << 20)
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", None) or e
@@ -456,7 +457,7 @@ def save_pretrained(model: GPTModel, directory: PathLike) -> Path:
         raise ValueError(f"save_pretrained: the layer norms use different eps {sorted(eps)}; "
                          "GPT-2's config has one layer_norm_epsilon")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    fileio.mkdir(directory, parents=True, exist_ok=True)
     sd = hf_state_dict(model)
     with atomic_replace(directory / WEIGHTS_FILE) as tmp:
         save_safetensors(sd, tmp, metadata={"format": "pt"})  # transformers requires format "pt"

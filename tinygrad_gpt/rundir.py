@@ -16,7 +16,12 @@ settle_out returns the chosen --out, the others read a RunConfig or plain values
 - stale temporary files (fileio.atomic_replace's, of a killed run) are removed once the lock
   is ours;
 - when the final save fails all the same, the trained weights are kept: in the run's
-  checkpoint, or in a fallback directory that the one-line error names.
+  checkpoint, or in a fallback directory that the one-line error names (rescue: the cache's
+  rescued/, else the temporary directory's tinygrad_gpt-rescued/).
+
+Its errors are RunDirError (a ValueError): one line each, naming the directory by the label its
+caller gave it (the command passes its flag: "--out", "--save-dir"); the command prints it.
+This room imports nothing from the command line (tinygrad_gpt.cli).
 """
 from __future__ import annotations
 
@@ -29,7 +34,6 @@ import time
 from pathlib import Path
 
 from . import configcheck, fileio
-from .cli import UsageError
 
 LOCK_FILE = ".tinygrad_gpt.lock"
 DEFAULT_OUT = "runs/pretrain"
@@ -38,7 +42,15 @@ MARGIN = 1 << 20                    # config.json, state.json, the plot: well un
 _held: dict = {}                    # resolved directory -> (fd, created by us)
 
 
-def _resolved(directory) -> Path:
+class RunDirError(ValueError):
+    """What the run's directories cannot do (busy, too small, holding another run's model): one
+    line with its facts and a fix."""
+
+
+UsageError = RunDirError            # the name the earlier callers (and tests) catch
+
+
+def resolved(directory) -> Path:
     return Path(directory).expanduser().resolve()
 
 
@@ -65,7 +77,7 @@ def settle_out(out):
 # ----------------------------------------------------------------------------- locks
 def holder(directory):
     """The pid (a string, "?" if unreadable) of the process that holds DIR's lock, or None."""
-    d = _resolved(directory)
+    d = resolved(directory)
     if d in _held:
         return None
     try:
@@ -84,21 +96,21 @@ def holder(directory):
 
 
 def _busy(flag, directory, pid):
-    return UsageError(f"{flag} {directory} is in use by another training run (pid {pid}); fix: wait for it "
+    return RunDirError(f"{flag} {directory} is in use by another training run (pid {pid}); fix: wait for it "
                       "to finish, or pick another directory")
 
 
 def acquire(directory, flag) -> None:
-    """Take DIR's lock for this process's run (DIR is created if missing); UsageError naming
+    """Take DIR's lock for this process's run (DIR is created if missing); RunDirError naming
     the holder's pid when another process has it."""
-    d = _resolved(directory)
+    d = resolved(directory)
     if d in _held:
         return
     created = not d.exists()
-    d.mkdir(parents=True, exist_ok=True)
+    fileio.mkdir(d, parents=True, exist_ok=True)
     path = d / LOCK_FILE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = fileio.open_fd(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -155,28 +167,8 @@ def refuse_if_busy(out, save_dir=None, ckpt_root=None, dp=None) -> None:
                 raise _busy(flag, d, pid)
 
 
-def _holds_model(out):
+def holds_model(out):
     return [n for n in MODEL_FILES if (Path(out) / n).exists()]
-
-
-def check_overwrite(config, ckpt, ckpt_root, save_dir) -> None:
-    """--out holding another run's model is refused unless --overwrite, or this is --resume of
-    the run that wrote it (continuing in its own save directory). config: the RunConfig."""
-    found = _holds_model(config.out)
-    if not found or config.overwrite:
-        return
-    if ckpt is not None:
-        saved_out = (ckpt.config.get("options") or {}).get("out")
-        same_out = saved_out is not None and _resolved(saved_out) == _resolved(config.out)
-        same_run = save_dir is not None and _resolved(save_dir) == _resolved(ckpt_root)
-        if same_out and same_run:
-            return
-        if same_out:
-            raise UsageError(f"--out {config.out} holds the final model of the run that checkpoint {ckpt.path} "
-                             f"belongs to; this branch (--save-dir {save_dir}) would overwrite it; fix: pass "
-                             "--out NEW_DIR for the branch, or --overwrite")
-    raise UsageError(f"--out {config.out} holds another run's model ({found[0]}); fix: pass a new --out, "
-                     "or --overwrite to replace it")
 
 
 def _existing(path: Path) -> Path:
@@ -206,7 +198,7 @@ def check_space(out, save_dir, cfg, free=None) -> None:
     for where, need, flags in by_device.values():
         have = shutil.disk_usage(where).free if free is None else free
         if have < need:
-            raise UsageError(f"{' and '.join(flags)}: {_mb(have)} free on its filesystem, the run needs "
+            raise RunDirError(f"{' and '.join(flags)}: {_mb(have)} free on its filesystem, the run needs "
                              f"{_mb(need)} (the final model{' and its checkpoints' if len(needs) > 1 else ''} of "
                              f"{n:,} parameters); fix: free some space or pass another directory")
 
@@ -254,71 +246,41 @@ def keep_trained_model(model, out, error, checkpoint=None) -> str:
     """The final save into --out failed: keep the weights somewhere (the run's checkpoint if it
     has one, else a fallback directory) and return the one-line message that says where."""
     from .pretrained import save_pretrained
-    if fileio.is_disk_full(error):
-        what = "disk full" if error.errno == errno.ENOSPC else "disk quota exceeded"
-    else:
-        what = f"cannot write ({getattr(error, 'strerror', None) or error})"
-    head = f"{what} while saving the final model in {out}"
+    head = f"{failure(error)} while saving the final model in {out}"
     if checkpoint is not None:
         return (f"{head}; the trained model is kept in checkpoint {checkpoint}; fix: free some space, then "
                 f"python examples/generate.py --checkpoint {checkpoint}")
-    stamp = f"{Path(out).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    tried = []
-    for base in (fileio.cache_root() / "rescued", Path(tempfile.gettempdir()) / "tinygrad_gpt-rescued"):
-        target = base / stamp
-        try:
-            save_pretrained(model, target)
-        except (OSError, ValueError) as e:
-            tried.append(f"{target}: {getattr(e, 'strerror', None) or e}")
-            shutil.rmtree(target, ignore_errors=True)
-            continue
+    target, tried = rescue(lambda d: save_pretrained(model, d), Path(out).name or "model")
+    if target is not None:
         return (f"{head}; the trained model is kept in {target}; fix: free some space in {out} and move "
                 f"it there (or generate from it: python examples/generate.py --checkpoint {target})")
     return f"{head}; it could not be kept anywhere either ({'; '.join(tried)}); fix: free some space"
 
 
-# ----------------------------------------------------------------------------- checks before start-up
-def check_model_config(cfg, ckpt=None):
-    """The model config, checked before the model is built: a resumed checkpoint's comes from
-    its state.json (types, ranges, and the memory training it takes)."""
-    source = (f"checkpoint {ckpt.path}: {'state.json'} config.model_config" if ckpt is not None
-              else "the model config")
-    try:
-        configcheck.check_book_config(cfg, source, configcheck.TRAINING_BYTES_PER_PARAMETER)
-    except configcheck.ConfigError as e:
-        fix = ("; fix: resume from another checkpoint, or start a new run" if ckpt is not None
-               else "; fix: pick a smaller --model")
-        raise UsageError(f"{e}{fix}") from None
-    return cfg
+def failure(error) -> str:
+    """A write's error in a few words: "disk full", "disk quota exceeded", "cannot write (...)"."""
+    if fileio.is_disk_full(error):
+        return "disk full" if error.errno == errno.ENOSPC else "disk quota exceeded"
+    return f"cannot write ({getattr(error, 'strerror', None) or error})"
 
 
-def check_batches_fit(config, train_tokens):
-    """The book's loader makes windows at range(0, n - T, T) and drops the last partial
-    batch: refuse, before the minutes of start-up, a --batch-size x --accum-steps it cannot fill.
-    config: the RunConfig."""
-    T = config.context_length
-    windows = len(range(0, max(train_tokens - T, 0), T))
-    batches = windows // config.batch_size
-    if batches < config.accum_steps:
-        raise UsageError(f"the training text {config.data or '(the default)'} gives {windows} windows of "
-                         f"{T} tokens: {batches} batches of --batch-size {config.batch_size}, fewer than "
-                         f"--accum-steps {config.accum_steps}; fix: lower --batch-size or --accum-steps")
+def rescue_places(name):
+    """Where a rescue goes, in order: the cache's rescued/NAME-STAMP, then the temporary
+    directory's tinygrad_gpt-rescued/NAME-STAMP."""
+    stamp = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    return [fileio.cache_root() / "rescued" / stamp, Path(tempfile.gettempdir()) / "tinygrad_gpt-rescued" / stamp]
 
 
-def check_adopted(values, ckpt, parser, keys):
-    """A resumed run's hyperparameters come from its state.json: each must have its flag's
-    type (a list where a number belongs is one line, not a TypeError in the range checks).
-    values: the flags with the checkpoint's adopted (read only)."""
-    if ckpt is None:
-        return
-    types = {a.dest: a.type for a in parser._actions if a.dest in keys}
-    for key in keys:
-        value, kind = getattr(values, key), types.get(key) or str
-        if value is None and parser.get_default(key) is None:
+def rescue(save, name):
+    """save(directory) into the first of rescue_places(name) that takes it (what a failed try
+    left is removed). Returns (the directory, []) or (None, [why each place failed])."""
+    tried = []
+    for target in rescue_places(name):
+        try:
+            save(target)
+        except (OSError, ValueError) as e:
+            tried.append(f"{target}: {getattr(e, 'strerror', None) or e}")
+            shutil.rmtree(target, ignore_errors=True)
             continue
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float \
-            else isinstance(value, kind) and not isinstance(value, bool)
-        if not ok:
-            raise UsageError(f"checkpoint {ckpt.path} is corrupted: its state.json has run.{key} "
-                             f"{configcheck._show(value)}, not {'a number' if kind is float else 'an integer' if kind is int else 'a string'}; "
-                             "fix: resume from another checkpoint, or start a new run")
+        return target, []
+    return None, tried

@@ -14,9 +14,9 @@ after its checkpoint's step (the steps it will repeat), then appends: no step tw
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from . import fileio
 from .fileio import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
@@ -55,12 +55,12 @@ class MetricsLog:
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             if kept:
                 self.offset = float(kept[-1].get("elapsed", 0.0))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fileio.mkdir(self.path.parent, parents=True, exist_ok=True)
         atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8"))   # kept, or empty
 
     def append(self, record: dict) -> None:
         record = {**record, "elapsed": record.get("elapsed", 0.0) + self.offset, **self.extra}
-        with open(self.path, "a", encoding="utf-8") as f:
+        with fileio.open_write(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
-            os.fsync(f.fileno())
+            fileio.fsync(f, self.path)

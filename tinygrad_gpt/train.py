@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from . import functional as F
+from . import fileio
 from .checkpoint import TrainState
 from .generation import generate
 from .optim import clip_grad_norm_, lr_at_step
@@ -268,6 +269,8 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path="loss-p
         ax3.set_yscale("log")
         ax3.legend(loc="best", fontsize="small")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fileio.save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return path

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import fileio
 from . import USAGE_ERROR, Formatter, Parser, UsageError, add_runtime_flags, select_kernels, setup_threads
 
 
@@ -141,10 +142,25 @@ def write_json(path, obj):
 def prepare_out(args):
     out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        fileio.mkdir(out, parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot create it ({e.strerror or e})") from None
     return out
+
+
+def keep(save, out, what):
+    """save(out); when the disk refuses, save(d) into a rescue directory (the cache's rescued/,
+    else the temporary directory's) and stop with the one line that names it."""
+    from .. import rundir
+    try:
+        save(out)
+    except OSError as e:
+        where, tried = rundir.rescue(lambda d: save(fileio.mkdir(d, parents=True, exist_ok=True)), out.name)
+        head = f"{rundir.failure(e)} while saving {what} in {out}"
+        if where is None:
+            raise UsageError(f"{head}; it could not be kept anywhere either ({'; '.join(tried)}); "
+                             "fix: free some space") from None
+        raise UsageError(f"{head}; it is kept in {where}; fix: free some space in {out} and move it there") from None
 
 
 # ----------------------------------------------------------------------------- chapter 6
@@ -205,7 +221,7 @@ def run_classifier(args):
     for name, acc in accuracies.items():
         print(f"{name} accuracy: {acc * 100:.2f}%")
     merge_lora(model)
-    save_classifier(model, out, classes, max_length, args, result, accuracies)
+    keep(lambda d: save_classifier(model, d, classes, max_length, args, result, accuracies), out, "the classifier")
     print(f"Classifier saved to {out} (model.safetensors, config.json)", flush=True)
     return 0
 
@@ -286,11 +302,14 @@ def run_instruct(args):
     for entry in responses[:3]:
         print(f"{ft.format_input(entry)}\n\nCorrect response:\n>> {entry['output']}\n\n"
               f"Model response:\n>> {entry['model_response'].strip()}\n{'-' * 40}")
-    write_json(out / "instruction-data-with-response.json", responses)
     model.eval()
-    save_pretrained(model, out / "model")
-    write_json(out / "losses.json", {"train_losses": state.train_losses, "val_losses": state.val_losses,
-                                     "tokens_seen": state.track_tokens_seen})
+
+    def save(d):                                  # the model first: what the run was for
+        save_pretrained(model, d / "model")
+        write_json(d / "instruction-data-with-response.json", responses)
+        write_json(d / "losses.json", {"train_losses": state.train_losses, "val_losses": state.val_losses,
+                                       "tokens_seen": state.track_tokens_seen})
+    keep(save, out, "the model and the responses")
     print(f"Responses for the {len(responses)} validation records saved to "
           f"{out / 'instruction-data-with-response.json'}")
     print(f"Model saved to {out / 'model'}; generate with: python examples/generate.py --checkpoint "

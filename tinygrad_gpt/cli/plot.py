@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import fileio
 from . import USAGE_ERROR, Formatter, Parser, UsageError
 
 
@@ -60,8 +61,10 @@ def plot_runs(runs, path):
     ax.set_ylabel("Loss")
     ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fileio.save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return path
 
 

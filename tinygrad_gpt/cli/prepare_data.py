@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import corpus as C
+from .. import fileio
 from ..fileio import fsync_dir, is_disk_full
 from . import USAGE_ERROR, Formatter, Parser, UsageError
 
@@ -143,9 +144,9 @@ def check_out_dir(out):
     if d.exists() and not d.is_dir():
         raise C.CorpusError(f"--out {d} is a file, not a directory; fix: pass a directory path")
     try:
-        d.mkdir(parents=True, exist_ok=True)
+        fileio.mkdir(d, parents=True, exist_ok=True)
         probe = d / f".probe.{os.getpid()}.tmp"
-        probe.write_bytes(b"")
+        fileio.open_write(probe, "wb").close()
         probe.unlink()
     except OSError as e:
         raise C.CorpusError(f"--out {d} is not writable ({e.strerror}); fix: choose a directory you can "
@@ -195,10 +196,10 @@ def clean_out_dir(d):
 
 def journal(d, name):
     """Note a shard's name before any file gets it: a killed run's shards are ours to remove."""
-    with open(d / JOURNAL, "a", encoding="utf-8") as f:
+    with fileio.open_write(d / JOURNAL, "a", encoding="utf-8") as f:
         f.write(name + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        fileio.fsync(f, d / JOURNAL)
 
 
 def _settings(args):

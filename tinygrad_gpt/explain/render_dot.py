@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .. import fileio
 from .render_text import _dims, _module_label
 from .trace import _norm
 
@@ -105,8 +106,8 @@ def to_dot(trace, model, expand=None, title=None):
 def write_dot(text, path, file=None):
     """Write the DOT file, and a PNG next to it when Graphviz's `dot` is installed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    fileio.mkdir(path.parent, parents=True, exist_ok=True)
+    fileio.atomic_write(path, text.encode("utf-8"))
     print(f"graph written to {path}", file=file)
     dot = shutil.which("dot")
     if dot is None:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import fileio
+
 FOLD_ABOVE_OPS = 150          # a graph with more ops starts with its blocks folded
 MAX_VALUES = 512              # arrays with more numbers are shown by their norm only
 
@@ -173,8 +175,8 @@ def write_html(records, path, title="backward", loss=None, highlight=None, folde
     """Write the page to `path` (its directory is made); returns the Path. frozen: the frozen
     parameters (frozen_from_trace), drawn grey."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(records, title, loss, highlight, folded, frozen), encoding="utf-8")
+    fileio.mkdir(path.parent, parents=True, exist_ok=True)
+    fileio.atomic_write(path, render_html(records, title, loss, highlight, folded, frozen).encode("utf-8"))
     return path
 
 

@@ -14,9 +14,10 @@ import types
 from dataclasses import dataclass, fields
 from typing import Optional
 
-from ... import rundir
+from ... import configcheck, rundir
+from .. import UsageError
 from . import corpus as pretrain_corpus
-from .flags import RUN_KEYS, adopt_checkpoint_config, build_parser, check_args
+from .flags import RUN_KEY_TYPES, RUN_KEYS, adopt_checkpoint_config, build_parser, check_args
 
 
 def choose_precision(requested: str) -> str:
@@ -65,6 +66,7 @@ class RunConfig:
     save_optimizer: bool
     save_dir: Optional[str]
     save_every: Optional[int]
+    on_save_error: str             # "stop" or "continue": a checkpoint that cannot be written
     resume: Optional[str]
     # a prepared corpus (None without --data DIR)
     order: Optional[str]
@@ -105,7 +107,8 @@ def build_config(args, explicit=frozenset(), ckpt=None, dp=None, ckpt_root=None)
     draft = types.SimpleNamespace(**vars(args))      # the one mutable copy, private to this function
     if ckpt is not None:
         adopt_checkpoint_config(draft, explicit, ckpt)
-        rundir.check_adopted(draft, ckpt, build_parser(), RUN_KEYS)   # state.json's hyperparameters: their types
+        optional = {k for k in RUN_KEYS if build_parser().get_default(k) is None}
+        check_adopted(draft, ckpt, RUN_KEY_TYPES, optional)   # state.json's hyperparameters: their types
     check_args(draft)
     draft.out, draft.out_chosen = rundir.settle_out(draft.out)      # no --out: the next free runs/pretrain-N
     if dp is not None and draft.out_chosen:
@@ -113,7 +116,7 @@ def build_config(args, explicit=frozenset(), ckpt=None, dp=None, ckpt_root=None)
     rundir.refuse_if_busy(draft.out, draft.save_dir, ckpt_root, dp)  # a live trainer there: its pid, at once
     corpus_run = pretrain_corpus.open_run(draft, explicit, ckpt)
     pretrain_corpus.check_data_parallel(draft, dp)
-    cfg = rundir.check_model_config(model_config(draft, ckpt), ckpt)  # types, ranges, memory
+    cfg = check_model_config(model_config(draft, ckpt), ckpt)  # types, ranges, memory
     draft.drop_rate = cfg["drop_rate"]
     draft.precision_requested = draft.precision
     draft.precision = choose_precision(draft.precision)
@@ -121,3 +124,70 @@ def build_config(args, explicit=frozenset(), ckpt=None, dp=None, ckpt_root=None)
     config = RunConfig(**{name: getattr(draft, name) for name in names}, model_config=cfg,
                        explicit=frozenset(explicit))
     return config, corpus_run
+
+
+# ----------------------------------------------------------------------------- checks before start-up
+def check_model_config(cfg, ckpt=None):
+    """The model config, checked before the model is built: a resumed checkpoint's comes from
+    its state.json (types, ranges, and the memory training it takes)."""
+    source = (f"checkpoint {ckpt.path}: {'state.json'} config.model_config" if ckpt is not None
+              else "the model config")
+    try:
+        configcheck.check_book_config(cfg, source, configcheck.TRAINING_BYTES_PER_PARAMETER)
+    except configcheck.ConfigError as e:
+        fix = ("; fix: resume from another checkpoint, or start a new run" if ckpt is not None
+               else "; fix: pick a smaller --model")
+        raise UsageError(f"{e}{fix}") from None
+    return cfg
+
+
+def check_batches_fit(config, train_tokens):
+    """The book's loader makes windows at range(0, n - T, T) and drops the last partial
+    batch: refuse, before the minutes of start-up, a --batch-size x --accum-steps it cannot fill.
+    config: the RunConfig."""
+    T = config.context_length
+    windows = len(range(0, max(train_tokens - T, 0), T))
+    batches = windows // config.batch_size
+    if batches < config.accum_steps:
+        raise UsageError(f"the training text {config.data or '(the default)'} gives {windows} windows of "
+                         f"{T} tokens: {batches} batches of --batch-size {config.batch_size}, fewer than "
+                         f"--accum-steps {config.accum_steps}; fix: lower --batch-size or --accum-steps")
+
+
+def check_adopted(values, ckpt, types, optional=()):
+    """A resumed run's hyperparameters come from its state.json: each must have its type
+    (a list where a number belongs is one line, not a TypeError in the range checks).
+    values: the settings with the checkpoint's adopted (read only); types: {name: int, float
+    or str}; optional: the names that may be None."""
+    if ckpt is None:
+        return
+    for key, kind in types.items():
+        value = getattr(values, key)
+        if value is None and key in optional:
+            continue
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float \
+            else isinstance(value, kind) and not isinstance(value, bool)
+        if not ok:
+            raise UsageError(f"checkpoint {ckpt.path} is corrupted: its state.json has run.{key} "
+                             f"{configcheck._show(value)}, not {'a number' if kind is float else 'an integer' if kind is int else 'a string'}; "
+                             "fix: resume from another checkpoint, or start a new run")
+
+
+def check_overwrite(config, ckpt, ckpt_root, save_dir) -> None:
+    """--out holding another run's model is refused unless --overwrite, or this is --resume of
+    the run that wrote it (continuing in its own save directory). config: the RunConfig."""
+    found = rundir.holds_model(config.out)
+    if not found or config.overwrite:
+        return
+    if ckpt is not None:
+        saved_out = (ckpt.config.get("options") or {}).get("out")
+        same_out = saved_out is not None and rundir.resolved(saved_out) == rundir.resolved(config.out)
+        same_run = save_dir is not None and rundir.resolved(save_dir) == rundir.resolved(ckpt_root)
+        if same_out and same_run:
+            return
+        if same_out:
+            raise UsageError(f"--out {config.out} holds the final model of the run that checkpoint {ckpt.path} "
+                             f"belongs to; this branch (--save-dir {save_dir}) would overwrite it; fix: pass "
+                             "--out NEW_DIR for the branch, or --overwrite")
+    raise UsageError(f"--out {config.out} holds another run's model ({found[0]}); fix: pass a new --out, "
+                     "or --overwrite to replace it")

@@ -56,6 +56,9 @@ exit codes:
 # the run's hyperparameters: stored in each checkpoint, taken from it on --resume
 RUN_KEYS = ("model", "context_length", "drop_rate", "batch_size", "lr", "weight_decay", "eval_freq",
             "eval_iter", "start_context", "seed", "warmup_steps", "min_lr", "grad_clip", "accum_steps")
+RUN_KEY_TYPES = {"model": str, "context_length": int, "drop_rate": float, "batch_size": int, "lr": float,
+                 "weight_decay": float, "eval_freq": int, "eval_iter": int, "start_context": str, "seed": int,
+                 "warmup_steps": int, "min_lr": float, "grad_clip": float, "accum_steps": int}   # their flags' types
 # flags that change no number, echoed into the printed resume command when given
 ECHOED_FLAGS = ("kernels",)
 
@@ -95,6 +98,10 @@ def build_parser():
     p.add_argument("--save-every", type=int, default=None,
                    help=f"checkpoint every N steps (default: {DEFAULT_SAVE_EVERY} with --save-dir; "
                         "given alone, saves into OUT/checkpoints)")
+    p.add_argument("--on-save-error", choices=["stop", "continue"], default="stop",
+                   help="a checkpoint that cannot be written (disk full): stop, keeping this step's checkpoint "
+                        "in the cache's rescued/ (or the temporary directory), or continue training with a "
+                        "warning (the previous checkpoint stays intact; docs/checkpoints.md)")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="continue from a checkpoint: a --save-dir (its newest checkpoint) or a "
                         "step-NNNNNN directory")

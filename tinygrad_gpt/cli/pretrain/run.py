@@ -30,13 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from ... import rundir
+from ... import fileio
 from .. import USAGE_ERROR, UsageError, select_kernels, setup_threads
 from . import corpus as pretrain_corpus
-from .config import build_config, precision_reason
+from .config import build_config, check_batches_fit, check_overwrite, precision_reason
 from .corpus import is_root
-from .flags import DEFAULT_SAVE_EVERY, RUN_KEYS, TRAINING_FAILED, build_parser, explicit_flags, open_checkpoint, resume_command
-from .saving import (Checkpointer, TrainingInterrupted, _SignalHandlers, open_metrics_log, plan_directories,
-                     report_interrupt, save_final_model)
+from .flags import DEFAULT_SAVE_EVERY, RUN_KEYS, TRAINING_FAILED, build_parser, explicit_flags, open_checkpoint
+from .saving import (CheckpointLost, Checkpointer, TrainingInterrupted, _SignalHandlers, open_metrics_log,
+                     plan_directories, report_interrupt, save_final_model, warn)
 
 
 def main(argv=None):
@@ -50,7 +51,7 @@ def main(argv=None):
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 return run(args, explicit_flags(argv), dp)
         return run(args, explicit_flags(argv), dp)
-    except UsageError as e:
+    except (UsageError, rundir.RunDirError) as e:
         if is_root(dp):
             print(f"pretrain.py: error: {e}", file=sys.stderr)
         return USAGE_ERROR
@@ -81,8 +82,12 @@ def run(args, explicit=frozenset(), dp=None):
         text, description, text_sha = None, corpus_run.description, None
         tokenizer = corpus_tokenizer(config, ckpt)
     save_dir, fallback = plan_directories(config, ckpt, ckpt_root)
-    rundir.check_overwrite(config, ckpt, ckpt_root, save_dir)
-    rundir.claim(config, save_dir, dp)                          # free space, the locks, stale .tmp files
+    check_overwrite(config, ckpt, ckpt_root, save_dir)
+    try:
+        rundir.claim(config, save_dir, dp)                      # free space, the locks, stale .tmp files
+    except OSError as e:
+        raise UsageError(f"cannot write in --out {config.out}{f' or --save-dir {save_dir}' if save_dir else ''} "
+                         f"({e.filename}: {e.strerror or e}); fix: check the directory, or pass another one") from None
 
     # ---- from here on the input is valid
     print(description, flush=True)
@@ -118,8 +123,8 @@ def run(args, explicit=frozenset(), dp=None):
         return code
     report_run(config, model, state, time.perf_counter() - start, start_tokens, checkpointer, save_dir, dp)
     if is_root(dp):                               # one model on disk, written by rank 0
-        save_final_model(model, config.out, checkpointer.last_path
-                         if save_dir is not None or config.save_optimizer else None)
+        saved = checkpointer.last_step == state.global_step and (save_dir is not None or config.save_optimizer)
+        save_final_model(model, config.out, checkpointer.last_path if saved else None)
         plot(config, state, metrics)
     return 0
 
@@ -187,7 +192,7 @@ def check_windows_fit(config, tokenizer, train_text, val_text):
                              f"one window needs {config.context_length + 1}; fix: use a longer text or a "
                              "smaller --context-length")
         if name == "training":
-            rundir.check_batches_fit(config, have)   # --batch-size x --accum-steps, before start-up
+            check_batches_fit(config, have)   # --batch-size x --accum-steps, before start-up
 
 
 def make_loaders(config, tokenizer, train_text, val_text):
@@ -279,7 +284,7 @@ def make_checkpointer(config, save_dir, fallback, model, optimizer, rngs, checkp
                                 len(train_loader), config.accum_steps, config.epochs,
                                 last_path=ckpt.path if ckpt is not None else None,
                                 last_step=state.global_step if ckpt is not None else None,
-                                dp=dp)
+                                dp=dp, on_save_error=config.on_save_error, run_config=config)
     if save_dir is not None:
         if Path(save_dir).is_dir():
             ckpt_mod.prune(save_dir)              # what a kill -9 mid-save or mid-prune left behind
@@ -294,13 +299,15 @@ def train(config, model, train_loader, val_loader, optimizer, tokenizer, state, 
     """train.train_model under the signal handlers (and autocast for bfloat16), each evaluation
     appended to the run log `metrics` (None: another rank's). Returns (state, None) when training
     finished, (state, exit code) when it stopped: interrupted, or a non-finite loss."""
-    from ... import checkpoint as ckpt_mod
     from ...corpus import CorpusError
     from ...amp import autocast
     from ...tensor import default_rng
     from ...train import NonFiniteLossError, Progress, TrainConfig, train_model
     total_steps = config.epochs * (len(train_loader) // config.accum_steps)
     progress = Progress(total_steps, enabled=config.progress if is_root(dp) else False)
+    checkpointer.clear = progress.clear           # a warning or an error starts on a clean line
+    if metrics is not None:
+        metrics.clear = progress.clear
     on_step = checkpointer.on_step
     if dp is not None and model.cfg.get("drop_rate", 0) > 0:      # each rank its own dropout masks
         dp.reseed_dropout(default_rng(), config.seed, state.global_step + 1)
@@ -318,7 +325,7 @@ def train(config, model, train_loader, val_loader, optimizer, tokenizer, state, 
                                 progress=progress, data_parallel=dp)
             signum = checkpointer.signum or checkpointer.pending    # pending: after the last step
             if save_dir is not None or signum is not None or config.save_optimizer:
-                checkpointer.save(state)          # at the end (on_step has usually done it)
+                checkpointer.save(state, may_continue=signum is None)   # at the end (on_step has usually done it)
             if signum is not None:
                 raise TrainingInterrupted(signum, checkpointer.last_path, state.global_step)
     except TrainingInterrupted as e:
@@ -340,11 +347,10 @@ def train(config, model, train_loader, val_loader, optimizer, tokenizer, state, 
         last = (f"the last checkpoint is {checkpointer.last_path}" if checkpointer.last_path is not None
                 else "no checkpoint was saved")
         raise UsageError(f"training stopped: {e}; {last}") from None
-    except ckpt_mod.CheckpointSaveError as e:
+    except CheckpointLost as e:                   # this step's checkpoint is kept where the line says
         progress.clear()
-        fix = (f"; then resume with: {resume_command(Path(e.path).parent, config, dp)}"
-               if e.previous is not None else "")
-        raise UsageError(f"{e}{fix}") from None
+        print(f"pretrain.py: error: {e}", file=sys.stderr, flush=True)
+        return state, USAGE_ERROR
     return state, None
 
 
@@ -362,7 +368,8 @@ def report_run(config, model, state, seconds, start_tokens, checkpointer, save_d
         print(f"Allreduce: {dp.allreduce_seconds / max(dp.steps, 1):.4f} s per step over {dp.steps} steps "
               f"({dp.buffer.nbytes / 1e6 if dp.buffer is not None else 0:.1f} MB of float32 gradients)")
     if checkpointer.last_path is not None and (save_dir is not None or config.save_optimizer):
-        print(f"Checkpoint saved to {checkpointer.last_path}")
+        step = "" if checkpointer.last_step == state.global_step else f" (step {checkpointer.last_step}: the last that could be written)"
+        print(f"Checkpoint saved to {checkpointer.last_path}{step}")
 
 
 def plot(config, state, metrics):
@@ -374,18 +381,22 @@ def plot(config, state, metrics):
     if config.no_plot or not state.train_losses:
         return None
     try:
-        records = read_metrics(metrics.path) if metrics is not None else []
+        try:
+            records = read_metrics(metrics.path) if metrics is not None and metrics.stopped is None else []
+        except (OSError, ValueError):             # changed under the run: the state's history draws it
+            records = []
         if [r["step"] for r in records] and len(records) == len(state.train_losses):
             train_losses, val_losses = [r["train_loss"] for r in records], [r["val_loss"] for r in records]
             tokens_seen = [r["tokens_seen"] for r in records]
         else:
             train_losses, val_losses, tokens_seen = state.train_losses, state.val_losses, state.track_tokens_seen
-        os.makedirs(config.out, exist_ok=True)
+        fileio.mkdir(config.out, parents=True, exist_ok=True)
         epochs_seen = np.linspace(0, config.epochs, len(train_losses))
         path = plot_losses(epochs_seen, tokens_seen, train_losses, val_losses,
                            os.path.join(config.out, "loss-plot.png"), grad_norms=state.grad_norms)
-    except OSError as e:
-        raise UsageError(f"cannot save the loss plot in {config.out} ({e.strerror or e}); "
-                         "fix: free some space or pass another --out (training is saved)") from None
+    except OSError as e:                          # the plot only reports: the model is saved
+        warn(f"cannot save the loss plot in {config.out} ({rundir.failure(e)}); the model is saved; "
+             f"fix: free some space, then python examples/plot.py {config.out}")
+        return None
     print(f"Loss plot saved to {path}")
     return path

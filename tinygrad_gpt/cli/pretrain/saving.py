@@ -1,6 +1,14 @@
 """The pretrain command's saving: where checkpoints go (planned before anything is written),
 the checkpointer that saves at its cadence and after Ctrl-C/SIGTERM, the signal handlers,
 the final model a finished run leaves in --out, and the run log (OUT/metrics.jsonl).
+
+A write that fails is one of two kinds (docs/checkpoints.md, "When a write fails"):
+- what the user asked for (a checkpoint, the final model) is kept: this step's weights go
+  where the one-line error says (the run's checkpoint, else the cache's rescued/, else the
+  temporary directory's), exit 2; --on-save-error continue trains on past a checkpoint that
+  failed (the previous one stays intact), with a one-line warning;
+- what only reports on the run (the run log, the loss plot) never stops it: one line says
+  the log stopped and why, and the run trains on to its final save.
 """
 from __future__ import annotations
 
@@ -11,8 +19,18 @@ import sys
 import threading
 from pathlib import Path
 
+from ... import rundir
 from .. import UsageError
 from .flags import _same_dir, resume_command
+
+
+def warn(message):
+    print(f"pretrain.py: warning: {message}", file=sys.stderr, flush=True)
+
+
+class CheckpointLost(Exception):
+    """A checkpoint could not be written and the run stops (--on-save-error stop, or a signal's
+    save): message is the one line, naming where this step's weights are kept."""
 
 
 class TrainingInterrupted(BaseException):
@@ -30,7 +48,8 @@ class Checkpointer:
     SIGINT/SIGTERM (the state then is a completed step, its evaluation included)."""
 
     def __init__(self, save_dir, every, fallback_dir, model, optimizer, rngs, config, n_batches,
-                 accum_steps, num_epochs, last_path=None, last_step=None, dp=None):
+                 accum_steps, num_epochs, last_path=None, last_step=None, dp=None, on_save_error="stop",
+                 run_config=None, clear=None):
         self.save_dir, self.every, self.fallback_dir = save_dir, every, fallback_dir
         self.model, self.optimizer, self.rngs, self.config = model, optimizer, rngs, config
         self.n_batches, self.accum_steps, self.num_epochs = n_batches, accum_steps, num_epochs
@@ -38,18 +57,54 @@ class Checkpointer:
         self.pending = None                      # set by the signal handler
         self.signum = None                       # the signal every rank acts on at this step
         self.dp = dp                             # MPI: only rank 0 writes; all stop at the same step
+        self.on_save_error = on_save_error       # "stop" or "continue" (docs/checkpoints.md)
+        self.run_config = run_config             # the RunConfig, for the resume command a message prints
+        self.clear = clear or (lambda: None)     # clears the progress line before a message
 
-    def save(self, state):
-        from ...checkpoint import save_checkpoint, step_dir_name
+    def save(self, state, may_continue=True):
+        """Save `state`'s checkpoint. When the disk refuses: with --on-save-error continue (and
+        may_continue: not a signal's save), warn and go on; else keep this step's checkpoint in a
+        rescue directory and raise CheckpointLost with the line that names it."""
+        from ...checkpoint import CheckpointSaveError, save_checkpoint, step_dir_name
         if state.global_step < 0 or state.global_step == self.last_step:
             return self.last_path                # nothing new since the last save
         target = self.save_dir if self.save_dir is not None else self.fallback_dir
         if self.dp is not None and self.dp.rank != 0:      # rank 0 writes it
             self.last_path, self.last_step = Path(target) / step_dir_name(state.global_step), state.global_step
             return self.last_path
-        self.last_path = save_checkpoint(target, self.model, self.optimizer, state, self.rngs, self.config)
+        try:
+            self.last_path = save_checkpoint(target, self.model, self.optimizer, state, self.rngs, self.config)
+        except CheckpointSaveError as e:
+            self.clear()
+            if self.on_save_error == "continue" and may_continue:
+                kept = (f"the previous checkpoint {e.previous} is intact" if e.previous is not None
+                        else "no earlier checkpoint exists")
+                warn(f"{e.reason} while saving checkpoint {e.path} (step {state.global_step}); {kept}; "
+                     "training goes on (--on-save-error continue)")
+                return self.last_path
+            raise CheckpointLost(self.rescue(e, state)) from None
         self.last_step = state.global_step
         return self.last_path
+
+    def rescue(self, e, state):
+        """Keep this step's checkpoint elsewhere after `e` (a CheckpointSaveError); the line to print."""
+        from ...checkpoint import save_checkpoint, step_dir_name
+        name = Path(self.run_config.out if self.run_config is not None else "run").name or "run"
+        where, tried = rundir.rescue(lambda d: save_checkpoint(d, self.model, self.optimizer, state, self.rngs,
+                                                               self.config), name)
+        head = f"{e.reason} while saving checkpoint {e.path}"
+        previous = f"; the previous checkpoint {e.previous} is intact" if e.previous is not None else ""
+        fix = "free some space there" if e.disk_full else "check the directory"
+        if where is None:
+            resume = (f", then resume with: {resume_command(Path(e.previous).parent, self.run_config, self.dp)}"
+                      if e.previous is not None and self.run_config is not None else "")
+            return (f"{head}; step {state.global_step} could not be kept anywhere either ({'; '.join(tried)})"
+                    f"{previous}; fix: {fix}{resume}")
+        self.last_path, self.last_step = where / step_dir_name(state.global_step), state.global_step
+        resume = (f", then resume with: {resume_command(where, self.run_config, self.dp)}"
+                  if self.run_config is not None else "")
+        return (f"{head}; step {state.global_step} is kept in checkpoint {self.last_path}{previous}; "
+                f"fix: {fix}{resume}")
 
     def on_step(self, state):
         if self.dp is not None:                  # a signal to any rank stops every rank at this step
@@ -64,7 +119,7 @@ class Checkpointer:
         final = state.order is None and state.epoch >= self.num_epochs
         due = self.save_dir is not None and (final or (state.global_step + 1) % self.every == 0)
         if due or self.signum is not None:
-            self.save(state)
+            self.save(state, may_continue=self.signum is None)
         if self.signum is not None:
             raise TrainingInterrupted(self.signum, self.last_path, state.global_step)
 
@@ -175,15 +230,41 @@ def save_final_model(model, out, checkpoint=None):
     return directory
 
 
+class RunLog:
+    """The run log as the run writes it: runlog.MetricsLog at OUT/metrics.jsonl, which only
+    reports, so a write that fails stops the log, never the run: one line on stderr says that
+    it stopped and why (once), and the run trains on (the loss plot then draws from the run's
+    own loss history)."""
+
+    def __init__(self, path, resume_step=None, extra=None):
+        from ...runlog import MetricsLog
+        self.path, self.log, self.stopped = Path(path), None, None
+        self.clear = lambda: None                # set by the run: clears the progress line first
+        try:
+            self.log = MetricsLog(path, resume_step, extra=extra)
+        except OSError as e:
+            self.stop(e, "before the first step")
+
+    def append(self, record):
+        if self.log is None:
+            return
+        try:
+            self.log.append(record)
+        except OSError as e:
+            self.stop(e, f"at step {record.get('step')}")
+
+    def stop(self, e, when):
+        self.log, self.stopped = None, e
+        self.clear()
+        warn(f"the run log {self.path} stopped {when} ({rundir.failure(e)}); training goes on")
+
+
 def open_metrics_log(config, resume_step=None):
     """The run log OUT/metrics.jsonl (runlog.py), opened before training: a new run starts it
-    empty, a resumed one (resume_step: its checkpoint's step) keeps the records up to that step."""
-    from ...runlog import METRICS_FILE, MetricsLog
+    empty, a resumed one (resume_step: its checkpoint's step) keeps the records up to that step.
+    A damaged log on --resume is a usage error; a log that cannot be written is a warning (RunLog)."""
+    from ...runlog import METRICS_FILE
     try:
-        return MetricsLog(os.path.join(config.out, METRICS_FILE), resume_step,
-                          extra={"precision": config.precision})
-    except OSError as e:
-        raise UsageError(f"cannot write the run log {os.path.join(config.out, METRICS_FILE)} "
-                         f"({e.strerror or e}); fix: free some space or pass another --out") from None
+        return RunLog(os.path.join(config.out, METRICS_FILE), resume_step, extra={"precision": config.precision})
     except ValueError as e:
         raise UsageError(f"{e}; fix: move the damaged log away, or pass another --out") from None
