@@ -145,7 +145,7 @@ def test_every_write_of_a_pretrain_run_fails_in_turn_and_nothing_trained_is_lost
                 assert same(weights(kept), steps[step]), where
                 if (step < final_step or k % 4 == 0) and (mode == "once" or k % 3 == 0):   # a sample of them
                     resumed += 1
-                    cmd = (shlex.split(stderr.split("resume with: ")[1]) if "resume with: " in stderr
+                    cmd = (shlex.split(stderr.split("resume with: ")[1].split(";")[0]) if "resume with: " in stderr
                            else ["--resume", str(kept), "--kernels", "numpy"])    # the final model's checkpoint
                     resume = cmd[cmd.index("--resume"):] + ["--out", tmp_path / f"resumed-{k}-{mode}"]
                     rc2, _, err2 = run(resume, Faults())

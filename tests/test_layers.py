@@ -25,6 +25,57 @@ def imported_rooms(name):
     return found
 
 
+# the commands: the CLI package and the explain command's own CLI module
+COMMANDS = ("tinygrad_gpt.cli", "tinygrad_gpt.explain.cli", "tinygrad_gpt.explain.__init__", "tinygrad_gpt.explain.__main__")
+
+
+def absolute_imports(path):
+    """The dotted package modules a file imports (relative imports resolved), lazy ones too."""
+    dotted = ".".join(("tinygrad_gpt",) + path.relative_to(PKG).with_suffix("").parts)
+    package = dotted.rsplit(".", 1)[0] if path.name != "__init__.py" else dotted.removesuffix(".__init__")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return dotted, {m for m in found if m.startswith("tinygrad_gpt")}
+
+
+def cli_importers():
+    """The modules outside the commands that import tinygrad_gpt.cli (or anything in it)."""
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        dotted, mods = absolute_imports(path)
+        if dotted.startswith(COMMANDS):
+            continue
+        hits = sorted(m for m in mods if m == "tinygrad_gpt.cli" or m.startswith("tinygrad_gpt.cli."))
+        if hits:
+            bad.append(f"{dotted} imports {hits[0]}")
+    return bad
+
+
+def test_no_module_outside_the_commands_imports_the_cli():
+    """The library speaks in plain exceptions with their facts; the commands name the flags."""
+    assert not cli_importers(), cli_importers()
+
+
+def test_the_cli_import_check_can_fail(tmp_path, monkeypatch):
+    """The check above catches a library module that imports the CLI (a relative import, lazily)."""
+    fake = PKG / "_fake_room_for_test.py"
+    fake.write_text("def f():\n    from .cli import UsageError\n", encoding="utf-8")
+    try:
+        assert cli_importers() == ["tinygrad_gpt._fake_room_for_test imports tinygrad_gpt.cli"]
+    finally:
+        fake.unlink()
+
+
 def test_checkpoint_imports_nothing_from_train():
     assert not {"train", "pretrain"} & imported_rooms("checkpoint")
 

@@ -204,13 +204,7 @@ def save_checkpoint(save_dir: PathLike, model: GPTModel, optimizer, state: Train
             raise
         tmp = None
         fsync_dir(root)
-        try:
-            _write_pointer(root, name)
-        except OSError:                      # the checkpoint is complete: --resume DIR takes the highest
-            try:                             # step; a pointer naming an older one must not stay
-                (root / LATEST).unlink(missing_ok=True)
-            except OSError:
-                pass
+        _write_pointer(root, name)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:

@@ -16,7 +16,6 @@ import sys
 
 import numpy as np
 
-from ..cli import UsageError
 from ..data import load_text, one_batch
 from ..model import get_config
 from ..tensor import Tensor, manual_seed
@@ -24,6 +23,10 @@ from ..torch.binding import BOOK_PACKAGE, load_book_modules
 from .render_dot import to_dot, write_dot
 from .render_text import Listing, chain_lines, totals
 from .trace import trace_backward
+
+
+class BookError(ValueError):
+    """What the book's model cannot trace as asked: one line (the explain command prints it)."""
 
 
 def book_gpt_model(cfg, seed=123):
@@ -59,13 +62,13 @@ def explain_book_backward(model="tiny", context_length=32, batch_size=1, seed=12
     names = [name for name, _ in gpt.named_parameters()]
     if param is not None and param not in names:
         close = difflib.get_close_matches(param, names, n=3, cutoff=0.5)
-        raise UsageError(f"--param {param!r} is not a parameter of the book's {model} GPTModel"
+        raise BookError(f"--param {param!r} is not a parameter of the book's {model} GPTModel"
                          + (f"; did you mean {', '.join(close)}?" if close else f"; e.g. {names[2]}"))
     try:
         text, description = load_text(data, cfg, download=False)             # micro: its own sentence
         x, y = one_batch(text, tokenizer_for(cfg), batch_size, context_length)   # BPE, or micro's characters
     except ValueError as e:                          # DataError: a bad file, a text too short; unknown characters
-        raise UsageError(str(e)) from None
+        raise BookError(str(e)) from None
     print(description, file=out)
     print(f"the book's llms_from_scratch.ch04.GPTModel ({model}) on tinygrad_gpt's engine: "
           f"{gpt.num_parameters():,} parameters in {len(names)} tensors, dropout {cfg['drop_rate']}, "
@@ -108,12 +111,12 @@ def run_book(args, defaults, file=None):
     try:
         import llms_from_scratch  # noqa: F401
     except ImportError:
-        raise UsageError(f"--book traces the book's own {BOOK_PACKAGE}.ch04.GPTModel, and the package "
+        raise BookError(f"--book traces the book's own {BOOK_PACKAGE}.ch04.GPTModel, and the package "
                          f"{BOOK_PACKAGE} is not installed: pip install --no-deps llms-from-scratch==1.0.19"
                          ) from None
     other = [k for k, v in vars(args).items() if k not in _BOOK_FLAGS and v != defaults.get(k, v)]
     if other:
-        raise UsageError(f"--book does not take {', '.join('--' + k.replace('_', '-') for k in other)}")
+        raise BookError(f"--book does not take {', '.join('--' + k.replace('_', '-') for k in other)}")
     options = {mine: getattr(args, flag) for flag, mine in _BOOK_FLAGS.items() if mine is not None}
     with use(args.kernels):                          # in-process callers (tests) keep theirs
         explain_book_backward(file=file, **options)

@@ -129,6 +129,12 @@ def main(argv=None, file=None, stdin=None):
     except UsageError as e:
         print(f"explain_backward.py: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    except ValueError as e:                          # book.py's BookError: the command says it in one line
+        from .book import BookError
+        if not isinstance(e, BookError):
+            raise
+        print(f"explain_backward.py: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
     except BrokenPipeError:                          # `... | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

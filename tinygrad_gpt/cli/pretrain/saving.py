@@ -103,6 +103,9 @@ class Checkpointer:
         self.last_path, self.last_step = where / step_dir_name(state.global_step), state.global_step
         resume = (f", then resume with: {resume_command(where, self.run_config, self.dp)}"
                   if self.run_config is not None else "")
+        if e.previous is not None and self.run_config is not None:
+            resume += (f"; or from the previous one: "
+                       f"{resume_command(Path(e.previous).parent, self.run_config, self.dp)}")
         return (f"{head}; step {state.global_step} is kept in checkpoint {self.last_path}{previous}; "
                 f"fix: {fix}{resume}")
 
