@@ -166,3 +166,120 @@ def kinds(calls):
     for kind, _ in calls:
         found[kind] = found.get(kind, 0) + 1
     return sorted(found.items())
+
+
+# ----------------------------------------------------------------------------- the other commands
+def other_matrix(tmp_path, name, main, argv, check):
+    """The same enumeration for a command that trains nothing: every call of a clean run fails
+    in turn (both modes); exit 0, or exit 2 with one line and no traceback; check(out_dir, rc,
+    err) says what must hold of the output then (no half file, the kept model)."""
+    def call(k=None, err=errno.ENOSPC, mode="once", tag="clean"):
+        out_dir = tmp_path / f"{name}-{tag}"
+        hook = Faults(k, err, mode, roots=[out_dir])
+        so, se = io.StringIO(), io.StringIO()
+        with fileio.intercept(hook), contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
+            rc = main([str(a) for a in argv(out_dir)])
+        return rc, se.getvalue(), out_dir, hook
+    rc, err, _, hook = call()
+    assert rc == 0, err
+    n, tried = len(hook.calls), 0
+    assert n > 0
+    for k in range(1, n + 1):
+        for mode, e in (("once", ERRNOS[k % 4]), ("full", ERRNOS[(k + 1) % 4])):
+            rc, err, out_dir, h = call(k, e, mode, f"{k}-{mode}")
+            tried += 1
+            where = f"{name}: fault {k} ({mode}, {errno.errorcode[e]}) at {h.hit}: rc {rc}, stderr {err!r}"
+            assert h.hit is not None and "Traceback" not in err, where
+            assert rc == 0 or (rc == 2 and len(err.splitlines()) == 1 and ": error: " in err), where
+            check(out_dir, rc, err, where)
+    print(f"\n{name}: {n} write sites ({', '.join(f'{c} {k}' for k, c in kinds(hook.calls))}), {tried} faults tried")
+
+
+def no_half_file(out_dir, rc, err, where):
+    """What failed left nothing behind but whole files: no temporary file, no file that a
+    clean run would have written half of."""
+    if out_dir.exists():
+        left = [p.name for p in out_dir.rglob("*") if p.name.endswith(".tmp")]
+        assert not left, (where, left)
+
+
+def test_every_write_of_prepare_data_fails_in_turn_and_leaves_no_half_corpus(tmp_path):
+    from helpers import STORY
+    from tinygrad_gpt import corpus
+    from tinygrad_gpt.cli.prepare_data import main
+    words = STORY.split()
+    for i in range(3):
+        (tmp_path / f"part{i}.txt").write_text(" ".join(words[i * 200:(i + 1) * 200]), encoding="utf-8")
+
+    def check(out_dir, rc, err, where):
+        no_half_file(out_dir, rc, err, where)
+        if rc == 0:
+            corpus.read_manifest(out_dir)              # a whole corpus, its shards verified
+        else:
+            assert not (out_dir / corpus.MANIFEST).exists(), where     # no corpus, not half of one
+    other_matrix(tmp_path, "prepare_data", main,
+                 lambda out: [*(tmp_path / f"part{i}.txt" for i in range(3)), "--out", out, "--shard-tokens", "200",
+                              "--threads", "1"], check)
+
+
+def test_every_write_of_explain_html_and_plot_fails_in_turn(tmp_path):
+    from tinygrad_gpt.cli.plot import main as plot_main
+    from tinygrad_gpt.explain.cli import main as explain_main
+    run_dir = tmp_path / "run"
+    rc, _, err = run([*RUN, "--out", run_dir, "--no-plot"], Faults())
+    assert rc == 0, err
+
+    def whole(name):
+        def check(out_dir, rc, err, where):
+            no_half_file(out_dir, rc, err, where)
+            if rc == 0:
+                assert (out_dir / name).stat().st_size > 0, where
+            else:
+                assert not (out_dir / name).exists(), where
+        return check
+    other_matrix(tmp_path, "explain --html", explain_main,
+                 lambda out: ["--model", "micro", "--kernels", "numpy", "--html", out / "b.html"], whole("b.html"))
+
+    def png(out_dir, rc, err, where):
+        path = Path(f"{out_dir}.png")
+        assert (path.stat().st_size > 0) if rc == 0 else not path.exists(), where
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], where
+    other_matrix(tmp_path, "plot.py", plot_main, lambda out: [run_dir, "--out", f"{out}.png"], png)
+
+
+def test_generate_writes_nothing(tmp_path):
+    from tinygrad_gpt.cli.generate import main
+    rc, _, err = run([*RUN, "--out", tmp_path / "run", "--no-plot"], Faults())
+    assert rc == 0, err
+    hook = Faults()
+    with fileio.intercept(hook), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--checkpoint", str(tmp_path / "run"), "--prompt", "Every", "--max-new-tokens", "3",
+                     "--kernels", "numpy", "--threads", "1"]) == 0
+    assert hook.calls == []
+
+
+def test_every_write_of_finetune_classifier_fails_in_turn_and_the_classifier_is_kept(tmp_path):
+    import csv
+    from tinygrad_gpt import GPTModel, manual_seed, save_pretrained
+    from tinygrad_gpt.cli.finetune import classifier_main
+    manual_seed(0)
+    base = save_pretrained(GPTModel({"vocab_size": 50257, "context_length": 16, "emb_dim": 8, "n_heads": 2,
+                                     "n_layers": 1, "drop_rate": 0.0, "qkv_bias": True}), tmp_path / "base")
+    with open(tmp_path / "t.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["Label", "Text"])
+        for i in range(12):
+            w.writerow(["spam" if i % 2 else "ham", f"message number {i} {'WIN now' if i % 2 else 'hello'}"])
+    argv = lambda out: ["--init-from", base, "--data", tmp_path / "t.csv", "--out", out, "--epochs", "1",  # noqa: E731
+                        "--batch-size", "2", "--eval-freq", "2", "--eval-iter", "1", "--kernels", "numpy",
+                        "--threads", "1"]
+    clean = tmp_path / "finetune-classifier-clean"
+
+    def check(out_dir, rc, err, where):
+        no_half_file(out_dir, rc, err, where)
+        kept = out_dir if rc == 0 else (kept_path(err) if "kept in" in err else None)
+        if kept is None:                               # refused before training (--out not created)
+            assert "while saving" not in err, where
+            return
+        assert (kept / "model.safetensors").read_bytes() == (clean / "model.safetensors").read_bytes(), where
+    other_matrix(tmp_path, "finetune-classifier", classifier_main, argv, check)

@@ -271,7 +271,7 @@ def resolve_checkpoint(path: PathLike) -> Tuple[Path, Path]:
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist; fix: pass the --save-dir of an earlier "
+        raise CheckpointError(f"checkpoint {p} does not exist; fix: pass the save directory of an earlier "
                               "run, or one of its step-NNNNNN directories")
     if p.is_file():
         if p.name == LATEST:
@@ -282,18 +282,18 @@ def resolve_checkpoint(path: PathLike) -> Tuple[Path, Path]:
                 name = ""
             if not _STEP_DIR.match(name) or not (root / name).is_dir():
                 raise CheckpointError(f"checkpoint pointer {p} does not name a checkpoint in {root}; "
-                                      f"fix: pass --resume {root} to take its newest checkpoint")
+                                      f"fix: pass {root} to take its newest checkpoint")
             return root / name, root
         if p.name in (STATE_FILE, MODEL_FILE, OPTIMIZER_FILE):
             return p.parent, p.parent.parent
         raise CheckpointError(f"{p} is not a checkpoint (expected a directory holding {STATE_FILE}, "
-                              f"or {STATE_FILE} itself); fix: pass the --save-dir of an earlier run")
+                              f"or {STATE_FILE} itself); fix: pass the save directory of an earlier run")
     if (p / STATE_FILE).exists():
         return p, p.parent
     newest = latest_checkpoint(p)
     if newest is None:
         raise CheckpointError(f"no checkpoint in {p} (no step-NNNNNN directory with a {STATE_FILE}); "
-                              "fix: pass the --save-dir of an earlier run, or a checkpoint directory")
+                              "fix: pass the save directory of an earlier run, or a checkpoint directory")
     return newest, p
 
 
@@ -451,9 +451,9 @@ def restore_checkpoint(ckpt: "Checkpoint", model: GPTModel, optimizer,
 
 
 # ----------------------------------------------------------------------------- directories
-def check_writable(directory: PathLike, flag: str = "--save-dir") -> None:
+def check_writable(directory: PathLike, flag: str) -> None:
     """Raise CheckpointError unless `directory` exists as a writable directory or can be
-    created; creates nothing (a probe directory is made and removed in the nearest existing
+    created (the error names it after `flag`, the caller's name for it, e.g. the command's flag); creates nothing (a probe directory is made and removed in the nearest existing
     ancestor, which works for root too, where permission bits do not stop writes)."""
     d = Path(directory).expanduser()
     if d.exists() and not d.is_dir():
