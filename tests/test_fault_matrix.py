@@ -283,3 +283,108 @@ def test_every_write_of_finetune_classifier_fails_in_turn_and_the_classifier_is_
             return
         assert (kept / "model.safetensors").read_bytes() == (clean / "model.safetensors").read_bytes(), where
     other_matrix(tmp_path, "finetune-classifier", classifier_main, argv, check)
+
+
+# ----------------------------------------------------------------------------- real processes, real faults
+LONG = ["--model", "micro", "--epochs", "30", "--threads", "1", "--kernels", "numpy", "--eval-freq", "5",
+        "--eval-iter", "1", "--no-plot"]
+
+
+def run_until_first_eval(tmp_path, argv, fault):
+    """examples/pretrain.py in its own process; fault() runs when the first evaluation is
+    printed (the run has 510 steps to go); returns (exit code, stdout, stderr)."""
+    from helpers import cli, start
+    p = start(cli(*argv), tmp_path)
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith("Ep 1 (Step 000000)"):
+            fault()
+            break
+    rest, err = p.communicate(timeout=600)
+    return p.returncode, "".join(out) + rest, err
+
+
+def one_line(err, prefix):
+    assert "Traceback" not in err and all(s.startswith(prefix) for s in err.splitlines()), err
+
+
+def test_a_run_log_replaced_by_a_directory_stops_the_log_not_the_run(tmp_path):
+    out = tmp_path / "run"
+
+    def replace_log():
+        (out / "metrics.jsonl").unlink()
+        (out / "metrics.jsonl").mkdir()
+    rc, stdout, err = run_until_first_eval(tmp_path, [*LONG, "--out", out], replace_log)
+    assert rc == 0, err
+    one_line(err, "pretrain.py: warning: the run log ")
+    assert len(err.splitlines()) == 1 and re.search(r"stopped at step (0|5) \(cannot write \(Is a directory\)\)", err)
+    assert (out / "model.safetensors").is_file() and "Model saved to" in stdout
+
+
+def test_the_output_directory_deleted_mid_run_is_made_again_for_the_final_save(tmp_path):
+    import shutil
+    out = tmp_path / "run"
+    rc, stdout, err = run_until_first_eval(tmp_path, [*LONG, "--out", out, "--save-every", "100"],
+                                           lambda: shutil.rmtree(out))
+    print(err)
+    assert "Traceback" not in err
+    if rc == 0:                                # every checkpoint found its directory made again
+        one_line(err, "pretrain.py: warning: ")
+        assert (out / "model.safetensors").is_file()
+    else:                                      # or a checkpoint was kept elsewhere: named, loadable
+        assert rc == 2 and err.splitlines()[-1].startswith("pretrain.py: error: ")
+        C.load_checkpoint(kept_path(err.splitlines()[-1]))
+    from tinygrad_gpt import load_model
+    model = load_model(out if rc == 0 else kept_path(err.splitlines()[-1]))      # loadable, checksums verified
+    assert model.tok_emb.weight.shape == (17, 8)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 4 MB tmpfs at tmp_path/disk (root only: mount; unmounted afterwards)."""
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    d = tmp_path / "disk"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fill(d):
+    with open(d / "filler", "wb") as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+
+
+def test_a_disk_that_fills_after_the_first_evaluation_keeps_the_trained_step_and_resumes_exactly(tmp_path, tmpfs):
+    """The issue's run: a tmpfs holding --out and --save-dir fills after the first evaluation.
+    The run log stops (one warning), the next checkpoint is rescued into the cache, exit 2 with
+    one line naming it; resumed from it, the run ends with the uninterrupted run's model."""
+    from helpers import cli, start
+    argv = [*LONG, "--epochs", "3", "--save-every", "10"]
+    clean = start(cli(*argv, "--out", tmp_path / "clean"), tmp_path)
+    assert clean.wait(timeout=600) == 0, clean.stderr.read()
+    rc, stdout, err = run_until_first_eval(tmp_path, [*argv, "--out", tmpfs / "run", "--save-dir", tmpfs / "ck"],
+                                           lambda: fill(tmpfs))
+    print(err)
+    lines = err.splitlines()
+    assert rc == 2 and "Traceback" not in err and lines[-1].startswith("pretrain.py: error: disk full"), err
+    assert all(s.startswith("pretrain.py: warning: the run log ") for s in lines[:-1]) and len(lines) <= 2
+    kept = kept_path(lines[-1])
+    assert str(kept).startswith(os.environ["TINYGRAD_GPT_CACHE"])
+    C.load_checkpoint(kept)
+    os.unlink(tmpfs / "filler")                # the space is back: resume where the line says
+    cmd = shlex.split(lines[-1].split("resume with: ")[1].split(";")[0])
+    resumed = start(cli(*cmd[cmd.index("--resume"):], "--out", tmp_path / "resumed"), tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == \
+        (tmp_path / "clean" / "model.safetensors").read_bytes()
