@@ -169,10 +169,11 @@ def kinds(calls):
 
 
 # ----------------------------------------------------------------------------- the other commands
-def other_matrix(tmp_path, name, main, argv, check):
+def other_matrix(tmp_path, name, main, argv, check, both=True):
     """The same enumeration for a command that trains nothing: every call of a clean run fails
     in turn (both modes); exit 0, or exit 2 with one line and no traceback; check(out_dir, rc,
-    err) says what must hold of the output then (no half file, the kept model)."""
+    err) says what must hold of the output then (no half file, the kept model). both=False: one
+    mode per site, alternating (a slower command: half the runs)."""
     def call(k=None, err=errno.ENOSPC, mode="once", tag="clean"):
         out_dir = tmp_path / f"{name}-{tag}"
         hook = Faults(k, err, mode, roots=[out_dir])
@@ -185,7 +186,8 @@ def other_matrix(tmp_path, name, main, argv, check):
     n, tried = len(hook.calls), 0
     assert n > 0
     for k in range(1, n + 1):
-        for mode, e in (("once", ERRNOS[k % 4]), ("full", ERRNOS[(k + 1) % 4])):
+        modes = (("once", ERRNOS[k % 4]), ("full", ERRNOS[(k + 1) % 4]))
+        for mode, e in (modes if both else modes[k % 2:k % 2 + 1]):
             rc, err, out_dir, h = call(k, e, mode, f"{k}-{mode}")
             tried += 1
             where = f"{name}: fault {k} ({mode}, {errno.errorcode[e]}) at {h.hit}: rc {rc}, stderr {err!r}"
@@ -283,6 +285,32 @@ def test_every_write_of_finetune_classifier_fails_in_turn_and_the_classifier_is_
             return
         assert (kept / "model.safetensors").read_bytes() == (clean / "model.safetensors").read_bytes(), where
     other_matrix(tmp_path, "finetune-classifier", classifier_main, argv, check)
+
+
+def test_every_write_of_finetune_instruct_fails_in_turn_and_the_model_is_kept(tmp_path):
+    from tinygrad_gpt import GPTModel, manual_seed, save_pretrained
+    from tinygrad_gpt.cli.finetune import instruct_main
+    manual_seed(0)
+    base = save_pretrained(GPTModel({"vocab_size": 50257, "context_length": 32, "emb_dim": 8, "n_heads": 2,
+                                     "n_layers": 1, "drop_rate": 0.0, "qkv_bias": True}), tmp_path / "base")
+    records = [{"instruction": "Repeat.", "input": f"word {i}", "output": f"word {i}"} for i in range(10)]
+    (tmp_path / "d.json").write_text(json.dumps(records), encoding="utf-8")
+    argv = lambda out: ["--init-from", base, "--data", tmp_path / "d.json", "--out", out, "--epochs", "1",  # noqa: E731
+                        "--batch-size", "4", "--eval-freq", "2", "--eval-iter", "1", "--max-new-tokens", "1",
+                        "--kernels", "numpy", "--threads", "1"]
+    clean = tmp_path / "finetune-instruct-clean"
+
+    def check(out_dir, rc, err, where):
+        no_half_file(out_dir, rc, err, where)
+        kept = out_dir if rc == 0 else (kept_path(err) if "kept in" in err else None)
+        if kept is None:                               # refused before training (--out not created)
+            assert "while saving" not in err, where
+            return
+        assert (kept / "model" / "model.safetensors").read_bytes() == \
+            (clean / "model" / "model.safetensors").read_bytes(), where
+        assert json.loads((kept / "instruction-data-with-response.json").read_text()) == \
+            json.loads((clean / "instruction-data-with-response.json").read_text()), where
+    other_matrix(tmp_path, "finetune-instruct", instruct_main, argv, check, both=False)
 
 
 # ----------------------------------------------------------------------------- real processes, real faults
@@ -388,3 +416,24 @@ def test_a_disk_that_fills_after_the_first_evaluation_keeps_the_trained_step_and
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == \
         (tmp_path / "clean" / "model.safetensors").read_bytes()
+
+
+# ----------------------------------------------------------------------------- flags checked before start-up
+@pytest.mark.parametrize("flags,words", [
+    (["--seed", "-1"], "--seed -1 is out of range"),
+    (["--lr", "inf"], "--lr inf is out of range"),
+    (["--weight-decay", "inf"], "--weight-decay inf is out of range"),
+    (["--min-lr", "1"], "--min-lr 1.0 is out of range: it must be in [0, --lr]"),
+    (["--clip-grad", "inf"], "--clip-grad inf is out of range"),
+    (["--lora", "2", "--lora-alpha", "nan"], "--lora-alpha nan is out of range"),
+    (["--threads", "0"], "--threads 0 is out of range"),
+])
+def test_a_finetune_flag_out_of_range_is_one_line_before_anything_is_read(tmp_path, capsys, flags, words):
+    from tinygrad_gpt.cli.finetune import classifier_main, instruct_main
+    for main, prog in ((classifier_main, "finetune_classifier.py"), (instruct_main, "finetune_instruct.py")):
+        rc = main(["--init-from", str(tmp_path), "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
+                   *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith(f"{prog}: error: ") and len(err.splitlines()) == 1, err
+        assert words in err, err
+        assert not (tmp_path / "o").exists()

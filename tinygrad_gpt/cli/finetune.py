@@ -16,6 +16,7 @@ The finetuned model is saved with the adapters folded in (W + alpha A B). A mist
 arguments or the data: one line on stderr, exit 2, nothing written.
 """
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -90,6 +91,19 @@ def check_common(args):
         raise UsageError(f"--clip-grad must be positive, got {args.clip_grad}")
     if not 0.0 <= args.drop_rate < 1.0:
         raise UsageError(f"--drop-rate must be in [0, 1), got {args.drop_rate}")
+    finite = lambda x: x is None or math.isfinite(x)          # noqa: E731
+    for flag, value, ok, want in (
+            ("--lr", args.lr, finite(args.lr), "a finite number"),
+            ("--weight-decay", args.weight_decay, finite(args.weight_decay), "a finite number"),
+            ("--min-lr", args.min_lr, finite(args.min_lr) and (args.min_lr is None or args.min_lr <= args.lr),
+             "in [0, --lr]"),
+            ("--clip-grad", args.clip_grad, finite(args.clip_grad), "a finite number"),
+            ("--lora-alpha", args.lora_alpha, args.lora_alpha is None or (finite(args.lora_alpha) and args.lora_alpha > 0),
+             "positive"),
+            ("--seed", args.seed, 0 <= args.seed < 2 ** 64, "in [0, 2**64)"),
+            ("--threads", args.threads, args.threads is None or args.threads >= 1, "at least 1")):
+        if not ok:
+            raise UsageError(f"{flag} {value} is out of range: it must be {want}")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out} exists and is not an empty directory; nothing is overwritten: "
