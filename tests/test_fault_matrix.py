@@ -161,6 +161,37 @@ def test_every_write_of_a_pretrain_run_fails_in_turn_and_nothing_trained_is_lost
     assert outcomes.get("checkpoint kept" if config == "checkpoints" else "final model kept")
 
 
+def test_on_save_error_continue_trains_on_past_checkpoints_that_fail(tmp_path, monkeypatch):
+    """--on-save-error continue: every checkpoint save fails (its directory refuses), the run
+    warns once per failed save, trains to the end and saves the uninterrupted run's model; the
+    checkpoint saved before the disk filled stays intact and loadable. The default stops (exit 2)."""
+    calls, steps, final = clean_run(tmp_path, monkeypatch, CONFIGS["checkpoints"])
+    save = tmp_path / "ck"
+
+    class FailSaveDir(Faults):                     # every call under save/ once the first checkpoint is saved
+        def __call__(self, kind, path):
+            self.calls.append((kind, path))
+            save = Path(self.roots[0])
+            if path.startswith(f"{save}/") and (save / "latest").is_file():
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    argv = [*CONFIGS["checkpoints"], "--save-dir", save, "--on-save-error", "continue"]
+    rc, out, err = run([*argv, "--out", tmp_path / "go-on"], FailSaveDir(roots=[save]))
+    print(err)
+    lines = err.splitlines()
+    assert rc == 0 and lines and all(s.startswith("pretrain.py: warning: disk full while saving checkpoint ")
+                                     for s in lines), err
+    assert len(lines) == 1 and "(step 3)" in err and "step-000001 is intact" in err, err   # step 3; the end retries not
+    assert "training goes on (--on-save-error continue)" in err
+    assert (tmp_path / "go-on" / "model.safetensors").read_bytes() == final
+    assert C.latest_checkpoint(save).name == "step-000001"
+    assert same(weights(save / "step-000001"), steps[1])
+    assert "step 1: the last that could be written" in out
+    rc, out, err = run([*argv[:-4], "--out", tmp_path / "stop", "--save-dir", tmp_path / "ck2"],
+                       FailSaveDir(roots=[tmp_path / "ck2"]))   # the default, stop: exit 2, step 3 kept elsewhere
+    assert rc == 2 and len(err.splitlines()) == 1 and "step 3 is kept in checkpoint" in err, err
+    assert same(weights(kept_path(err)), steps[3])
+
+
 def kinds(calls):
     found = {}
     for kind, _ in calls:

@@ -98,15 +98,22 @@ class Progress:
             return
         elapsed = time.perf_counter() - self.start
         left = (self.total_steps - step - 1) * elapsed / self.steps
-        self.stream.write(f"\r  epoch {epoch + 1}/{num_epochs}  step {step + 1}/{self.total_steps}  "
-                          f"loss {loss:.3f}  {self.tokens / elapsed:,.0f} tok/s  "
-                          f"ETA {int(left // 60):d}:{int(left % 60):02d} ")
-        self.stream.flush()
+        self._write(f"\r  epoch {epoch + 1}/{num_epochs}  step {step + 1}/{self.total_steps}  "
+                    f"loss {loss:.3f}  {self.tokens / elapsed:,.0f} tok/s  "
+                    f"ETA {int(left // 60):d}:{int(left % 60):02d} ")
 
     def clear(self):
         if self.enabled:
-            self.stream.write("\r" + " " * 78 + "\r")
+            self._write("\r" + " " * 78 + "\r")
+
+    def _write(self, text):
+        """The line only reports: a stream that refuses it (closed, a full disk under a
+        redirect) turns it off, never stops the run."""
+        try:
+            self.stream.write(text)
             self.stream.flush()
+        except (OSError, ValueError):
+            self.enabled = False
 
 
 @dataclass(frozen=True)

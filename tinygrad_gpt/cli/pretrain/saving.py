@@ -58,6 +58,7 @@ class Checkpointer:
         self.signum = None                       # the signal every rank acts on at this step
         self.dp = dp                             # MPI: only rank 0 writes; all stop at the same step
         self.on_save_error = on_save_error       # "stop" or "continue" (docs/checkpoints.md)
+        self.failed_step = None                  # the step whose save failed (continue: not tried twice)
         self.run_config = run_config             # the RunConfig, for the resume command a message prints
         self.clear = clear or (lambda: None)     # clears the progress line before a message
 
@@ -68,6 +69,8 @@ class Checkpointer:
         from ...checkpoint import CheckpointSaveError, save_checkpoint, step_dir_name
         if state.global_step < 0 or state.global_step == self.last_step:
             return self.last_path                # nothing new since the last save
+        if may_continue and state.global_step == self.failed_step:
+            return self.last_path                # this step failed once already (and was warned about)
         target = self.save_dir if self.save_dir is not None else self.fallback_dir
         if self.dp is not None and self.dp.rank != 0:      # rank 0 writes it
             self.last_path, self.last_step = Path(target) / step_dir_name(state.global_step), state.global_step
@@ -81,6 +84,7 @@ class Checkpointer:
                         else "no earlier checkpoint exists")
                 warn(f"{e.reason} while saving checkpoint {e.path} (step {state.global_step}); {kept}; "
                      "training goes on (--on-save-error continue)")
+                self.failed_step = state.global_step
                 return self.last_path
             raise CheckpointLost(self.rescue(e, state)) from None
         self.last_step = state.global_step
