@@ -192,6 +192,28 @@ def test_on_save_error_continue_trains_on_past_checkpoints_that_fail(tmp_path, m
     assert same(weights(kept_path(err)), steps[3])
 
 
+def test_a_signals_checkpoint_that_cannot_be_written_is_rescued_even_with_continue(tmp_path, monkeypatch):
+    """SIGTERM asks for this step's checkpoint; the save directory refuses it: --on-save-error
+    continue does not apply (the run is stopping), so the step is rescued and named, exit 2."""
+    import signal
+    calls, steps, final = clean_run(tmp_path, monkeypatch, CONFIGS["checkpoints"])
+    real = saving.Checkpointer.on_step
+
+    def on_step(self, state):
+        if state.global_step == 2:
+            self.pending = signal.SIGTERM
+            hook.k = len(hook.calls) + 1                      # from now on the save directory refuses
+        return real(self, state)
+    monkeypatch.setattr(saving.Checkpointer, "on_step", on_step)
+    save = tmp_path / "ck"
+    hook = Faults(None, errno.EIO, "full", roots=[save])
+    rc, out, err = run([*CONFIGS["checkpoints"], "--save-dir", save, "--on-save-error", "continue",
+                        "--out", tmp_path / "sig"], hook)
+    print(err)
+    assert rc == 2 and len(err.splitlines()) == 1 and "step 2 is kept in checkpoint" in err, err
+    assert same(weights(kept_path(err)), steps[2])
+
+
 def kinds(calls):
     found = {}
     for kind, _ in calls:

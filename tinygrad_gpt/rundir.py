@@ -1,27 +1,28 @@
 """A training run's directories (--out, --save-dir): who may write there, and whether it fits.
 
 The pretrain command calls this room while it builds its RunConfig (cli/pretrain/config.py:
-the default --out, a busy directory refused at once, the model config checked) and after it
-plans the directories (check_overwrite, claim). Nothing here writes the parsed flags:
-settle_out returns the chosen --out, the others read a RunConfig or plain values.
+the default --out, a busy directory refused at once) and after it plans the directories
+(claim). Nothing here reads the parsed flags: settle_out returns the chosen --out, the others
+take a RunConfig or plain values. The checks that are about the flags themselves (an --out
+holding another run's model, the model config, batches that fit, a resumed run's types) are
+the command's, in cli/pretrain/config.py.
 
 - a lock per directory: an advisory fcntl lock on DIR/.tinygrad_gpt.lock, held for the run's
   life, the holder's pid written in it; a second trainer on the same directory is refused at
   once with that pid (two trainers on one --save-dir pruned each other's checkpoints).
   Readers (generate, load_model) take no lock;
-- no silent overwrite: an --out holding another run's model is refused unless --overwrite,
-  or it is the same run resumed; without --out a run takes the next free runs/pretrain,
-  runs/pretrain-2, ... (as ultralytics' runs/train/exp2);
+- without --out a run takes the next free runs/pretrain, runs/pretrain-2, ... (as
+  ultralytics' runs/train/exp2);
 - free space: --out must hold the final model, --save-dir a checkpoint, before training;
 - stale temporary files (fileio.atomic_replace's, of a killed run) are removed once the lock
   is ours;
-- when the final save fails all the same, the trained weights are kept: in the run's
-  checkpoint, or in a fallback directory that the one-line error names (rescue: the cache's
-  rescued/, else the temporary directory's tinygrad_gpt-rescued/).
+- when a save fails all the same, the trained weights are kept: in the run's checkpoint, or
+  in a rescue directory that the one-line error names (rescue: the cache's rescued/, else the
+  temporary directory's tinygrad_gpt-rescued/).
 
-Its errors are RunDirError (a ValueError): one line each, naming the directory by the label its
-caller gave it (the command passes its flag: "--out", "--save-dir"); the command prints it.
-This room imports nothing from the command line (tinygrad_gpt.cli).
+Its errors are RunDirError (a ValueError): one line each, naming a directory by the label its
+caller gave it (acquire's flag) or by its role in a run (check_space: --out and --save-dir);
+the command prints it. This room imports nothing from the command line (tinygrad_gpt.cli).
 """
 from __future__ import annotations
 
