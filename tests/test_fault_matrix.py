@@ -3,11 +3,12 @@ project makes passes through fileio's seam (fileio.intercept); a clean run is co
 then the k-th call is made to fail, for every k that run reached, so a write added later is
 covered without editing this file.
 
-Two faults per call site k, each with its own errno (the four cycle over the sites, so every site
-gets two of them and every errno a quarter of the sites twice over):
-- "once": the k-th call alone fails (an I/O error that passes);
+Two kinds of fault at call k, the errno cycling over ENOSPC, EIO, EROFS, ENOENT with k:
 - "full": the k-th call and every later one under the run's own directories fail (a disk that
-  fills at that moment and stays full; the cache and the temporary directory still take writes).
+  fills at that moment and stays full; the cache and the temporary directory still take writes),
+  at every k;
+- "once": the k-th call alone fails (an I/O error that passes), at every odd k for pretrain (every
+  k for the faster commands, one of the two alternating for finetune_instruct), with the next errno.
 
 The rule checked at each (docs/checkpoints.md, "When a write fails"): exit 0 with at most one
 warning line (what only reports: the run log, the loss plot), or exit 2 with one error line; never
@@ -15,7 +16,8 @@ a traceback; and the trained weights of the step at the fault are on disk where 
 (bit for bit those of the clean run at that step), or in --out when the run finished. Where a
 checkpoint was kept, resuming from it finishes with the clean run's final model, byte for byte.
 
-Micro model, 4 steps, a checkpoint every 2: the pretrain matrix runs in well under a minute.
+Micro model, 4 steps, a checkpoint every 2: the pretrain matrix is about 180 runs (a sample of them
+resumed), well under a minute on an idle 2-core machine.
 """
 import contextlib
 import errno
@@ -116,7 +118,7 @@ def test_every_write_of_a_pretrain_run_fails_in_turn_and_nothing_trained_is_lost
     assert len(calls) > 20 and {k for k, _ in calls} == set(fileio.KINDS), calls   # every kind is reached
     tried, outcomes, resumed = 0, {}, 0
     for k in range(1, len(calls) + 1):
-        for mode, err in (("once", ERRNOS[k % 4]), ("full", ERRNOS[(k + 1) % 4])):
+        for mode, err in (("once", ERRNOS[k % 4]), ("full", ERRNOS[(k + 1) % 4]))[1 - k % 2:]:   # once: odd k
             run_dir = tmp_path / f"r{k}-{mode}"
             hook = Faults(k, err, mode, roots=[run_dir])
             rc, out, stderr = run([*argv, "--out", run_dir], hook)
