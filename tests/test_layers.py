@@ -29,9 +29,9 @@ def imported_rooms(name):
 COMMANDS = ("tinygrad_gpt.cli", "tinygrad_gpt.explain.cli", "tinygrad_gpt.explain.__init__", "tinygrad_gpt.explain.__main__")
 
 
-def absolute_imports(path):
+def absolute_imports(path, pkg=PKG):
     """The dotted package modules a file imports (relative imports resolved), lazy ones too."""
-    dotted = ".".join(("tinygrad_gpt",) + path.relative_to(PKG).with_suffix("").parts)
+    dotted = ".".join(("tinygrad_gpt",) + path.relative_to(pkg).with_suffix("").parts)
     package = dotted.rsplit(".", 1)[0] if path.name != "__init__.py" else dotted.removesuffix(".__init__")
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -48,11 +48,11 @@ def absolute_imports(path):
     return dotted, {m for m in found if m.startswith("tinygrad_gpt")}
 
 
-def cli_importers():
+def cli_importers(pkg=PKG):
     """The modules outside the commands that import tinygrad_gpt.cli (or anything in it)."""
     bad = []
-    for path in sorted(PKG.rglob("*.py")):
-        dotted, mods = absolute_imports(path)
+    for path in sorted(pkg.rglob("*.py")):
+        dotted, mods = absolute_imports(path, pkg)
         if dotted.startswith(COMMANDS):
             continue
         hits = sorted(m for m in mods if m == "tinygrad_gpt.cli" or m.startswith("tinygrad_gpt.cli."))
@@ -66,14 +66,18 @@ def test_no_module_outside_the_commands_imports_the_cli():
     assert not cli_importers(), cli_importers()
 
 
-def test_the_cli_import_check_can_fail(tmp_path, monkeypatch):
-    """The check above catches a library module that imports the CLI (a relative import, lazily)."""
-    fake = PKG / "_fake_room_for_test.py"
-    fake.write_text("def f():\n    from .cli import UsageError\n", encoding="utf-8")
-    try:
-        assert cli_importers() == ["tinygrad_gpt._fake_room_for_test imports tinygrad_gpt.cli"]
-    finally:
-        fake.unlink()
+def test_the_cli_import_check_can_fail(tmp_path):
+    """The check above catches a library module that imports the CLI (a relative import, lazily,
+    or from a subpackage), and lets the commands import it."""
+    pkg = tmp_path / "tinygrad_gpt"
+    for name, text in (("room.py", "def f():\n    from .cli import UsageError\n"),
+                       ("explain/deep.py", "from ..cli.pretrain import flags\n"),
+                       ("explain/cli.py", "from ..cli import UsageError\n"),
+                       ("cli/__init__.py", "from ..room import f\n")):
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_text(text, encoding="utf-8")
+    assert cli_importers(pkg) == ["tinygrad_gpt.explain.deep imports tinygrad_gpt.cli.pretrain",
+                                  "tinygrad_gpt.room imports tinygrad_gpt.cli"]
 
 
 def test_checkpoint_imports_nothing_from_train():
