@@ -19,6 +19,7 @@ weight and reference.adamw_step's, and between the engine's moments and the floa
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,7 +112,7 @@ def optimizer_lines(steps, opt, values=False, width=120):
         lines.append(f"  {s.name:34s} " + " ".join(f"{_n(a[first]):>10s}" for a in
                                                      (s.g, s.m, s.v, s.m_hat, s.v_hat, s.update)))
         worst_ref, worst_formula = max(worst_ref, s.reference_diff()), max(worst_formula, s.formula_diff())
-        lines.append(f"  {'':34s} {_dims(s.p.shape)}: largest |update| {np.abs(s.update).max():.4g}; the engine's "
+        lines.append(f"    {_dims(s.p.shape)}, largest |update| {np.abs(s.update).max():.4g}; the engine's "
                      f"new weight - reference.adamw_step's: {s.reference_diff():.2g}")
         if values:
             for label, a in (("g", s.g), ("m", s.m), ("v", s.v), ("m̂", s.m_hat), ("v̂", s.v_hat),
@@ -120,7 +121,12 @@ def optimizer_lines(steps, opt, values=False, width=120):
                 lines += array_lines(a, float(np.linalg.norm(a)), a.shape, "      ", width)
     lines.append(f"every parameter: the engine's AdamW against reference.adamw_step, largest difference "
                  f"{worst_ref:.2g}; against the float64 formula above (weights and moments) {worst_formula:.2g}")
-    return lines
+    wrapped = []
+    for line in lines:                               # prose lines cut at the width, under their indent
+        indent = " " * (len(line) - len(line.lstrip()))
+        wrapped += textwrap.wrap(line, width=max(60, width), subsequent_indent=indent + "  ",
+                                 break_on_hyphens=False) if len(line) > width else [line]
+    return wrapped
 
 
 def worked_adamw(steps, opt, name=None, index=None):
