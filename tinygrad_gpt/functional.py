@@ -9,42 +9,10 @@ GEMM library, which thread split, which output buffer is reused (kernels/layers.
 kernels/precision.py, kernels/threads.py). Here: the math, each backward under its forward,
 and the plain-NumPy twin of every kernel it calls in kernels/reference.py.
 """
-import contextlib
-
 import numpy as np
 
 from .kernels import K
 from .tensor import Function, Tensor, _axis, default_rng
-
-
-# ----------------------------------------------------------------------------- replacing an op
-_in_place_of = {}     # an op below -> the Function subclass that runs instead of it (use_op)
-
-
-def _op(cls):
-    """The class a call site below applies: cls itself, or what use_op put in its place."""
-    return _in_place_of.get(cls, cls)
-
-
-@contextlib.contextmanager
-def use_op(cls):
-    """While inside, the op named cls.__name__ (LayerNorm, GELU, Softmax, Linear, ...) runs as
-    cls, your Function subclass with its own forward and backward: the call sites apply
-    _op(LayerNorm), not LayerNorm, and this registry is what they read (explain --use-op).
-    The engine's class comes back on leaving, also after an error."""
-    engine = REPLACEABLE.get(getattr(cls, "__name__", None))
-    if engine is None or not (isinstance(cls, type) and issubclass(cls, Function)):
-        raise ValueError(f"use_op: {cls!r} must be a Function subclass named after one of "
-                         f"{', '.join(REPLACEABLE)}")
-    previous = _in_place_of.get(engine)
-    _in_place_of[engine] = cls
-    try:
-        yield cls
-    finally:
-        if previous is None:
-            del _in_place_of[engine]
-        else:
-            _in_place_of[engine] = previous
 
 
 def _rows(x, axis):
@@ -295,6 +263,40 @@ def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, rng=None):
         return _op(Attention).apply(q, k, v, Tensor(keep), causal=causal, p=float(dropout_p))
     return _op(Attention).apply(q, k, v, causal=causal)
 
+
+# ----------------------------------------------------------------------------- replacing an op
+_in_place_of = {}     # an op above -> the Function subclass that runs instead of it (use_op)
+
+
+def _op(cls):
+    """The class a call site above applies: cls itself, or what use_op put in its place."""
+    return _in_place_of.get(cls, cls)
+
+
+class use_op:
+    """`with use_op(MyLayerNorm):` the op named cls.__name__ (LayerNorm, GELU, Softmax, Linear,
+    ...) runs as cls, your Function subclass with its own forward and backward: the call sites
+    above apply _op(LayerNorm), not LayerNorm, and this registry is what they read (explain
+    --use-op). The engine's class comes back on leaving, also after an error."""
+
+    def __init__(self, cls):
+        engine = REPLACEABLE.get(getattr(cls, "__name__", None))
+        if engine is None or not (isinstance(cls, type) and issubclass(cls, Function)):
+            raise ValueError(f"use_op: {cls!r} must be a Function subclass named after one of "
+                             f"{', '.join(REPLACEABLE)}")
+        self.engine, self.cls, self.previous = engine, cls, None
+
+    def __enter__(self):
+        self.previous = _in_place_of.get(self.engine)
+        _in_place_of[self.engine] = self.cls
+        return self.cls
+
+    def __exit__(self, *exc):
+        if self.previous is None:
+            del _in_place_of[self.engine]
+        else:
+            _in_place_of[self.engine] = self.previous
+        return False
 
 REPLACEABLE = {c.__name__: c for c in (Softmax, LogSoftmax, LayerNorm, GELU, CrossEntropy, Embedding, Linear,
                                        Attention)}   # what use_op can replace, by name
