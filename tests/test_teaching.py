@@ -221,3 +221,56 @@ def test_train_py_does_not_claim_the_books_loop_line_for_line():
     from tinygrad_gpt import train
     assert "line for line" not in train.__doc__
     assert "train_model(" in inspect.getsource(train.train_model_simple)     # what its docstring says it does
+
+
+# ----------------------------------------------------------------------------- --values: each array once, in the width
+def printed_arrays(out):
+    """[(label, numbers)] for every array --values printed: a label line ending in ':' and the
+    rows under it (`label |` then numbers), column groups put back together."""
+    found, label, rows = [], None, {}
+    for line in out.splitlines() + [""]:
+        m = re.match(r"^\s+([^|]*?)\s*\|((?:\s+-?[\d.e+-]+)+)$", line)
+        if m and label is not None:
+            if not re.match(r"^(row|col|head,pos|axes [\d,]+)$", m.group(1)):     # a heading: column indices
+                rows.setdefault(m.group(1), []).extend(float(v) for v in m.group(2).split())
+            continue
+        if re.match(r"^\s+columns \d+-\d+ of \d+:$", line):
+            continue
+        if label is not None and rows:
+            found.append((label, np.concatenate([rows[k] for k in rows])))
+        label, rows = (line.strip(), {}) if line.rstrip().endswith(":") else (None, {})
+    return found
+
+
+def test_values_prints_each_array_once_within_120_columns_with_the_forward_arrays_backward_reads(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out = run_cli("--model", "micro", "--values")
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 120
+    arrays = printed_arrays(out)
+    assert len(arrays) > 60
+    seen = {}
+    for label, numbers in arrays:
+        if numbers.size < 2:                          # dL/dL = 1
+            continue
+        key = numbers.tobytes()
+        assert key not in seen, f"printed twice: {seen.get(key)} and {label}"
+        seen[key] = label
+    again = re.findall(r"^\s+the same numbers as printed at step (\d+) \(([^)]*)\)", out, re.M)
+    assert len(again) > 10                           # later mentions say where
+    labels = [label for label, _ in arrays]
+    for want in ("saved x_used 8x8", "saved q 1x2x8x4", "saved k 1x2x8x4", "saved v 1x2x8x4", "saved att 1x2x8x8",
+                 "saved mean 8", "saved rstd 8"):
+        assert any(label.startswith(want) for label in labels), want
+    # the saved arrays are the forward's: Linear out_head's x is the final norm's output
+    from tinygrad_gpt.char_tokenizer import MICRO_SENTENCE
+    from tinygrad_gpt.data import one_batch
+    from tinygrad_gpt.tokenizer import tokenizer_for
+    cfg = tg.get_config("micro")
+    x, _ = one_batch(MICRO_SENTENCE * 10, tokenizer_for(cfg), 1, 8)
+    tg.manual_seed(123)
+    model = tg.GPTModel(cfg)
+    with tg.no_grad(), use("numpy"):
+        h = model.final_norm(model.trf_blocks(model.tok_emb(x) + model.pos_emb(np.arange(8))))
+    head_x = next(n for label, n in arrays if label.startswith("saved x_used 8x8"))   # step 2's, the first
+    np.testing.assert_allclose(head_x, h.data.ravel(), rtol=1e-3, atol=1e-6)

@@ -24,7 +24,7 @@ from ..cli import USAGE_ERROR, UsageError  # noqa: F401
 from ..data import DataError, load_text, one_batch
 from . import render_dot
 from .render_dot import write_dot
-from .render_text import MAX_PRINTED, Listing, chain_lines, totals
+from .render_text import MAX_PRINTED, Listing, chain_lines, fit, totals
 from .trace import chain, trace_backward
 from .worked import WORKED
 
@@ -385,7 +385,8 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
         if worked is not None and worked.lines_for(trace)[0] is None:
             print(f"  (--worked {args.worked}: no {args.worked} op was listed)", file=out)
         print("", file=out)
-        print("\n".join(totals(trace, model)), file=out)
+        closing = totals(trace, model)
+        print("\n".join(fit(closing, listing.width) if args.values else closing), file=out)
     if args.optimizer:                               # explain/optimizer.py: optimizer.step(), taught
         from ..optim import AdamW
         from .optimizer import optimizer_lines, optimizer_step, worked_adamw
