@@ -274,3 +274,59 @@ def test_values_prints_each_array_once_within_120_columns_with_the_forward_array
         h = model.final_norm(model.trf_blocks(model.tok_emb(x) + model.pos_emb(np.arange(8))))
     head_x = next(n for label, n in arrays if label.startswith("saved x_used 8x8"))   # step 2's, the first
     np.testing.assert_allclose(head_x, h.data.ravel(), rtol=1e-3, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- --worked for the fused ops and a broadcast Add
+def worked_block(out):
+    """The --worked lines, continuations joined (a line cut at the width goes on 4 columns deeper)."""
+    text = out.split("worked numbers:")[1].split("\n\n")[0]
+    joined = []
+    for line in text.splitlines()[1:]:               # under the title line (itself cut, maybe)
+        if not joined and not line.lstrip().startswith(("dx", "y", "dy", "out", "forward", "x")) \
+                and line.startswith(" " * 22):
+            continue                                 # the title's continuation
+        indent = len(line) - len(line.lstrip())
+        if joined and indent >= joined[-1][0] + 4:
+            joined[-1][1] += " " + line.strip()
+        else:
+            joined.append([indent, line.strip()])
+    return [t for _, t in joined]
+
+
+def vector(text):
+    return np.array([float(v) for v in text.strip("[]").split()])
+
+
+@pytest.mark.parametrize("op, listed, extra", [("GELU", "GELU", []), ("Linear", "Linear", []),
+                                               ("Embedding", "Embedding", []), ("Softmax", "Attention", []),
+                                               ("Add", "Add", ["--batch-size", "2"])])
+def test_worked_fused_ops_and_a_broadcast_add_end_with_the_difference_from_the_engine(op, listed, extra, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out = run_cli("--model", "micro", "--values", "--op", listed, "--worked", op, *extra)
+    assert code == 0, out
+    assert max(map(len, out.splitlines())) <= 120
+    lines = worked_block(out)
+    m = re.search(r"largest difference(?: from the engine:)? ([\d.e+-]+)\)?$", lines[-1])
+    assert m, lines[-1]
+    assert float(m.group(1)) < 1e-6
+    values = {}
+    for line in lines:
+        k = re.match(r"^(.+?) = (?:.* = )?(\[[-\d.e+ ]+\])", line)
+        if k:
+            values.setdefault(k.group(1), vector(k.group(2)))
+    if op == "Embedding":                            # dW[v] is the sum of the rows it was read at
+        rows = [v for name, v in values.items() if name.startswith("dout[")]
+        assert len(rows) >= 2
+        total = next(v for name, v in values.items() if name.startswith("dW["))
+        np.testing.assert_allclose(total, np.sum(rows, axis=0), rtol=1e-5, atol=1e-9)
+    if op == "Add":                                   # two copies (batch 2) summed
+        copies = [v for name, v in values.items() if name.startswith("dout[")]
+        assert len(copies) == 2
+        np.testing.assert_allclose(values["db[0]"], copies[0] + copies[1], rtol=1e-5, atol=1e-9)
+    if op == "GELU":
+        dy = next(v for name, v in values.items() if name.startswith("dy[0"))
+        np.testing.assert_allclose(values["dx"], dy * values["dy/dx"], rtol=1e-5, atol=1e-12)
+    if op == "Softmax":
+        y = next(v for name, v in values.items() if name.startswith("y = att") or name.startswith("y"))
+        dy = next(v for name, v in values.items() if name.startswith("dy"))
+        np.testing.assert_allclose(values["dx"], y * (dy - (dy * y).sum()), rtol=1e-4, atol=1e-10)
