@@ -10,6 +10,9 @@ from tinygrad_gpt import Function
 
 
 # ----------------------------------------------------------------------------- exercise 1: GELU
+# With t = tanh u and d tanh(u)/du = 1 - t^2, the product rule gives
+# dy/dx = 1/2 (1 + t) + 1/2 x (1 - t^2) du/dx, with du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+# (kernels/reference.py's gelu_backward is the same, in float32 discipline.)
 def gelu_backward(dy, x):
     # y = 0.5 x (1 + t), t = tanh(u), u = c (x + 0.044715 x^3): the product rule, then the chain rule
     c = np.sqrt(2 / np.pi)
@@ -19,6 +22,12 @@ def gelu_backward(dy, x):
 
 
 # ----------------------------------------------------------------------------- exercise 2: a broken Mul
+# With `return grad * b, grad * b`, input 0's gradient is right and input 1's is grad * b instead
+# of grad * a: wrong wherever a != b, i.e. every element here. Checked one input at a time,
+# gradcheck passes a and names b (input 1) and its worst element; the analytic value it prints is
+# R*b there, the numeric one R*a. A mistake that is right by coincidence (a = b, or a = 0 for a
+# forgotten term) escapes at that element, which is why gradcheck uses random inputs and a random
+# output direction R.
 class BrokenMul(Function):
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -30,6 +39,9 @@ class BrokenMul(Function):
 
 
 # ----------------------------------------------------------------------------- exercise 3: embedding
+# np.add.at adds for every occurrence of an index (an unbuffered scatter-add), which is what the
+# chain rule asks: row 1 was read three times, so its gradient is the sum of three rows of dout.
+# The engine's own embedding_backward (kernels/reference.py) does the same.
 def embedding_backward(dout, ids, num_embeddings):
     dW = np.zeros((num_embeddings, dout.shape[1]), dtype=dout.dtype)
     np.add.at(dW, ids, dout)                       # scatter-add: right for repeated ids
@@ -46,6 +58,11 @@ def layer_norm_forward(x, w, b, eps=1e-5):         # x: (N, C)  w, b: (C,)
     return xhat * w + b, mean, rstd
 
 
+# Bottom-up through the six lines. The two paths into xc (through xhat and through var) and the
+# two into x (direct and through mean) add up. The closed form: dvar's path gives
+# -xhat * mean(dxhat * xhat) * rstd, dmean's gives -mean(dxhat) * rstd (the var path contributes
+# nothing to dmean, since sum(xc) = 0 on every row), which is reference.py's
+# rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
 def layer_norm_backward(dy, x, w, mean, rstd):
     g = {}
     C = x.shape[1]
@@ -64,6 +81,9 @@ def layer_norm_backward(dy, x, w, mean, rstd):
 
 
 # ----------------------------------------------------------------------------- exercise 5: cross-entropy
+# dlogp = -onehot / N; dp = -onehot / (N p), non-zero only at the targets; then sum(dp * p) over a
+# row is -1/N, so dlogits = p * (dp + 1/N) = (p - onehot) / N: at the target
+# p * (-1/(N p) + 1/N) = (p - 1)/N, elsewhere p/N.
 def softmax_cross_entropy_backward(p, t):
     g = {}
     N = len(t)
@@ -75,6 +95,9 @@ def softmax_cross_entropy_backward(p, t):
 
 
 # ----------------------------------------------------------------------------- exercise 6: attention
+# Three lines up, the softmax step being exercise 5's; the scale 1/sqrt(D) multiplies both dq and
+# dk (s is linear in each). Row 0 of dq is exactly zero: att[0, 0] = 1 whatever the score, so
+# ds[0, 0] = 1 * (datt[0, 0] - datt[0, 0] * 1) = 0.
 def attention_backward(dout, q, k, v, att):
     g = {}
     D = q.shape[1]

@@ -330,3 +330,30 @@ def test_worked_fused_ops_and_a_broadcast_add_end_with_the_difference_from_the_e
         y = next(v for name, v in values.items() if name.startswith("y = att") or name.startswith("y"))
         dy = next(v for name, v in values.items() if name.startswith("dy"))
         np.testing.assert_allclose(values["dx"], y * (dy - (dy * y).sum()), rtol=1e-4, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- cmp: how an answer is off
+def test_cmp_names_a_constant_factor_a_transpose_a_sign_and_a_missing_sum():
+    from tinygrad_gpt.gradcheck import cmp
+    rng = np.random.default_rng(0)
+    engine = rng.standard_normal((4, 3))
+    square = rng.standard_normal((3, 3))
+
+    def said(mine, eng):
+        out = io.StringIO()
+        ok = cmp("g", mine, eng, file=out)
+        return ok, out.getvalue()
+    ok, text = said(engine / np.sqrt(8), engine)          # a 1/sqrt(D) too many
+    assert not ok and "yours is 0.353553 x the engine's everywhere" in text and "1/ratio = 2.82843" in text
+    ok, text = said(engine.T, engine)
+    assert not ok and "it is the engine's transposed" in text
+    ok, text = said(square.T, square)
+    assert not ok and "yours is the engine's transposed" in text
+    ok, text = said(-engine, engine)
+    assert not ok and "yours is -1 x the engine's" in text
+    ok, text = said(engine, engine.sum(0))               # unbroadcast forgotten
+    assert not ok and "summed over the broadcast axes it would match" in text
+    ok, text = said(engine + 1e-3 * rng.standard_normal((4, 3)), engine)   # just wrong: no hint
+    assert not ok and text.count("\n") == 1
+    ok, text = said(engine.copy(), engine)
+    assert ok and text == "g        | exact: True  | approximate: True  | maxdiff: 0.0e+00\n"
