@@ -357,3 +357,14 @@ def test_cmp_names_a_constant_factor_a_transpose_a_sign_and_a_missing_sum():
     assert not ok and text.count("\n") == 1
     ok, text = said(engine.copy(), engine)
     assert ok and text == "g        | exact: True  | approximate: True  | maxdiff: 0.0e+00\n"
+
+
+def test_the_backward_page_picture_shows_the_code_as_it_is():
+    """docs/backward_html.png shows Linear's backward as file:line in its side panel; the picture
+    records that text (docs/make_backward_html_png.py writes it), and it must still be true."""
+    from PIL import Image
+
+    from tinygrad_gpt.explain.trace import source_location
+    shown = Image.open(REPO / "docs" / "backward_html.png").text.get("backward code")
+    assert shown == source_location(F.Linear.backward), \
+        f"docs/backward_html.png shows {shown}: rerun python docs/make_backward_html_png.py"

@@ -1,10 +1,14 @@
 """The explain command: parse the flags, take one batch of text, trace, print, draw.
 
 --values prints the arrays (meant for --model micro, where every gradient fits on a few
-lines; rows at the terminal's width under their column indices), --op / --module list only
-some ops, --worked OP works one row of an op's backward by hand (worked.py), --break MODE
-compares a correct backward with a sabotaged one (sabotage.py), --step pauses after each op until Enter (q stops backward there), --html writes the
-graph as one page (render_html.py), with the values and the --param chain when given.
+lines; rows at the terminal's width under their column indices; what forward saved for each
+backward; each array once), --op / --module list only some ops, --worked OP works one row of
+an op's backward by hand (worked.py), --optimizer runs one AdamW step after it and shows each
+parameter's (optimizer.py; --worked AdamW: one weight's), --break MODE compares a correct
+backward with a sabotaged one (sabotage.py), --use-op FILE.py:CLASS puts the learner's own op in
+the model and compares, then trains (use_op.py), --step pauses after each op until Enter (q
+stops backward there), --html writes the graph as one page (render_html.py), with the values
+and the --param chain when given.
 --finetune classifier and --lora RANK trace the book's finetuned models (chapter 6, appendix
 E; finetune.as_classifier and finetune.add_lora): which parameters receive gradients, and
 that none is computed for the frozen ones.
@@ -134,6 +138,8 @@ def check_args(args):
         raise UsageError(f"--drop-rate {args.drop_rate} must be in [0, 1)")
     if args.lora is not None and args.lora < 1:
         raise UsageError(f"--lora RANK must be at least 1, got {args.lora}")
+    if args.book and (args.optimizer or args.worked == "AdamW"):
+        raise UsageError("--optimizer runs on this package's own models: leave out --book")
     if args.book and (args.finetune or args.lora is not None):
         raise UsageError("--book traces the book's chapter-4 model as it is: leave out --finetune and --lora")
     if args.worked == "AdamW":
