@@ -231,8 +231,11 @@ def run(args, file=None, stdin=None):
 
     with use(args.kernels):                          # in-process callers (tests) keep theirs
         if args.use_op is not None:                  # explain/use_op.py: the learner's op in the model
-            from .use_op import report_use_op
-            return report_use_op(args, out, cfg, x, y, description)
+            from .use_op import UseOpError, report_use_op
+            try:
+                return report_use_op(args, out, cfg, x, y, description)
+            except UseOpError as e:
+                raise UsageError(str(e)) from None
         if args.break_mode is not None:              # explain/sabotage.py: two backwards compared
             from .sabotage import report_break
             print(description, file=out)

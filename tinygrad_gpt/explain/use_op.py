@@ -26,17 +26,20 @@ import numpy as np
 from .. import functional as F
 from ..gradcheck import GradcheckError, gradcheck
 from ..tensor import Function, Tensor, register_forward_hook
-from .cli import UsageError
+
+
+class UseOpError(ValueError):
+    """What is wrong with --use-op's file, class or run, in one line (the command prints it, exit 2)."""
 
 
 def load_op(spec):
-    """FILE.py:CLASS -> the class, or a UsageError saying what is wrong with it."""
+    """FILE.py:CLASS -> the class, or a UseOpError saying what is wrong with it."""
     path, sep, name = spec.rpartition(":")
     if not sep or not path or not name:
-        raise UsageError(f"--use-op {spec}: expected FILE.py:CLASS, e.g. examples/walkthrough_solutions.py:LayerNorm")
+        raise UseOpError(f"--use-op {spec}: expected FILE.py:CLASS, e.g. examples/walkthrough_solutions.py:LayerNorm")
     file = Path(path)
     if not file.is_file():
-        raise UsageError(f"--use-op {spec}: no file {path}")
+        raise UseOpError(f"--use-op {spec}: no file {path}")
     module_spec = importlib.util.spec_from_file_location(f"_use_op_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_spec.name] = module           # inspect finds its source (file:line of a backward)
@@ -44,15 +47,15 @@ def load_op(spec):
         module_spec.loader.exec_module(module)
     except Exception as e:                           # the learner's file: say where it broke, in one line
         del sys.modules[module_spec.name]
-        raise UsageError(f"--use-op {spec}: running {path} raised {type(e).__name__}: {e}") from None
+        raise UseOpError(f"--use-op {spec}: running {path} raised {type(e).__name__}: {e}") from None
     cls = getattr(module, name, None)
     if cls is None:
         found = [n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, Function) and v is not Function]
-        raise UsageError(f"--use-op {spec}: {path} has no {name}" + (f"; it has {', '.join(found)}" if found else ""))
+        raise UseOpError(f"--use-op {spec}: {path} has no {name}" + (f"; it has {', '.join(found)}" if found else ""))
     if not (inspect.isclass(cls) and issubclass(cls, Function)):
-        raise UsageError(f"--use-op {spec}: {name} is not a subclass of tinygrad_gpt.Function")
+        raise UseOpError(f"--use-op {spec}: {name} is not a subclass of tinygrad_gpt.Function")
     if cls.__name__ not in F.REPLACEABLE:
-        raise UsageError(f"--use-op {spec}: the class is named {cls.__name__}; name it after the engine op it "
+        raise UseOpError(f"--use-op {spec}: the class is named {cls.__name__}; name it after the engine op it "
                          f"replaces: {', '.join(F.REPLACEABLE)}")
     return cls
 
@@ -129,10 +132,10 @@ def report_use_op(args, out, cfg, x, y, description):
         with F.use_op(mine), kept_inputs(mine, seen):
             yours = trace_backward(model, x, y, keep_values=keep)
     except Exception as e:
-        raise UsageError(f"--use-op {args.use_op}: the model's forward or backward with your "
+        raise UseOpError(f"--use-op {args.use_op}: the model's forward or backward with your "
                          f"{mine.__name__} raised {type(e).__name__}: {e}") from None
     if not seen:
-        raise UsageError(f"--use-op {args.use_op}: the {args.model} model ran no {mine.__name__}")
+        raise UseOpError(f"--use-op {args.use_op}: the {args.model} model ran no {mine.__name__}")
     print(f"forward: loss {clean.loss:.7f} with the engine's {mine.__name__}, {yours.loss:.7f} with yours "
           f"(difference {abs(clean.loss - yours.loss):.2g})", file=out)
     print("\nbackward twice, op by op in the order it runs: the norm of each gradient with yours divided by "
@@ -140,7 +143,7 @@ def report_use_op(args, out, cfg, x, y, description):
     try:
         rows, first = compare(clean, yours)
     except RuntimeError as e:
-        raise UsageError(f"--use-op {args.use_op}: {e}") from None
+        raise UseOpError(f"--use-op {args.use_op}: {e}") from None
     width = max(18, max(len(c.module or "-") for c, *_ in rows) + 2)
     print("\n".join(comparison_lines(rows, first, width)).replace("the sabotaged run", "your run")
           .replace("in the correct one", "in the engine's"), file=out)
