@@ -144,9 +144,9 @@ def check_args(args):
         raise UsageError("--book traces the book's chapter-4 model as it is: leave out --finetune and --lora")
     if args.worked == "AdamW":
         args = argparse.Namespace(**{**vars(args), "optimizer": True})
-    if args.lr is None:
+    if args.lr is None and (args.optimizer or args.train_steps):     # else unused, and left as given
         args = argparse.Namespace(**{**vars(args), "lr": 1e-2 if args.train_steps else 4e-4})
-    if args.lr < 0 or args.weight_decay < 0:
+    if (args.lr is not None and args.lr < 0) or args.weight_decay < 0:
         raise UsageError(f"--lr {args.lr} and --weight-decay {args.weight_decay} must be at least 0")
     if args.train_steps is not None and args.use_op is None:
         raise UsageError("--train-steps trains with your op beside the engine's: give --use-op FILE.py:CLASS")
