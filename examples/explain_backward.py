@@ -7,6 +7,8 @@
     python examples/explain_backward.py --book            # the book's own llms_from_scratch.ch04.GPTModel
     python examples/explain_backward.py --model micro --break layernorm-mean   # find a sabotaged backward
     python examples/explain_backward.py --model micro --values --op LayerNorm --worked LayerNorm
+    python examples/explain_backward.py --model micro --optimizer --worked AdamW   # optimizer.step(), by hand
+    python examples/explain_backward.py --model micro --use-op examples/walkthrough_solutions.py:LayerNorm --train-steps 20
     python examples/explain_backward.py --help
 """
 import sys

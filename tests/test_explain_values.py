@@ -266,7 +266,7 @@ def test_values_rows_fit_the_terminal_and_carry_column_indices(micro, monkeypatc
     np.testing.assert_allclose(printed_array(lines, k + 1), trace.ops[0].inputs[0].grad.ravel(), rtol=1e-3, atol=1e-9)
     head = [line.split("|")[1].split() for line in lines[k + 1:k + 4] if re.match(r"^\s+row \|", line)]
     if columns == 80:
-        assert "columns 0-3 of 17:" in lines[k + 1] and head[0] == ["0", "1", "2", "3"]   # 4 fit in 80
+        assert "columns 0-4 of 17:" in lines[k + 1] and head[0] == ["0", "1", "2", "3", "4"]   # 5 fit in 80
     else:
         assert head[0] == [str(j) for j in range(17)]                        # one row, whole
     # the 32-wide feed-forward rows
@@ -296,8 +296,13 @@ def test_adds_inputs_are_named_by_what_they_carry_and_attentions_by_q_k_v():
 # ----------------------------------------------------------------------------- --worked: one row, checkable by hand
 def worked_values(out):
     """{name: numbers} from the --worked lines: `name = [a b c]` or `name = a`."""
-    found = {}
-    for line in out.splitlines():
+    found, lines = {}, []
+    for line in out.splitlines():                    # a vector cut at the width goes on under it: join
+        if lines and re.match(r"^\s+[-\d]", line) and "|" not in line and "=" not in line:
+            lines[-1] += " " + line.strip()
+        else:
+            lines.append(line)
+    for line in lines:
         m = re.match(r"^\s+(.+?) = (?:.* = )?(\[[-\d.e+ ]+\]|-?[\d.e+-]+)(?:\s.*)?$", line)
         if m:
             found.setdefault(m.group(1).strip(), np.array([float(v) for v in m.group(2).strip("[]").split()]))

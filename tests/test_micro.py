@@ -132,3 +132,22 @@ def test_the_final_model_of_a_micro_run_generates_with_the_command_it_prints(iso
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out.startswith("Every effort moves you onward."), out
+
+
+def test_pretrain_micro_says_which_tokens_seen_its_two_closing_lines_count(isolated_runtime, capsys):
+    """The book tracks tokens at each evaluation; the run goes on after the last one. The final
+    losses' line names the evaluation's count and the total, and the summary's total is that total
+    (it printed 'tokens seen 7552' and then 'Summary: 7,680 tokens', with nothing to tell them apart)."""
+    import re
+    code = pretrain.main(["--model", "micro", "--epochs", "2", "--no-plot", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    m = re.search(r"^final train loss [\d.]+, final val loss [\d.]+ \(at the last evaluation, ([\d,]+) tokens seen"
+                  r"(?:; training went on to ([\d,]+))?\)$", out, re.M)
+    assert m, out
+    at_eval = int(m.group(1).replace(",", ""))
+    total = int((m.group(2) or m.group(1)).replace(",", ""))
+    summary = int(re.search(r"^Summary: [\d,]+ parameters, \d+ steps, ([\d,]+) tokens", out, re.M).group(1).replace(",", ""))
+    assert summary == total and at_eval <= total
+    steps = int(re.search(r"^Summary: [\d,]+ parameters, (\d+) steps", out, re.M).group(1))
+    assert total == steps * 2 * 8          # every step: batch 2 (the default) x context 8

@@ -91,3 +91,62 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6, seed=0, raise_exceptio
 def max_gradcheck_error(fn, inputs, eps=1e-6, seed=0):
     """The worst |analytic - numeric| over all checked elements (for tests to print)."""
     return max(float(np.abs(a - n).max(initial=0.0)) for _, a, n in compare_gradients(fn, inputs, eps, seed))
+
+
+def cmp(name, mine, engine, file=None):
+    """Karpathy's cmp for the notebooks: one line `name | exact: . | approximate: . | maxdiff: .`
+    (bit-for-bit equal; equal to float64 rounding, rtol 1e-9, atol 1e-12; the largest difference)
+    and, when they differ, what the difference looks like: a constant multiple of the engine's
+    array (the ratio printed: a forgotten 1/N or 1/sqrt(D) shows as 0.125 or 2), its transpose,
+    or the engine's summed over axes your array kept (a missing unbroadcast). Returns whether
+    they agree. `mine` None prints "not yet"."""
+    import sys
+    out = sys.stdout if file is None else file
+    if mine is None:
+        print(f"{name:8s} | not yet", file=out)
+        return False
+    mine, engine = np.asarray(mine, dtype=np.float64), np.asarray(engine, dtype=np.float64)
+    if mine.shape != engine.shape:
+        hint = ""
+        if mine.ndim == 2 and mine.T.shape == engine.shape and np.allclose(mine.T, engine, rtol=1e-9, atol=1e-12):
+            hint = ": it is the engine's transposed (mine.T matches)"
+        elif mine.size > engine.size and _summed_to(mine, engine.shape) is not None \
+                and np.allclose(_summed_to(mine, engine.shape), engine, rtol=1e-9, atol=1e-12):
+            hint = ": summed over the broadcast axes it would match (the adjoint of broadcast is sum)"
+        print(f"{name:8s} | shape {mine.shape}, the engine's is {engine.shape}{hint}", file=out)
+        return False
+    exact = bool(np.array_equal(mine, engine))
+    approx = bool(np.allclose(mine, engine, rtol=1e-9, atol=1e-12))
+    print(f"{name:8s} | exact: {str(exact):5s} | approximate: {str(approx):5s} | "
+          f"maxdiff: {np.abs(mine - engine).max(initial=0.0):.1e}", file=out)
+    if not approx:
+        why = _how_it_differs(mine, engine)
+        if why:
+            print(f"{'':8s} | {why}", file=out)
+    return approx
+
+
+def _summed_to(a, shape):
+    """a summed over leading axes and the axes where shape has 1, to shape; None if it cannot be."""
+    extra = a.ndim - len(shape)
+    if extra < 0:
+        return None
+    s = a.sum(axis=tuple(range(extra))) if extra else a
+    if any(n != 1 and n != m for n, m in zip(shape, s.shape)):
+        return None
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and s.shape[i] != 1)
+    return s.sum(axis=axes, keepdims=True) if axes else s
+
+
+def _how_it_differs(mine, engine):
+    """'yours is 0.5 x the engine's' / 'the engine's transposed' / None."""
+    scale = float(np.dot(engine.ravel(), engine.ravel()))
+    if scale > 0 and np.any(mine):
+        ratio = float(np.dot(mine.ravel(), engine.ravel())) / scale
+        if ratio != 0 and np.allclose(mine, ratio * engine, rtol=1e-6, atol=1e-12):
+            return f"yours is {ratio:.6g} x the engine's everywhere: a constant factor is off (1/ratio = {1 / ratio:.6g})"
+    if mine.ndim == 2 and mine.shape[0] == mine.shape[1] and np.allclose(mine.T, engine, rtol=1e-9, atol=1e-12):
+        return "yours is the engine's transposed"
+    if np.allclose(mine, -engine, rtol=1e-9, atol=1e-12):
+        return "yours is the engine's with the sign flipped"
+    return None

@@ -138,7 +138,8 @@ class Function:
 # ----------------------------------------------------------------------------- the graph walk
 def topological_order(root: "Tensor") -> list:
     """Every tensor that `root` depends on and that needs a gradient, inputs before outputs.
-    An explicit stack instead of recursion: a 12-layer GPT graph has thousands of nodes."""
+    An explicit stack instead of recursion, by choice: a 12-layer GPT-2 graph is 432 tensors
+    with a longest chain of 198 ops, which a recursive sort would also manage (test_teaching.py)."""
     order, visited = [], set()
     stack = [(root, False)]
     while stack:

@@ -1,6 +1,7 @@
 """The book's chapter-5 training loop and its helpers, under the book's names.
 
-`train_model_simple` is the book's loop line for line. `train_model` is the same loop with
+`train_model_simple` has the book's signature and returns what the book's returns; it calls
+`train_model` with everything extra off. `train_model` is the book's loop with
 what a long CPU run needs on top (all off by default): a learning-rate schedule, gradient
 clipping and accumulation, a live progress line, callbacks for checkpoints, and a
 `TrainState` (checkpoint.py's) that lets a run stop and resume exactly where it was.

@@ -14,7 +14,9 @@ gradients are added into the inputs, is where each line is printed. Nothing is p
 
 This package owns the explain command; trace.py records a Trace (the data), render_text.py
 and render_dot.py draw it, book.py traces the book's own GPTModel, cli.py is the command.
-Other renderers go beside them.
+Other renderers go beside them. Beside the trace, the teaching tools: worked.py (one row of a
+backward by hand), optimizer.py (one AdamW step, by hand), sabotage.py (--break) and use_op.py
+(the learner's own op in the model, functional.use_op).
 """
 import shutil  # noqa: F401  (tests replace shutil.which to act as if Graphviz were missing)
 

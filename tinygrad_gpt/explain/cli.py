@@ -1,10 +1,14 @@
 """The explain command: parse the flags, take one batch of text, trace, print, draw.
 
 --values prints the arrays (meant for --model micro, where every gradient fits on a few
-lines; rows at the terminal's width under their column indices), --op / --module list only
-some ops, --worked OP works one row of an op's backward by hand (worked.py), --break MODE
-compares a correct backward with a sabotaged one (sabotage.py), --step pauses after each op until Enter (q stops backward there), --html writes the
-graph as one page (render_html.py), with the values and the --param chain when given.
+lines; rows at the terminal's width under their column indices; what forward saved for each
+backward; each array once), --op / --module list only some ops, --worked OP works one row of
+an op's backward by hand (worked.py), --optimizer runs one AdamW step after it and shows each
+parameter's (optimizer.py; --worked AdamW: one weight's), --break MODE compares a correct
+backward with a sabotaged one (sabotage.py), --use-op FILE.py:CLASS puts the learner's own op in
+the model and compares, then trains (use_op.py), --step pauses after each op until Enter (q
+stops backward there), --html writes the graph as one page (render_html.py), with the values
+and the --param chain when given.
 --finetune classifier and --lora RANK trace the book's finetuned models (chapter 6, appendix
 E; finetune.as_classifier and finetune.add_lora): which parameters receive gradients, and
 that none is computed for the frozen ones.
@@ -24,13 +28,24 @@ from ..cli import USAGE_ERROR, UsageError  # noqa: F401
 from ..data import DataError, load_text, one_batch
 from . import render_dot
 from .render_dot import write_dot
-from .render_text import MAX_PRINTED, Listing, chain_lines, totals
+from .render_text import MAX_PRINTED, Listing, chain_lines, fit, totals
 from .trace import chain, trace_backward
+from .worked import WORKED
 
 DESCRIPTION = "Watch backpropagation run: every op of one backward pass through GPT-2, as it happens."
 
 
 # ----------------------------------------------------------------------------- the command line
+def _drop_rates():
+    """'0.1; micro: 0.0': each config's dropout, the usual one first, the others by name."""
+    from collections import Counter
+
+    from ..model import CONFIGS
+    rates = {name: cfg["drop_rate"] for name, cfg in CONFIGS.items()}
+    usual = Counter(rates.values()).most_common(1)[0][0]
+    return "; ".join([f"{usual}"] + [f"{name}: {r}" for name, r in rates.items() if r != usual])
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="explain_backward.py", description=DESCRIPTION)
     p.add_argument("--model", default="tiny",
@@ -41,7 +56,7 @@ def build_parser():
     p.add_argument("--data", default=None,
                    help="a UTF-8 text file (default: the-verdict.txt if cached, else the bundled sample; "
                         "micro: its own sentence)")
-    p.add_argument("--drop-rate", type=float, default=None, help="dropout (default: the config's, 0.1)")
+    p.add_argument("--drop-rate", type=float, default=None, help=f"dropout (default: the model's own, {_drop_rates()})")
     p.add_argument("--seed", type=int, default=123, help="initialisation and dropout seed (default: 123)")
     p.add_argument("--kernels", choices=["numpy", "numba"], default="numpy",
                    help="kernel backend (default: numpy, kernels/reference.py: the readable one)")
@@ -54,9 +69,25 @@ def build_parser():
                    help="list only the ops of this kind (LayerNorm, Attention, Linear, ...); the totals count all")
     p.add_argument("--module", default=None, metavar="NAME",
                    help="list only the ops made in this module or inside it (final_norm, trf_blocks.0.att, ...)")
-    p.add_argument("--worked", default=None, metavar="OP", choices=["LayerNorm", "CrossEntropy", "Attention"],
-                   help="with --values (or --html: in the op's side panel): the first such op's backward formula (docs/backward.md) with row 0's "
-                        "numbers substituted, to check on a calculator (LayerNorm, CrossEntropy, Attention)")
+    p.add_argument("--worked", default=None, metavar="OP", choices=list(WORKED) + ["AdamW"],
+                   help="with --values (or --html: in the op's side panel): the first such op's backward formula "
+                        "(docs/backward.md) with one row's numbers substituted, to check on a calculator "
+                        f"({', '.join(WORKED)}); AdamW: one weight's optimizer step (implies --optimizer)")
+    p.add_argument("--optimizer", action="store_true",
+                   help="after backward, one AdamW step (optim.AdamW): per parameter g, m, v, m̂, v̂ and the update, "
+                        "checked against kernels/reference.py's adamw_step (with --values: every element)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="--optimizer's learning rate (default: the book's 0.0004; with --train-steps, the "
+                        "notebook's 0.01)")
+    p.add_argument("--weight-decay", type=float, default=0.1,
+                   help="--optimizer's weight decay (default: the book's 0.1)")
+    p.add_argument("--use-op", default=None, metavar="FILE.py:CLASS",
+                   help="your own Function subclass, named after the engine op it replaces (LayerNorm, GELU, "
+                        "Softmax, ...), in the model in its place: compared op by op with the engine's (first "
+                        "departure, gradcheck of that op); with --train-steps N, micro trained N steps with it "
+                        "beside the engine's own run")
+    p.add_argument("--train-steps", type=int, default=None, metavar="N",
+                   help="with --use-op: train N AdamW steps with your op and with the engine's, both loss curves")
     p.add_argument("--step", action="store_true",
                    help="pause after each op of backward: Enter goes on, q stops")
     p.add_argument("--html", default=None, metavar="FILE",
@@ -107,16 +138,38 @@ def check_args(args):
         raise UsageError(f"--drop-rate {args.drop_rate} must be in [0, 1)")
     if args.lora is not None and args.lora < 1:
         raise UsageError(f"--lora RANK must be at least 1, got {args.lora}")
+    if args.book and (args.optimizer or args.worked == "AdamW"):
+        raise UsageError("--optimizer runs on this package's own models: leave out --book")
     if args.book and (args.finetune or args.lora is not None):
         raise UsageError("--book traces the book's chapter-4 model as it is: leave out --finetune and --lora")
-    if args.worked is not None and not (args.values or args.html):
+    if args.worked == "AdamW":
+        args = argparse.Namespace(**{**vars(args), "optimizer": True})
+    if args.lr is None and (args.optimizer or args.train_steps):     # else unused, and left as given
+        args = argparse.Namespace(**{**vars(args), "lr": 1e-2 if args.train_steps else 4e-4})
+    if (args.lr is not None and args.lr < 0) or args.weight_decay < 0:
+        raise UsageError(f"--lr {args.lr} and --weight-decay {args.weight_decay} must be at least 0")
+    if args.train_steps is not None and args.use_op is None:
+        raise UsageError("--train-steps trains with your op beside the engine's: give --use-op FILE.py:CLASS")
+    if args.train_steps is not None and args.train_steps < 1:
+        raise UsageError(f"--train-steps {args.train_steps} must be at least 1")
+    if args.use_op is not None:
+        if args.book or args.values or args.step or args.html or args.dot or args.param or args.op \
+                or args.module or args.finetune or args.lora is not None or args.break_mode is not None \
+                or args.optimizer or args.worked:
+            raise UsageError("--use-op takes --model, --context-length, --batch-size, --data, --seed, --kernels, "
+                             "--lr and --train-steps only")
+        if args.drop_rate:
+            raise UsageError("--use-op runs without dropout (both runs must see the same forward): "
+                             "leave out --drop-rate")
+        args = argparse.Namespace(**{**vars(args), "drop_rate": 0.0})
+    if args.worked not in (None, "AdamW") and not (args.values or args.html):
         raise UsageError("--worked works with --values or --html (it shows one row of the op's arrays): add --values")
     if args.break_mode is not None:
         if args.drop_rate:
             raise UsageError("--break runs without dropout (both backwards must see the same forward): "
                              "leave out --drop-rate")
         if args.book or args.values or args.step or args.html or args.dot or args.param or args.op or args.module \
-                or args.finetune or args.lora is not None:
+                or args.finetune or args.lora is not None or args.optimizer:
             raise UsageError("--break takes --model, --context-length, --batch-size, --data, --seed and "
                              "--kernels only")
         args = argparse.Namespace(**{**vars(args), "drop_rate": 0.0})
@@ -183,6 +236,12 @@ def run(args, file=None, stdin=None):
                          f"follow a trainable one, e.g. {trainable[0]}")
 
     with use(args.kernels):                          # in-process callers (tests) keep theirs
+        if args.use_op is not None:                  # explain/use_op.py: the learner's op in the model
+            from .use_op import UseOpError, report_use_op
+            try:
+                return report_use_op(args, out, cfg, x, y, description)
+            except UseOpError as e:
+                raise UsageError(str(e)) from None
         if args.break_mode is not None:              # explain/sabotage.py: two backwards compared
             from .sabotage import report_break
             print(description, file=out)
@@ -298,7 +357,7 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
     listing = Listing(model, depth=args.depth, file=out, values=args.values,
                       pause=pauser(out, stdin) if args.step else None, op=args.op, module=args.module)
     worked, recording = None, contextlib.nullcontext()
-    if args.worked is not None:                      # explain/worked.py: one row's numbers in the formula
+    if args.worked not in (None, "AdamW"):                      # explain/worked.py: one row's numbers in the formula
         from .worked import Worked
         worked = Worked(args.worked, listing.shown)
         recording = worked.recording()
@@ -341,7 +400,18 @@ def report(args, out, model, cfg, description, tokenizer, x, y, stdin=None):
         if worked is not None and worked.lines_for(trace)[0] is None:
             print(f"  (--worked {args.worked}: no {args.worked} op was listed)", file=out)
         print("", file=out)
-        print("\n".join(totals(trace, model)), file=out)
+        closing = totals(trace, model)
+        print("\n".join(fit(closing, listing.width) if args.values else closing), file=out)
+    if args.optimizer:                               # explain/optimizer.py: optimizer.step(), taught
+        from ..optim import AdamW
+        from .optimizer import optimizer_lines, optimizer_step, worked_adamw
+        opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay)
+        steps = optimizer_step(model, opt)
+        print("", file=out)
+        print("\n".join(optimizer_lines(steps, opt, values=args.values, width=listing.width)), file=out)
+        if args.worked == "AdamW":
+            print("", file=out)
+            print("\n".join(worked_adamw(steps, opt)), file=out)
     if args.dot:
         title = (f"backward through GPT-2 {args.model}: loss {trace.loss:.4f}, {len(trace.ops)} ops, "
                  f"{model.num_parameters():,} parameters")

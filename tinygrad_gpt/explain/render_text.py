@@ -108,6 +108,23 @@ def array_lines(a, norm, shape, indent, width=None, axis_names=None):
     return lines
 
 
+def fit(lines, width):
+    """Lines cut at `width` columns between words, each continuation indented under its line's
+    text (4 more); lines that fit are left as they are (an array's rows are cut by array_lines)."""
+    out = []
+    for line in lines:
+        if len(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()) + 4)
+        if re.match(r"^ *\d+  [A-Z]\w* ", line):       # an op's row: its inputs continue under the inputs column
+            column = len(line) - len(line.split("  ")[-1])
+            indent = " " * column if column < width - 30 else indent
+        out += textwrap.wrap(line, width=width, subsequent_indent=indent, break_long_words=False,
+                             break_on_hyphens=False) or [line]
+    return out
+
+
 def carries(op, i):
     """What an input carries, for an Add (the residual stream, a branch's output, the token or
     positional embeddings): None for other ops, whose arguments' names say it (q, k, v; x, w, b)."""
@@ -143,11 +160,12 @@ class Listing:
         self.width = terminal_width(file) if width is None else width
         self.worked = worked              # callable(op) -> [lines] or None (explain/worked.py), or None
         self.listed = 0
+        self.printed = {}                 # --values: the bytes of each array printed -> (where, its shape)
         self.module_width = max(18, max(len(n) for n, _ in model.named_modules()) + 2)
 
     def header(self):
         return (f"{'step':>5}  {'op':13s} {'module':{self.module_width}s} {'backward code':31s} "
-                f"inputs: shape (norm of the gradient it gets back, same shape)")
+                f"inputs: shape (norm of its gradient)")
 
     @staticmethod
     def input_text(i):
@@ -185,17 +203,40 @@ class Listing:
                 return False
         return True
 
+    def _array(self, label, a, norm, shape, where, pad, axes=None):
+        """`label:` and the array under it, or, when the same numbers were printed before, `label:
+        as printed at ...` (each array once); `where` names this one for later mentions."""
+        key = None
+        if a is not None and np.size(a) <= MAX_PRINTED:
+            key = np.ascontiguousarray(a, dtype=np.float64).tobytes()   # the numbers, in order
+        if key is not None and key in self.printed:
+            first, first_shape = self.printed[key]
+            again = f", there {_dims(first_shape)}" if tuple(first_shape) != tuple(shape) else ""
+            return [f"{label}:", f"{pad}  the same numbers as printed at {first}{again}"]
+        if key is not None:
+            self.printed[key] = (where, tuple(shape))
+        return [f"{label}:"] + array_lines(a, norm, shape, pad + "  ", self.width, axes)
+
     def value_lines(self, op):
-        pad = " " * 21
+        pad = " " * 18                               # under the op's name: a label and its array fit in 120
         if len(op.contributions) > 1:
             origin = f" (the sum of the {len(op.contributions)} contributions above)"
         elif op.contributions:
             origin = f" (what step {op.contributions[0].step} returned for it)"
         else:
             origin = " (dL/dL = 1: backward starts here)"
-        lines = [f"{pad}received dL/d(output) {_dims(op.out_shape)}{origin}:"]
         axes = ("batch", "head", "pos") if op.name == "Attention" else None   # (B, H, T, D): rows by head, position
-        lines += array_lines(op.out_grad, op.out_grad_norm, op.out_shape, pad + "  ", self.width, axes)
+        lines = self._array(f"{pad}received dL/d(output) {_dims(op.out_shape)}{origin}", op.out_grad,
+                            op.out_grad_norm, op.out_shape, f"step {op.step} (received)", pad, axes)
+        for sv in op.saved:                          # what forward saved and this backward reads
+            value, shape = sv.value, sv.shape
+            if value is not None and value.ndim >= 2 and value.shape[-1] == 1:   # mean, rstd: one per row
+                value, shape = value[..., 0], sv.shape[:-1]
+            norm = float(np.linalg.norm(value)) if value is not None else 0.0
+            what = f"the weight {sv.param}" if sv.param is not None else "forward kept it for backward"
+            lines += self._array(f"{pad}saved {sv.name} {_dims(sv.shape)} ({what})",
+                                 value, norm, shape, f"step {op.step} (saved {sv.param or sv.name})", pad,
+                                 axes if len(shape) == 4 else None)
         for i in op.inputs:
             if i.grad_shape is None:
                 continue
@@ -203,8 +244,9 @@ class Listing:
             summed = f", returned {_dims(i.grad_shape)} and summed" if i.grad_shape != tuple(i.shape) else ""
             carried = carries(op, i)
             carried = f", {what} = {carried}" if carried else ""
-            lines.append(f"{pad}returned dL/d{what if len(what) == 1 else '(' + what + ')'} {_dims(i.shape)}{summed}{carried}:")
-            lines += array_lines(i.grad, i.grad_norm, i.shape, pad + "  ", self.width, axes)
+            name = what if len(what) == 1 else "(" + what + ")"
+            lines += self._array(f"{pad}returned dL/d{name} {_dims(i.shape)}{summed}{carried}", i.grad,
+                                 i.grad_norm, i.shape, f"step {op.step} (dL/d{name})", pad, axes)
             if op.name == "Attention" and i.arg == "q" and i.grad is not None and len(i.shape) == 4 \
                     and i.shape[-2] > 1 and not np.any(np.asarray(i.grad)[..., 0, :]):
                 lines += textwrap.wrap("dq's row 0 is zero in every head: position 0 attends to itself alone, its "
@@ -221,7 +263,8 @@ class Listing:
         if not self.shown(op):
             return
         self.listed += 1
-        print("\n".join(self.op_lines(op)), file=self.file, flush=True)
+        lines = self.op_lines(op)
+        print("\n".join(fit(lines, self.width) if self.values else lines), file=self.file, flush=True)
         if self.pause is not None:
             self.pause(op)
 

@@ -72,10 +72,20 @@ class Op:
     backward_at: str          # file:line of its backward code
     out_grad: np.ndarray = None   # dL/d(its output) itself (kept with keep_values, when small)
     contributions: list = field(default_factory=list)   # [Contribution] summed into dL/d(its output)
+    saved: list = field(default_factory=list)   # [Saved]: what forward saved for this backward (keep_values)
 
     def params(self):
         """Names of the parameters this op hands a gradient to."""
         return [i.param for i in self.inputs if i.param is not None and i.grad_shape is not None]
+
+
+@dataclass
+class Saved:
+    """One array an op's forward saved for its backward (ctx.saved), named as forward names it."""
+    name: str                 # "x2", "mean", "rstd", "att", ... (forward's save_for_backward arguments)
+    shape: tuple
+    value: np.ndarray = None  # a copy (kept with keep_values, when small)
+    param: str = None         # the parameter whose value it is, when it is one (a weight)
 
 
 @dataclass
@@ -233,6 +243,23 @@ def argument_names(function_class, n):
     return names
 
 
+_saved_names = {}
+
+
+def saved_names(function_class, n):
+    """The names forward gives the arrays it saves: LayerNorm -> x2, w, mean, rstd (read from its
+    `ctx.save_for_backward(...)` line); 'saved[k]' where the source does not say."""
+    if function_class not in _saved_names:
+        try:
+            source = inspect.getsource(function_class.forward)
+            m = re.search(r"save_for_backward\(([^)]*)\)", source)
+            _saved_names[function_class] = [a.strip() for a in m.group(1).split(",")] if m else []
+        except (OSError, TypeError):
+            _saved_names[function_class] = []
+    names = _saved_names[function_class]
+    return [names[k] if k < len(names) and names[k].isidentifier() else f"saved[{k}]" for k in range(n)]
+
+
 def _kept(a, limit):
     """A float copy of a gradient for the trace, or None when values are not kept or it is big."""
     if limit is None or np.size(a) > limit:
@@ -268,6 +295,7 @@ def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None, ke
     if on_forward is not None:
         on_forward(trace.loss)
 
+    values_of = {id(p.data): name for name, p in named}    # a saved array that is a weight's value
     pending = defaultdict(list)      # tensor id -> [Contribution]: the readers that already ran
     step_of = {}                     # id(op) -> the step at which its backward ran
 
@@ -296,6 +324,10 @@ def trace_backward(model, input_ids, target_ids, on_op=None, on_forward=None, ke
                 out_shape=node.shape, out_grad_norm=_norm(grad), inputs=inputs,
                 backward_at=source_location(type(ctx).backward), out_grad=_kept(grad, keep_values),
                 contributions=pending.pop(id(node), []))
+        if keep_values is not None:                 # what forward saved, which this backward read
+            for name, a in zip(saved_names(type(ctx), len(ctx.saved)), ctx.saved):
+                if isinstance(a, np.ndarray):
+                    op.saved.append(Saved(name, a.shape, _kept(a, keep_values), values_of.get(id(a))))
         trace.ops.append(op)
         if on_op is not None:
             on_op(op)

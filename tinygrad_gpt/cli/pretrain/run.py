@@ -358,8 +358,11 @@ def report_run(config, model, state, seconds, start_tokens, checkpointer, save_d
     minutes = seconds / 60
     print(f"Training completed in {minutes:.2f} minutes.")
     if state.train_losses:
-        print(f"final train loss {state.train_losses[-1]:.3f}, final val loss {state.val_losses[-1]:.3f}, "
-              f"tokens seen {state.track_tokens_seen[-1]}")    # at the last evaluation, as the book tracks
+        # the book tracks tokens at each evaluation; the run may go on for steps after the last one
+        after = (f"; training went on to {state.tokens_seen:,}" if state.tokens_seen != state.track_tokens_seen[-1]
+                 else "")
+        print(f"final train loss {state.train_losses[-1]:.3f}, final val loss {state.val_losses[-1]:.3f} "
+              f"(at the last evaluation, {state.track_tokens_seen[-1]:,} tokens seen{after})")
     steps = state.global_step + 1
     session_tokens = state.tokens_seen - start_tokens
     print(f"Summary: {model.num_parameters():,} parameters, {steps} steps, {state.tokens_seen:,} tokens, "
