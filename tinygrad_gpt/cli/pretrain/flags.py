@@ -172,7 +172,8 @@ def check_args(draft):
     for flag, value, ok, want in checks:
         if not ok:
             raise UsageError(f"{flag} {value} is out of range: it must be {want}")
-    check_shape(draft, CONFIGS[draft.model])
+    if draft.resume is None:      # a resumed run's shape is its checkpoint's (rundir.check_model_config)
+        check_shape(draft, CONFIGS[draft.model])
 
 
 def check_shape(draft, preset):
@@ -231,7 +232,10 @@ def adopt_checkpoint_config(draft, explicit, ckpt):
             raise UsageError(f"{_flag(key)} {getattr(draft, key)} conflicts with the checkpoint {ckpt.path}, "
                              f"whose model has {_flag(key)} {have}; a resumed run keeps its model: "
                              f"drop {_flag(key)}, or start a new run without --resume")
-        setattr(draft, key, have)
+    window, positions = draft.context_length, model_cfg.get("context_length")
+    if isinstance(window, int) and isinstance(positions, int) and window > positions:
+        raise UsageError(f"checkpoint {ckpt.path} is corrupted: its run's context length {window} is above its "
+                         f"model's {positions}; fix: resume from another checkpoint, or start a new run")
     need = done + in_epoch
     if "epochs" in explicit:
         if draft.epochs < need:
