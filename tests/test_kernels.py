@@ -574,6 +574,58 @@ def test_threads_matmul_cuts_a_stack_of_short_matrices_as_chapter_7s_attention(m
     assert len(during) == 2 and all(set(d) == {1} for d in during), during
 
 
+SMALL_MODEL_PRODUCTS = {       # 4 layers of 128 at batch 12 x 64 (the learner's small model), and generation's
+    "x @ W^T (768 x 128 x 128)": ((768, 128), (128, 128), "one thread"),
+    "dW, 128 rows (128 x 768 x 128)": ((128, 768), (768, 128), "one thread"),
+    "q @ k^T stack (12 x 4 x 64 x 32 x 64)": ((12, 4, 64, 32), (12, 4, 32, 64), "one thread"),
+    "dW, 128 rows, above SPLIT_FLOPS (128 x 768 x 512)": ((128, 768), (768, 512), "cut"),
+    "generation's 1 row (1 x 768 x 3072)": ((1, 768), (768, 3072), "as it is"),
+    "a prompt's 20 rows (20 x 768 x 3072)": ((20, 768), (768, 3072), "as it is"),
+    "tiny (40 x 32 x 40)": ((40, 32), (32, 40), "as it is"),
+}
+
+
+@pytest.mark.parametrize("case", SMALL_MODEL_PRODUCTS)
+def test_threads_matmul_runs_a_small_models_products_whole_in_this_thread(case, monkeypatch, two_threads):
+    """The real thresholds, by the product's size: below SPLIT_FLOPS a product of at least
+    FEW_ROWS rows runs whole in the calling thread with OpenBLAS in one thread (no Python thread,
+    no OpenBLAS worker woken; OpenBLAS's own two threads took 5-13 ms for 768 x 128 x 128 on a
+    busy machine); a 2-D one of at least SPLIT_ROWS rows above SPLIT_FLOPS is cut; generation's
+    few rows, and a product OpenBLAS keeps in one thread itself, go to np.matmul as they are.
+    The numbers are np.matmul's in one thread either way."""
+    from tinygrad_gpt.kernels import threads
+    shape_a, shape_b, route = SMALL_MODEL_PRODUCTS[case]
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal(shape_a, dtype=np.float32), rng.standard_normal(shape_b, dtype=np.float32)
+    want = one_thread_matmul(a, b)
+    before, during, real = blas_threads(), [], np.matmul
+    monkeypatch.setattr(threads.np, "matmul", lambda *args, **kw: during.append(blas_threads()) or real(*args, **kw))
+    pool = threads.pool
+    started = []
+    monkeypatch.setattr(threads, "pool", lambda: started.append(1) or pool())
+    got = threads.matmul(a, b)
+    monkeypatch.undo()
+    if route == "as it is":
+        assert during == [before] and not started, (during, started)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+        return
+    assert np.array_equal(got, want)
+    if route == "one thread":
+        assert len(during) == 1 and set(during[0]) == {1} and not started, (during, started)
+    else:
+        assert len(during) == 2 and all(set(d) == {1} for d in during) and started, (during, started)
+    assert blas_threads() == before
+
+
+def test_threads_get_num_threads_asks_the_os_once(monkeypatch):
+    """get_num_threads() runs for every product: without set_num_threads it answers the core
+    count read at import, not a new os.cpu_count() call (7,600 of them in 150 small steps)."""
+    from tinygrad_gpt.kernels import threads
+    monkeypatch.setattr(threads, "_threads", None)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: pytest.fail("os.cpu_count() called per product"))
+    assert threads.get_num_threads() == threads._cores >= 1
+
+
 def test_threads_matmul_pieces_cover_the_output(monkeypatch, two_threads):
     """Each piece writes its own rows or columns, and all of them are written: a split that
     dropped or doubled a piece would leave NaN in `out` or fail the comparison above."""

@@ -116,8 +116,25 @@ def check_book_config(cfg, source, bytes_per_parameter=FLOAT32_BYTES, memory=Non
             out[key] = value
     if "tokenizer" in cfg and cfg["tokenizer"] not in ("char", "gpt2"):
         raise ConfigError(f"{source}: tokenizer: {_show(cfg['tokenizer'])} is not 'char' or 'gpt2'")
+    check_alphabet(cfg, source)
     check_memory(out, source, bytes_per_parameter, memory)
     return out
+
+
+def check_alphabet(cfg, source):
+    """A character model's vocabulary (cfg["alphabet"], its text's distinct characters): a string
+    of vocab_size different characters, with the "char" tokenizer."""
+    if "alphabet" not in cfg:
+        return
+    alphabet = cfg["alphabet"]
+    if not isinstance(alphabet, str) or not alphabet:
+        raise ConfigError(f"{source}: alphabet: {_show(alphabet)} is not a string of characters")
+    if len(set(alphabet)) != len(alphabet):
+        raise ConfigError(f"{source}: alphabet repeats a character")
+    if cfg.get("tokenizer") != "char":
+        raise ConfigError(f"{source}: an alphabet belongs to the 'char' tokenizer, not {_show(cfg.get('tokenizer'))}")
+    if len(alphabet) != cfg.get("vocab_size"):
+        raise ConfigError(f"{source}: alphabet has {len(alphabet)} characters, vocab_size is {_show(cfg.get('vocab_size'))}")
 
 
 def check_hf_config(hf, source, memory=None):

@@ -202,9 +202,11 @@ def load_training_text(path=None, cache_dir=None, download=True):
 
 def load_text(path=None, model_cfg=None, download=True):
     """The text a command trains or traces on, and one line saying which: the micro model's
-    own sentence for a character model without `path`, else load_training_text (the file at
-    `path`, or the book's the-verdict.txt). A bad file raises DataError."""
-    if path is None and (model_cfg or {}).get("tokenizer") == "char":
+    own sentence for a character model without `path` (and without an alphabet of its own: a
+    --tokenizer char model's comes from its text), else load_training_text (the file at `path`,
+    or the book's the-verdict.txt). A bad file raises DataError."""
+    model_cfg = model_cfg or {}
+    if path is None and model_cfg.get("tokenizer") == "char" and "alphabet" not in model_cfg:
         from .char_tokenizer import MICRO_REPEATS, MICRO_SENTENCE, micro_text
         text = micro_text()
         return text, (f"Using the micro model's sentence {MICRO_SENTENCE!r}, {MICRO_REPEATS} times "

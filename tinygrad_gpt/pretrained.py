@@ -175,9 +175,14 @@ def config_from_hf(hf: dict, source: str = "config.json") -> Tuple[dict, float, 
         "drop_rate": float(hf.get("resid_pdrop", 0.1)),
         "qkv_bias": True,                  # GPT-2's c_attn has a bias (the book sets this for loading)
         **({"tokenizer": hf["tokenizer"]} if "tokenizer" in hf else {}),   # micro's "char" (hf_config writes it)
+        **({"alphabet": hf["alphabet"]} if "alphabet" in hf else {}),      # a char model's vocabulary
     }
     if cfg["emb_dim"] % cfg["n_heads"]:
         raise WeightsError(f"{source}: n_embd {C} is not divisible by n_head {cfg['n_heads']}")
+    try:
+        configcheck.check_alphabet(cfg, source)
+    except configcheck.ConfigError as e:
+        raise WeightsError(str(e)) from None
     eps = float(hf.get("layer_norm_epsilon", 1e-5))
     return cfg, eps, bool(hf.get("tie_word_embeddings", True))
 
@@ -428,6 +433,7 @@ def hf_config(model: GPTModel) -> dict:
     eot = 50256 if cfg["vocab_size"] > 50256 else None
     out.update(bos_token_id=eot, eos_token_id=eot)
     out.update({"tokenizer": cfg["tokenizer"]} if "tokenizer" in cfg else {})   # micro's "char": generate needs it
+    out.update({"alphabet": cfg["alphabet"]} if "alphabet" in cfg else {})      # --tokenizer char: its text's
     return out
 
 

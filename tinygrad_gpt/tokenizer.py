@@ -84,11 +84,15 @@ TOKENIZERS = ("gpt2", "char")   # a config's "tokenizer" key (absent: "gpt2")
 
 def tokenizer_for(cfg):
     """The tokenizer a model config was built for: cfg["tokenizer"], "gpt2" (the default, GPT-2's
-    BPE) or "char" (the micro model's characters, char_tokenizer.py). Checks that the config's
+    BPE) or "char": the characters of cfg["alphabet"] (a model trained with --tokenizer char: its
+    text's), or without one the micro model's (char_tokenizer.py). Checks that the config's
     vocab_size is the tokenizer's, so ids and embedding rows cannot silently disagree."""
     name = cfg.get("tokenizer", "gpt2")
     if name == "gpt2":
         tokenizer = get_gpt2_tokenizer()
+    elif name == "char" and "alphabet" in cfg:
+        from .char_tokenizer import CharTokenizer
+        tokenizer = CharTokenizer(cfg["alphabet"])
     elif name == "char":
         from .char_tokenizer import micro_tokenizer
         tokenizer = micro_tokenizer()

@@ -131,6 +131,7 @@ class TrainConfig:
     grad_clip: Optional[float] = None            # from the step the warmup ends (appendix D's global_step >= warmup_steps)
     accum_steps: int = 1
     log_grad_norms: bool = False
+    max_steps: Optional[int] = None              # stop after this many optimizer steps (the schedule's length)
 
 
 def train_model(model, train_loader, val_loader, optimizer, tokenizer, config, *, state=None,
@@ -153,10 +154,14 @@ def train_model(model, train_loader, val_loader, optimizer, tokenizer, config, *
     params = model.parameters()
     steps_per_epoch = len(train_loader) // accum_steps
     total_steps = num_epochs * steps_per_epoch
+    if c.max_steps is not None:
+        total_steps = min(total_steps, c.max_steps)
     peak_lr = optimizer.param_groups[0]["lr"] if c.peak_lr is None else c.peak_lr
     start, start_tokens = time.perf_counter(), state.tokens_seen
     model.train()
     for epoch in range(state.epoch, num_epochs):
+        if state.global_step + 1 >= total_steps:  # max_steps reached at an epoch's end
+            break
         if not hasattr(train_loader, "iter_batches"):     # any iterable of batches (no exact resume)
             batches = iter(train_loader)
             for _ in range(state.batch):
@@ -165,7 +170,7 @@ def train_model(model, train_loader, val_loader, optimizer, tokenizer, config, *
             if state.order is None:              # a new epoch: draw its batch order
                 state.order = [int(i) for i in train_loader.epoch_order()]
             batches = train_loader.iter_batches(np.asarray(state.order), start=state.batch)
-        while state.batch + accum_steps <= len(train_loader):
+        while state.batch + accum_steps <= len(train_loader) and state.global_step + 1 < total_steps:
             step = state.global_step + 1
             for group in optimizer.param_groups:
                 group["lr"] = lr_at_step(step, peak_lr, total_steps, c.warmup_steps, c.min_lr)
@@ -228,6 +233,8 @@ def train_model(model, train_loader, val_loader, optimizer, tokenizer, config, *
         if progress is not None:
             progress.clear()
         generate_and_print_sample(model, tokenizer, None, c.start_context, file=out)
+        if state.batch + accum_steps <= len(train_loader):       # max_steps stopped it inside the epoch
+            break
         state.epoch, state.batch, state.order = epoch + 1, 0, None
         if on_step is not None:
             on_step(state)

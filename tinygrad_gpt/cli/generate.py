@@ -24,13 +24,17 @@ import time
 
 from . import USAGE_ERROR, Parser, UsageError, add_runtime_flags, select_kernels, usage_error  # noqa: F401
 
+DEFAULT_PROMPT = "Every effort moves you"
+
 
 def build_parser():
     from ..model import CONFIGS
     from ..pretrained import GPT2_MODELS
     p = Parser(prog="generate.py", description=__doc__.split("\n\n")[0],
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--prompt", default="Every effort moves you")
+    p.add_argument("--prompt", default=None,
+                   help=f"the text to continue (default: {DEFAULT_PROMPT!r}; for a character model whose "
+                        "text lacks one of its characters, a newline, or the model's first character)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", metavar="DIR", default=None,
                          help="Hugging Face GPT-2 directory (config.json + model.safetensors) or a cached name")
@@ -65,7 +69,7 @@ def check_args(args):
         raise UsageError(f"--context-size {args.context_size} is out of range: it must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads} is out of range: it must be at least 1")
-    if not args.prompt:
+    if args.prompt is not None and not args.prompt:
         raise UsageError("--prompt is empty: generation needs at least one token to start from")
 
 
@@ -100,6 +104,15 @@ def main(argv=None):
         return 130
 
 
+def default_prompt(tokenizer):
+    """The book's prompt, unless a character model's text never used one of its characters:
+    then a newline (nanoGPT's start), or the model's first character."""
+    alphabet = getattr(tokenizer, "alphabet", None)
+    if alphabet is None or set(DEFAULT_PROMPT) <= set(alphabet):
+        return DEFAULT_PROMPT
+    return "\n" if "\n" in alphabet else alphabet[0]
+
+
 def run(args):
     check_args(args)
     select_kernels(args.kernels)
@@ -111,7 +124,8 @@ def run(args):
     cfg = model.cfg
     try:
         tokenizer = tokenizer_for(cfg)                                 # GPT-2's BPE, or micro's characters
-        idx = text_to_token_ids(args.prompt, tokenizer)                # (1, T)
+        prompt = args.prompt if args.prompt is not None else default_prompt(tokenizer)
+        idx = text_to_token_ids(prompt, tokenizer)                     # (1, T)
     except ValueError as e:
         raise UsageError(f"--prompt: {e}") from None
     eos_id = ENDOFTEXT_ID if cfg.get("tokenizer", "gpt2") == "gpt2" else None   # micro has no <|endoftext|>
@@ -124,7 +138,7 @@ def run(args):
 
     # GPT-2's tokens are byte sequences; one character may span two tokens: decode incrementally
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(prompt)
     sys.stdout.flush()
     n, start = 0, time.perf_counter()
     first = None

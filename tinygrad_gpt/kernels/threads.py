@@ -20,6 +20,7 @@ import numpy as np
 from . import bf16_mkl
 
 _threads = None                                # the count set_num_threads chose, or None
+_cores = os.cpu_count() or 1                   # read once: matmul asks get_num_threads() on every product
 _pool = None                                   # (count, ThreadPoolExecutor) for Python-level work
 
 
@@ -46,7 +47,7 @@ def set_num_threads(threads=None, load_mkl=True):
 
 def get_num_threads():
     """The thread count of the last set_num_threads (every core before the first call)."""
-    return _threads or os.cpu_count() or 1
+    return _threads or _cores
 
 
 _openblas = None                               # threadpoolctl's OpenBLAS controllers, found once
@@ -93,8 +94,10 @@ def one_blas_thread():
                     c.set_num_threads(n)
 
 
-SPLIT_ROWS = 256         # a 2-D product of fewer rows, or any product of fewer
-SPLIT_FLOPS = 1 << 26    # flops than this (~0.2 ms at 300 GFLOP/s), goes to np.matmul as it is
+SPLIT_ROWS = 128         # a 2-D product of fewer rows, or any product of fewer flops
+SPLIT_FLOPS = 1 << 26    # than this (~0.2 ms at 300 GFLOP/s), is not cut (matmul says where it runs)
+FEW_ROWS = 32            # generation's: a 2-D product of fewer rows goes to np.matmul as it is
+TINY_FLOPS = 1 << 19     # OpenBLAS's own one-thread limit (M*N*K <= 4 * 65536): as it is, too
 
 
 def matmul(a, b, out=None):
@@ -109,12 +112,20 @@ def matmul(a, b, out=None):
     2-D: the output's longer side is cut, rows of a or columns of b (the column pieces are
     strided views, which BLAS reads and writes in place). Stacks (..., M, K) @ (..., K, N) of
     one leading shape: the longest stacking axis is cut, into as many pieces as both
-    get_num_threads() and OpenBLAS's own count allow (threadpool_limits(1) means one). A 2-D
-    product of fewer than SPLIT_ROWS rows, or any product of fewer than SPLIT_FLOPS flops, goes
-    to np.matmul as it is, on OpenBLAS's own threads: generation's products (1 row with the KV
-    cache, the prompt's rows without) ran slower cut (20 x 768 x 3072: 2.0 ms against 1.1;
-    generation 33-36 tokens/s against 44-47), and there OpenBLAS's spinning helps: the next
-    product comes at once. A stack is cut whatever its matrices' rows: chapter 7's attention
+    get_num_threads() and OpenBLAS's own count allow (threadpool_limits(1) means one).
+
+    Not cut: a product of fewer than SPLIT_FLOPS flops, and a 2-D one of fewer than SPLIT_ROWS
+    rows. Of those, generation's (2-D, fewer than FEW_ROWS rows: 1 with the KV cache, a prompt's
+    without), a 2-D one of fewer than SPLIT_ROWS rows above SPLIT_FLOPS, and one below
+    TINY_FLOPS (which OpenBLAS runs in one thread itself) go to np.matmul as they are, on
+    OpenBLAS's own threads: generation's products ran slower cut (20 x 768 x 3072: 2.0 ms
+    against 1.1; generation 33-36 tokens/s against 44-47), and there OpenBLAS's spinning helps:
+    the next product comes at once. Any other (a small model's: 768 x 128 x 128 for 4 layers of
+    128 at batch 12 x 64) runs whole in the calling thread, OpenBLAS in one thread: no Python
+    thread to start and wait for, no OpenBLAS worker woken (on a busy machine OpenBLAS's two
+    threads took 5-13 ms for that product against 0.2-0.6 in one, as its threads wait for each
+    other, and the small step 10x longer: benchmarks/RESULTS.md, "The small model's step").
+    A stack above SPLIT_FLOPS is cut whatever its matrices' rows: chapter 7's attention
     (8 x 12 matrices of ~100 x 64) once went whole to OpenBLAS, whose threads woke above T = 90
     and spun into the next products, and the whole float32 step took twice as long at T = 96 as
     at T = 88 (benchmarks/RESULTS.md, "Chapter 7 in one process or two"). Every product of a
@@ -144,13 +155,21 @@ def matmul(a, b, out=None):
         axis = int(np.argmax(lead))            # split the longest stacking axis
         length = lead[axis]
     controllers = _openblas_controllers()
-    if out.size == 0 or (a.ndim == 2 and m < SPLIT_ROWS) or 2.0 * out.size * k < SPLIT_FLOPS or not controllers:
+    flops = 2.0 * out.size * k
+    if out.size == 0 or not controllers:
         return np.matmul(a, b, out=out)        # (a NumPy on another BLAS: its own threads, as it is)
+    few_rows = a.ndim == 2 and m < SPLIT_ROWS
+    if flops < SPLIT_FLOPS or few_rows:        # not cut
+        if flops < TINY_FLOPS or (a.ndim == 2 and m < FEW_ROWS) or (few_rows and flops >= SPLIT_FLOPS):
+            return np.matmul(a, b, out=out)    # generation's few rows, or too small for OpenBLAS to thread
+        with one_blas_thread():                # a small model's products: whole, in this thread
+            return np.matmul(a, b, out=out)
     n = min(get_num_threads(), max(c.num_threads for c in controllers))
     if n < 2 or length < 2:
         with one_blas_thread():
             return np.matmul(a, b, out=out)
-    cuts = np.linspace(0, length, min(n, length) + 1).astype(int)
+    pieces_n = min(n, length)
+    cuts = [length * i // pieces_n for i in range(pieces_n + 1)]
     if a.ndim == 2 and axis == 0:              # rows of a, rows of out
         pieces = [(a[lo:hi], b, out[lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]
     elif a.ndim == 2:                          # columns of b, columns of out

@@ -86,8 +86,11 @@ class RunConfig:
     explicit: frozenset            # the flags typed on the command line (dests)
 
 
-def model_config(draft, ckpt):
-    """The book's config dict: the checkpoint's on --resume, else the named one with the flags."""
+def model_config(draft, ckpt, corpus_run=None):
+    """The book's config dict: the checkpoint's on --resume, else the named one changed by the
+    shape flags (--n-layers, --n-heads, --emb-dim, --qkv-bias, --context-length, --drop-rate)
+    and --tokenizer (char: the training text's characters become the vocabulary, saved in the
+    config as its "alphabet")."""
     from ...model import get_config
     if ckpt is not None:
         return dict(ckpt.config.get("model_config") or {})
@@ -95,7 +98,41 @@ def model_config(draft, ckpt):
     cfg["context_length"] = draft.context_length
     if draft.drop_rate is not None:
         cfg["drop_rate"] = draft.drop_rate
+    for key in ("n_layers", "n_heads", "emb_dim", "qkv_bias"):
+        if getattr(draft, key) is not None:
+            cfg[key] = getattr(draft, key)
+    if draft.tokenizer == "gpt2" and cfg.get("tokenizer") == "char":
+        from ...tokenizer import GPT2_VOCAB_SIZE
+        del cfg["tokenizer"]
+        cfg["vocab_size"] = GPT2_VOCAB_SIZE
+    elif draft.tokenizer == "char" and not (cfg.get("tokenizer") == "char" and draft.data is None):
+        # (micro without --data keeps its sentence and its 17 characters)
+        if corpus_run is not None:
+            raise UsageError(f"--tokenizer char reads the characters of a text, --data {draft.data} is a "
+                             "corpus of GPT-2 tokens; fix: pass a text file, or --tokenizer gpt2")
+        from ... import data
+        try:
+            text, _ = data.load_text(draft.data)     # the file, or the book's the-verdict.txt
+        except data.DataError as e:
+            raise UsageError(str(e)) from None
+        alphabet = "".join(sorted(set(text)))
+        cfg.update(tokenizer="char", alphabet=alphabet, vocab_size=len(alphabet))
+        settle_start_context(draft, text, alphabet)
     return cfg
+
+
+def settle_start_context(draft, text, alphabet):
+    """A character model can only read its own characters: a typed --start-context with others is
+    refused; the default one (the book's "Every effort moves you"), if the text lacks one of its
+    characters, becomes the text's first line (at most 24 characters)."""
+    missing = sorted(set(draft.start_context) - set(alphabet))
+    if not missing:
+        return
+    if "start_context" in draft.explicit:
+        raise UsageError(f"--start-context {draft.start_context!r} has {missing[0]!r}, which the training text "
+                         f"{draft.data or '(the default)'} never uses (a character model reads only the "
+                         f"text's {len(alphabet)} characters); fix: pass a --start-context from the text")
+    draft.start_context = text.lstrip()[:24].split("\n")[0] or text[:1]
 
 
 def build_config(args, explicit=frozenset(), ckpt=None, dp=None, ckpt_root=None):
@@ -116,7 +153,8 @@ def build_config(args, explicit=frozenset(), ckpt=None, dp=None, ckpt_root=None)
     rundir.refuse_if_busy(draft.out, draft.save_dir, ckpt_root, dp)  # a live trainer there: its pid, at once
     corpus_run = pretrain_corpus.open_run(draft, explicit, ckpt)
     pretrain_corpus.check_data_parallel(draft, dp)
-    cfg = check_model_config(model_config(draft, ckpt), ckpt)  # types, ranges, memory
+    draft.explicit = frozenset(explicit)
+    cfg = check_model_config(model_config(draft, ckpt, corpus_run), ckpt)  # types, ranges, memory
     draft.drop_rate = cfg["drop_rate"]
     draft.precision_requested = draft.precision
     draft.precision = choose_precision(draft.precision)

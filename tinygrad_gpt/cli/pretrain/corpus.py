@@ -21,7 +21,9 @@ def add_arguments(p):
     g = p.add_argument_group("a prepared corpus (--data DIR, see examples/prepare_data.py)")
     g.add_argument("--order", choices=C.ORDERS, default=None,
                    help="random windows from a seeded generator, or the shards in order (default: random)")
-    g.add_argument("--max-steps", type=int, default=None, help=f"optimizer steps (default: {DEFAULT_MAX_STEPS})")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help=f"optimizer steps (default: {DEFAULT_MAX_STEPS}); with a text file: stop after this many "
+                        "(the epochs it takes, unless --epochs is given; the lr schedule's length)")
     g.add_argument("--max-tokens", type=int, default=None,
                    help="train on this many tokens instead (rounded up to whole steps)")
 
@@ -63,8 +65,13 @@ def open_run(draft, explicit, ckpt):
     """--data DIR: open and check the corpus, settle --order/--max-steps (from the checkpoint
     on --resume) in `draft`, config.build_config's copy of the flags (`explicit`: the flags
     typed); returns a CorpusRun, or None when --data is not a directory."""
-    if not is_corpus(draft.data):
-        for flag in ("order", "max_steps", "max_tokens"):
+    if not is_corpus(draft.data):               # a text: --max-steps ends the run early (run.settle_epochs)
+        if ckpt is not None and "max_steps" not in explicit:
+            draft.max_steps = ckpt.config.get("run", {}).get("max_steps")
+        if draft.max_steps is not None and (isinstance(draft.max_steps, bool) or not isinstance(draft.max_steps, int)
+                                            or draft.max_steps < 1):
+            raise UsageError(f"--max-steps {draft.max_steps} is out of range: it must be at least 1")
+        for flag in ("order", "max_tokens"):
             if getattr(draft, flag) is not None:
                 raise UsageError(f"--{flag.replace('_', '-')} needs --data DIR, a corpus prepared by "
                                   "examples/prepare_data.py")

@@ -59,13 +59,27 @@ RUN_KEYS = ("model", "context_length", "drop_rate", "batch_size", "lr", "weight_
 RUN_KEY_TYPES = {"model": str, "context_length": int, "drop_rate": float, "batch_size": int, "lr": float,
                  "weight_decay": float, "eval_freq": int, "eval_iter": int, "start_context": str, "seed": int,
                  "warmup_steps": int, "min_lr": float, "grad_clip": float, "accum_steps": int}   # their flags' types
+# the model's shape: stored in the checkpoint's model config; on --resume a typed one must agree
+SHAPE_KEYS = ("n_layers", "n_heads", "emb_dim", "qkv_bias")
 # flags that change no number, echoed into the printed resume command when given
 ECHOED_FLAGS = ("kernels",)
 
 
 def build_parser():
     p = Parser(prog="pretrain.py", description=DESCRIPTION, epilog=EPILOG, formatter_class=Formatter)
-    p.add_argument("--model", default="124M", help="micro, tiny, 124M, 355M, 774M or 1558M")
+    p.add_argument("--model", default="124M",
+                   help="micro, tiny, 124M, 355M, 774M or 1558M: the starting shape, which the shape flags "
+                        "below change (as nanoGPT's config files)")
+    p.add_argument("--n-layers", type=int, default=None, help="transformer blocks (default: the model's)")
+    p.add_argument("--n-heads", type=int, default=None,
+                   help="attention heads; they must divide --emb-dim (default: the model's)")
+    p.add_argument("--emb-dim", type=int, default=None, help="the model's width (default: the model's)")
+    p.add_argument("--qkv-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="a bias on the query, key and value projections (default: the model's, none)")
+    p.add_argument("--tokenizer", choices=["char", "gpt2"], default=None,
+                   help="char: one token per distinct character of the training text (its vocabulary is "
+                        "saved with the model); gpt2: GPT-2's 50,257 BPE tokens (default: the model's; "
+                        "micro's is the characters of its sentence)")
     p.add_argument("--data", default=None,
                    help="a UTF-8 text file (default: the-verdict.txt), or a corpus directory from prepare_data.py")
     p.add_argument("--epochs", type=int, default=10)
@@ -148,6 +162,10 @@ def check_args(draft):
               ("--accum-steps", draft.accum_steps, draft.accum_steps >= 1, "at least 1"),
               ("--warmup-steps", draft.warmup_steps, draft.warmup_steps >= 0, "at least 0"),
               ("--seed", draft.seed, 0 <= draft.seed < 2 ** 64, "in [0, 2**64)")]
+    for key in ("n_layers", "n_heads", "emb_dim"):
+        value = getattr(draft, key)
+        if value is not None:
+            checks.append((_flag(key), value, value >= 1, "at least 1"))
     if draft.drop_rate is not None:
         checks.append(("--drop-rate", draft.drop_rate, 0 <= draft.drop_rate < 1, "in [0, 1)"))
     if draft.grad_clip is not None:
@@ -161,10 +179,32 @@ def check_args(draft):
     for flag, value, ok, want in checks:
         if not ok:
             raise UsageError(f"{flag} {value} is out of range: it must be {want}")
-    limit = CONFIGS[draft.model]["context_length"]
+    if draft.resume is None:      # a resumed run's shape is its checkpoint's (rundir.check_model_config)
+        check_shape(draft, CONFIGS[draft.model])
+
+
+def check_shape(draft, preset):
+    """The shape flags over the --model preset: heads divide the width. Without a shape flag
+    the preset's context length is the limit (its positional table); with one, it is a new
+    model, whose table is as long as --context-length asks."""
+    from ...configcheck import MAX_CONTEXT, MAX_LAYERS, MAX_WIDTH
+    shaped = any(getattr(draft, key, None) is not None for key in SHAPE_KEYS + ("tokenizer",))
+    emb_dim = draft.emb_dim if draft.emb_dim is not None else preset["emb_dim"]
+    n_heads = draft.n_heads if draft.n_heads is not None else preset["n_heads"]
+    for flag, value, limit in (("--emb-dim", emb_dim, MAX_WIDTH), ("--n-heads", n_heads, MAX_WIDTH),
+                               ("--n-layers", draft.n_layers, MAX_LAYERS)):
+        if value is not None and value > limit:
+            raise UsageError(f"{flag} {value} is out of range: it must be at most {limit}")
+    if emb_dim % n_heads:
+        given = [f for f, v in (("--emb-dim", draft.emb_dim), ("--n-heads", draft.n_heads)) if v is not None]
+        raise UsageError(f"--n-heads {n_heads} does not divide --emb-dim {emb_dim} "
+                         f"({' and '.join(given)} over --model {draft.model}); fix: pick heads that divide "
+                         "the width, e.g. --emb-dim 128 --n-heads 4")
+    limit = MAX_CONTEXT if shaped else preset["context_length"]
     if draft.context_length > limit:
+        hint = " (a shape flag such as --n-layers makes a new model, which may be longer)" if not shaped else ""
         raise UsageError(f"--context-length {draft.context_length} is above the {draft.model} "
-                         f"model's {limit}; use at most {limit}")
+                         f"model's {limit}; use at most {limit}{hint}")
 
 
 # ----------------------------------------------------------------------------- resuming
@@ -192,6 +232,17 @@ def adopt_checkpoint_config(draft, explicit, ckpt):
                              f"trained with {_flag(key)} {value}; a resumed run keeps its hyperparameters: "
                              f"drop {_flag(key)}, or start a new run without --resume")
         setattr(draft, key, value)
+    model_cfg = cfg.get("model_config") or {}
+    for key in SHAPE_KEYS + ("tokenizer",):
+        have = model_cfg.get(key, "gpt2" if key == "tokenizer" else None)
+        if key in explicit and getattr(draft, key) != have:
+            raise UsageError(f"{_flag(key)} {getattr(draft, key)} conflicts with the checkpoint {ckpt.path}, "
+                             f"whose model has {_flag(key)} {have}; a resumed run keeps its model: "
+                             f"drop {_flag(key)}, or start a new run without --resume")
+    window, positions = draft.context_length, model_cfg.get("context_length")
+    if isinstance(window, int) and isinstance(positions, int) and window > positions:
+        raise UsageError(f"checkpoint {ckpt.path} is corrupted: its run's context length {window} is above its "
+                         f"model's {positions}; fix: resume from another checkpoint, or start a new run")
     need = done + in_epoch
     if "epochs" in explicit:
         if draft.epochs < need:

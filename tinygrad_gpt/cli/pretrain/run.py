@@ -100,6 +100,7 @@ def run(args, explicit=frozenset(), dp=None):
         n_tokens = len(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))
         print(f"Characters: {len(text)} Tokens: {n_tokens}", flush=True)
         train_loader, val_loader = make_loaders(config, tokenizer, train_text, val_text)
+        config = settle_epochs(config, train_loader)
         if dp is not None:
             train_loader, val_loader = pretrain_corpus.slice_loaders(train_loader, val_loader, dp)
     else:
@@ -214,6 +215,17 @@ def make_loaders(config, tokenizer, train_text, val_text):
     return train_loader, val_loader
 
 
+def settle_epochs(config, train_loader):
+    """A text with --max-steps and no --epochs: as many epochs as the steps take (the last one
+    stopped part-way). Settled here, once the batches are counted, before anything reads it."""
+    import dataclasses
+    import math
+    if config.max_steps is None or "epochs" in config.explicit or config.resume is not None:
+        return config
+    epochs = math.ceil(config.max_steps / max(len(train_loader) // config.accum_steps, 1))
+    return dataclasses.replace(config, epochs=epochs)
+
+
 def corpus_loaders(config, corpus_run, dp):
     """A corpus's loaders (this rank's rows of every batch): --max-steps steps of random or
     sequential windows from the memory-mapped shards."""
@@ -268,7 +280,8 @@ def run_config(config, text, text_sha, corpus_run=None):
     else:
         data = corpus_run.data_config
     return {"model": config.model, "model_config": config.model_config,
-            "run": {**{k: getattr(config, k) for k in RUN_KEYS}, "epochs": config.epochs},
+            "run": {**{k: getattr(config, k) for k in RUN_KEYS}, "epochs": config.epochs,
+                    **({"max_steps": config.max_steps} if corpus_run is None and config.max_steps else {})},
             "data": data,
             **({"corpus": pretrain_corpus.corpus_config(config)} if corpus_run is not None else {}),
             "kernels": get_backend(), "precision": config.precision,
@@ -304,6 +317,7 @@ def train(config, model, train_loader, val_loader, optimizer, tokenizer, state, 
     from ...tensor import default_rng
     from ...train import NonFiniteLossError, Progress, TrainConfig, train_model
     total_steps = config.epochs * (len(train_loader) // config.accum_steps)
+    total_steps = min(total_steps, config.max_steps or total_steps)
     progress = Progress(total_steps, enabled=config.progress if is_root(dp) else False)
     checkpointer.clear = progress.clear           # a warning or an error starts on a clean line
     if metrics is not None:
@@ -317,7 +331,8 @@ def train(config, model, train_loader, val_loader, optimizer, tokenizer, state, 
             checkpointer.on_step(state)
     loop = TrainConfig(config.epochs, config.eval_freq, config.eval_iter, config.start_context, peak_lr=config.lr,
                        warmup_steps=config.warmup_steps, min_lr=config.min_lr, grad_clip=config.grad_clip,
-                       accum_steps=config.accum_steps, log_grad_norms=config.log_grad_norms)
+                       accum_steps=config.accum_steps, log_grad_norms=config.log_grad_norms,
+                       max_steps=config.max_steps)
     try:
         with _SignalHandlers(checkpointer), autocast("bfloat16", enabled=config.precision == "bfloat16"):
             state = train_model(model, train_loader, val_loader, optimizer, tokenizer, loop, state=state,
