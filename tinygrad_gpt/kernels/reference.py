@@ -290,7 +290,7 @@ def linear_forward(x, w, b=None, out=None):    # x: (N, in)  w: (out, in)  b: (o
     if x.dtype == np.uint16:
         y = gemm_bf16(x, w, trans_b=True, out=out)           # (N, out) float32
     else:
-        y = np.matmul(x, w.T, out=out)                       # (N, out)
+        y = matmul(x, w.T, out=out)                          # (N, out), np.matmul
     if b is not None:
         y += b
     return y
@@ -303,6 +303,6 @@ def linear_backward(dy, x, w, need_dx=True, need_dw=True):   # dy: (N, out)
         dx = gemm_bf16(dy, w) if need_dx else None           # (N, in)
         dw = gemm_bf16(dy, x, trans_a=True) if need_dw else None   # (out, in)
         return dx, dw
-    dx = dy @ w if need_dx else None                         # (N, in)
-    dw = dy.T @ x if need_dw else None                       # (out, in)
+    dx = matmul(dy, w) if need_dx else None                  # (N, in)     dx = dy W
+    dw = matmul(dy.T, x) if need_dw else None                # (out, in)   dW = dy^T x
     return dx, dw
