@@ -55,13 +55,19 @@ def worker_ours(args, cfg):
     set_backend(args.kernels)                  # tinygrad_gpt is already imported: switch explicitly
     from tinygrad_gpt import functional as F
     from tinygrad_gpt.cli import setup_threads
-    from tinygrad_gpt.kernels.threads import set_num_threads
+    from tinygrad_gpt.kernels import bf16_mkl
+    from tinygrad_gpt.runtime import runtime as settings
     from tinygrad_gpt.tensor import no_grad, profile
     bf16 = args.precision == "bfloat16"
     if args.commands_setup:                    # what examples/pretrain.py does before its loop
         runtime = setup_threads(args.threads, precision=args.precision)    # MKL's pool too, for bf16
-    else:                                      # a user's own loop over GPTModel and AdamW: the plain API
-        threads = set_num_threads(args.threads, load_mkl=bf16)
+    else:                                      # a user's own loop over GPTModel and AdamW: the plain API,
+        if bf16:                               # with the settings docs/speed.md tells it to say
+            bf16_mkl.available()               # (MKL loaded first on AMX, so its count applies)
+        settings.set(threads=args.threads, allocator="keep")
+        if bf16 and bf16_mkl.pool_active():
+            settings.set(float32_gemm="mkl")
+        threads = settings.threads
         caching = "off" if tg.memory.caching_disabled() else "on"
         runtime = f"plain API (memory caching {caching}), " + bench.runtime_line(threads, args.precision)
     if bf16:

@@ -113,6 +113,8 @@ def isolated(monkeypatch, tmp_path):
     from threadpoolctl import threadpool_limits
     from tinygrad_gpt import kernels
     from tinygrad_gpt.kernels import bf16_mkl
+    from tinygrad_gpt.runtime import runtime
+    settings = {k: getattr(runtime, k) for k in ("threads", "float32_gemm", "gemm", "autocast")}
     numba_threads = numba.get_num_threads()
     mkl_threads = bf16_mkl.get_num_threads()         # 0 while MKL is not loaded
     limits = threadpool_limits(limits=None)
@@ -126,6 +128,7 @@ def isolated(monkeypatch, tmp_path):
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
+        runtime.set(**settings)                      # the runtime's record, then the pools' own counts
         limits.restore_original_limits()
         numba.set_num_threads(numba_threads)
         if mkl_threads:

@@ -11,7 +11,8 @@ import pytest
 import tinygrad_gpt as tg
 from tinygrad_gpt import amp
 from tinygrad_gpt import functional as F
-from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl, layers, precision, reference as R
+from tinygrad_gpt import workspace
+from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl, precision, reference as R
 
 from helpers import TINY, env, ep_lines, isolated, require, run_cli, small_text
 
@@ -230,6 +231,9 @@ if sys.argv[1] == "torch":
 from tinygrad_gpt.kernels import bf16_mkl, numba_cpu as N, reference as R
 bf16_mkl.allow_without_amx()                      # on a CPU without AMX too: the same code, slower
 assert bf16_mkl.available()
+from tinygrad_gpt.runtime import runtime
+if bf16_mkl.pool_active():                        # as cli.setup_threads does for a bf16 run on MKL
+    runtime.set(float32_gemm="mkl")
 calls = []
 real = bf16_mkl.matmul
 bf16_mkl.matmul = lambda a, b, **out: calls.append(1) or real(a, b, **out)
@@ -381,13 +385,13 @@ def test_autocast_leaves_float64_alone():
 def test_fallback_warns_once_and_matches_rounded_float32():
     x = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
     w = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
-    prev = precision._warned
-    precision._warned = False
-    saved_lib, saved_why, saved_avx = bf16_mkl._lib, bf16_mkl._why, bf16_avx512._why
+    prev = precision._warning.given
+    precision._warning.given = False
+    saved_lib, saved_why, saved_avx = bf16_mkl._mkl.lib, bf16_mkl._mkl.why, bf16_avx512._cpu.why
     saved_amx = bf16_mkl.cpu_has_amx_bf16
-    bf16_mkl._lib, bf16_mkl._why = False, "forced off by the test"   # as on a CPU without AMX
+    bf16_mkl._mkl.lib, bf16_mkl._mkl.why = False, "forced off by the test"   # as on a CPU without AMX
     bf16_mkl.cpu_has_amx_bf16 = lambda: False                         # (auto reads the flag, not _lib)
-    bf16_avx512._why = "forced off by the test"                       # and without AVX512-BF16
+    bf16_avx512._cpu.why = "forced off by the test"                   # and without AVX512-BF16
     try:
         assert amp.get_gemm_backend() == "reference"
         with pytest.warns(RuntimeWarning, match="forced off by the test"):
@@ -399,9 +403,9 @@ def test_fallback_warns_once_and_matches_rounded_float32():
                 F.linear(tg.Tensor(x), tg.Tensor(w))   # said once only
         assert amp.choose_precision("auto")[0] == "float32"
     finally:
-        bf16_mkl._lib, bf16_mkl._why, bf16_avx512._why = saved_lib, saved_why, saved_avx
+        bf16_mkl._mkl.lib, bf16_mkl._mkl.why, bf16_avx512._cpu.why = saved_lib, saved_why, saved_avx
         bf16_mkl.cpu_has_amx_bf16 = saved_amx
-        precision._warned = prev
+        precision._warning.given = prev
     want = R.from_bf16(R.to_bf16(x)) @ R.from_bf16(R.to_bf16(w)).T
     np.testing.assert_allclose(y.data, want, rtol=1e-6, atol=1e-6)
 
@@ -413,16 +417,16 @@ def test_adamw_writes_the_bf16_copy_in_its_pass(backend):
     loss_and_grads(model, x, y, "bfloat16")            # the weights are now used under autocast
     opt.step()
     w = model.trf_blocks[0].att.W_query.weight        # the weight's Tensor owns its copy
-    copy = layers.state_of(w).bits
-    assert copy is not None and layers.state_of(w).owned
+    copy = w.workspace.bits
+    assert copy is not None and w.workspace.owned
     assert np.array_equal(copy, R.to_bf16(w.data))   # the copy is of the updated weight
-    assert layers.weight_bits(w) is copy              # the next product uses it, no conversion
+    assert workspace.weight_bits(w) is copy           # the next product uses it, no conversion
     emb = model.tok_emb.weight                        # not a GEMM operand: no copy kept
-    assert layers.state_of(emb).bits is None
+    assert emb.workspace.bits is None
 
 
 def test_adamw_bf16_step_equals_plain_step(backend):
-    from tinygrad_gpt.kernels import K
+    from tinygrad_gpt.kernels import K                # (bound inside the backend fixture's block)
     rng = np.random.default_rng(0)
     p = rng.standard_normal(1000).astype(np.float32)
     g, m, v = (rng.standard_normal(1000).astype(np.float32) for _ in range(3))
@@ -624,8 +628,8 @@ def test_to_bf16_writes_into_out_and_checks_it(name, to_bf16):
 TWIN_CLI = """
 import sys
 from tinygrad_gpt.kernels import bf16_avx512, bf16_mkl
-bf16_mkl._lib, bf16_mkl._why = False, "forced off by the test"     # as on a CPU without AMX
-bf16_avx512._why = "forced off by the test"                         # and without AVX512-BF16
+bf16_mkl._mkl.lib, bf16_mkl._mkl.why = False, "forced off by the test"   # as on a CPU without AMX
+bf16_avx512._cpu.why = "forced off by the test"                     # and without AVX512-BF16
 from tinygrad_gpt.cli import pretrain
 sys.exit(pretrain.main(sys.argv[1:]))
 """

@@ -93,7 +93,7 @@ def test_micro_kernel_ir_names_the_instruction_only_when_not_portable():
 
 
 def test_unavailable_without_the_flag(monkeypatch):
-    monkeypatch.setattr(G, "_why", None)
+    monkeypatch.setattr(G._cpu, "why", None)
     monkeypatch.setattr(bf16_mkl, "cpu_flags", lambda: {"avx2", "avx512f"})
     assert not G.available()
     assert "neither AMX-BF16 nor AVX512-BF16" in G.unavailable_reason()
@@ -197,7 +197,7 @@ def test_auto_sentence_on_amx_says_2x_only_with_mkl_installed(mkl_installed, mon
     monkeypatch.setattr(bf16_mkl, "installed", lambda: mkl_installed)
     monkeypatch.setattr(bf16_mkl, "available", lambda: pytest.fail("auto loaded MKL"))
     monkeypatch.setattr(G, "available", lambda: False)
-    monkeypatch.setattr(G, "_why", "forced off by the test")
+    monkeypatch.setattr(G._cpu, "why", "forced off by the test")
     monkeypatch.setattr(bf16_mkl, "unavailable_reason", lambda: "MKL not installed (forced)")
     precision, sentence = amp.choose_precision("auto")
     assert precision == ("bfloat16" if mkl_installed else "float32")

@@ -555,8 +555,8 @@ def test_keep_mask_draws_the_serial_bits_in_pieces(shape, odd, parts, monkeypatc
     made by several threads with the numba kernels), and leaves the generator where the serial
     call would: the next draws of every kind agree too. `odd`: an odd number of float32 draws
     before (numpy keeps the high half of a word for the next one)."""
-    from tinygrad_gpt.kernels import threads
-    monkeypatch.setattr(threads, "_threads", parts)
+    from tinygrad_gpt.runtime import runtime
+    monkeypatch.setattr(runtime, "threads", parts)          # the count, without setting the pools
     serial, pieces = np.random.default_rng(7), np.random.default_rng(7)
     if odd:
         serial.random(dtype=np.float32), pieces.random(dtype=np.float32)
@@ -605,7 +605,8 @@ def test_keep_mask_is_really_in_pieces(monkeypatch):
     """The threaded path is the one taken for a big mask: its pieces start from advanced copies
     (a piece started one word off would differ from the serial numbers; shown here)."""
     from tinygrad_gpt.kernels import numba_cpu, threads
-    monkeypatch.setattr(threads, "_threads", 2)
+    from tinygrad_gpt.runtime import runtime
+    monkeypatch.setattr(runtime, "threads", 2)
     used = []
     real = threads.pool
 
@@ -627,8 +628,8 @@ def test_dropout_masks_still_draw_in_a_forked_child(monkeypatch):
     """A forked child has none of the parent's pool threads: it makes its own (a stale pool
     would hang the child's first big mask). The child's mask equals the parent's."""
     import os
-    from tinygrad_gpt.kernels import threads
-    monkeypatch.setattr(threads, "_threads", 2)
+    from tinygrad_gpt.runtime import runtime
+    monkeypatch.setattr(runtime, "threads", 2)
     from tinygrad_gpt.kernels import numba_cpu
     shape = (2 * numba_cpu.KEEP_MASK_ONE_THREAD,)
     numba_cpu.keep_mask(np.random.default_rng(0), shape, 0.1)   # the parent's pool exists now

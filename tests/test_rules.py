@@ -30,7 +30,7 @@ def violations(text, rule):
 def test_no_source_file_breaks_the_rule(what, rule):
     skip = {Path(__file__).resolve()}
     if what.startswith("saves the kernel backend"):
-        skip.add((ROOT / "tinygrad_gpt" / "kernels" / "backend.py").resolve())   # kernels.use() itself
+        skip.add((ROOT / "tinygrad_gpt" / "kernels" / "__init__.py").resolve())   # kernels.use() itself
     found = [f"{p.relative_to(ROOT)}:{n}" for p in SOURCES if p.resolve() not in skip
              for n in violations(p.read_text(encoding="utf-8"), rule)]
     print(f"{len(SOURCES)} files checked")

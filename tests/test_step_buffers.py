@@ -5,7 +5,8 @@ import numpy as np
 
 import tinygrad_gpt as tg
 from tinygrad_gpt import functional as F
-from tinygrad_gpt.kernels import K, layers, reference as R
+from tinygrad_gpt import kernels
+from tinygrad_gpt.kernels import buffers, reference as R
 
 
 def test_embedding_backward_into_zeroes_the_stale_rows_and_matches_the_dense_kernel(backend):
@@ -16,7 +17,7 @@ def test_embedding_backward_into_zeroes_the_stale_rows_and_matches_the_dense_ker
     for step in range(3):
         ids = rng.integers(0, V // 2 if step % 2 else V, 40)
         dout = rng.standard_normal((40, C)).astype(np.float32)
-        stale = K.embedding_backward_into(dout, ids, dW, stale)
+        stale = kernels.K.embedding_backward_into(dout, ids, dW, stale)
         want = R.embedding_backward(dout, ids, V)
         np.testing.assert_allclose(dW, want, rtol=1e-6, atol=1e-6)
         assert np.array_equal(stale, np.unique(ids))
@@ -42,7 +43,7 @@ def test_the_embedding_gradient_buffer_is_reused_and_stays_right():
         w.grad = None
         F.embedding(w, i).sum().backward()
         np.testing.assert_array_equal(w.grad, R.embedding_backward(np.ones((10, 8), np.float32), i.ravel(), 30))
-        assert np.shares_memory(w.grad, layers.state_of(w).grad.view())   # one kept buffer, not fresh ones
+        assert np.shares_memory(w.grad, w.workspace.grad.view())   # one kept buffer, not fresh ones
 
 
 def test_the_buffer_is_not_reused_while_someone_holds_it():
@@ -125,7 +126,7 @@ def test_linear_outputs_alive_at_once_never_share_a_buffer():
     np.testing.assert_allclose(b.data, x2 @ w.data.T, rtol=1e-6)
     del a, b
     for _ in range(3):                         # dropped outputs: the kept buffer is reused
-        assert np.shares_memory(F.linear(tg.Tensor(x1), w).data, layers.state_of(w).y.view())
+        assert np.shares_memory(F.linear(tg.Tensor(x1), w).data, w.workspace.y.view())
 
 
 def head_step(w, h, targets, precision):
@@ -154,11 +155,11 @@ def test_the_bf16_copies_go_into_kept_buffers_and_stay_right(backend):
             dw2, loss2 = head_step(w2, tg.Tensor(h.data.copy(), requires_grad=True), t, precision)
             np.testing.assert_array_equal(dw, dw2)
             assert loss == loss2
-            state = layers.state_of(w)                      # the weight owns its buffers
+            state = w.workspace                      # the weight owns its buffers
             kept = {tag: buf.view() for tag, buf in (("y", state.y), ("x bf16", state.x_bits))
                     if buf.memory is not None}
             if precision == "bfloat16":                     # one scratch per shape for all layers
-                kept["dy bf16"] = layers.SCRATCH.buffers[("dy bf16", (12, 50))].view()
+                kept["dy bf16"] = buffers.SCRATCH.buffers[("dy bf16", (12, 50))].view()
             got.append({tag: a.ctypes.data for tag, a in kept.items()})
         tags = {"y", "x bf16", "dy bf16"} if precision == "bfloat16" else {"y"}   # y: the logits
         assert got[0].keys() == tags and got[0] == got[1] == got[2]
@@ -204,17 +205,18 @@ def test_k_linear_and_its_backward_match_the_reference_twin_in_float32_and_under
     rounded = lambda a: R.from_bf16(R.to_bf16(a))               # noqa: E731  what bf16 multiplies
     for precision, op in (("float32", lambda a: a), ("bfloat16", rounded)):
         with tg.autocast("bfloat16", enabled=precision == "bfloat16"):
-            y, xu, wu = K.linear(x, w.data, b, owner=w)
-            dx, dw = K.linear_backward(dy, xu, wu)
+            out = F.linear(tg.Tensor(x), w, tg.Tensor(b))   # the operands as functional.Linear chose them
+            y, (xu, wu) = out.data, out._ctx.saved
+            dx, dw = kernels.K.linear_backward(dy, xu, wu)
         assert (xu.dtype == np.uint16) == (precision == "bfloat16")
         np.testing.assert_allclose(y, R.linear_forward(op(x), op(w.data), b), rtol=1e-5, atol=1e-5)
-        want_dx, want_dw, _ = R.linear_backward(op(dy), op(x), op(w.data))
+        want_dx, want_dw = R.linear_backward(op(dy), op(x), op(w.data))
         np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-5)
 
 
 def test_a_buffer_is_handed_out_again_only_when_no_array_over_it_is_alive():
-    buf = layers.Buffer()
+    buf = buffers.Buffer()
     a = buf.take((3, 4), np.float32)
     view = a.reshape(-1)[2:]                   # a view of a view keeps the memory in use
     del a
@@ -226,7 +228,7 @@ def test_a_buffer_is_handed_out_again_only_when_no_array_over_it_is_alive():
 
 
 def test_a_shorter_request_is_the_front_of_the_buffer_and_only_a_longer_one_maps_new_memory():
-    buf = layers.Buffer()
+    buf = buffers.Buffer()
     long = buf.take((4, 8), np.float32)
     assert buf.fresh and not buf.relaid
     memory = buf.memory
@@ -248,7 +250,7 @@ def test_linear_outputs_of_varying_batch_lengths_reuse_the_longest_ones_memory()
     time) until a shorter request reused the front of the longest one's memory."""
     rng = np.random.default_rng(0)
     w = tg.nn.Parameter(rng.standard_normal((6, 5)).astype(np.float32))
-    state = layers.state_of(w)
+    state = w.workspace
     F.linear(tg.Tensor(rng.standard_normal((2, 9, 5)).astype(np.float32)), w)
     memory = state.y.memory
     for T in (4, 9, 7, 1, 9):
@@ -277,7 +279,7 @@ def test_load_state_dict_bumps_the_version_and_the_next_product_converts_the_new
     x = tg.Tensor(np.ones((1, 2), np.float32))
     with tg.autocast("bfloat16"):
         F.linear(x, w)
-        stale = layers.state_of(w).bits.copy()
+        stale = w.workspace.bits.copy()
         lin = tg.nn.Linear(2, 3, bias=False)
         lin.weight = w
         lin.load_state_dict({"weight": np.full((3, 2), 2.0, np.float32)})
@@ -297,7 +299,7 @@ def test_after_micro_batches_added_into_the_held_buffer_the_next_step_starts_fro
     w.grad = None
     F.embedding(w, c).sum().backward()
     np.testing.assert_array_equal(w.grad, R.embedding_backward(np.ones((1, 4), np.float32), c, 30))
-    assert np.shares_memory(w.grad, layers.state_of(w).grad.view())   # still the one buffer
+    assert np.shares_memory(w.grad, w.workspace.grad.view())   # still the one buffer
 
 
 # ----------------------------------------------------------------------------- what backward keeps (issue 29, item 4)
@@ -326,7 +328,7 @@ def test_linears_reading_one_input_under_autocast_save_one_bf16_copy_of_it():
     with tg.autocast("bfloat16"):
         first = saved_of(F.linear(h2, ws[0]))[0]
         h2.data[...] = 2.0                           # written in place without an op: invalidate()
-        layers.invalidate([h2])
+        tg.amp.invalidate([h2])
         second = saved_of(F.linear(h2, ws[1]))[0]
         h2.masked_fill_(np.ones((2, 5), bool), 3.0)  # an in-place op bumps the version
         third = saved_of(F.linear(h2, ws[2]))[0]

@@ -237,7 +237,7 @@ def test_a_float32_training_step_creates_no_float64_array(backend, monkeypatch):
         seen.append((f"{ctx.name} grad in", grad.dtype))
         seen.extend((f"{ctx.name}.backward", g.dtype) for g in input_grads if g is not None)
 
-    monkeypatch.setattr(kernels.K, "module", RecordingKernels(kernels.K.module, seen))
+    monkeypatch.setattr(kernels, "K", RecordingKernels(kernels.K, seen))
 
     with register_forward_hook(forward_hook), register_backward_hook(backward_hook):
         for _ in range(2):                               # the second step has non-zero moments

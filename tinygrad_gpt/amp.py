@@ -11,16 +11,19 @@ multiplies bf16 inputs with float32 accumulation and a float32 result, forward a
 cross-entropy, the loss) stays float32, as in torch's autocast lists; parameters, gradients
 and AdamW's moments are float32 throughout. `enabled=False` makes the block a no-op.
 
-This file is the user's switch and the command line's precision choice. The machine is one
-floor down: kernels/precision.py (the bf16 GEMM backend: MKL, our AVX512-BF16 kernel or the
-NumPy twin; `gemm_backend`, `get_gemm_backend` are re-exported here) and kernels/layers.py (the
-products, and each weight's bf16 copy, owned by the weight's Tensor: made by the first product
-under autocast, then written by AdamW's fused pass; `Tensor.copy_` (load_state_dict) or a new
-array (`p.data = ...`) makes it stale. A weight written any other way in place: `invalidate()`).
+This file is the user's switch and the command line's precision choice; the switch's state is
+`runtime.autocast`. The machine is one floor down: kernels/precision.py (the bf16 GEMM backend:
+MKL, our AVX512-BF16 kernel or the NumPy twin; `gemm_backend`, `get_gemm_backend` are re-exported
+here), the kernels' linear_forward / linear_backward on bf16 operands, and workspace.py (each
+weight's bf16 copy, owned by the Parameter: made by the first product under autocast, then
+written by AdamW's fused pass; `Tensor.copy_` (load_state_dict) or a new array (`p.data = ...`)
+makes it stale. A weight written any other way in place: `invalidate()`).
 """
 
-from .kernels import K, bf16_avx512, bf16_mkl, layers, precision
+from . import kernels, workspace
+from .kernels import bf16_avx512, bf16_mkl, precision
 from .kernels.precision import gemm, gemm_backend, get_gemm_backend, unavailable_reason  # noqa: F401
+from .runtime import runtime
 
 _DTYPES = precision.DTYPES
 
@@ -36,46 +39,37 @@ class autocast:
         self.dtype, self.enabled = dtype, bool(enabled)
 
     def __enter__(self):
-        self._prev = precision.active
-        _set_active(self.dtype if self.enabled else None)
+        self._prev = runtime.set(autocast=self.dtype if self.enabled else None)
         return self
 
     def __exit__(self, *exc):
-        _set_active(self._prev)
+        runtime.set(**self._prev)              # leaving: workspace frees the unowned bf16 copies
         return False
 
 
 def set_autocast(dtype):
     """The setter beside the context manager: "bfloat16" turns it on, None turns it off."""
-    _set_active(None if dtype is None else autocast(dtype).dtype)
-
-
-def _set_active(dtype):
-    """Autocast's state (kernels/precision.py); leaving autocast frees the weights' bf16 copies
-    that no optimizer keeps up to date."""
-    precision.set_active(dtype)
-    if dtype is None:
-        layers.drop_unowned_copies()
+    runtime.set(autocast=None if dtype is None else autocast(dtype).dtype)
 
 
 def get_autocast():
     """The active autocast dtype ("bfloat16") or None."""
-    return precision.active
+    return runtime.autocast
 
 
 def is_autocast_enabled():
-    return precision.active is not None
+    return runtime.autocast is not None
 
 
 def to_bf16(x, out=None):
     """float32 -> bf16 bits, round to nearest even, on the active kernel backend (into `out`)."""
-    return K.to_bf16(x, out=out)
+    return kernels.K.to_bf16(x, out=out)
 
 
 def invalidate(tensors=None):
     """Forget the weights' bf16 copies (of these Tensors or arrays, or all): after changing
     weights in place other than through AdamW or Tensor.copy_."""
-    layers.invalidate(tensors)
+    workspace.invalidate(tensors)
 
 
 # ----------------------------------------------------------------------------- precision choice

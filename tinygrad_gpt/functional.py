@@ -3,15 +3,15 @@
 Composing softmax or layer norm from tiny ops would work, but it would keep a dozen
 intermediate arrays alive and walk them all again in backward. Here each layer is one
 Function whose backward is the derivative written out once (the math is in
-kernels/reference.py, next to the code that computes it). `K` is the active kernel backend.
-The machine is K's business, not these ops': which dtype a product runs in (autocast), which
-GEMM library, which thread split, which output buffer is reused (kernels/layers.py,
-kernels/precision.py, kernels/threads.py). Here: the math, each backward under its forward,
-and the plain-NumPy twin of every kernel it calls in kernels/reference.py.
+kernels/reference.py, next to the code that computes it). `kernels.K` is the active kernel
+module, reference.py or numba_cpu.py: each `kernels.K.name(...)` is a function of both, with
+the same parameters, arrays in and out (GEMM library and thread split are the kernels' own).
+What lives across steps (Linear output buffers, the operands' low-precision copies, the
+embedding's gradient buffer) is the weight's `workspace` (workspace.py), passed as arrays.
 """
 import numpy as np
 
-from .kernels import K
+from . import kernels, workspace
 from .tensor import Function, Tensor, _axis, default_rng
 
 
@@ -29,7 +29,7 @@ def _unrows(y2, shape, axis):
 class Softmax(Function):
     def forward(ctx, x, axis=-1):
         x2, shape = _rows(x, axis)             # (N, C)
-        y2 = K.softmax_forward(x2)             # (N, C)
+        y2 = kernels.K.softmax_forward(x2)             # (N, C)
         ctx.save_for_backward(y2)
         ctx.axis, ctx.shape = axis, shape
         return _unrows(y2, shape, axis)
@@ -37,7 +37,7 @@ class Softmax(Function):
     def backward(ctx, grad):                   # dx = y * (dy - sum(dy * y))
         y2, = ctx.saved
         dy2, _ = _rows(grad, ctx.axis)
-        return _unrows(K.softmax_backward(dy2, y2), ctx.shape, ctx.axis)
+        return _unrows(kernels.K.softmax_backward(dy2, y2), ctx.shape, ctx.axis)
 
 
 def softmax(x, axis=-1, *, dim=None):
@@ -47,7 +47,7 @@ def softmax(x, axis=-1, *, dim=None):
 class LogSoftmax(Function):
     def forward(ctx, x, axis=-1):
         x2, shape = _rows(x, axis)
-        y2 = K.log_softmax_forward(x2)
+        y2 = kernels.K.log_softmax_forward(x2)
         ctx.save_for_backward(y2)
         ctx.axis, ctx.shape = axis, shape
         return _unrows(y2, shape, axis)
@@ -55,7 +55,7 @@ class LogSoftmax(Function):
     def backward(ctx, grad):                   # dx = dy - softmax * sum(dy)
         y2, = ctx.saved
         dy2, _ = _rows(grad, ctx.axis)
-        return _unrows(K.log_softmax_backward(dy2, y2), ctx.shape, ctx.axis)
+        return _unrows(kernels.K.log_softmax_backward(dy2, y2), ctx.shape, ctx.axis)
 
 
 def log_softmax(x, axis=-1, *, dim=None):
@@ -67,14 +67,14 @@ class LayerNorm(Function):
     def forward(ctx, x, w, b, eps=1e-5):       # x: (..., C)  w, b: (C,)
         C = x.shape[-1]
         x2 = np.ascontiguousarray(x).reshape(-1, C)            # (N, C)
-        y2, mean, rstd = K.layernorm_forward(x2, w, b, eps)
+        y2, mean, rstd = kernels.K.layernorm_forward(x2, w, b, eps)
         ctx.save_for_backward(x2, w, mean, rstd)
         return y2.reshape(x.shape)
 
     def backward(ctx, grad):                   # forward was y = (x - mean) * rstd * w + b
         x2, w, mean, rstd = ctx.saved
         dy2 = np.ascontiguousarray(grad).reshape(x2.shape)
-        dx2, dw, db = K.layernorm_backward(dy2, x2, w, mean, rstd, params=any(ctx.needs_input_grad[1:]))
+        dx2, dw, db = kernels.K.layernorm_backward(dy2, x2, w, mean, rstd, params=any(ctx.needs_input_grad[1:]))
         return dx2.reshape(grad.shape), dw, db     # dw, db None when w and b are frozen
 
 
@@ -87,11 +87,11 @@ def layer_norm(x, weight, bias, eps=1e-5):
 class GELU(Function):
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return K.gelu_forward(x)
+        return kernels.K.gelu_forward(x)
 
     def backward(ctx, grad):
         x, = ctx.saved
-        return K.gelu_backward(grad, x)
+        return kernels.K.gelu_backward(grad, x)
 
 
 def gelu(x):
@@ -113,7 +113,7 @@ class CrossEntropy(Function):
         if bad.any():
             raise IndexError(f"cross_entropy: target {t[bad][0]} is out of range for {V} classes")
         z = np.ascontiguousarray(logits).reshape(-1, V)        # (N, V)
-        losses, lse = K.cross_entropy_forward(z, t, ignore_index)
+        losses, lse = kernels.K.cross_entropy_forward(z, t, ignore_index)
         ctx.save_for_backward(z, t, lse)
         ctx.shape, ctx.ignore_index, ctx.reduction = logits.shape, ignore_index, reduction
         ctx.count = int((t != ignore_index).sum())
@@ -128,11 +128,11 @@ class CrossEntropy(Function):
     def backward(ctx, grad):                   # d loss / d logits = softmax - onehot(target), per row
         z, t, lse = ctx.saved
         if ctx.reduction == "none":            # a fresh (N, V) array: 103 MB for GPT-2, freed once the
-            dz = K.cross_entropy_backward(z, t, lse, 1.0, ctx.ignore_index)   # head's backward ran
+            dz = kernels.K.cross_entropy_backward(z, t, lse, 1.0, ctx.ignore_index)   # head's backward ran
             dz *= grad.reshape(-1, 1)
         else:
             scale = float(grad) / (ctx.count if ctx.reduction == "mean" and ctx.count else 1)
-            dz = K.cross_entropy_backward(z, t, lse, scale, ctx.ignore_index)
+            dz = kernels.K.cross_entropy_backward(z, t, lse, scale, ctx.ignore_index)
         return dz.reshape(ctx.shape), None
 
 
@@ -162,7 +162,12 @@ class Embedding(Function):
     def backward(ctx, grad):                   # scatter-add: a repeated id receives the sum
         ids, = ctx.saved                       # dW[ids[n]] += dy[n]
         g2 = np.ascontiguousarray(grad).reshape(-1, grad.shape[-1])       # (N, C)
-        return K.embedding_grad(g2, ids.reshape(-1), owner=ctx.parents[0]), None   # (V, C)
+        ws = ctx.parents[0].workspace          # the weight's gradient buffer (workspace.py), or None
+        dw, stale = (None, None) if ws is None else ws.embedding_grad((ctx.V, g2.shape[1]), g2.dtype)
+        if dw is None:                         # a fresh (V, C) array
+            return kernels.K.embedding_backward(g2, ids.reshape(-1), ctx.V), None
+        ws.grad_rows = kernels.K.embedding_backward_into(g2, ids.reshape(-1), dw, stale)   # zero stale rows, add
+        return dw, None                        # (V, C)
 
 
 def embedding(weight, ids):
@@ -175,15 +180,17 @@ def embedding(weight, ids):
 class Linear(Function):
     def forward(ctx, x, w, b=None):            # x: (..., in)  w: (out, in)  b: (out,)
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # (N, in)
-        y2, x_used, w_used = K.linear(x2, w, b, owner=ctx.parents[1], source=ctx.parents[0])   # y = x W^T + b
-        ctx.save_for_backward(x_used, w_used)  # the operands as the product used them
+        # the operands as the product takes them (under autocast: their copies), the output buffer
+        x2, w, out = workspace.linear_operands(ctx.parents[0], x2, ctx.parents[1], w)
+        y2 = kernels.K.linear_forward(x2, w, b, out=out)       # y = x W^T + b   (N, out)
+        ctx.save_for_backward(x2, w)           # the operands as the product used them
         ctx.in_shape = x.shape
         return y2.reshape(x.shape[:-1] + (w.shape[0],))
 
     def backward(ctx, grad):                   # y = x W^T + b
         x2, w = ctx.saved
         g2 = np.ascontiguousarray(grad).reshape(-1, w.shape[0])   # (N, out)
-        dx, dw = K.linear_backward(g2, x2, w, *ctx.needs_input_grad[:2])   # dx = dy W, dW = dy^T x
+        dx, dw = kernels.K.linear_backward(g2, x2, w, *ctx.needs_input_grad[:2])   # dx = dy W, dW = dy^T x
         dx = None if dx is None else dx.reshape(ctx.in_shape)
         if len(ctx.needs_input_grad) == 3:
             db = g2.sum(axis=0) if ctx.needs_input_grad[2] else None   # db = sum of dy over rows
@@ -203,17 +210,17 @@ class Dropout(Function):
     def forward(ctx, x, keep, p):              # keep: 0/1 mask of x's shape
         ctx.save_for_backward(keep)
         ctx.p = p
-        return K.dropout_forward(x, keep, p)
+        return kernels.K.dropout_forward(x, keep, p)
 
     def backward(ctx, grad):                   # the same mask, the same 1/(1-p)
         keep, = ctx.saved
-        return K.dropout_backward(grad, keep, ctx.p), None
+        return kernels.K.dropout_backward(grad, keep, ctx.p), None
 
 
 def _keep_mask(shape, p, rng):
     """True where U[0, 1) >= p: rng.random(shape, float32) >= p (kernels' keep_mask; the
     numba one computes the very same bits, in several threads for a big mask)."""
-    return K.keep_mask(default_rng() if rng is None else rng, tuple(shape), p)
+    return kernels.K.keep_mask(default_rng() if rng is None else rng, tuple(shape), p)
 
 
 def dropout(x, p=0.5, training=True, rng=None):
@@ -233,14 +240,14 @@ def dropout(x, p=0.5, training=True, rng=None):
 class Attention(Function):
     def forward(ctx, q, k, v, keep=None, causal=True, p=0.0):  # q: (B, H, Tq, D)  k, v: (B, H, Tk, D)
         # q, k, v: views of the projections' outputs (or of a KV cache), read in place, not copied
-        out, att = K.attention_forward(q, k, v, causal, keep, p)
+        out, att = kernels.K.attention_forward(q, k, v, causal, keep, p)
         ctx.save_for_backward(q, k, v, att, keep)
         ctx.p = p
         return out                                              # (B, H, Tq, D)
 
     def backward(ctx, grad):
         q, k, v, att, keep = ctx.saved
-        dq, dk, dv = K.attention_backward(np.ascontiguousarray(grad), q, k, v, att, keep, ctx.p)
+        dq, dk, dv = kernels.K.attention_backward(np.ascontiguousarray(grad), q, k, v, att, keep, ctx.p)
         return dq, dk, dv, None
 
 

@@ -26,39 +26,19 @@ every parallel region waits for its second thread to be scheduled, which can cos
 than the work itself. `with cpu_threads(1): generate(...)` decodes on one thread.
 """
 import contextlib
-import sys
 from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
 from .model import GPTModel
+from .runtime import runtime
 from .tensor import Tensor, default_rng, no_grad
 
 
-@contextlib.contextmanager
-def cpu_threads(n: Optional[int]) -> Iterator[None]:
-    """At most n BLAS and numba threads inside the block, restored after it (None: unchanged).
-    BLAS is limited through threadpoolctl (the dev extra); without it, only numba is."""
-    if n is None:
-        yield
-        return
-    n = max(1, int(n))
-    stack = contextlib.ExitStack()
-    try:
-        from threadpoolctl import threadpool_limits
-        stack.enter_context(threadpool_limits(limits=n, user_api="blas"))
-    except ImportError:
-        pass
-    numba = sys.modules.get("numba")
-    previous = numba.get_num_threads() if numba is not None else None
-    if numba is not None:
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        with stack:
-            yield
-    finally:
-        if previous is not None:
-            numba.set_num_threads(previous)
+def cpu_threads(n: Optional[int]) -> contextlib.AbstractContextManager:
+    """`runtime.use(threads=n)`: n threads in every pool inside the block, the previous count
+    after it (None: unchanged)."""
+    return runtime.use(threads=n)
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -9,46 +9,55 @@ then faults every page in again, and the kernel zeroes each one: ~71,000 pages (
 124M step, 0.1-0.2 s of it (benchmarks/RESULTS.md, "The plain API's page faults").
 
 `keep_freed_memory()` asks glibc (mallopt) to take every array from the heap and never trim
-it, so the next step reuses the same pages: none are faulted in after the first step. It is
-called once by the first `Tensor.backward()` of a process, so a training loop of your own over
-GPTModel and AdamW gets it, not only the commands. The price is PyTorch's on a GPU: the
-process keeps its peak heap (the training step's peak RSS is unchanged) until `empty_cache()`
-hands the free part back. `TINYGRAD_GPT_NO_MEMORY_CACHING=1` turns it off (as PyTorch's
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 does for its GPU cache). On a C library other than glibc
-both functions do nothing and return False.
+it, so the next step reuses the same pages: none are faulted in after the first step. It is the
+runtime's allocator policy: `runtime.set(allocator="keep")`, which the commands set once where
+they set the threads (cli.setup_threads); a training loop of your own over GPTModel and AdamW
+says the same line before its loop (nothing in the engine sets it behind your back). The price
+is PyTorch's on a GPU: the process keeps its peak heap (the training step's peak RSS is
+unchanged) until `empty_cache()` hands the free part back. `TINYGRAD_GPT_NO_MEMORY_CACHING=1`
+keeps the policy "system" (as PyTorch's PYTORCH_NO_CUDA_MEMORY_CACHING=1 turns off its GPU
+cache). On a C library other than glibc both functions do nothing and return False.
 """
 import ctypes
-import os
+import types
+
+from .runtime import APPLY, runtime
 
 OPT_OUT = "TINYGRAD_GPT_NO_MEMORY_CACHING"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4     # glibc's malloc.h
 
-_libc = None
-_asked = False                                       # keep_freed_memory(once=True) ran
+_glibc_found = types.SimpleNamespace(libc=None)     # glibc through ctypes, found once (False: none)
 
 
 def _glibc():
     """glibc through ctypes, or None (musl, macOS, Windows: nothing to tune)."""
-    global _libc
-    if _libc is None:
+    if _glibc_found.libc is None:
         try:
             libc = ctypes.CDLL("libc.so.6")
             libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
             libc.mallopt.restype = ctypes.c_int
             libc.malloc_trim.argtypes = [ctypes.c_size_t]
             libc.malloc_trim.restype = ctypes.c_int
-            _libc = libc
+            _glibc_found.libc = libc
         except (OSError, AttributeError):
-            _libc = False
-    return _libc or None
+            _glibc_found.libc = False
+    return _glibc_found.libc or None
 
 
 def caching_disabled() -> bool:
-    """True when TINYGRAD_GPT_NO_MEMORY_CACHING is set to anything but "" or "0"."""
-    return os.environ.get(OPT_OUT, "").strip() not in ("", "0")
+    """True when TINYGRAD_GPT_NO_MEMORY_CACHING was set to anything but "" or "0" (read once)."""
+    return runtime.keep_refused
 
 
-def keep_freed_memory(once: bool = False) -> bool:
+def _apply_allocator(policy, old=None):       # runtime.set(allocator=...) calls it
+    if policy == "keep" and old != "keep":
+        keep_freed_memory()
+
+
+APPLY["allocator"] = _apply_allocator
+
+
+def keep_freed_memory() -> bool:
     """Ask glibc to reuse freed memory instead of returning it to the OS; True if it took it.
 
     Both thresholds must be set: setting either one freezes glibc's dynamic adjustment of
@@ -59,15 +68,7 @@ def keep_freed_memory(once: bool = False) -> bool:
     threshold above 32 MiB (half its heap size) gets mmap turned off instead (M_MMAP_MAX = 0).
     The trim threshold is the largest C int (2 GiB - 1): mallopt takes a C int, and 1 << 32
     reached it as 0, "trim at once" (benchmarks/RESULTS.md, "bf16 autocast, second session").
-    `once=True` (what backward() passes) does it only the first time, and not at all under the
-    opt-out variable."""
-    global _asked
-    if once:
-        if _asked:
-            return False
-        _asked = True
-        if caching_disabled():
-            return False
+    `runtime.set(allocator="keep")` calls it (once; not under the opt-out variable)."""
     libc = _glibc()
     if libc is None:
         return False

@@ -27,6 +27,7 @@ from . import functional as F
 from .observe import (_module_hooks, _module_pre_hooks, _scope, current_module, module_stack,  # noqa: F401
                       register_module_forward_hook, register_module_forward_pre_hook)
 from .tensor import RemovableHandle, Tensor, default_rng, is_grad_enabled
+from .workspace import Workspace
 
 
 class LayerKV(Protocol):
@@ -40,10 +41,12 @@ class LayerKV(Protocol):
 
 
 class Parameter(Tensor):
-    """A Tensor that a Module owns and an optimizer updates: requires_grad by default."""
+    """A Tensor that a Module owns and an optimizer updates: requires_grad by default. It owns
+    the buffers the engine reuses for it from step to step (`workspace`: workspace.py)."""
 
     def __init__(self, data, requires_grad: bool = True):
         super().__init__(data, requires_grad=requires_grad)
+        self.workspace = Workspace()
 
     def __repr__(self):
         return "Parameter" + super().__repr__()[len("Tensor"):]

@@ -8,10 +8,11 @@ rest. tensor.py re-exports every public name, so `tinygrad_gpt.tensor.profile` s
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections import defaultdict
 from typing import Callable
+
+from .runtime import runtime
 
 
 # ----------------------------------------------------------------------------- profiling
@@ -44,23 +45,17 @@ class Profile:
         return "\n".join(lines)
 
 
-_profile = None
-
-
 @contextlib.contextmanager
 def profile():
-    global _profile
-    previous, _profile = _profile, Profile()
-    try:
-        yield _profile
-    finally:
-        _profile = previous
+    """`with profile() as prof:` collects the block's op times (runtime.profile, put back after)."""
+    with runtime.use(profile=Profile()):
+        yield runtime.profile
 
 
-if os.environ.get("TINYGRAD_GPT_DEBUG", "0") not in ("", "0"):
+if runtime.debug:                              # TINYGRAD_GPT_DEBUG=1: the whole process, printed at exit
     import atexit
-    _profile = Profile()
-    atexit.register(lambda: print(_profile.table()))
+    runtime.set(profile=Profile())
+    atexit.register(lambda p=runtime.profile: print(p.table()))
 
 
 class _Timer:
@@ -73,8 +68,8 @@ class _Timer:
         self.start = time.perf_counter()
 
     def __exit__(self, *exc):
-        if _profile is not None:
-            _profile.add(self.name, self.phase, time.perf_counter() - self.start)
+        if runtime.profile is not None:
+            runtime.profile.add(self.name, self.phase, time.perf_counter() - self.start)
         return False
 
 
@@ -83,7 +78,7 @@ _NOT_TIMED = contextlib.nullcontext()
 
 def timing(name, phase):
     """`with timing(op, "forward"):` adds the block's seconds to the active profile, if any."""
-    return _NOT_TIMED if _profile is None else _Timer(name, phase)
+    return _NOT_TIMED if runtime.profile is None else _Timer(name, phase)
 
 
 # ----------------------------------------------------------------------------- hooks

@@ -6,7 +6,7 @@ input's shape (tensor.unbroadcast). A backward never writes into the gradient it
 """
 import numpy as np
 
-from .kernels import K
+from . import kernels
 from .tensor import Function
 
 
@@ -72,7 +72,7 @@ class Neg(Function):
 class MatMul(Function):
     def forward(ctx, a, b):                    # a: (..., n, k)  b: (..., k, m), batch dims broadcast
         ctx.save_for_backward(a, b)
-        return K.matmul(a, b)                  # (..., n, m), np.matmul (kernels/threads.py)
+        return kernels.K.matmul(a, b)                  # (..., n, m), np.matmul (kernels/threads.py)
 
     def backward(ctx, grad):                   # c = a @ b  ->  da = dc @ b^T, db = a^T @ dc
         a, b = ctx.saved
@@ -87,11 +87,11 @@ class MatMul(Function):
             g = g[..., None, :]                # (..., m) -> (..., 1, m)
         da = db = None
         if ctx.needs_input_grad[0]:
-            da = K.matmul(g, np.swapaxes(b2, -1, -2))          # (..., n, k)
+            da = kernels.K.matmul(g, np.swapaxes(b2, -1, -2))          # (..., n, k)
             if a.ndim == 1:
                 da = da.squeeze(-2)
         if ctx.needs_input_grad[1]:
-            db = K.matmul(np.swapaxes(a2, -1, -2), g)          # (..., k, m)
+            db = kernels.K.matmul(np.swapaxes(a2, -1, -2), g)          # (..., k, m)
             if b.ndim == 1:
                 db = db.squeeze(-1)
         return da, db                          # batch dims that broadcast are summed by the engine

@@ -2,7 +2,9 @@
 appendix-D helpers: warmup + cosine schedule and global-norm gradient clipping.
 
 This room owns parameter updates: it reads `.grad` and writes `.data` of the Tensors it is
-given (the fused update is kernels' adamw_step), and knows nothing of models or training.
+given (the fused update is kernels' adamw_step), and knows nothing of models or training. A weight
+that a product under autocast has copied to low precision has that copy written in the same pass
+(adamw_step's `copy`, workspace.copy_for_step), and AdamW owns it from then on.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .kernels import K
+from . import kernels, workspace
 from .tensor import Tensor
 
 
@@ -65,8 +67,9 @@ class AdamW:
                                               "exp_avg_sq": np.zeros_like(p.data)}
                 st["step"] += 1
                 # p -= lr * wd * p;  m, v = moving averages of g, g^2;  p -= lr * m_hat / (sqrt(v_hat) + eps)
-                K.adamw_update(p, st["exp_avg"], st["exp_avg_sq"], group["lr"], beta1, beta2,
-                               group["eps"], group["weight_decay"], st["step"])
+                args = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"], st["step"])
+                copy = workspace.copy_for_step(p)   # the weight's copy for autocast's products, or None
+                kernels.K.adamw_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], *args, copy=copy)
 
     # ---- state, in torch's layout: parameters are numbered in order
     def state_dict(self) -> dict:

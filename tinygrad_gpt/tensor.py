@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import memory, observe
+from . import observe
 from .observe import (Profile, RemovableHandle, _backward_hooks, _forward_hooks, profile,  # noqa: F401
                       register_backward_hook, register_forward_hook)
 from .spellings import (CPU, Device, MissingFeature, TorchSpellings, _axis, _keep, check_device,  # noqa: F401
@@ -235,6 +235,7 @@ class Tensor(TorchSpellings):
 
     __array_priority__ = 1000                          # ndarray + Tensor -> Tensor.__radd__
     _version = 0             # bumped by each in-place op; every Function records its inputs' versions
+    workspace = None         # a Parameter's buffers that live across steps (workspace.py); None on any other
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
         self.data = _as_array(data, dtype)
@@ -283,7 +284,6 @@ class Tensor(TorchSpellings):
         if self._ctx is None:                          # a leaf: d(self)/d(self) = 1
             _accumulate(self, grad, grad, ())          # grad_in=grad: never keep the caller's array
             return
-        memory.keep_freed_memory(once=True)            # a training process: reuse the step's pages
         order = _graph_to_walk(self)                   # every node this one depends on, inputs first
         self.grad = grad
         while order:                                   # outputs first; popped, so that a node no one

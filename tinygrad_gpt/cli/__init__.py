@@ -2,8 +2,8 @@
 
 This room owns argument-parsing conventions (a mistake is one line on stderr and exit code 2,
 never argparse's usage block or a traceback) and the runtime set-up a command does once for
-its process: one thread count for BLAS, numba and MKL, glibc's allocator tuned (memory.py; at
-once, where a user's loop gets it at its first backward()), the kernel backend chosen. The
+its process: one thread count for BLAS, numba and MKL, glibc's allocator tuned (memory.py), the
+kernel backend chosen: the runtime's settings (runtime.py), set once here. The
 commands sit beside it, each a `main(argv)` over a `build_parser()`: cli/pretrain/ (a package:
 run, flags, config, corpus, saving), cli/generate.py, cli/prepare_data.py, cli/plot.py, and
 explain/cli.py (beside the tracer it drives); examples/*.py are two-line wrappers over them.
@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from ..memory import keep_freed_memory
+from ..runtime import runtime
 
 USAGE_ERROR = 2
 
@@ -59,21 +59,23 @@ def select_kernels(name: str | None) -> None:
 
 
 def setup_threads(threads: int | None = None, warm_up: bool = False, precision: str = "float32") -> str:
-    """One thread count for the three pools (OpenBLAS, numba, and oneMKL's when precision is
-    "bfloat16": kernels/threads.py), the allocator tuned, the kernels compiled (when warm_up);
-    returns a line describing the runtime."""
+    """The runtime a command's process runs with, set once: one thread count for the pools
+    (OpenBLAS, numba, and oneMKL's when precision is "bfloat16": kernels/threads.py), freed memory
+    kept (memory.py), the kernels compiled (when warm_up), and for a bf16 run on oneMKL the
+    float32 stacks on MKL too (runtime.py says why); returns a line describing the runtime."""
     import numba
-    from ..kernels import K, get_backend
-    from ..kernels.threads import set_num_threads
-    threads = set_num_threads(threads, load_mkl=False)
-    keep_freed_memory(once=True)               # as the first backward() would (memory.py)
+    from ..kernels import bf16_mkl, get_backend, precision as bf16
+    runtime.set(threads=threads, allocator="keep")
     layer = ""
     if warm_up and get_backend() == "numba":
-        K.warmup(verbose=True)
+        from ..kernels import numba_cpu
+        numba_cpu.warmup(verbose=True)
         layer = f" ({numba.threading_layer()} threading layer)"
-    if precision == "bfloat16":                # MKL after numba's pool has started, then the same count
-        set_num_threads(threads, load_mkl=True)
-    return runtime_line(threads, precision, layer)
+    if precision == "bfloat16" and bf16.get_gemm_backend() == "mkl":   # loads MKL, after numba's pool
+        runtime.set(threads=runtime.threads)   # started; then the same count everywhere
+        if bf16_mkl.pool_active():
+            runtime.set(float32_gemm="mkl")
+    return runtime_line(runtime.threads, precision, layer)
 
 
 def runtime_line(threads: int, precision: str, layer: str = "") -> str:

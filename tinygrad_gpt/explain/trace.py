@@ -149,15 +149,16 @@ def source_location(fn):
 
 
 def kernel_locations(function_class):
-    """The kernels (kernels/reference.py or numba_cpu.py) an op's backward calls as K.name."""
-    from ..kernels import K
+    """The kernels (kernels/reference.py or numba_cpu.py, whichever `kernels.K` is now) an op's
+    backward calls as `kernels.K.name`: the functions that run."""
+    from .. import kernels
     try:
         source = inspect.getsource(function_class.backward)
     except (OSError, TypeError):
         return []
     found = []
     for name in dict.fromkeys(re.findall(r"\bK\.(\w+)", source)):
-        fn = getattr(K.module, name, None)
+        fn = getattr(kernels.K, name, None)
         if fn is not None:
             found.append((name, source_location(fn)))
     return found

@@ -38,7 +38,8 @@ MC, KC, NC = 512, 768, 4096     # blocks: a's MC x KC rows stay in L2, b's KC x 
 
 _lock = threading.Lock()
 _kernels = {}           # "avx512_bf16" / "portable" -> (llvmlite engine, address), built once
-_why = None
+class _cpu:             # why this GEMM cannot run here ("" where it can), found once
+    why = None
 
 
 # ----------------------------------------------------------------------------- the micro-kernel
@@ -147,15 +148,14 @@ def _missing():
 def available():
     """True where this GEMM runs: AVX512-BF16 in the CPU (the fast path where also
     faster_than_float32(); AMX CPUs use MKL)."""
-    global _why
-    if _why is None:
-        _why = _missing()
-    return not _why
+    if _cpu.why is None:
+        _cpu.why = _missing()
+    return not _cpu.why
 
 
 def unavailable_reason():
     available()
-    return _why
+    return _cpu.why
 
 
 def faster_than_float32():
@@ -295,7 +295,7 @@ def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None, kernel="auto"):
     kernel="auto" runs VDPBF16PS where the CPU has it, "portable" the same loops on any CPU."""
     if kernel == "auto":
         if not available():
-            raise RuntimeError(f"gemm_bf16: {_why}")
+            raise RuntimeError(f"gemm_bf16: {_cpu.why}")
         kernel = "avx512_bf16"
     elif kernel != "portable":
         raise ValueError(f"gemm_bf16: kernel must be 'auto' or 'portable', got {kernel!r}")

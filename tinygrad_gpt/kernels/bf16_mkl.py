@@ -12,24 +12,31 @@ Thread pools. NumPy's OpenBLAS, numba's workqueue/OpenMP and MKL's Intel OpenMP 
 cores. Intel OpenMP threads spin for KMP_BLOCKTIME (200 ms) after each parallel region, and
 while they spin NumPy's GEMMs on the same two cores run 3-4x slower. So before loading MKL
 we load its OpenMP runtime and set the block time to 0 with `kmp_set_blocktime` (no
-environment variable is written); MKL's thread count follows numba's, and `set_num_threads`
-sets it again (kernels.threads.set_num_threads sets all three pools).
+environment variable is written); MKL's thread count is runtime.threads, applied when MKL loads
+and whenever the runtime's count changes (kernels/threads.py sets all three pools).
 """
 import ctypes
 import glob
 import os
 import sys
+import types
 
 import numpy as np
+from numba import njit, prange
+
+from ..runtime import APPLY, runtime
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _THREADING_INTEL, _THREADING_SEQUENTIAL = 0, 1    # MKL_THREADING_* in mkl_service.h
 
-_lib = None            # the loaded libmkl_rt, or False after a failed attempt
-_omp = None            # libiomp5, loaded before MKL so that its block time can be set
-_why = None            # why the fast path is unavailable (a sentence), or None
-_single = None         # why MKL runs on one thread (a sentence), or None
-_without_amx = False   # allow_without_amx(): load MKL on any CPU (for tests)
+_mkl = types.SimpleNamespace(
+    lib=None,          # the loaded libmkl_rt, or False after a failed attempt
+    omp=None,          # libiomp5, loaded before MKL so that its block time can be set
+    why=None,          # why the fast path is unavailable (a sentence), or None
+    single=None,       # why MKL runs on one thread (a sentence), or None
+    without_amx=False,  # allow_without_amx(): load MKL on any CPU (for tests)
+    opened=None,       # (libmkl_rt or False, why): MKL is opened and set up once per process
+    chunk=np.empty(0, dtype=np.float32))   # _gemm_long's chunk of C^T, kept (up to CHUNK x 4096 floats)
 
 
 def _candidate_dirs():
@@ -83,25 +90,20 @@ def cpu_has_amx_bf16():
 def _load():
     """libmkl_rt where the fast path may run (an AMX-BF16 CPU, or after allow_without_amx()),
     else False with the reason in _why."""
-    global _lib, _why
-    if _lib is not None:
-        return _lib
-    if not cpu_has_amx_bf16() and not _without_amx:
-        _lib, _why = False, "this CPU has no AMX-BF16 (amx_bf16 not in /proc/cpuinfo)"
-        return _lib
-    _lib, _why = _open()
-    if _lib:
-        set_num_threads(_numba_threads())
-    return _lib
-
-
-_opened = None         # (libmkl_rt or False, why): MKL is opened and set up once per process
+    if _mkl.lib is not None:
+        return _mkl.lib
+    if not cpu_has_amx_bf16() and not _mkl.without_amx:
+        _mkl.lib, _mkl.why = False, "this CPU has no AMX-BF16 (amx_bf16 not in /proc/cpuinfo)"
+        return _mkl.lib
+    _mkl.lib, _mkl.why = _open()
+    if _mkl.lib:
+        set_num_threads(runtime.threads)
+    return _mkl.lib
 
 
 def _open():
-    global _opened, _omp
-    if _opened is not None:
-        return _opened
+    if _mkl.opened is not None:
+        return _mkl.opened
     why = None
     for d in _candidate_dirs():
         paths = sorted(glob.glob(os.path.join(d, "libmkl_rt.so*")))
@@ -110,8 +112,8 @@ def _open():
         omp = os.path.join(d, "libiomp5.so")
         try:
             if os.path.exists(omp):
-                _omp = ctypes.CDLL(omp)                # local: numba keeps its own libgomp
-                _omp.kmp_set_blocktime(ctypes.c_int(0))       # idle threads sleep at once
+                _mkl.omp = ctypes.CDLL(omp)            # local: numba keeps its own libgomp
+                _mkl.omp.kmp_set_blocktime(ctypes.c_int(0))   # idle threads sleep at once
             lib = ctypes.CDLL(paths[0], mode=ctypes.RTLD_GLOBAL)
             fn = lib.cblas_gemm_bf16bf16f32
         except (OSError, AttributeError) as e:
@@ -136,10 +138,10 @@ def _open():
                               ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
                               ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
                               ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int]
-        _opened = (lib, None)
-        return _opened
-    _opened = (False, why or "oneMKL (libmkl_rt) is not installed: pip install mkl")
-    return _opened
+        _mkl.opened = (lib, None)
+        return _mkl.opened
+    _mkl.opened = (False, why or "oneMKL (libmkl_rt) is not installed: pip install mkl")
+    return _mkl.opened
 
 
 def _gnu_openmp_is_global():
@@ -148,10 +150,9 @@ def _gnu_openmp_is_global():
     layer would then call libgomp's omp_get_thread_num from Intel OpenMP threads, and its
     threads split the work wrongly: measured, 1 in 90 GEMMs off by 70% with torch imported.
     MKL then runs sequentially (correct, one core). numba keeps its libgomp local: no conflict."""
-    global _single
     scope = ctypes.CDLL(None)
     if hasattr(scope, "omp_get_thread_num") and not hasattr(scope, "kmp_set_blocktime"):
-        _single = ("GNU OpenMP (libgomp) is loaded globally, e.g. by torch, so MKL's bf16 GEMM "
+        _mkl.single = ("GNU OpenMP (libgomp) is loaded globally, e.g. by torch, so MKL's bf16 GEMM "
                    "runs on one thread")
         return True
     return False
@@ -160,15 +161,7 @@ def _gnu_openmp_is_global():
 def single_thread_reason():
     """Why MKL runs on one thread whatever set_num_threads says (a sentence), or None."""
     _load()
-    return _single
-
-
-def _numba_threads():
-    try:
-        import numba
-        return numba.get_num_threads()
-    except Exception:
-        return os.cpu_count() or 1
+    return _mkl.single
 
 
 def available():
@@ -178,7 +171,7 @@ def available():
 
 def unavailable_reason():
     _load()
-    return _why
+    return _mkl.why
 
 
 class allow_without_amx:
@@ -191,36 +184,34 @@ class allow_without_amx:
     plain call it holds for the rest of the process (or until an enclosing block exits)."""
 
     def __init__(self):
-        global _lib, _why, _without_amx
-        self._saved = (_lib, _why, _without_amx)
-        _without_amx = True
-        if _lib is False:                     # refused, perhaps for want of AMX: decide again
-            _lib = None
+        self._saved = (_mkl.lib, _mkl.why, _mkl.without_amx)
+        _mkl.without_amx = True
+        if _mkl.lib is False:                 # refused, perhaps for want of AMX: decide again
+            _mkl.lib = None
         _load()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        global _lib, _why, _without_amx
-        _lib, _why, _without_amx = self._saved
+        _mkl.lib, _mkl.why, _mkl.without_amx = self._saved
         return False
 
 
 def set_num_threads(n):
     """MKL's thread count (its OpenMP pool); no-op when MKL is not loaded or runs sequentially."""
-    if _lib and _single is None:
-        _lib.MKL_Set_Num_Threads(int(n))
-        if _omp is not None:          # a new team must not spin either
-            _omp.kmp_set_blocktime(ctypes.c_int(0))
+    if _mkl.lib and _mkl.single is None:
+        _mkl.lib.MKL_Set_Num_Threads(int(n))
+        if _mkl.omp is not None:      # a new team must not spin either
+            _mkl.omp.kmp_set_blocktime(ctypes.c_int(0))
 
 
 def get_num_threads():
-    return int(_lib.MKL_Get_Max_Threads()) if _lib else 0
+    return int(_mkl.lib.MKL_Get_Max_Threads()) if _mkl.lib else 0
 
 
 def library_path():
-    return _lib._name if _lib else None
+    return _mkl.lib._name if _mkl.lib else None
 
 
 def _check(name, a, trans):
@@ -252,7 +243,7 @@ def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
     a: (M, K), or (K, M) with trans_a;  b: (K, N), or (N, K) with trans_b."""
     lib = _load()
     if not lib:
-        raise RuntimeError(f"gemm_bf16: the MKL fast path is unavailable: {_why}")
+        raise RuntimeError(f"gemm_bf16: the MKL fast path is unavailable: {_mkl.why}")
     m, n, k, out = check_gemm(a, b, trans_a, trans_b, out)
     if m == 0 or n == 0 or k == 0:
         return out
@@ -271,17 +262,15 @@ def gemm_bf16(a, b, trans_a=False, trans_b=False, out=None):
 # (benchmarks/RESULTS.md, "bf16 autocast, third session").
 WIDE = 16384
 CHUNK = 4096
-_chunk = np.empty(0, dtype=np.float32)    # the chunk of C^T, kept (up to CHUNK x 4096 floats)
 
 
 def _gemm_long(lib, a, b, ta, tb, m, n, k, out):
     """out = op(a) @ op(b), one side of out >= WIDE, the other <= CHUNK: each block of CHUNK
     columns (rows) of out is the transpose of op(b)^T[block] @ op(a)^T (of op(b)^T @ op(a)^T[:,
     block]), which is a product of the same operands with the transpose flags flipped."""
-    global _chunk
-    from .backend import K                          # the transpose: numba's kernel or NumPy's twin
-    if _chunk.size < CHUNK * min(m, n):
-        _chunk = np.empty(CHUNK * min(m, n), dtype=np.float32)
+    if _mkl.chunk.size < CHUNK * min(m, n):
+        _mkl.chunk = np.empty(CHUNK * min(m, n), dtype=np.float32)
+    _chunk = _mkl.chunk
     lda, ldb, item = a.shape[1], b.shape[1], a.itemsize
     flip_a, flip_b = (_NO_TRANS if ta else _TRANS), (_NO_TRANS if tb else _TRANS)   # op(x)^T of x
     if n >= m:                # out (m, long n): op(b)^T's rows are b's rows (tb) or b's columns
@@ -291,7 +280,7 @@ def _gemm_long(lib, a, b, ta, tb, m, n, k, out):
             lib.cblas_gemm_bf16bf16f32(_ROW_MAJOR, flip_b, flip_a, r, m, k, 1.0,
                                        b.ctypes.data + (s * ldb if tb else s) * item, ldb,
                                        a.ctypes.data, lda, 0.0, t.ctypes.data, m)
-            K.transpose_into(t, out[:, s:s + r])
+            transpose_into(t, out[:, s:s + r])
     else:                     # out (long m, n): op(a)^T's columns are a's columns (ta) or a's rows
         for s in range(0, m, CHUNK):
             r = min(CHUNK, m - s)
@@ -299,14 +288,38 @@ def _gemm_long(lib, a, b, ta, tb, m, n, k, out):
             lib.cblas_gemm_bf16bf16f32(_ROW_MAJOR, flip_b, flip_a, n, r, k, 1.0, b.ctypes.data, ldb,
                                        a.ctypes.data + (s if ta else s * lda) * item, lda,
                                        0.0, t.ctypes.data, r)
-            K.transpose_into(t, out[s:s + r])
+            transpose_into(t, out[s:s + r])
+
+
+# ----------------------------------------------------------------------------- the chunks' transpose
+TRANSPOSE_TILE = 32                            # transpose_into: a 32 x 32 float32 tile is 4 KiB
+
+
+@njit(parallel=True, cache=True)
+def _transpose_into(src, dst):                 # src: (R, C)  dst: (C, R), may be strided
+    R, C = src.shape
+    for bi in prange((R + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE):      # one band of src rows each
+        i0 = bi * TRANSPOSE_TILE
+        i1 = min(R, i0 + TRANSPOSE_TILE)
+        for j0 in range(0, C, TRANSPOSE_TILE):
+            for j in range(j0, min(C, j0 + TRANSPOSE_TILE)):
+                for i in range(i0, i1):
+                    dst[j, i] = src[i, j]
+
+
+def transpose_into(src, dst):
+    """dst[...] = src.T in tiles, in parallel (reference.transpose_into): the long bf16 GEMMs'
+    chunks (below), 7x faster than NumPy's strided copy here."""
+    if src.ndim != 2 or dst.shape != src.shape[::-1] or src.dtype != dst.dtype:
+        raise ValueError(f"transpose_into: dst must be {src.shape[::-1]} {src.dtype}, got {dst.shape} {dst.dtype}")
+    _transpose_into(src, dst)
 
 
 # ----------------------------------------------------------------------------- float32, batched
 def pool_active():
-    """True when MKL is loaded and runs on its own threads: then the float32 products that meet
-    it in one step (attention's) should run on MKL too (`matmul`), not on NumPy's OpenBLAS."""
-    return bool(_lib) and _single is None and hasattr(_lib, "cblas_sgemm_batch_strided")
+    """True when MKL is loaded and runs on its own threads, with its batched float32 GEMM: what
+    `runtime.float32_gemm = "mkl"` needs (cli.setup_threads asks it for a bf16 run on MKL)."""
+    return bool(_mkl.lib) and _mkl.single is None and hasattr(_mkl.lib, "cblas_sgemm_batch_strided")
 
 
 def _operand(a):
@@ -334,7 +347,7 @@ def matmul(a, b, out=None):
     same two cores then ran 2-4x slower (benchmarks/RESULTS.md); a step under autocast keeps
     all of its products on MKL. `out` may be strided (rows of unit-stride elements: attention's
     (B, T, H, D) output seen as (B, H, T, D)); MKL writes it in place. The twin is np.matmul."""
-    lib = _lib                                  # never loads MKL: a float32 run keeps it out
+    lib = _mkl.lib                              # never loads MKL: a float32 run keeps it out
     if not lib or not hasattr(lib, "cblas_sgemm_batch_strided"):
         return np.matmul(a, b, out=out)
     if (a.dtype != np.float32 or b.dtype != np.float32 or a.ndim < 3 or a.ndim != b.ndim
@@ -367,3 +380,12 @@ def matmul(a, b, out=None):
                                       m, n, k, 1.0, pa, lda, sa, pb, ldb, sb, 0.0, pc, ldc,
                                       sc if batched else ldc * m, lead[-1])
     return out
+
+
+def _check_float32_gemm(name, old=None):      # runtime.set(float32_gemm=...) calls it
+    if name == "mkl" and not pool_active():
+        raise RuntimeError("float32_gemm='mkl': " + (unavailable_reason() or single_thread_reason()
+                                                      or "this MKL has no cblas_sgemm_batch_strided"))
+
+
+APPLY["float32_gemm"] = _check_float32_gemm

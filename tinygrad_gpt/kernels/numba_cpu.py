@@ -28,18 +28,11 @@ import time
 import numpy as np
 from numba import njit, prange
 
-from . import bf16_avx512, bf16_mkl, reference, threads
+from ..runtime import runtime
+from . import bf16_avx512, bf16_mkl, precision, reference, threads
+from .buffers import SCRATCH
 
-# numba's default threading layer here is OpenMP (libgomp). After a parallel region its worker
-# threads keep spinning (~300k iterations) waiting for more work, and on a 2-core machine that
-# steals a core from the OpenBLAS matmul that comes next: the causal attention forward took
-# 8.1 ms instead of 5.6, a GPT-2 124M training step (benchmarks/bench_train_step.py, batch
-# 2 x 256) 3.1-3.4 s instead of 2.4-2.6. PASSIVE makes idle workers sleep at once; the cost
-# is ~0.1 ms more to wake them for each kernel. libgomp reads this when numba first loads it
-# (at the first parallel call, not at `import numba`), so setting it here is in time. An
-# explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT (20000 measured as well as PASSIVE) wins.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+# numba's threading layer: kernels/threads.py picks it (TBB, else workqueue; OpenMP last).
 
 # fastmath without 'nnan'/'ninf': with those two, LLVM may assume no NaN/inf and np.isnan
 # silently returns False inside a kernel. Reassociation lets reductions vectorize.
@@ -446,11 +439,11 @@ def _attention_softmax_backward(da, att, scale, ds):   # da, att, ds: (B*H*T, Tk
 def matmul(a, b, out=None):
     """np.matmul (reference.matmul) for the engine's float32 products, without waking OpenBLAS's
     workers, whose spinning after a call slowed the numba kernels and bf16 GEMMs that follow
-    1.7-4x: MKL's batched float32 GEMM for the attention's stacks while MKL's pool is in the
-    process (bf16_mkl.matmul), else OpenBLAS in one thread for each part of the work
-    (threads.matmul). The numbers of np.matmul with OpenBLAS in one thread (threads.matmul says
-    where that differs from OpenBLAS's own threads, in the last bits)."""
-    if a.ndim >= 3 and bf16_mkl.pool_active():
+    1.7-4x: OpenBLAS in one thread for each part of the work (threads.matmul), or MKL's batched
+    float32 GEMM for the attention's stacks where the runtime says so (`runtime.float32_gemm`:
+    a bf16 run on MKL, bf16_mkl.matmul). The numbers of np.matmul with OpenBLAS in one thread
+    (threads.matmul says where that differs from OpenBLAS's own threads, in the last bits)."""
+    if a.ndim >= 3 and runtime.float32_gemm == "mkl":
         return bf16_mkl.matmul(a, b, out=out)
     return threads.matmul(a, b, out=out)
 
@@ -677,13 +670,16 @@ def _adamw_step(p, g, m, v, decay, beta1, one_m_beta1, beta2, one_m_beta2, sqrt_
         p[i] = p[i] * decay - step_size * (mi / (math.sqrt(vi) / sqrt_bc2 + eps))
 
 
-def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, copy=None):
     """One torch.optim.AdamW step, in place on p, m, v (all the same shape).
 
     p -= lr * wd * p                       decoupled weight decay, before the Adam update
     m = beta1 m + (1 - beta1) g ;  v = beta2 v + (1 - beta2) g^2
     p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-    """
+
+    copy: None, or a uint16 array that receives the new weight's bf16 bits (adamw_step_bf16)."""
+    if copy is not None:
+        return adamw_step_bf16(p, g, m, v, copy, lr, beta1, beta2, eps, weight_decay, step)
     if not (p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
         # ravel() of a strided array is a copy and the update would be lost: the reference
         # updates any layout in place
@@ -768,31 +764,11 @@ def to_bf16(x, out=None):
     return out
 
 
-TRANSPOSE_TILE = 32                            # transpose_into: a 32 x 32 float32 tile is 4 KiB
-
-
-@njit(parallel=True, cache=True)
-def _transpose_into(src, dst):                 # src: (R, C)  dst: (C, R), may be strided
-    R, C = src.shape
-    for bi in prange((R + TRANSPOSE_TILE - 1) // TRANSPOSE_TILE):      # one band of src rows each
-        i0 = bi * TRANSPOSE_TILE
-        i1 = min(R, i0 + TRANSPOSE_TILE)
-        for j0 in range(0, C, TRANSPOSE_TILE):
-            for j in range(j0, min(C, j0 + TRANSPOSE_TILE)):
-                for i in range(i0, i1):
-                    dst[j, i] = src[i, j]
-
-
-def transpose_into(src, dst):
-    """dst[...] = src.T in tiles, in parallel (reference.transpose_into): the long bf16 GEMMs'
-    chunks (kernels/bf16_mkl.py), 7x faster than NumPy's strided copy here."""
-    if src.ndim != 2 or dst.shape != src.shape[::-1] or src.dtype != dst.dtype:
-        raise ValueError(f"transpose_into: dst must be {src.shape[::-1]} {src.dtype}, got {dst.shape} {dst.dtype}")
-    _transpose_into(src, dst)
+transpose_into = bf16_mkl.transpose_into       # the tiled, parallel one, beside the GEMM that uses it
 
 
 from_bf16 = reference.from_bf16                # a shift and a view: NumPy is already one pass
-gemm_bf16 = reference.gemm_bf16                # the twin; the fast one is kernels/bf16_mkl.py
+gemm_bf16 = precision.gemm                     # the bf16 GEMM the runtime chose: MKL, AVX512-BF16 or the twin
 
 
 @njit(parallel=True, cache=True, fastmath=SAFE)
@@ -847,14 +823,31 @@ def embedding_backward_into(dout, ids, dW, stale_rows):
 
 
 # ----------------------------------------------------------------------------- linear
-def linear_forward(x, w, b=None):              # x: (N, in)  w: (out, in)  b: (out,)
-    """y = x w^T + b through matmul above (OpenBLAS, one thread per piece); kernels/layers.linear
-    runs the same product into its kept output buffer, or in bf16 under autocast."""
-    y = matmul(x, w.T)                         # (N, out)
+def linear_forward(x, w, b=None, out=None):    # x: (N, in)  w: (out, in)  b: (out,)  out: (N, out)
+    """y = x w^T + b (into out, a kept buffer, when given). float32 operands: through matmul
+    above (OpenBLAS, one thread per piece). bf16 bits (uint16, autocast's copies): the bf16 GEMM
+    the runtime chose (precision.gemm: MKL, our AVX512-BF16 kernel or the twin), float32 out."""
+    if x.dtype == np.uint16:
+        y = precision.gemm(x, w, trans_b=True, out=out)     # bf16 in, float32 accumulation and out
+    else:
+        y = matmul(x, w.T, out=out)
     if b is not None:
         y += b
     return y
 
 
-def linear_backward(dy, x, w):                 # dy: (N, out)
-    return matmul(dy, w), matmul(dy.T, x), dy.sum(axis=0)   # dx (N, in), dw (out, in), db (out,)
+def linear_backward(dy, x, w, need_dx=True, need_dw=True):   # dy: (N, out)
+    """dx = dy w (N, in), dW = dy^T x (out, in), each None when not needed, for the operands
+    linear_forward multiplied: float32, or bf16 bits (then dy is rounded to bf16 too, into a
+    scratch buffer). dW is a fresh array: the parameter's .grad until zero_grad() drops it."""
+    dw = np.empty(w.shape, dy.dtype) if need_dw else None
+    if x.dtype == np.uint16:                     # the same two products, bf16 in, float32 out
+        gb = to_bf16(dy, out=SCRATCH.take_or_new("dy bf16", dy.shape, np.uint16))
+        dx = precision.gemm(gb, w) if need_dx else None
+        if need_dw:
+            precision.gemm(gb, x, trans_a=True, out=dw)
+    else:
+        dx = matmul(dy, w) if need_dx else None
+        if need_dw:
+            matmul(dy.T, x, out=dw)
+    return dx, dw

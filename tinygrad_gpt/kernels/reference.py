@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from .buffers import SCRATCH
+
 GELU_C = 0.7978845608028654  # sqrt(2 / pi), a Python float so float32 stays float32
 
 
@@ -180,13 +182,17 @@ def keep_mask(rng, shape, p):
 
 
 # ----------------------------------------------------------------------------- AdamW
-def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, copy=None):
     """One torch.optim.AdamW step, in place on p, m, v (all the same shape).
 
     p -= lr * wd * p                       decoupled weight decay, before the Adam update
     m = beta1 m + (1 - beta1) g ;  v = beta2 v + (1 - beta2) g^2
     p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-    """
+
+    copy: None, or a uint16 array of p's shape that receives the new weight's bf16 bits in the
+    same pass (autocast's copy, kept by AdamW: adamw_step_bf16)."""
+    if copy is not None:
+        return adamw_step_bf16(p, g, m, v, copy, lr, beta1, beta2, eps, weight_decay, step)
     p *= 1.0 - lr * weight_decay
     m *= beta1
     m += (1.0 - beta1) * g
@@ -278,16 +284,25 @@ def embedding_backward_into(dout, ids, dW, stale_rows):
 
 
 # ----------------------------------------------------------------------------- linear
-def linear_forward(x, w, b=None):              # x: (N, in)  w: (out, in)  b: (out,)
-    """The twin of kernels/layers.linear's product: y = x w^T + b. Under autocast pass
-    from_bf16(to_bf16(x)) and from_bf16(to_bf16(w)): bf16 numbers, float32 accumulation."""
-    y = x @ w.T                                # (N, out)
-    return y if b is None else y + b
+def linear_forward(x, w, b=None, out=None):    # x: (N, in)  w: (out, in)  b: (out,)  out: (N, out)
+    """y = x w^T + b (into out when given). Under autocast x and w are bf16 bits (uint16):
+    the same product of the bf16 numbers, accumulated in float32 (gemm_bf16)."""
+    if x.dtype == np.uint16:
+        y = gemm_bf16(x, w, trans_b=True, out=out)           # (N, out) float32
+    else:
+        y = matmul(x, w.T, out=out)                          # (N, out), np.matmul
+    if b is not None:
+        y += b
+    return y
 
 
-def linear_backward(dy, x, w):                 # dy: (N, out)
-    # forward: y = x w^T + b
-    dx = dy @ w                                # (N, in)
-    dw = dy.T @ x                              # (out, in)
-    db = dy.sum(axis=0)                        # (out,)
-    return dx, dw, db
+def linear_backward(dy, x, w, need_dx=True, need_dw=True):   # dy: (N, out)
+    # forward: y = x w^T + b   (db = dy summed over rows: functional.Linear, beside the call)
+    if x.dtype == np.uint16:                   # bf16 operands: dy is rounded to bf16 as well
+        dy = to_bf16(dy, out=SCRATCH.take_or_new("dy bf16", dy.shape, np.uint16))   # (a kept buffer)
+        dx = gemm_bf16(dy, w) if need_dx else None           # (N, in)
+        dw = gemm_bf16(dy, x, trans_a=True) if need_dw else None   # (out, in)
+        return dx, dw
+    dx = matmul(dy, w) if need_dx else None                  # (N, in)     dx = dy W
+    dw = matmul(dy.T, x) if need_dw else None                # (out, in)   dW = dy^T x
+    return dx, dw

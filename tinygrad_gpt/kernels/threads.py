@@ -4,31 +4,45 @@ threadpoolctl), numba's parallel kernels, and oneMKL's OpenMP (the bf16 GEMMs, w
 Each pool left at its own default would start one thread per core, and two pools busy at
 once oversubscribe the cores. The pools also hand over cleanly: MKL's OpenMP threads sleep
 as soon as a GEMM ends (bf16_mkl sets its block time to 0), numba's libgomp threads sleep
-at once (OMP_WAIT_POLICY=PASSIVE, numba_cpu.py). OpenBLAS's workers spin for a while after
-each call: MKL's GEMMs right after one ran 2-4x slower, so while MKL is in the process the
-attention's float32 products run on MKL too (bf16_mkl.matmul; benchmarks/RESULTS.md).
+at once (numba's threading layer, chosen below). OpenBLAS's workers spin for a while after each call: MKL's GEMMs
+right after one ran 2-4x slower, so a bf16 run on MKL sets `runtime.float32_gemm = "mkl"` and
+the attention's float32 products run on MKL too (bf16_mkl.matmul; benchmarks/RESULTS.md).
 
-`get_num_threads()` is the count the last `set_num_threads` chose (default: every core); the
-dropout masks are drawn by that many threads (numba_cpu.keep_mask)."""
+The count is `runtime.threads` (default: every core), set with `runtime.set(threads=n)` or
+`with runtime.use(threads=n):`, which call `_apply_threads` here; the dropout masks are drawn by
+that many threads (numba_cpu.keep_mask)."""
 import contextlib
 import os
 import threading
+import types
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
+from ..runtime import APPLY, runtime
 from . import bf16_mkl
 
-_threads = None                                # the count set_num_threads chose, or None
-_cores = os.cpu_count() or 1                   # read once: matmul asks get_num_threads() on every product
-_pool = None                                   # (count, ThreadPoolExecutor) for Python-level work
+# numba's threading layer: TBB where it is installed, else workqueue, and OpenMP (libgomp) last.
+# After a parallel region libgomp's workers keep spinning (~300k iterations) waiting for more work,
+# and on a 2-core machine that steals a core from the OpenBLAS matmul that comes next: a GPT-2
+# 124M training step took 3.1-3.4 s instead of 2.4-2.6 (benchmarks/RESULTS.md). Only
+# OMP_WAIT_POLICY=PASSIVE in the environment before libgomp loads would stop that, and nothing
+# here writes the environment; workqueue's idle workers sleep at once, as TBB's do (measured:
+# a layer norm, GEMM, GELU, softmax sequence as fast as OpenMP with PASSIVE, RESULTS.md). The
+# user's NUMBA_THREADING_LAYER or NUMBA_THREADING_LAYER_PRIORITY, read by numba, wins.
+# Set here, at import: before numba starts its threads (numba_cpu's first parallel call, or
+# _apply_threads below), which is when it picks the layer.
+if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+    try:
+        import numba
+        numba.config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]
+    except ImportError:                        # numba is a dependency; stay usable without
+        pass
 
 
-def set_num_threads(threads=None, load_mkl=True):
-    """Use `threads` (default: every core) in OpenBLAS, numba and MKL. Returns the count."""
-    global _threads
-    threads = int(threads or os.cpu_count() or 1)
-    _threads = threads
+def _apply_threads(threads, old=None):
+    """runtime.set(threads=n) calls it: n threads in OpenBLAS, numba and MKL (when loaded; it
+    reads runtime.threads when it loads)."""
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(threads)              # every BLAS and OpenMP library loaded now
@@ -39,33 +53,44 @@ def set_num_threads(threads=None, load_mkl=True):
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     except (ImportError, ValueError):
         pass
-    if load_mkl:
-        bf16_mkl.available()                   # loads it (on an AMX-BF16 CPU) so the count applies
     bf16_mkl.set_num_threads(threads)
-    return threads
+
+
+APPLY["threads"] = _apply_threads
+
+
+def set_num_threads(threads=None, load_mkl=True):
+    """runtime.set(threads=...) (default: every core), after loading MKL (on an AMX-BF16 CPU)
+    when `load_mkl`. Returns the count."""
+    if load_mkl:
+        bf16_mkl.available()
+    runtime.set(threads=threads)
+    return runtime.threads
 
 
 def get_num_threads():
-    """The thread count of the last set_num_threads (every core before the first call)."""
-    return _threads or _cores
+    """runtime.threads: every core unless set."""
+    return runtime.threads
 
 
-_openblas = None                               # threadpoolctl's OpenBLAS controllers, found once
-_blas_lock = threading.Lock()                  # guards the two below
-_blas_depth = 0                                # one_blas_thread blocks open now, in any thread
-_blas_saved = None                             # the counts the first of them found, restored by the last
+_state = types.SimpleNamespace(
+    openblas=None,                             # threadpoolctl's OpenBLAS controllers, found once
+    blas_depth=0,                              # one_blas_thread blocks open now, in any thread
+    blas_saved=None,                           # the counts the first of them found, restored by the last
+    pool=None,                                 # (count, ThreadPoolExecutor) for Python-level work
+    blas_lock=threading.Lock(),                # guards blas_depth and blas_saved
+    pool_lock=threading.Lock())
 
 
 def _openblas_controllers():
     """threadpoolctl's controllers of the OpenBLAS libraries in the process (found once)."""
-    global _openblas
-    if _openblas is None:
+    if _state.openblas is None:
         try:
             from threadpoolctl import ThreadpoolController
-            _openblas = ThreadpoolController().select(internal_api="openblas").lib_controllers
+            _state.openblas = ThreadpoolController().select(internal_api="openblas").lib_controllers
         except ImportError:
-            _openblas = []
-    return _openblas
+            _state.openblas = []
+    return _state.openblas
 
 
 @contextlib.contextmanager
@@ -76,21 +101,20 @@ def one_blas_thread():
     thread has set a count, a count set from another thread may be ignored, so the thread that
     opened the first block should close the last (threads.matmul's does: the pieces run inside
     its block; openblas_set_num_threads_local changed the global count too)."""
-    global _blas_depth, _blas_saved
-    with _blas_lock:
+    with _state.blas_lock:
         controllers = _openblas_controllers()
-        if _blas_depth == 0:
-            _blas_saved = [c.num_threads for c in controllers]
+        if _state.blas_depth == 0:
+            _state.blas_saved = [c.num_threads for c in controllers]
             for c in controllers:
                 c.set_num_threads(1)
-        _blas_depth += 1
+        _state.blas_depth += 1
     try:
         yield
     finally:
-        with _blas_lock:
-            _blas_depth -= 1
-            if _blas_depth == 0:
-                for c, n in zip(controllers, _blas_saved):
+        with _state.blas_lock:
+            _state.blas_depth -= 1
+            if _state.blas_depth == 0:
+                for c, n in zip(controllers, _state.blas_saved):
                     c.set_num_threads(n)
 
 
@@ -189,29 +213,24 @@ def matmul(a, b, out=None):
     return out
 
 
-_pool_lock = threading.Lock()
-
-
 def pool():
     """A thread pool of get_num_threads() workers for NumPy calls that release the GIL."""
-    global _pool
     n = get_num_threads()
-    with _pool_lock:
-        if _pool is None or _pool[0] != n:
-            if _pool is not None:
-                _pool[1].shutdown(wait=False)   # its queued work still runs; a new count, a new pool
-            _pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="tinygrad_gpt"))
-        return _pool[1]
+    with _state.pool_lock:
+        if _state.pool is None or _state.pool[0] != n:
+            if _state.pool is not None:
+                _state.pool[1].shutdown(wait=False)   # its queued work still runs; a new count, a new pool
+            _state.pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="tinygrad_gpt"))
+        return _state.pool[1]
 
 
 def _forget_pool_in_child():
-    global _pool, _pool_lock, _blas_lock, _blas_depth
-    _pool = None                               # a forked child has none of the parent's threads,
-    _pool_lock, _blas_lock = threading.Lock(), threading.Lock()   # nor their locks
-    if _blas_depth:                            # forked inside a block: its count back, as the block's end would
-        for c, n in zip(_openblas or [], _blas_saved or []):
+    _state.pool = None                         # a forked child has none of the parent's threads,
+    _state.pool_lock, _state.blas_lock = threading.Lock(), threading.Lock()   # nor their locks
+    if _state.blas_depth:                      # forked inside a block: its count back, as the block's end would
+        for c, n in zip(_state.openblas or [], _state.blas_saved or []):
             c.set_num_threads(n)
-    _blas_depth = 0
+    _state.blas_depth = 0
 
 
 os.register_at_fork(after_in_child=_forget_pool_in_child)
