@@ -464,3 +464,34 @@ def test_save_and_load_write_safetensors_never_pickle(tmp_path):
     (tmp_path / "real.pth").write_bytes(b"PK\x03\x04" + b"\0" * 64)   # what real torch.save writes: a zip
     with pytest.raises(ValueError, match="real.pth is a pickle \\(zip\\) file from real PyTorch"):
         torch.load(tmp_path / "real.pth")
+
+
+# ----------------------------------------------------------------------------- the engine without the wing
+def test_the_plain_engine_has_no_torch_semantics_until_the_shim_is_imported():
+    """PyTorch's semantics are the torch wing's: a process that imports only the engine has no
+    in-place masked_fill_, no .to()/.device, no semantics hook on its ops (Function.apply pays
+    for none), and a missing attribute is a plain AttributeError; importing the shim adds them."""
+    code = ("import numpy as np, tinygrad_gpt as tg\n"
+            "from tinygrad_gpt import observe\n"
+            "x = tg.Tensor(np.ones((2, 2), np.float32))\n"
+            "print(hasattr(x, 'masked_fill_'), hasattr(x, 'to'), hasattr(x, 'device'), len(observe._semantics_hooks))\n"
+            "try:\n    x.frobnicate\nexcept Exception as e:\n    print(type(e).__name__)\n"
+            "import tinygrad_gpt.torch\n"
+            "print(hasattr(x, 'masked_fill_'), hasattr(x, 'to'), hasattr(x, 'device'), len(observe._semantics_hooks))\n"
+            "try:\n    x.frobnicate\nexcept Exception as e:\n    print(type(e).__name__)\n")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:4] == ["False False False 0", "AttributeError", "True True True 1", "MissingFeature"]
+
+
+def test_function_apply_calls_no_torch_bookkeeping():
+    import inspect
+    source = inspect.getsource(engine.Function.apply)
+    assert not re.search(r"shared|check_inputs|torch|spellings", source), source
+
+
+def test_an_op_given_a_non_tensor_is_still_a_type_error_in_the_plain_engine():
+    code = ("import numpy as np\nfrom tinygrad_gpt import functional as F\n"
+            "try:\n    F.gelu(np.ones(3))\nexcept TypeError as e:\n    print(e)\n")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "gelu(): argument 'input' must be Tensor, not numpy.ndarray", out.stderr

@@ -14,13 +14,13 @@ import math as _math
 
 import numpy as _np
 
-from ..tensor import Device as device
-from ..tensor import MissingFeature as _Missing
-from ..tensor import Tensor, check_device as _check_device, default_rng as _default_rng
+from .semantics import Device as device
+from .semantics import MissingFeature as _Missing
+from .semantics import Where as _Where, check_device as _check_device
+from ..tensor import Tensor, default_rng as _default_rng
 from ..tensor import cat as _cat
 from ..tensor import enable_grad, is_grad_enabled, no_grad
 from ..tensor import manual_seed as _manual_seed
-from .. import ops as _ops
 
 inf = _math.inf
 nan = _math.nan
@@ -200,7 +200,7 @@ def where(condition, input, other):
         a = Tensor(a.data.astype(b.dtype))                 # a scalar such as tensor(-inf) meets b's dtype
     elif a.dtype != b.dtype and b.ndim == 0 and not b.requires_grad:
         b = Tensor(b.data.astype(a.dtype))
-    return _ops.Where.apply(a, b, condition=cond.astype(_np.bool_, copy=False))
+    return _Where.apply(a, b, condition=cond.astype(_np.bool_, copy=False))
 
 
 def multinomial(input, num_samples, replacement=False, generator=None):

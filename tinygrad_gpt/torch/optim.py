@@ -1,6 +1,6 @@
 """torch.optim: the engine's hand-written AdamW (optim.py), which follows torch.optim.AdamW."""
 from ..optim import AdamW  # noqa: F401
-from ..tensor import MissingFeature
+from .semantics import MissingFeature
 
 
 def __getattr__(name):

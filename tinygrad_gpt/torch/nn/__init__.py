@@ -10,7 +10,8 @@ import numpy as np
 
 from ... import functional as _F
 from ... import nn as _engine
-from ...tensor import Device, MissingFeature, Tensor, check_device
+from ...tensor import Tensor
+from ..semantics import Device, MissingFeature, check_device
 from . import functional, init, utils  # noqa: F401  (torch.nn.functional, .init, .utils)
 
 class _Grad(np.ndarray):

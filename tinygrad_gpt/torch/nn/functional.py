@@ -1,6 +1,6 @@
 """torch.nn.functional: the engine's fused ops (functional.py) under torch's names and arguments."""
 from ... import functional as _F
-from ...tensor import MissingFeature
+from ..semantics import MissingFeature
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 from ... import amp
-from ...tensor import MissingFeature, default_rng
+from ...tensor import default_rng
+from ..semantics import MissingFeature
 
 
 def _fill(tensor, values):

@@ -9,7 +9,8 @@ import numbers
 import numpy as np
 
 from ... import data as _engine
-from ...tensor import MissingFeature, Tensor, default_rng
+from ...tensor import Tensor, default_rng
+from ..semantics import MissingFeature
 
 
 class Dataset:
