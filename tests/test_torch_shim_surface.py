@@ -188,7 +188,7 @@ def test_outside_the_surface_raises_notimplementederror_naming_the_function():
     for what, call in [("torch.compile", lambda: torch.compile(nn.Linear(2, 2))),
                        ("torch.nn.Conv2d", lambda: nn.Conv2d(1, 1, 3)),
                        ("torch.nn.functional.mse_loss", lambda: nn.functional.mse_loss),
-                       ("torch.optim.SGD", lambda: torch.optim.SGD),
+                       ("torch.optim.RMSprop", lambda: torch.optim.RMSprop),
                        ("torch.utils.data.TensorDataset", lambda: torch.utils.data.TensorDataset),
                        ("Tensor.clamp", lambda: torch.ones(2).clamp(0, 1)),
                        ("torch.nn.Module.half", lambda: nn.Linear(2, 2).half()),
@@ -495,3 +495,23 @@ def test_an_op_given_a_non_tensor_is_still_a_type_error_in_the_plain_engine():
             "try:\n    F.gelu(np.ones(3))\nexcept TypeError as e:\n    print(e)\n")
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "gelu(): argument 'input' must be Tensor, not numpy.ndarray", out.stderr
+
+
+# ----------------------------------------------------------------------------- names the book's own tests use
+def test_size_equal_relu_sgd_and_bfloat16_the_books_tests_call():
+    x = torch.ones(2, 3)
+    assert x.size() == torch.Size([2, 3]) and x.size(1) == 3 and x.size(-1) == 3 and x.size == 6
+    assert torch.equal(x, torch.ones(2, 3)) and not torch.equal(x, torch.ones(3, 2)) and not torch.equal(x, x * 2)
+    a = f64(3, 4)
+    assert gradcheck(lambda t: nn.ReLU()(t), [a])
+    np.testing.assert_array_equal(nn.ReLU()(a).data, np.maximum(a.data, 0))
+    w = nn.Parameter(torch.tensor([1.0, -2.0]).data)
+    opt = torch.optim.SGD([w], lr=0.5)
+    (w * torch.tensor([3.0, 4.0])).sum().backward()
+    opt.step()
+    np.testing.assert_array_equal(w.data, np.array([1.0 - 1.5, -2.0 - 2.0], np.float32))
+    b = torch.tensor([1.0001, 3.14159, -2.5e-3], dtype=torch.bfloat16)
+    assert b.dtype == np.float32                                     # stored in float32, said plainly
+    np.testing.assert_array_equal(b.data, np.array([1.0, 3.140625, -0.0025024414], np.float32))
+    y = f64(4).float().to(torch.bfloat16)
+    assert np.all((y.data.view(np.uint32) & 0xFFFF) == 0)            # bf16 values: the low 16 bits zero

@@ -244,6 +244,16 @@ class Sqrt(Function):
         return grad * (0.5 / y)
 
 
+class Relu(Function):
+    def forward(ctx, a):
+        ctx.save_for_backward(a > 0)
+        return np.maximum(a, a.dtype.type(0))
+
+    def backward(ctx, grad):                   # d(max(a, 0))/da = 1 where a > 0, else 0
+        positive, = ctx.saved
+        return grad * positive
+
+
 class MaskedFill(Function):
     def forward(ctx, a, mask, value):          # mask: bool, broadcastable to a
         ctx.mask = mask

@@ -54,6 +54,22 @@ def register_attributes(lookup) -> None:
         _attribute_lookups.append(lookup)
 
 
+class SizeNumber(int):
+    """Tensor.size: NumPy's number of elements (an int), which also answers torch's size()
+    (the shape) and size(dim) (one axis), as the book's code calls it (`keys.size(2)`)."""
+
+    def __new__(cls, shape):
+        n = 1
+        for k in shape:
+            n *= k
+        number = super().__new__(cls, n)
+        number.shape = tuple(shape)
+        return number
+
+    def __call__(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+
 class TorchSpellings:
     """Mixed into Tensor: torch.Tensor's method names over the engine's ops."""
 

@@ -24,7 +24,7 @@ import numpy as np
 from . import memory, observe
 from .observe import (Profile, RemovableHandle, _backward_hooks, _forward_hooks, profile,  # noqa: F401
                       register_backward_hook, register_forward_hook)
-from .spellings import TorchSpellings, _axis, _keep, _plain_index
+from .spellings import SizeNumber, TorchSpellings, _axis, _keep, _plain_index
 
 Axis = "int | tuple[int, ...] | list[int] | None"   # an axis argument, as NumPy's
 
@@ -265,7 +265,7 @@ class Tensor(TorchSpellings):
     shape = property(lambda self: self.data.shape)
     ndim = property(lambda self: self.data.ndim)
     dtype = property(lambda self: self.data.dtype)
-    size = property(lambda self: self.data.size)
+    size = property(lambda self: SizeNumber(self.data.shape))   # an int; also torch's size(), size(dim)
 
     def __len__(self) -> int:
         return len(self.data)

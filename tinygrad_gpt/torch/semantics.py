@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import observe, spellings
+from .. import amp, observe, spellings
 from ..ops import _expand_to
 from ..tensor import Function, Tensor, is_grad_enabled
+from . import random as _random
 
 
 class MissingFeature(NotImplementedError, AttributeError):
@@ -145,18 +146,121 @@ def var(self, axis=None, keepdims=False, *, dim=None, keepdim=None, unbiased=Tru
     return Var.apply(self, axis=spellings._axis(axis, dim), keepdims=spellings._keep(keepdims, keepdim), ddof=ddof)
 
 
+class BFloat16:
+    """torch.bfloat16, as the shim understands it: the engine has no bf16 storage, so a bf16
+    tensor is float32 whose values are rounded to bf16 (round to nearest even), and the
+    arithmetic on it is float32 (PyTorch's bf16 ops round every result; these do not)."""
+
+    itemsize = 2
+
+    def __repr__(self):
+        return "torch.bfloat16"
+
+    @staticmethod
+    def round(x):
+        """float32 values rounded to the nearest bf16 (ties to even), kept in float32."""
+        bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+        rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) & np.uint32(0xFFFF0000)
+        return np.where(np.isnan(x), x, rounded.view(np.float32)).astype(np.float32)
+
+
+bfloat16 = BFloat16()
+
+
+class RoundToBFloat16(Function):
+    def forward(ctx, a):
+        return bfloat16.round(a)
+
+    def backward(ctx, grad):                   # a cast: the gradient passes as it is
+        return grad
+
+
 def to(self, *args, **kwargs):
-    """.to("cpu") is this tensor (the only device); .to(dtype) casts. Other devices: an error."""
+    """.to("cpu") is this tensor (the only device); .to(dtype) casts (to bfloat16: float32 values
+    rounded to bf16, see BFloat16). Other devices: an error."""
     out = self
     for arg in args + tuple(v for k, v in kwargs.items() if k in ("device", "dtype")):
         if isinstance(arg, (str, Device)):
             check_device(arg, "Tensor.to")
+        elif arg is bfloat16:
+            out = RoundToBFloat16.apply(out.astype(np.float32))
         elif arg is not None:
             out = out.astype(arg)
     return out
 
 
-METHODS = {"masked_fill_": masked_fill_, "var": var, "to": to}
+# ----------------------------------------------------------------------------- in-place random fills (torch/random.py)
+def _fill(self, values, what):
+    """Write a draw into the tensor's own array, in place: refused on a leaf that requires grad
+    (as torch, outside no_grad), the version goes up and any bf16 copy of the old values is stale."""
+    if is_grad_enabled() and self.requires_grad and self._ctx is None:
+        raise RuntimeError(f"{what}: a leaf tensor that requires grad (shape {self.shape}) cannot be "
+                           f"filled in place outside torch.no_grad() (as in PyTorch)")
+    np.copyto(self.data, np.asarray(values).reshape(self.shape), casting="unsafe")
+    amp.invalidate([self])
+    self._version = self._version + 1
+    return self
+
+
+def _generator(generator):
+    return _random.default_generator if generator is None else generator
+
+
+def _float_kind(self, what):
+    if self.dtype not in (np.float32, np.float64):
+        raise MissingFeature(f"{what} of a {self.dtype} tensor is not implemented (float32 and float64 are)")
+    return self.dtype == np.float32
+
+
+def _contiguous(self, what):
+    """PyTorch fills a strided tensor in its memory order; only contiguous ones are done here."""
+    if not self.data.flags.c_contiguous:
+        raise MissingFeature(f"{what} of a non-contiguous tensor (shape {self.shape}) is not implemented; "
+                             f"fill a contiguous one (.contiguous() is a copy in PyTorch)")
+
+
+def uniform_(self, a=0.0, b=1.0, *, generator=None):
+    """U[a, b), PyTorch's numbers (torch/random.py)."""
+    g, n = _generator(generator), self.data.size
+    _contiguous(self, "uniform_")
+    draw = g.uniform_float32(n, a, b) if _float_kind(self, "uniform_") else g.uniform_float64(n, a, b)
+    return _fill(self, draw, "uniform_")
+
+
+def normal_(self, mean=0.0, std=1.0, *, generator=None):
+    """N(mean, std^2), PyTorch's numbers: its 16-wide Box-Muller for a tensor of 16 elements
+    or more, the cached scalar one below."""
+    g, n = _generator(generator), self.data.size
+    _contiguous(self, "normal_")
+    draw = g.normal_float32(n, mean, std) if _float_kind(self, "normal_") else g.normal_float64(n, mean, std)
+    return _fill(self, draw, "normal_")
+
+
+def random_(self, from_=None, to=None, *, generator=None):
+    """random_(): [0, 2^63) for int64; random_(to) / random_(from, to): integers in [from, to)."""
+    g, n = _generator(generator), self.data.size
+    if from_ is None and to is None:
+        if self.dtype != np.int64:
+            raise MissingFeature(f"random_() of a {self.dtype} tensor is not implemented (int64 is)")
+        return _fill(self, g.random_int64(n), "random_")
+    low, high = (0, from_) if to is None else (from_, to)
+    return _fill(self, g.randint(n, int(low), int(high)), "random_")
+
+
+def bernoulli_(self, p=0.5, *, generator=None):
+    """1 with probability p, else 0 (p a number), in the tensor's dtype."""
+    if isinstance(p, Tensor):
+        raise MissingFeature("bernoulli_(p) with a tensor of probabilities is not implemented (a number is)")
+    return _fill(self, _generator(generator).bernoulli(self.data.size, float(p)), "bernoulli_")
+
+
+def exponential_(self, lambd=1.0, *, generator=None):
+    _float_kind(self, "exponential_")
+    return _fill(self, _generator(generator).exponential_float64(self.data.size, float(lambd)), "exponential_")
+
+
+METHODS = {"masked_fill_": masked_fill_, "var": var, "to": to, "uniform_": uniform_, "normal_": normal_,
+           "random_": random_, "bernoulli_": bernoulli_, "exponential_": exponential_}
 PROPERTIES = {"device": lambda self: CPU}
 
 

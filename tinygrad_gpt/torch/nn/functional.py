@@ -1,5 +1,8 @@
 """torch.nn.functional: the engine's fused ops (functional.py) under torch's names and arguments."""
 from ... import functional as _F
+from ... import ops as _ops
+from ...tensor import Tensor
+from .. import random as _random
 from ..semantics import MissingFeature
 
 
@@ -37,9 +40,22 @@ def gelu(input, approximate="none"):
 
 
 def dropout(input, p=0.5, training=True, inplace=False):
+    """The engine's Dropout op over PyTorch's mask: bernoulli_(1 - p) from PyTorch's stream
+    (torch/random.py), so the same seed drops the same elements as torch."""
     if inplace:
         raise MissingFeature("torch.nn.functional.dropout(inplace=True) is not implemented")
-    return _F.dropout(input, p, training=training)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    keep = _random.default_generator.bernoulli(input.data.size, 1.0 - p).reshape(input.shape)
+    return _F.Dropout.apply(input, Tensor(keep), p=float(p))
+
+
+def relu(input, inplace=False):
+    return _ops.Relu.apply(input)
 
 
 def linear(input, weight, bias=None):
