@@ -192,6 +192,11 @@ class TorchSpellings:
             raise RuntimeError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
         return bool(self.data)
 
+    def __format__(self, spec):                        # f"{loss:.2f}" on a one-element tensor, as torch
+        if spec and self.data.size == 1:
+            return format(self.data.item(), spec)
+        return format(str(self), spec)
+
     def __float__(self):
         return float(self.item())
 

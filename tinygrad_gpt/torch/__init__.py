@@ -174,6 +174,11 @@ class Generator(_random.Generator):
         super().__init__()
 
 
+def inference_mode(mode=True):
+    """torch.inference_mode(): no graph recorded, as no_grad (a context manager and a decorator)."""
+    return no_grad() if mode else enable_grad()
+
+
 def is_tensor(obj):
     return isinstance(obj, Tensor)
 
