@@ -169,3 +169,39 @@ def test_a_broken_transformation_is_caught():
     swapped = np.concatenate([good[:, 8:], good[:, :8]], axis=1)
     with pytest.raises(AssertionError, match="differ from torch's"):
         equal(swapped.reshape(-1), torch.randn(32), "swapped halves")
+
+
+def test_the_books_chapter5_loop_seeded_alike_prints_pytorchs_lines_without_copying_weights(capsys, monkeypatch):
+    """Seeded alike, nothing copied across: the book's ch04.GPTModel with dropout 0.1, its
+    create_dataloader_v1 with shuffle=True, torch.optim.AdamW and ch05.train_model_simple print
+    the same lines on the engine as on PyTorch for the first 10 evaluations (initial weights,
+    batch order and dropout masks all come from the one stream)."""
+    import importlib
+
+    import tiktoken
+    from tinygrad_gpt.data import SAMPLE_TEXT_PATH
+    from tinygrad_gpt.tokenizer import get_gpt2_tokenizer
+    from tinygrad_gpt.torch.binding import load_book_modules
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: get_gpt2_tokenizer())   # offline, real side
+    real = [importlib.import_module(f"llms_from_scratch.{m}") for m in ("ch02", "ch04", "ch05")]
+    ours = load_book_modules("ch02", "ch04", "ch05")
+    cfg = {"vocab_size": 50257, "context_length": 32, "emb_dim": 64, "n_heads": 4, "n_layers": 2,
+           "drop_rate": 0.1, "qkv_bias": False}
+    text = SAMPLE_TEXT_PATH.read_text(encoding="utf-8")[:9000]
+    split = int(0.9 * len(text))
+    lines = []
+    for (ch02, ch04, ch05), t in ((ours, shim), (real, torch)):
+        t.manual_seed(123)
+        model = ch04.GPTModel(cfg)
+        train = ch02.create_dataloader_v1(text[:split], batch_size=2, max_length=32, stride=32, shuffle=True,
+                                          drop_last=True, num_workers=0)
+        val = ch02.create_dataloader_v1(text[split:], batch_size=2, max_length=32, stride=32, shuffle=False,
+                                        drop_last=False, num_workers=0)
+        optimizer = t.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
+        ch05.train_model_simple(model, train, val, optimizer, t.device("cpu"), num_epochs=1, eval_freq=1,
+                                eval_iter=2, start_context="Every effort moves you", tokenizer=get_gpt2_tokenizer())
+        lines.append(capsys.readouterr().out.splitlines())
+    print("\n" + "\n".join(f"engine:  {a}\npytorch: {b}" for a, b in zip(*lines)))
+    evaluations = [i for i, line in enumerate(lines[1]) if line.startswith("Ep ")]
+    assert len(evaluations) >= 10
+    assert lines[0][:evaluations[9] + 1] == lines[1][:evaluations[9] + 1]
