@@ -205,3 +205,15 @@ def test_the_books_chapter5_loop_seeded_alike_prints_pytorchs_lines_without_copy
     evaluations = [i for i, line in enumerate(lines[1]) if line.startswith("Ep ")]
     assert len(evaluations) >= 10
     assert lines[0][:evaluations[9] + 1] == lines[1][:evaluations[9] + 1]
+
+
+def test_scaled_dot_product_attentions_dropout_drops_torchs_weights():
+    """PyTorch's CPU attention with dropout runs its math path: softmax, then dropout's
+    bernoulli over (B, H, Tq, Tk); the shim draws the same mask for the engine's fused op."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 4)).astype(np.float32)
+    both(5)
+    theirs = torch.nn.functional.scaled_dot_product_attention(*[torch.tensor(x)] * 3, dropout_p=0.1, is_causal=True)
+    ours = shim.nn.functional.scaled_dot_product_attention(*[shim.tensor(x)] * 3, dropout_p=0.1, is_causal=True)
+    np.testing.assert_allclose(ours.data, theirs.numpy(), rtol=1e-5, atol=1e-6)   # one fused op vs three
+    assert ((ours.data == 0) == (theirs.numpy() == 0)).all()                     # the same weights dropped
+    equal(shim.rand(3), torch.rand(3), "the stream after attention")

@@ -1,4 +1,6 @@
 """torch.nn.functional: the engine's fused ops (functional.py) under torch's names and arguments."""
+import numpy as np
+
 from ... import functional as _F
 from ... import ops as _ops
 from ...tensor import Tensor
@@ -71,6 +73,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if attn_mask is not None or scale is not None or not is_causal:
         raise MissingFeature("torch.nn.functional.scaled_dot_product_attention: only is_causal=True "
                              "without attn_mask or scale is implemented")
+    if 0.0 < dropout_p < 1.0:                          # PyTorch's mask over the weights (B, H, Tq, Tk)
+        shape = query.shape[:-1] + (key.shape[-2],)
+        keep = _random.default_generator.bernoulli(int(np.prod(shape)), 1.0 - dropout_p).reshape(shape)
+        return _F.Attention.apply(query, key, value, Tensor(keep), causal=True, p=float(dropout_p))
     return _F.scaled_dot_product_attention(query, key, value, causal=True, dropout_p=dropout_p)
 
 
