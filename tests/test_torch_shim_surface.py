@@ -188,7 +188,7 @@ def test_outside_the_surface_raises_notimplementederror_naming_the_function():
     for what, call in [("torch.compile", lambda: torch.compile(nn.Linear(2, 2))),
                        ("torch.nn.Conv2d", lambda: nn.Conv2d(1, 1, 3)),
                        ("torch.nn.functional.mse_loss", lambda: nn.functional.mse_loss),
-                       ("torch.optim.SGD", lambda: torch.optim.SGD),
+                       ("torch.optim.RMSprop", lambda: torch.optim.RMSprop),
                        ("torch.utils.data.TensorDataset", lambda: torch.utils.data.TensorDataset),
                        ("Tensor.clamp", lambda: torch.ones(2).clamp(0, 1)),
                        ("torch.nn.Module.half", lambda: nn.Linear(2, 2).half()),
@@ -464,3 +464,54 @@ def test_save_and_load_write_safetensors_never_pickle(tmp_path):
     (tmp_path / "real.pth").write_bytes(b"PK\x03\x04" + b"\0" * 64)   # what real torch.save writes: a zip
     with pytest.raises(ValueError, match="real.pth is a pickle \\(zip\\) file from real PyTorch"):
         torch.load(tmp_path / "real.pth")
+
+
+# ----------------------------------------------------------------------------- the engine without the wing
+def test_the_plain_engine_has_no_torch_semantics_until_the_shim_is_imported():
+    """PyTorch's semantics are the torch wing's: a process that imports only the engine has no
+    in-place masked_fill_, no .to()/.device, no semantics hook on its ops (Function.apply pays
+    for none), and a missing attribute is a plain AttributeError; importing the shim adds them."""
+    code = ("import numpy as np, tinygrad_gpt as tg\n"
+            "from tinygrad_gpt import observe\n"
+            "x = tg.Tensor(np.ones((2, 2), np.float32))\n"
+            "print(hasattr(x, 'masked_fill_'), hasattr(x, 'to'), hasattr(x, 'device'), len(observe._semantics_hooks))\n"
+            "try:\n    x.frobnicate\nexcept Exception as e:\n    print(type(e).__name__)\n"
+            "import tinygrad_gpt.torch\n"
+            "print(hasattr(x, 'masked_fill_'), hasattr(x, 'to'), hasattr(x, 'device'), len(observe._semantics_hooks))\n"
+            "try:\n    x.frobnicate\nexcept Exception as e:\n    print(type(e).__name__)\n")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:4] == ["False False False 0", "AttributeError", "True True True 1", "MissingFeature"]
+
+
+def test_function_apply_calls_no_torch_bookkeeping():
+    import inspect
+    source = inspect.getsource(engine.Function.apply)
+    assert not re.search(r"shared|check_inputs|torch|spellings", source), source
+
+
+def test_an_op_given_a_non_tensor_is_still_a_type_error_in_the_plain_engine():
+    code = ("import numpy as np\nfrom tinygrad_gpt import functional as F\n"
+            "try:\n    F.gelu(np.ones(3))\nexcept TypeError as e:\n    print(e)\n")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "gelu(): argument 'input' must be Tensor, not numpy.ndarray", out.stderr
+
+
+# ----------------------------------------------------------------------------- names the book's own tests use
+def test_size_equal_relu_sgd_and_bfloat16_the_books_tests_call():
+    x = torch.ones(2, 3)
+    assert x.size() == torch.Size([2, 3]) and x.size(1) == 3 and x.size(-1) == 3 and x.size == 6
+    assert torch.equal(x, torch.ones(2, 3)) and not torch.equal(x, torch.ones(3, 2)) and not torch.equal(x, x * 2)
+    a = f64(3, 4)
+    assert gradcheck(lambda t: nn.ReLU()(t), [a])
+    np.testing.assert_array_equal(nn.ReLU()(a).data, np.maximum(a.data, 0))
+    w = nn.Parameter(torch.tensor([1.0, -2.0]).data)
+    opt = torch.optim.SGD([w], lr=0.5)
+    (w * torch.tensor([3.0, 4.0])).sum().backward()
+    opt.step()
+    np.testing.assert_array_equal(w.data, np.array([1.0 - 1.5, -2.0 - 2.0], np.float32))
+    b = torch.tensor([1.0001, 3.14159, -2.5e-3], dtype=torch.bfloat16)
+    assert b.dtype == np.float32                                     # stored in float32, said plainly
+    np.testing.assert_array_equal(b.data, np.array([1.0, 3.140625, -0.0025024414], np.float32))
+    y = f64(4).float().to(torch.bfloat16)
+    assert np.all((y.data.view(np.uint32) & 0xFFFF) == 0)            # bf16 values: the low 16 bits zero

@@ -84,6 +84,8 @@ def timing(name, phase):
 # ----------------------------------------------------------------------------- hooks
 _forward_hooks = []      # callables hook(ctx, inputs, output), after every Function.apply
 _backward_hooks = []     # callables hook(node, ctx, grad, input_grads), after every op's backward
+_semantics_hooks = []    # hook(ctx, inputs, output) of a wing that adds semantics to the engine's ops:
+                         # the torch shim's record of shared memory (torch/semantics.py), once imported
 
 
 class RemovableHandle:
@@ -121,7 +123,17 @@ def register_backward_hook(hook: Callable) -> RemovableHandle:
     return RemovableHandle(_backward_hooks, hook)
 
 
+def register_semantics_hook(hook: Callable) -> RemovableHandle:
+    """As register_forward_hook, for a wing that extends what the engine's ops mean (the torch
+    shim) rather than a tool that watches them; kept apart from the users' hooks."""
+    if hook not in _semantics_hooks:
+        _semantics_hooks.append(hook)
+    return RemovableHandle(_semantics_hooks, hook)
+
+
 def after_forward(ctx, inputs, result):
+    for hook in _semantics_hooks:
+        hook(ctx, inputs, result)
     for hook in _forward_hooks:
         hook(ctx, inputs, result)
 

@@ -244,6 +244,16 @@ class Sqrt(Function):
         return grad * (0.5 / y)
 
 
+class Relu(Function):
+    def forward(ctx, a):
+        ctx.save_for_backward(a > 0)
+        return np.maximum(a, a.dtype.type(0))
+
+    def backward(ctx, grad):                   # d(max(a, 0))/da = 1 where a > 0, else 0
+        positive, = ctx.saved
+        return grad * positive
+
+
 class MaskedFill(Function):
     def forward(ctx, a, mask, value):          # mask: bool, broadcastable to a
         ctx.mask = mask
@@ -251,29 +261,3 @@ class MaskedFill(Function):
 
     def backward(ctx, grad):                   # filled positions no longer depend on a
         return np.where(ctx.mask, 0.0, grad).astype(grad.dtype, copy=False)
-
-
-# ----------------------------------------------------------------------------- for the book's torch code
-class Var(Function):
-    def forward(ctx, a, axis=None, keepdims=False, ddof=0):
-        centered = a - a.mean(axis=axis, keepdims=True)                    # a - mean
-        count = a.size // max(np.asarray(a.sum(axis=axis, keepdims=True)).size, 1)
-        ctx.save_for_backward(centered)
-        ctx.axis, ctx.keepdims, ctx.denom = axis, keepdims, count - ddof
-        return np.asarray((centered * centered).sum(axis=axis, keepdims=keepdims) / (count - ddof))
-
-    def backward(ctx, grad):                   # var = sum((a - mean)^2) / (n - ddof)
-        centered, = ctx.saved                  # d var/da = 2 (a - mean) / (n - ddof); the mean's own
-        g = _expand_to(grad, centered.shape, ctx.axis, ctx.keepdims)     # term drops: sum(a - mean) = 0
-        return g * centered * (2.0 / ctx.denom)
-
-
-class Where(Function):
-    def forward(ctx, a, b, condition):         # condition: bool, broadcastable with a and b
-        ctx.condition = condition
-        return np.where(condition, a, b)
-
-    def backward(ctx, grad):                   # each element came from a or from b
-        zero = np.zeros((), dtype=grad.dtype)
-        return (np.where(ctx.condition, grad, zero) if ctx.needs_input_grad[0] else None,
-                np.where(ctx.condition, zero, grad) if ctx.needs_input_grad[1] else None)

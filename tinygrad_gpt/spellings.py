@@ -1,25 +1,20 @@
 """torch's spellings of the engine's operations: a mixin on Tensor, as tinygrad keeps its
 method families out of the engine file.
 
-What the book's PyTorch code calls on a tensor (`view`, `transpose`, `masked_fill_`, `.to()`,
-`dim=`/`keepdim=`, `numel`, ...) mapped onto the engine's ops, plus the names around it
-(`Device`, `MissingFeature`). Nothing here adds math: every method builds one of ops.py's
-Functions or reads an array. tensor.py re-exports these names.
+Names the book's PyTorch code calls on a tensor (`view`, `transpose`, `flatten`, `split`,
+`dim=`/`keepdim=`, `numel`, `copy_`, comparisons) over the engine's own methods. Nothing here
+adds math and nothing here imports the engine: every method calls a method of `self`.
+
+What is PyTorch's semantics rather than a spelling (in-place `masked_fill_` and the aliasing
+it must refuse, `var`, `.to()`, `device`, `MissingFeature`) lives in the torch wing,
+tinygrad_gpt/torch/semantics.py, which registers those attributes here (`register_attributes`)
+when it is imported; the plain engine's Tensor does not have them.
 """
 from __future__ import annotations
 
-import inspect
-import re
 from typing import Sequence
 
 import numpy as np
-
-from . import tensor as engine
-
-
-class MissingFeature(NotImplementedError, AttributeError):
-    """A part of PyTorch that tinygrad_gpt does not have. An AttributeError too, so hasattr()
-    and getattr(obj, name, default) keep working."""
 
 
 def _axis(axis, dim):
@@ -34,6 +29,45 @@ def _axis(axis, dim):
 def _keep(keepdims, keepdim):
     """NumPy's keepdims= and PyTorch's keepdim= mean the same."""
     return keepdims if keepdim is None else keepdim
+
+
+def _plain_index(index):
+    """Indices may hold Tensors (e.g. integer ids): use their arrays."""
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, TorchSpellings) else i for i in index)
+    return index.data if isinstance(index, TorchSpellings) else index
+
+
+def _data(other):
+    """The array of a Tensor; anything else as it is (NumPy compares it)."""
+    return other.data if isinstance(other, TorchSpellings) else other
+
+
+# Lookups of attributes a Tensor does not have, tried in order: lookup(tensor, name) returns
+# the attribute or raises AttributeError. The torch wing adds one (torch/semantics.py).
+_attribute_lookups = []
+
+
+def register_attributes(lookup) -> None:
+    """Let `lookup(tensor, name)` answer for the attributes Tensor's class does not define."""
+    if lookup not in _attribute_lookups:
+        _attribute_lookups.append(lookup)
+
+
+class SizeNumber(int):
+    """Tensor.size: NumPy's number of elements (an int), which also answers torch's size()
+    (the shape) and size(dim) (one axis), as the book's code calls it (`keys.size(2)`)."""
+
+    def __new__(cls, shape):
+        n = 1
+        for k in shape:
+            n *= k
+        number = super().__new__(cls, n)
+        number.shape = tuple(shape)
+        return number
+
+    def __call__(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
 
 
 class TorchSpellings:
@@ -97,50 +131,10 @@ class TorchSpellings:
         """x[index] = value in place, on a tensor outside any graph (the book's
         `targets[indices[1:]] = ignore_index`); into one that autodiff tracks it is refused."""
         if self.requires_grad or self._ctx is not None:
-            raise MissingFeature(f"indexed assignment into a tensor that requires grad (shape {self.shape}) "
-                                 f"is not implemented; assign into a tensor without a graph (e.g. targets)")
-        self.data[engine._plain_index(index)] = value.data if isinstance(value, engine.Tensor) else value
+            raise NotImplementedError(f"indexed assignment into a tensor that requires grad (shape {self.shape}) "
+                                      f"is not implemented; assign into a tensor without a graph (e.g. targets)")
+        self.data[_plain_index(index)] = _data(value)
         self._version = self._version + 1
-
-    # ---- layer ops as methods
-    def softmax(self, axis: int = -1, *, dim: int | None = None):
-        return engine.F.softmax(self, _axis(axis, dim))
-
-    def log_softmax(self, axis: int = -1, *, dim: int | None = None):
-        return engine.F.log_softmax(self, _axis(axis, dim))
-
-    def var(self, axis=None, keepdims=False, *, dim=None, keepdim=None, unbiased=True, correction=None):
-        """Variance; unbiased=True (torch's default) divides by n - 1, unbiased=False by n."""
-        ddof = (1 if unbiased else 0) if correction is None else int(correction)
-        return engine.ops.Var.apply(self, axis=_axis(axis, dim), keepdims=_keep(keepdims, keepdim), ddof=ddof)
-
-    # ---- in place
-    def masked_fill_(self, mask, value):
-        """masked_fill in place, as the book's attention does to its scores. The graph records it
-        as PyTorch does: the old value moves to a new node (the fill's input), self becomes the
-        fill's output and its version goes up. An op that read self before still has an edge to
-        self, which now means the new value, so a backward through it errors (_check_versions)
-        instead of sending its gradient through the fill. The result is a new array, so refuse
-        when anything else can see the old one (a view of this tensor, a value saved for
-        backward, .numpy()): in PyTorch that memory would change too."""
-        grad_enabled = engine.is_grad_enabled()
-        if grad_enabled and self.requires_grad and self._ctx is None:
-            raise RuntimeError(f"masked_fill_: a leaf tensor that requires grad (shape {self.shape}) cannot "
-                               f"be changed in place (as in PyTorch); use masked_fill, or no_grad()")
-        if self.__dict__.get("_shared"):
-            raise MissingFeature("masked_fill_: this tensor's memory is shared (with a view of it, a value saved "
-                                 "for backward, or an array from .numpy()); in PyTorch the in-place change "
-                                 "would show through all of them, here it cannot: use the out-of-place "
-                                 "masked_fill and assign the result")
-        if not grad_enabled:                           # nothing to record: just the new value
-            self.data = self.masked_fill(mask, value).data
-        else:
-            old = engine.Tensor.__new__(engine.Tensor)
-            old.__dict__.update(self.__dict__)         # takes over self's node in the graph
-            new = old.masked_fill(mask, value)
-            self.data, self._ctx, self.requires_grad = new.data, new._ctx, new.requires_grad
-        self._version = self._version + 1
-        return self
 
     def copy_(self, src):
         """Write src's values into this tensor's array, in place (torch's copy_); its version
@@ -153,7 +147,7 @@ class TorchSpellings:
 
     # ---- conversions
     def numpy(self) -> np.ndarray:
-        self._shared = True                            # the caller now sees this array
+        self._shared = True          # the caller now sees this array: torch/semantics.py's in-place ops refuse it
         return self.data
 
     def requires_grad_(self, mode: bool = True):
@@ -167,41 +161,29 @@ class TorchSpellings:
         return self.astype(np.float64)
 
     def bool(self):
-        return engine.Tensor(self.data.astype(bool))   # no gradient, as in PyTorch
-
-    device = property(lambda self: CPU)
-
-    def to(self, *args, **kwargs):
-        """.to("cpu") is this tensor (the only device); .to(dtype) casts. Other devices: an error."""
-        out = self
-        for arg in args + tuple(v for k, v in kwargs.items() if k in ("device", "dtype")):
-            if isinstance(arg, (str, Device)):
-                check_device(arg, "Tensor.to")
-            elif arg is not None:
-                out = out.astype(arg)
-        return out
+        return self.detach().astype(np.bool_)          # no gradient, as in PyTorch
 
     def numel(self):
         return self.data.size
 
     # ---- comparisons give plain boolean arrays: they have no gradient
     def __lt__(self, other):
-        return self.data < engine._as_array(other)
+        return self.data < _data(other)
 
     def __le__(self, other):
-        return self.data <= engine._as_array(other)
+        return self.data <= _data(other)
 
     def __gt__(self, other):
-        return self.data > engine._as_array(other)
+        return self.data > _data(other)
 
     def __ge__(self, other):
-        return self.data >= engine._as_array(other)
+        return self.data >= _data(other)
 
     def __eq__(self, other):                           # like <, a plain boolean array
-        return False if other is None else self.data == engine._as_array(other)
+        return False if other is None else self.data == _data(other)
 
     def __ne__(self, other):
-        return True if other is None else self.data != engine._as_array(other)
+        return True if other is None else self.data != _data(other)
 
     __hash__ = object.__hash__
 
@@ -210,6 +192,11 @@ class TorchSpellings:
             raise RuntimeError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
         return bool(self.data)
 
+    def __format__(self, spec):                        # f"{loss:.2f}" on a one-element tensor, as torch
+        if spec and self.data.size == 1:
+            return format(self.data.item(), spec)
+        return format(str(self), spec)
+
     def __float__(self):
         return float(self.item())
 
@@ -217,76 +204,7 @@ class TorchSpellings:
         return int(self.item())
 
     def __getattr__(self, name):                       # only reached when the name is not found
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise MissingFeature(f"Tensor.{name} is not implemented: tinygrad_gpt's Tensor has the part of "
-                             f"torch.Tensor that the book's code uses (see tinygrad_gpt/torch)")
-
-
-def note_shared(inputs, saved, out) -> None:
-    """After an op's forward (Function.apply): an input whose array the op kept (saved for
-    backward) or returned a view of is marked shared, so masked_fill_ refuses to swap it."""
-    for t in inputs:
-        d = t.data
-        root = d.base if isinstance(d.base, np.ndarray) else d   # what views of d point to
-        base = getattr(out, "base", None)
-        if (base is not None and (base is d or base is root)) or \
-                any(a is d or (isinstance(a, np.ndarray) and a.base is not None and (a.base is d or a.base is root))
-                    for a in saved):
-            t._shared = True
-
-
-def check_inputs(cls, inputs, tensor_type):
-    """An op takes Tensors; anything else is a TypeError naming the op and the argument, as
-    torch's: "gelu(): argument 'input' must be Tensor, not numpy.ndarray"."""
-    for i, t in enumerate(inputs):
-        if not isinstance(t, tensor_type):
-            op = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", cls.__name__).lower()      # CrossEntropy -> cross_entropy
-            names = [n for n in inspect.signature(cls.forward).parameters][1:]  # after ctx
-            name = names[i] if i < len(names) else f"#{i + 1}"
-            name = "input" if i == 0 else {"w": "weight", "b": "bias" if "w" in names else "other"}.get(name, name)
-            kind = type(t).__qualname__ if type(t).__module__ == "builtins" else \
-                f"{type(t).__module__.split('.')[0]}.{type(t).__qualname__}"
-            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {kind}")
-
-
-class Device:
-    """torch.device: "cpu" is the only one that computes here; others can be named, not used."""
-
-    def __init__(self, type="cpu", index=None):
-        if isinstance(type, Device):
-            type, index = type.type, type.index
-        if not isinstance(type, str):
-            raise TypeError(f"device: expected a string such as 'cpu', got {type!r}")
-        if ":" in type:
-            type, _, number = type.partition(":")
-            index = int(number)
-        self.type, self.index = type, index
-
-    def __str__(self):
-        return self.type if self.index is None else f"{self.type}:{self.index}"
-
-    def __repr__(self):
-        return f"device(type={self.type!r}" + ("" if self.index is None else f", index={self.index}") + ")"
-
-    def __eq__(self, other):
-        if isinstance(other, str):
-            other = Device(other)
-        return isinstance(other, Device) and (self.type, self.index) == (other.type, other.index)
-
-    def __hash__(self):
-        return hash((self.type, self.index))
-
-
-CPU = Device("cpu")
-
-
-def check_device(device, where):
-    """None and "cpu" pass; any other device is a clear error (the engine computes with NumPy)."""
-    if device is None:
-        return CPU
-    device = Device(device)
-    if device.type != "cpu":
-        raise MissingFeature(f"{where}: device {str(device)!r} is not available: tinygrad_gpt computes "
-                             f"on the CPU with NumPy; use 'cpu'")
-    return device
+        if not name.startswith("_"):
+            for lookup in _attribute_lookups:          # the torch wing's, once it is imported
+                return lookup(self, name)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")

@@ -7,12 +7,16 @@ walks that graph once, from the output back to the leaves, without recursion.
 
 Around the sweep, small named steps: the version check (`_check_versions`), the op profiler
 and the hooks (observe.py: `profile`, `register_forward_hook`, `register_backward_hook`,
-re-exported here). torch's method spellings (`view`, `transpose`, `masked_fill_`, `.to()`)
-are a mixin from spellings.py; grad mode (`no_grad`) and the random generator are here.
+re-exported here). torch's method spellings (`view`, `transpose`, `flatten`, `dim=`) are a
+mixin from spellings.py; PyTorch's semantics (in-place `masked_fill_`, `Device`, ...) are the
+torch wing's (tinygrad_gpt/torch/semantics.py). Grad mode (`no_grad`) and the random generator
+are here.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
+import re
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -20,8 +24,7 @@ import numpy as np
 from . import observe
 from .observe import (Profile, RemovableHandle, _backward_hooks, _forward_hooks, profile,  # noqa: F401
                       register_backward_hook, register_forward_hook)
-from .spellings import (CPU, Device, MissingFeature, TorchSpellings, _axis, _keep, check_device,  # noqa: F401
-                        check_inputs, note_shared)
+from .spellings import SizeNumber, TorchSpellings, _axis, _keep, _plain_index
 
 Axis = "int | tuple[int, ...] | list[int] | None"   # an axis argument, as NumPy's
 
@@ -118,21 +121,37 @@ class Function:
     @classmethod
     def apply(cls, *inputs: "Tensor", **options: Any) -> "Tensor":
         """Run forward on the inputs' arrays; record the op if any input needs a gradient."""
-        check_inputs(cls, inputs, Tensor)                # a TypeError for anything not a Tensor
-        ctx = cls(*inputs)
+        try:
+            ctx = cls(*inputs)
+        except AttributeError:                         # an input without .requires_grad: not a Tensor
+            _refuse_non_tensors(cls, inputs)
+            raise
         with observe.timing(cls.__name__, "forward"):
             out = ctx.forward(*[t.data for t in inputs], **options)
         requires_grad = _grad_enabled and any(ctx.needs_input_grad)
         result = Tensor(out, requires_grad=requires_grad)
         if requires_grad:
             result._ctx = ctx
-        note_shared(inputs, ctx.saved, out)            # for masked_fill_ (spellings.py)
         observe.after_forward(ctx, inputs, result)
         return result
 
     @property
     def name(self) -> str:
         return type(self).__name__
+
+
+def _refuse_non_tensors(cls, inputs):
+    """An op takes Tensors; anything else is a TypeError naming the op and the argument, as
+    torch's: "gelu(): argument 'input' must be Tensor, not numpy.ndarray"."""
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            op = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", cls.__name__).lower()      # CrossEntropy -> cross_entropy
+            names = [n for n in inspect.signature(cls.forward).parameters][1:]  # after ctx
+            name = names[i] if i < len(names) else f"#{i + 1}"
+            name = "input" if i == 0 else {"w": "weight", "b": "bias" if "w" in names else "other"}.get(name, name)
+            kind = type(t).__qualname__ if type(t).__module__ == "builtins" else \
+                f"{type(t).__module__.split('.')[0]}.{type(t).__qualname__}"
+            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {kind}") from None
 
 
 # ----------------------------------------------------------------------------- the graph walk
@@ -248,7 +267,7 @@ class Tensor(TorchSpellings):
     shape = property(lambda self: self.data.shape)
     ndim = property(lambda self: self.data.ndim)
     dtype = property(lambda self: self.data.dtype)
-    size = property(lambda self: self.data.size)
+    size = property(lambda self: SizeNumber(self.data.shape))   # an int; also torch's size(), size(dim)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -395,17 +414,16 @@ class Tensor(TorchSpellings):
     def sqrt(self) -> "Tensor":
         return ops.Sqrt.apply(self)
 
+    def softmax(self, axis: int = -1, *, dim: int | None = None) -> "Tensor":
+        return F.softmax(self, _axis(axis, dim))
+
+    def log_softmax(self, axis: int = -1, *, dim: int | None = None) -> "Tensor":
+        return F.log_softmax(self, _axis(axis, dim))
+
     def masked_fill(self, mask: Any, value: float) -> "Tensor":
         """Where mask is True, `value`; elsewhere self. mask broadcasts against self."""
         mask = mask.data if isinstance(mask, Tensor) else np.asarray(mask)
         return ops.MaskedFill.apply(self, mask=mask.astype(bool, copy=False), value=float(value))
-
-
-def _plain_index(index):
-    """Indices may hold Tensors (e.g. integer ids): use their arrays."""
-    if isinstance(index, tuple):
-        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    return index.data if isinstance(index, Tensor) else index
 
 
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:

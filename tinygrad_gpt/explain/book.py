@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data import load_text, one_batch
 from ..model import get_config
-from ..tensor import Tensor, manual_seed
+from ..tensor import Tensor
 from ..torch.binding import BOOK_PACKAGE, load_book_modules
 from .render_dot import to_dot, write_dot
 from .render_text import Listing, chain_lines, totals
@@ -30,9 +30,10 @@ class BookError(ValueError):
 
 
 def book_gpt_model(cfg, seed=123):
-    """llms_from_scratch.ch04.GPTModel(cfg), its `torch` bound to tinygrad_gpt.torch, seeded."""
+    """llms_from_scratch.ch04.GPTModel(cfg), its `torch` bound to tinygrad_gpt.torch, seeded by
+    its own torch.manual_seed: the initial weights (and dropout masks) PyTorch's would be."""
     ch04, = load_book_modules("ch04")
-    manual_seed(seed)
+    ch04.torch.manual_seed(seed)
     return ch04.GPTModel(cfg)
 
 

@@ -14,13 +14,14 @@ import math as _math
 
 import numpy as _np
 
-from ..tensor import Device as device
-from ..tensor import MissingFeature as _Missing
-from ..tensor import Tensor, check_device as _check_device, default_rng as _default_rng
+from .semantics import Device as device
+from .semantics import MissingFeature as _Missing
+from .semantics import Where as _Where, check_device as _check_device
+from ..tensor import Tensor
+from . import random as _random
 from ..tensor import cat as _cat
 from ..tensor import enable_grad, is_grad_enabled, no_grad
 from ..tensor import manual_seed as _manual_seed
-from .. import ops as _ops
 
 inf = _math.inf
 nan = _math.nan
@@ -34,6 +35,26 @@ int64 = long = _np.dtype("int64")
 int32 = int = _np.dtype("int32")
 bool = _np.dtype("bool")
 _builtin_int = type(1)                            # `int` above is now torch.int
+from .semantics import bfloat16  # noqa: E402  (float32 storage, values rounded to bf16: semantics.py)
+
+
+class Size(tuple):
+    """torch.Size: a shape, a tuple (x.shape == torch.Size([2, 3]) holds for a tuple shape)."""
+
+    def numel(self):
+        n = 1
+        for k in self:
+            n *= k
+        return n
+
+    def __repr__(self):
+        return f"torch.Size({list(self)})"
+
+
+def equal(input, other):
+    """True when both have the same shape and the same values."""
+    a, b = _t(input).data, _t(other).data
+    return a.shape == b.shape and _np.array_equal(a, b)
 
 
 # ----------------------------------------------------------------------------- making tensors
@@ -59,6 +80,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
         data = data.data
     if isinstance(data, (list, tuple)) and any(isinstance(x, Tensor) for x in data):
         data = [x.data if isinstance(x, Tensor) else x for x in data]
+    if dtype is bfloat16:
+        return Tensor(bfloat16.round(_np.array(data, dtype=_np.float32)), requires_grad=requires_grad)
     dtype = _torch_dtype(data) if dtype is None else _np.dtype(dtype)
     return Tensor(_np.array(data, dtype=dtype), requires_grad=requires_grad)
 
@@ -84,12 +107,31 @@ def empty(*size, dtype=None, device=None, requires_grad=False):
 
 
 def rand(*size, dtype=None, device=None, requires_grad=False, generator=None):
-    """U[0, 1) from the engine's generator (torch.manual_seed seeds it; PyTorch's own stream of
-    numbers is not reproduced, only its distribution)."""
+    """U[0, 1): PyTorch's numbers for the same seed (torch/random.py)."""
     _check_device(device, "torch.rand")
-    rng = _default_rng() if generator is None else generator.rng
-    return Tensor(rng.random(_size(size), dtype=_np.float32).astype(dtype or float32, copy=False),
-                  requires_grad=requires_grad)
+    return empty(*size, dtype=dtype).uniform_(0.0, 1.0, generator=generator).requires_grad_(requires_grad)
+
+
+def randn(*size, dtype=None, device=None, requires_grad=False, generator=None):
+    """N(0, 1): PyTorch's numbers for the same seed (torch/random.py)."""
+    _check_device(device, "torch.randn")
+    return empty(*size, dtype=dtype).normal_(0.0, 1.0, generator=generator).requires_grad_(requires_grad)
+
+
+def randint(low=0, high=None, size=None, *, dtype=None, device=None, generator=None, requires_grad=False):
+    """Integers in [low, high) (randint(high, size) too), int64: PyTorch's numbers for the same seed."""
+    _check_device(device, "torch.randint")
+    if size is None:                                   # randint(high, size)
+        low, high, size = 0, low, high
+    out = empty(*((size,) if isinstance(size, _builtin_int) else tuple(size)), dtype=dtype or int64)
+    return out.random_(low, high, generator=generator)
+
+
+def randperm(n, *, generator=None, dtype=None, device=None, requires_grad=False):
+    """A permutation of 0 .. n-1, int64: PyTorch's (Fisher-Yates over its words, torch/random.py)."""
+    _check_device(device, "torch.randperm")
+    g = _random.default_generator if generator is None else generator
+    return Tensor(g.randperm(_builtin_int(n)).astype(dtype or int64, copy=False))
 
 
 def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False):
@@ -109,21 +151,32 @@ def linspace(start, end, steps, dtype=None, device=None):
 
 
 def manual_seed(seed):
-    """Seed the engine's generator: initialisation, dropout, rand, multinomial, shuffling."""
+    """Seed PyTorch's CPU generator (torch/random.py: initialisation, dropout, rand, randn,
+    multinomial and the DataLoader's shuffle then give PyTorch's numbers) and the engine's
+    own NumPy generator (for whatever the engine draws itself)."""
     _manual_seed(seed)
-    return Generator().manual_seed(seed)
+    return _random.default_generator.manual_seed(seed)
 
 
-class Generator:
-    """torch.Generator(): a seeded source for DataLoader(generator=...) and multinomial."""
+def initial_seed():
+    return _random.default_generator.initial_seed()
+
+
+default_generator = _random.default_generator
+
+
+class Generator(_random.Generator):
+    """torch.Generator(): its own Mersenne Twister, for DataLoader(generator=...), multinomial,
+    randperm; seeded by .manual_seed(s) as torch's."""
 
     def __init__(self, device="cpu"):
         _check_device(device, "torch.Generator")
-        self.rng = _np.random.default_rng()
+        super().__init__()
 
-    def manual_seed(self, seed):
-        self.rng = _np.random.default_rng(seed)
-        return self
+
+def inference_mode(mode=True):
+    """torch.inference_mode(): no graph recorded, as no_grad (a context manager and a decorator)."""
+    return no_grad() if mode else enable_grad()
 
 
 def is_tensor(obj):
@@ -200,17 +253,30 @@ def where(condition, input, other):
         a = Tensor(a.data.astype(b.dtype))                 # a scalar such as tensor(-inf) meets b's dtype
     elif a.dtype != b.dtype and b.ndim == 0 and not b.requires_grad:
         b = Tensor(b.data.astype(a.dtype))
-    return _ops.Where.apply(a, b, condition=cond.astype(_np.bool_, copy=False))
+    return _Where.apply(a, b, condition=cond.astype(_np.bool_, copy=False))
 
 
 def multinomial(input, num_samples, replacement=False, generator=None):
-    """Draw category indices from each row of probabilities (int64, no gradient)."""
-    p = _t(input).data.astype(_np.float64)
-    rng = _default_rng() if generator is None else generator.rng
-    rows = p.reshape(-1, p.shape[-1])
-    out = _np.stack([rng.choice(p.shape[-1], size=num_samples, replace=replacement, p=r / r.sum())
-                     for r in rows])
-    return Tensor(out.reshape(p.shape[:-1] + (num_samples,)).astype(_np.int64))
+    """Category indices drawn from each row of probabilities (int64, no gradient), as PyTorch
+    draws them for one sample or without replacement: q ~ Exp(1) in the input's dtype, the
+    indices of the largest p / q (the argmax for one sample, topk for more): PyTorch's tokens.
+    With replacement and several samples: the inverse CDF over the stream's double uniforms
+    (the right distribution; PyTorch's own draws there are not reproduced)."""
+    p = _t(input).data
+    g = _random.default_generator if generator is None else generator
+    if replacement and num_samples > 1:               # inverse CDF, one double uniform per draw
+        rows = p.reshape(-1, p.shape[-1]).astype(_np.float64)
+        cdf = _np.cumsum(rows, axis=-1) / rows.sum(axis=-1, keepdims=True)
+        u = g.uniform_float64(rows.shape[0] * num_samples).reshape(rows.shape[0], num_samples)
+        out = _np.stack([_np.minimum(_np.searchsorted(c, r, side="right"), len(c) - 1) for c, r in zip(cdf, u)])
+        return Tensor(out.reshape(p.shape[:-1] + (num_samples,)).astype(_np.int64))
+    q = g.exponential_float64(p.size).astype(p.dtype).reshape(p.shape)
+    ratio = p / q                                      # in p's dtype, as at::div_out
+    if num_samples == 1:
+        out = _np.argmax(ratio, axis=-1)[..., None]
+    else:
+        out = _np.argsort(-ratio, axis=-1, kind="stable")[..., :num_samples]
+    return Tensor(out.astype(_np.int64))
 
 
 def triu(input, diagonal=0):
@@ -224,6 +290,10 @@ def tril(input, diagonal=0):
     x = _t(input)
     above = ~_np.tril(_np.ones(x.shape[-2:], dtype=_np.bool_), diagonal)
     return x.masked_fill(above, 0.0)
+
+
+def relu(input):
+    return nn.functional.relu(input)
 
 
 def tanh(input):

@@ -16,7 +16,8 @@ from collections import OrderedDict
 import numpy as np
 
 from ..fileio import atomic_replace
-from ..tensor import MissingFeature, Tensor, check_device
+from ..tensor import Tensor
+from .semantics import MissingFeature, check_device
 
 MAGIC_HINT = "a file written by torch.save here is safetensors"
 

@@ -4,13 +4,15 @@ A book module (`class GPTModel(nn.Module)`) becomes an engine Module: named_para
 state_dict, train/eval and whatever the engine's Module.__call__ records (scopes, hooks)
 work on it unchanged. Layers are the engine's, with torch's constructor signatures.
 """
+import math
 from collections import OrderedDict, namedtuple
 
 import numpy as np
 
 from ... import functional as _F
 from ... import nn as _engine
-from ...tensor import Device, MissingFeature, Tensor, check_device
+from ...tensor import Tensor
+from ..semantics import Device, MissingFeature, check_device
 from . import functional, init, utils  # noqa: F401  (torch.nn.functional, .init, .utils)
 
 class _Grad(np.ndarray):
@@ -154,6 +156,16 @@ class Linear(_engine.Linear, Module):
         _not_float32(dtype, "nn.Linear")
         super().__init__(in_features, out_features, bias=bias)   # the engine's, then Module's
         _torch_parameters(self, "weight", "bias")
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """torch's: kaiming_uniform_(a=sqrt(5)) for the weight, U(+-1/sqrt(fan_in)) for the bias,
+        drawn from PyTorch's stream (the same weights as torch after the same manual_seed)."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            init.uniform_(self.bias, -bound, bound)
 
 
 class Embedding(_engine.Embedding, Module):
@@ -164,11 +176,29 @@ class Embedding(_engine.Embedding, Module):
         _not_float32(dtype, "nn.Embedding")
         super().__init__(num_embeddings, embedding_dim)
         _torch_parameters(self, "weight")
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """torch's: N(0, 1) from PyTorch's stream."""
+        init.normal_(self.weight)
 
 
 class Dropout(_engine.Dropout, Module):
+    """torch.nn.Dropout: the engine's Dropout op over PyTorch's mask (functional.dropout)."""
+
     def __init__(self, p=0.5, inplace=False):
         super().__init__(p)
+
+    def forward(self, x):
+        return functional.dropout(x, self.p, training=self.training)
+
+
+class ReLU(Module):
+    def __init__(self, inplace=False):
+        super().__init__()
+
+    def forward(self, x):
+        return functional.relu(x)
 
 
 class LayerNorm(Module):

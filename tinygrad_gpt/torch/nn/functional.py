@@ -1,6 +1,11 @@
 """torch.nn.functional: the engine's fused ops (functional.py) under torch's names and arguments."""
+import numpy as np
+
 from ... import functional as _F
-from ...tensor import MissingFeature
+from ... import ops as _ops
+from ...tensor import Tensor
+from .. import random as _random
+from ..semantics import MissingFeature
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
@@ -37,9 +42,22 @@ def gelu(input, approximate="none"):
 
 
 def dropout(input, p=0.5, training=True, inplace=False):
+    """The engine's Dropout op over PyTorch's mask: bernoulli_(1 - p) from PyTorch's stream
+    (torch/random.py), so the same seed drops the same elements as torch."""
     if inplace:
         raise MissingFeature("torch.nn.functional.dropout(inplace=True) is not implemented")
-    return _F.dropout(input, p, training=training)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    keep = _random.default_generator.bernoulli(input.data.size, 1.0 - p).reshape(input.shape)
+    return _F.Dropout.apply(input, Tensor(keep), p=float(p))
+
+
+def relu(input, inplace=False):
+    return _ops.Relu.apply(input)
 
 
 def linear(input, weight, bias=None):
@@ -55,6 +73,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if attn_mask is not None or scale is not None or not is_causal:
         raise MissingFeature("torch.nn.functional.scaled_dot_product_attention: only is_causal=True "
                              "without attn_mask or scale is implemented")
+    if 0.0 < dropout_p < 1.0:                          # PyTorch's mask over the weights (B, H, Tq, Tk)
+        shape = query.shape[:-1] + (key.shape[-2],)
+        keep = _random.default_generator.bernoulli(int(np.prod(shape)), 1.0 - dropout_p).reshape(shape)
+        return _F.Attention.apply(query, key, value, Tensor(keep), causal=True, p=float(dropout_p))
     return _F.scaled_dot_product_attention(query, key, value, causal=True, dropout_p=dropout_p)
 
 

@@ -1,26 +1,23 @@
 """torch.nn.init: fill a parameter in place (LoRALayer's kaiming_uniform_ of appendix E).
 
-The numbers come from the engine's generator (torch.manual_seed seeds it): the same
-distributions as PyTorch, not PyTorch's stream of random numbers; copy weights across to
-compare the two. Each writes into the tensor's own array, so an optimizer or a module that
-holds the parameter sees the new values.
+The random ones draw PyTorch's numbers (torch/random.py through the tensor's in-place
+uniform_/normal_, torch/semantics.py): after the same torch.manual_seed, the same weights as
+PyTorch. Each writes into the tensor's own array, so an optimizer or a module that holds the
+parameter sees the new values.
 """
 import math
 
 import numpy as np
 
 from ... import amp
-from ...tensor import MissingFeature, default_rng
+from ...tensor import no_grad
+from ..semantics import MissingFeature
 
 
 def _fill(tensor, values):
     np.copyto(tensor.data, values, casting="same_kind")
     amp.invalidate([tensor])                   # a bf16 copy of the old values is stale
     return tensor
-
-
-def _rng(generator):
-    return default_rng() if generator is None else generator.rng
 
 
 def calculate_gain(nonlinearity, param=None):
@@ -33,7 +30,7 @@ def calculate_gain(nonlinearity, param=None):
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
         a = 0.01 if param is None else float(param)
-        return math.sqrt(2.0 / (1 + a * a))
+        return math.sqrt(2.0 / (1 + a ** 2))
     raise MissingFeature(f"torch.nn.init.calculate_gain({nonlinearity!r}) is not implemented")
 
 
@@ -47,12 +44,13 @@ def _fans(shape):
 
 
 def uniform_(tensor, a=0.0, b=1.0, generator=None):
-    u = _rng(generator).random(tensor.shape, dtype=np.float64)
-    return _fill(tensor, a + (b - a) * u)
+    with no_grad():
+        return tensor.uniform_(a, b, generator=generator)
 
 
 def normal_(tensor, mean=0.0, std=1.0, generator=None):
-    return _fill(tensor, mean + std * _rng(generator).standard_normal(tensor.shape))
+    with no_grad():
+        return tensor.normal_(mean, std, generator=generator)
 
 
 def constant_(tensor, val):
@@ -74,7 +72,8 @@ def kaiming_uniform_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", ge
     if mode not in ("fan_in", "fan_out"):
         raise ValueError(f"kaiming_uniform_: mode must be 'fan_in' or 'fan_out', not {mode!r}")
     fan = fan_in if mode == "fan_in" else fan_out
-    bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / fan)
+    std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
+    bound = math.sqrt(3.0) * std                       # torch's own expression, to the last bit
     return uniform_(tensor, -bound, bound, generator)
 
 

@@ -4,7 +4,8 @@ import math
 import numpy as np
 
 from ... import optim as _optim
-from ...tensor import MissingFeature, Tensor
+from ...tensor import Tensor
+from ..semantics import MissingFeature
 
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):

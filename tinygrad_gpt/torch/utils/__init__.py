@@ -1,6 +1,6 @@
 """torch.utils: only torch.utils.data."""
 from . import data  # noqa: F401
-from ...tensor import MissingFeature
+from ..semantics import MissingFeature
 
 
 def __getattr__(name):

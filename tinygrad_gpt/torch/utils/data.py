@@ -9,7 +9,9 @@ import numbers
 import numpy as np
 
 from ... import data as _engine
-from ...tensor import MissingFeature, Tensor, default_rng
+from ...tensor import Tensor
+from .. import random as _random
+from ..semantics import MissingFeature
 
 
 class Dataset:
@@ -54,10 +56,13 @@ def default_collate(samples):
 class DataLoader(_engine.DataLoader):
     """torch.utils.data.DataLoader(dataset, batch_size, shuffle, drop_last, num_workers, generator).
 
-    Shuffling draws each epoch's order from `generator` (a torch.Generator), else from the
-    engine's generator, which torch.manual_seed seeds: the same seed gives the same batches,
-    though not PyTorch's (its random stream is not reproduced). num_workers is accepted and
-    the batches are made in this process: the same batches, without the worker processes."""
+    The random numbers are PyTorch's and drawn when PyTorch draws them (torch/random.py): every
+    iter(loader) takes one int64 (the workers' base seed) from `generator` or the default
+    generator; with shuffle, the first batch takes one more from the default generator (when
+    no generator is given), seeds a fresh generator with it and orders the epoch by its
+    randperm; with a generator, the randperm is the generator's. So after the same
+    torch.manual_seed the batches come in PyTorch's order. num_workers is accepted and the
+    batches are made in this process: the same batches, without the worker processes."""
 
     def __init__(self, dataset, batch_size=1, shuffle=False, num_workers=0, collate_fn=None,
                  drop_last=False, generator=None, pin_memory=False, persistent_workers=False,
@@ -71,11 +76,22 @@ class DataLoader(_engine.DataLoader):
         self.collate_fn = collate_fn or default_collate
 
     def epoch_order(self):
+        """RandomSampler's order: the given generator's randperm, or a fresh generator's seeded
+        by one int64 from the default generator."""
         n = len(self.dataset)
         if not self.shuffle:
             return np.arange(n)
-        rng = self.generator.rng if self.generator is not None else default_rng()
-        return rng.permutation(n)
+        if self.generator is not None:
+            return self.generator.randperm(n)
+        seed = int(_random.default_generator.random_int64(1)[0])
+        return _random.Generator(seed).randperm(n)
+
+    def __iter__(self):
+        (self.generator or _random.default_generator).random_int64(1)   # _BaseDataLoaderIter's base seed
+        return self._epoch()
+
+    def _epoch(self):                                  # the sampler draws at the first batch, as torch's
+        yield from self.iter_batches(self.epoch_order())
 
     def iter_batches(self, order, start=0):
         """The engine's batching, with each batch gathered one sample at a time and collated."""
