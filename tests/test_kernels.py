@@ -618,12 +618,13 @@ def test_threads_matmul_runs_a_small_models_products_whole_in_this_thread(case, 
 
 
 def test_threads_get_num_threads_asks_the_os_once(monkeypatch):
-    """get_num_threads() runs for every product: without set_num_threads it answers the core
-    count read at import, not a new os.cpu_count() call (7,600 of them in 150 small steps)."""
+    """get_num_threads() runs for every product: it answers runtime.threads, the core count read
+    on the runtime's first use, not a new os.cpu_count() call (7,600 of them in 150 small steps)."""
+    import os
     from tinygrad_gpt.kernels import threads
-    monkeypatch.setattr(threads, "_threads", None)
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: pytest.fail("os.cpu_count() called per product"))
-    assert threads.get_num_threads() == threads._cores >= 1
+    first = threads.get_num_threads()          # the runtime's first use, if nothing came before
+    monkeypatch.setattr(os, "cpu_count", lambda: pytest.fail("os.cpu_count() called per product"))
+    assert threads.get_num_threads() == first >= 1
 
 
 def test_threads_matmul_pieces_cover_the_output(monkeypatch, two_threads):

@@ -259,7 +259,7 @@ def test_values_prints_each_array_once_within_120_columns_with_the_forward_array
     again = re.findall(r"^\s+the same numbers as printed at step (\d+) \(([^)]*)\)", out, re.M)
     assert len(again) > 10                           # later mentions say where
     labels = [label for label, _ in arrays]
-    for want in ("saved x_used 8x8", "saved q 1x2x8x4", "saved k 1x2x8x4", "saved v 1x2x8x4", "saved att 1x2x8x8",
+    for want in ("saved x2 8x8", "saved q 1x2x8x4", "saved k 1x2x8x4", "saved v 1x2x8x4", "saved att 1x2x8x8",
                  "saved mean 8", "saved rstd 8"):
         assert any(label.startswith(want) for label in labels), want
     # the saved arrays are the forward's: Linear out_head's x is the final norm's output
@@ -272,7 +272,7 @@ def test_values_prints_each_array_once_within_120_columns_with_the_forward_array
     model = tg.GPTModel(cfg)
     with tg.no_grad(), use("numpy"):
         h = model.final_norm(model.trf_blocks(model.tok_emb(x) + model.pos_emb(np.arange(8))))
-    head_x = next(n for label, n in arrays if label.startswith("saved x_used 8x8"))   # step 2's, the first
+    head_x = next(n for label, n in arrays if label.startswith("saved x2 8x8"))   # step 2's, the first
     np.testing.assert_allclose(head_x, h.data.ravel(), rtol=1e-3, atol=1e-6)
 
 
