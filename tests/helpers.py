@@ -136,6 +136,24 @@ def isolated(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the pretrain CLI as a process
+@contextlib.contextmanager
+def mounted_tmpfs(directory, size):
+    """A tmpfs of `size` ("2M") mounted at `directory` (made here), unmounted afterwards; skips
+    where it cannot be mounted (root only: CI runs as root)."""
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    directory.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
 def env():
     """A subprocess's environment: NumPy kernels, one BLAS thread, unbuffered, this checkout."""
     e = dict(os.environ, TINYGRAD_GPT_KERNELS="numpy", PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1",

@@ -36,7 +36,7 @@ from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt import fileio
 from tinygrad_gpt.cli.pretrain import saving
 
-from helpers import isolated, run_cli
+from helpers import isolated, mounted_tmpfs, run_cli
 
 ERRNOS = (errno.ENOSPC, errno.EIO, errno.EROFS, errno.ENOENT)
 RUN = ["--model", "micro", "--epochs", "1", "--batch-size", "8", "--threads", "1", "--kernels", "numpy",
@@ -260,6 +260,22 @@ def no_half_file(out_dir, rc, err, where):
         assert not left, (where, left)
 
 
+def kept_model_is_clean(clean, model_file, also=None):
+    """The check of a finetune matrix's case: no half-written file; the model kept (in --out,
+    or where the error line says) is the clean run's, byte for byte; a case refused before
+    training made nothing."""
+    def check(out_dir, rc, err, where):
+        no_half_file(out_dir, rc, err, where)
+        kept = out_dir if rc == 0 else (kept_path(err) if "kept in" in err else None)
+        if kept is None:                               # refused before training (--out not created)
+            assert "while saving" not in err, where
+            return
+        assert (kept / model_file).read_bytes() == (clean / model_file).read_bytes(), where
+        if also is not None:
+            also(kept, where)
+    return check
+
+
 def test_every_write_of_prepare_data_fails_in_turn_and_leaves_no_half_corpus(tmp_path):
     from helpers import STORY
     from tinygrad_gpt import corpus
@@ -332,14 +348,7 @@ def test_every_write_of_finetune_classifier_fails_in_turn_and_the_classifier_is_
                         "--threads", "1"]
     clean = tmp_path / "finetune-classifier-clean"
 
-    def check(out_dir, rc, err, where):
-        no_half_file(out_dir, rc, err, where)
-        kept = out_dir if rc == 0 else (kept_path(err) if "kept in" in err else None)
-        if kept is None:                               # refused before training (--out not created)
-            assert "while saving" not in err, where
-            return
-        assert (kept / "model.safetensors").read_bytes() == (clean / "model.safetensors").read_bytes(), where
-    other_matrix(tmp_path, "finetune-classifier", classifier_main, argv, check)
+    other_matrix(tmp_path, "finetune-classifier", classifier_main, argv, kept_model_is_clean(clean, "model.safetensors"))
 
 
 def test_every_write_of_finetune_instruct_fails_in_turn_and_the_model_is_kept(tmp_path):
@@ -355,17 +364,11 @@ def test_every_write_of_finetune_instruct_fails_in_turn_and_the_model_is_kept(tm
                         "--kernels", "numpy", "--threads", "1"]
     clean = tmp_path / "finetune-instruct-clean"
 
-    def check(out_dir, rc, err, where):
-        no_half_file(out_dir, rc, err, where)
-        kept = out_dir if rc == 0 else (kept_path(err) if "kept in" in err else None)
-        if kept is None:                               # refused before training (--out not created)
-            assert "while saving" not in err, where
-            return
-        assert (kept / "model" / "model.safetensors").read_bytes() == \
-            (clean / "model" / "model.safetensors").read_bytes(), where
+    def responses_are_clean(kept, where):
         assert json.loads((kept / "instruction-data-with-response.json").read_text()) == \
             json.loads((clean / "instruction-data-with-response.json").read_text()), where
-    other_matrix(tmp_path, "finetune-instruct", instruct_main, argv, check, both=False)
+    other_matrix(tmp_path, "finetune-instruct", instruct_main, argv,
+                 kept_model_is_clean(clean, "model/model.safetensors", also=responses_are_clean), both=False)
 
 
 # ----------------------------------------------------------------------------- real processes, real faults
@@ -426,18 +429,8 @@ def test_the_output_directory_deleted_mid_run_is_made_again_for_the_final_save(t
 @pytest.fixture
 def tmpfs(tmp_path):
     """A 4 MB tmpfs at tmp_path/disk (root only: mount; unmounted afterwards)."""
-    import subprocess
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    d = tmp_path / "disk"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(d)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "4M") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 def fill(d):

@@ -27,7 +27,7 @@ pretrain_run = importlib.import_module("tinygrad_gpt.cli.pretrain.run")   # the 
 from tinygrad_gpt.cli.generate import main as generate_main
 from tinygrad_gpt.cli.prepare_data import main as prepare_main
 
-from helpers import REPO, TINY, env, isolated, run_cli, small_text, story_corpus
+from helpers import REPO, TINY, env, isolated, mounted_tmpfs, run_cli, small_text, story_corpus
 
 MICRO = ["--model", "micro", "--epochs", "1", "--no-plot", "--threads", "1", "--kernels", "numpy",
          "--eval-freq", "5", "--eval-iter", "1"]
@@ -86,17 +86,8 @@ def quiet_run(*argv):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MB tmpfs at tmp_path/disk."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    d = tmp_path / "disk"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(d)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "2M") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 def fill(d, leave=0):
