@@ -71,7 +71,7 @@ def test_the_reading_path_words_rule_can_fail():
 
 
 def test_nothing_in_the_package_counts_references():
-    """Buffers are reused by owner and liveness (kernels/layers.Buffer), never by sys.getrefcount."""
+    """Buffers are reused by owner and liveness (kernels/buffers.Buffer), never by sys.getrefcount."""
     found = [str(p.relative_to(ROOT)) for p in ROOT.glob("tinygrad_gpt/**/*.py")
              if "getrefcount" in p.read_text(encoding="utf-8")]
     assert found == []
