@@ -305,5 +305,6 @@ class use_op:
             _in_place_of[self.engine] = self.previous
         return False
 
+
 REPLACEABLE = {c.__name__: c for c in (Softmax, LogSoftmax, LayerNorm, GELU, CrossEntropy, Embedding, Linear,
                                        Attention)}   # what use_op can replace, by name

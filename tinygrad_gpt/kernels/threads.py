@@ -146,9 +146,8 @@ def matmul(a, b, out=None):
     against 1.1; generation 33-36 tokens/s against 44-47), and there OpenBLAS's spinning helps:
     the next product comes at once. Any other (a small model's: 768 x 128 x 128 for 4 layers of
     128 at batch 12 x 64) runs whole in the calling thread, OpenBLAS in one thread: no Python
-    thread to start and wait for, no OpenBLAS worker woken (on a busy machine OpenBLAS's two
-    threads took 5-13 ms for that product against 0.2-0.6 in one, as its threads wait for each
-    other, and the small step 10x longer: benchmarks/RESULTS.md, "The small model's step").
+    thread to start and wait for, no OpenBLAS worker woken (benchmarks/RESULTS.md, "The small
+    model's step").
     A stack above SPLIT_FLOPS is cut whatever its matrices' rows: chapter 7's attention
     (8 x 12 matrices of ~100 x 64) once went whole to OpenBLAS, whose threads woke above T = 90
     and spun into the next products, and the whole float32 step took twice as long at T = 96 as
