@@ -309,6 +309,40 @@ def test_save_pretrained_writes_hf_layout_and_reloads_to_the_same_logits(tmp_pat
     report("saved file vs NumPy GPT-2", ours(model, IDS), hf_gpt2_forward(stripped, cfg, IDS), 1e-4)
 
 
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_a_saved_model_reloads_with_its_own_parameters_qkv_bias_or_not(tmp_path, qkv_bias):
+    """config.json says qkv_bias false for a model without one (its c_attn.bias is written as
+    zeros for transformers): from_pretrained and load_model build it back without the three
+    biases, the same parameter names, count and logits (it once came back with zero biases,
+    3 x C more parameters a block)."""
+    from tinygrad_gpt.loading import load_model
+    model = trained_here(qkv_bias=qkv_bias)
+    P.save_pretrained(model, tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg.get("qkv_bias", True) is qkv_bias                        # absent: GPT-2's own, with a bias
+    for back in (P.from_pretrained(tmp_path / "out"), load_model(tmp_path / "out")):
+        assert back.cfg["qkv_bias"] is qkv_bias
+        assert [n for n, _ in back.named_parameters()] == [n for n, _ in model.named_parameters()]
+        assert back.num_parameters() == model.num_parameters()
+        np.testing.assert_array_equal(ours(back, IDS), ours(model, IDS))
+
+
+def test_a_nonzero_qkv_bias_under_qkv_bias_false_is_refused(tmp_path):
+    """qkv_bias false with a c_attn.bias that is not zero: dropping it would change the model's
+    outputs, so the load names the tensor instead."""
+    P.save_pretrained(trained_here(qkv_bias=False), tmp_path / "out")
+    t = load_file(str(tmp_path / "out" / "model.safetensors"))
+    t["transformer.h.1.attn.c_attn.bias"][5] = 0.25
+    (tmp_path / "out" / "SHA256SUMS").unlink()
+    save_file(t, str(tmp_path / "out" / "model.safetensors"))
+    with pytest.raises(P.WeightsError, match=r"h\.1\.attn\.c_attn\.bias is not zero.*qkv_bias false"):
+        P.from_pretrained(tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    (tmp_path / "out" / "config.json").write_text(json.dumps({**cfg, "qkv_bias": "no"}))
+    with pytest.raises(P.WeightsError, match="qkv_bias: 'no' is not true or false"):
+        P.from_pretrained(tmp_path / "out")
+
+
 def test_save_pretrained_leaves_a_tied_head_out(tmp_path):
     model = P.from_pretrained(write_hf(tmp_path / "m", hf_tensors(), hf_config()))
     P.save_pretrained(model, tmp_path / "out")

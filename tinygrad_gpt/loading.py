@@ -92,7 +92,8 @@ def load_model(path: PathLike, cls: Type[GPTModel] = GPTModel) -> GPTModel:
 
 
 def _model_from_book_tensors(cls, cfg, tensors, source):
-    keep = CONFIG_KEYS + (("tokenizer",) if "tokenizer" in cfg else ())    # micro's "char" must survive
+    # the tokenizer's keys must survive: micro's "char", and a --tokenizer char run's "alphabet"
+    keep = CONFIG_KEYS + tuple(k for k in ("tokenizer", "alphabet") if k in cfg)
     try:                                      # types, ranges, memory: before the model is built
         configcheck.check_book_config(cfg, f"{source.parent}: model config")
     except configcheck.ConfigError as e:

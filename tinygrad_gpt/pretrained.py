@@ -173,12 +173,14 @@ def config_from_hf(hf: dict, source: str = "config.json") -> Tuple[dict, float, 
         "n_heads": int(hf["n_head"]),
         "n_layers": int(hf["n_layer"]),
         "drop_rate": float(hf.get("resid_pdrop", 0.1)),
-        "qkv_bias": True,                  # GPT-2's c_attn has a bias (the book sets this for loading)
+        "qkv_bias": hf.get("qkv_bias", True),   # GPT-2's c_attn has a bias; hf_config writes false for a model without
         **({"tokenizer": hf["tokenizer"]} if "tokenizer" in hf else {}),   # micro's "char" (hf_config writes it)
         **({"alphabet": hf["alphabet"]} if "alphabet" in hf else {}),      # a char model's vocabulary
     }
     if cfg["emb_dim"] % cfg["n_heads"]:
         raise WeightsError(f"{source}: n_embd {C} is not divisible by n_head {cfg['n_heads']}")
+    if not isinstance(cfg["qkv_bias"], bool):
+        raise WeightsError(f"{source}: qkv_bias: {cfg['qkv_bias']!r} is not true or false")
     try:
         configcheck.check_alphabet(cfg, source)
     except configcheck.ConfigError as e:
@@ -376,8 +378,14 @@ def from_pretrained(path_or_name: PathLike, download_missing: bool = False, cls:
         model = cls(cfg)
         params = dict(model.named_parameters())
         for row in hf_to_book(cfg["n_layers"]) + ([LM_HEAD] if LM_HEAD.hf in names else []):
-            for book, value in zip(row.book, to_book(row, f.get(names[row.hf]))):
-                np.copyto(params[book].data, value, casting="unsafe")    # in place, cast to float32
+            value = f.get(names[row.hf])
+            if row.book[0] not in params:      # a model without qkv bias: its c_attn.bias, written as zeros
+                if np.any(value):
+                    raise WeightsError(f"{weights_path}: {names[row.hf]} is not zero, but {config_path.name} "
+                                       "says qkv_bias false (a model without a query/key/value bias)")
+                continue
+            for book, part in zip(row.book, to_book(row, value)):
+                np.copyto(params[book].data, part, casting="unsafe")     # in place, cast to float32
         if LM_HEAD.hf not in names:            # tied: the book copies wte into out_head
             np.copyto(params["out_head.weight"].data, f.get(names["wte.weight"]), casting="unsafe")
     set_layer_norm_eps(model, eps)
@@ -432,6 +440,7 @@ def hf_config(model: GPTModel) -> dict:
     # GPT-2's <|endoftext|> is 50256; a smaller vocabulary has none (transformers defaults to 50256)
     eot = 50256 if cfg["vocab_size"] > 50256 else None
     out.update(bos_token_id=eot, eos_token_id=eot)
+    out.update({} if cfg["qkv_bias"] else {"qkv_bias": False})   # c_attn.bias is then zeros: reload without it
     out.update({"tokenizer": cfg["tokenizer"]} if "tokenizer" in cfg else {})   # micro's "char": generate needs it
     out.update({"alphabet": cfg["alphabet"]} if "alphabet" in cfg else {})      # --tokenizer char: its text's
     return out
