@@ -135,3 +135,44 @@ def test_resume_keeps_the_char_model_and_refuses_another_shape(tmp_path, capsys,
                    "--overwrite") == 0
     out = capsys.readouterr().out
     assert "Resuming from" in out and ", 9 steps, " in out, out[-600:]
+
+
+def test_generate_reads_the_alphabet_from_every_place_a_char_run_saves_its_model(tmp_path, capsys, text_file):
+    """generate.py --checkpoint on a char run's --out (config.json), its --save-dir (the newest
+    checkpoint's state.json) and one step directory: the text's characters every time, and from
+    the final model and the last checkpoint (the same weights) the same text, and the parameter
+    count trained. A checkpoint once lost its alphabet on loading (read with micro's 17
+    characters: exit 2), and config.json came back with zero qkv biases (3 x C more a block)."""
+    from tinygrad_gpt.cli import generate
+    ck, out = tmp_path / "ck", tmp_path / "run"
+    assert run_cli(*SMALL, "--data", text_file, "--max-steps", "4", "--save-dir", ck, "--save-every", "2",
+                   "--out", out) == 0
+    trained = capsys.readouterr().out.split("Summary: ")[1].split(" parameters")[0]   # "4,760"
+    alphabet = "".join(sorted(set(TEXT)))
+    texts = {}
+    for where in (out, ck, ck / "step-000001"):
+        assert generate.main(["--checkpoint", str(where), "--max-new-tokens", "30", "--kernels", "numpy"]) == 0
+        captured = capsys.readouterr()               # the model as trained: no qkv biases added on loading
+        assert f"({trained} parameters" in captured.err and captured.err.count("\n") == 1, (trained, captured.err)
+        texts[where] = captured.out.rsplit("\n\n", 1)[0]
+        assert len(texts[where]) >= 30 and set(texts[where]) <= set(alphabet), texts[where]
+    assert texts[out] == texts[ck]
+
+
+def test_a_resumed_char_run_ends_with_the_uninterrupted_runs_bits(tmp_path, capsys, text_file):
+    """--resume of a character run is exact: stopped at step 4 of 8 and resumed, the last
+    checkpoint (weights, AdamW's moments, losses, generator states) is byte for byte the one
+    of the run that went through, and so is the final model's file."""
+    from helpers import assert_same_run
+    recipe = [*SMALL, "--data", text_file, "--max-steps", "8", "--lr", "1e-3", "--min-lr", "1e-4",
+              "--warmup-steps", "2", "--grad-clip", "1.0", "--save-every", "4"]
+    assert run_cli(*recipe, "--save-dir", tmp_path / "whole", "--out", tmp_path / "whole-run") == 0
+    assert run_cli(*recipe, "--save-dir", tmp_path / "first", "--out", tmp_path / "first-run") == 0
+    (tmp_path / "half").mkdir()
+    (tmp_path / "first" / "step-000003").rename(tmp_path / "half" / "step-000003")
+    assert run_cli("--resume", tmp_path / "half", "--out", tmp_path / "half-run") == 0
+    out = capsys.readouterr().out
+    assert "Resuming from" in out and ", 8 steps, " in out, out[-600:]
+    assert_same_run(tmp_path / "whole" / "step-000007", tmp_path / "half" / "step-000007")
+    assert (tmp_path / "whole-run" / "model.safetensors").read_bytes() == \
+        (tmp_path / "half-run" / "model.safetensors").read_bytes()
