@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import env, isolated, run_cli
@@ -176,3 +177,46 @@ def test_a_resumed_char_run_ends_with_the_uninterrupted_runs_bits(tmp_path, caps
     assert_same_run(tmp_path / "whole" / "step-000007", tmp_path / "half" / "step-000007")
     assert (tmp_path / "whole-run" / "model.safetensors").read_bytes() == \
         (tmp_path / "half-run" / "model.safetensors").read_bytes()
+
+
+def test_explain_traces_a_char_runs_trained_model_with_its_characters(tmp_path, capsys, text_file):
+    """explain_backward.py --checkpoint on a char run's --out and --save-dir: the trained
+    weights (the loss traced is the loaded model's own on that batch), its shape, its
+    vocabulary (the batch read in the text's characters, a uniform guess over them), with
+    --values --worked, --optimizer and --break; a text with other characters, a context past
+    the model's, or --model/--use-op beside --checkpoint is one line, exit 2."""
+    from tinygrad_gpt import explain, no_grad
+    from tinygrad_gpt.functional import cross_entropy
+    from tinygrad_gpt.loading import load_model
+    from tinygrad_gpt.tokenizer import tokenizer_for
+    ck, out = tmp_path / "ck", tmp_path / "run"
+    assert run_cli(*SMALL, "--data", text_file, "--max-steps", "4", "--save-dir", ck, "--out", out) == 0
+    trained = capsys.readouterr().out.split("Summary: ")[1].split(" parameters")[0]
+    alphabet = "".join(sorted(set(TEXT)))
+    model = load_model(out)
+    ids = np.array(tokenizer_for(model.cfg).encode(TEXT[:9]))
+    with no_grad():
+        loss = cross_entropy(model(ids[None, :8]), ids[None, 1:]).item()
+    for where in (out, ck):
+        assert explain.main(["--checkpoint", str(where), "--data", str(text_file), "--context-length", "8",
+                             "--drop-rate", "0", "--values", "--worked", "LayerNorm", "--optimizer"]) == 0
+        text = capsys.readouterr().out
+        print(text[:600])
+        assert f": {trained} parameters in " in text and " 2 blocks, dropout 0.0" in text
+        assert f"one batch of 1 x 8 tokens: {TEXT[:8]!r}..." in text
+        assert f"forward: loss {loss:.4f} (a uniform guess over {len(alphabet)} tokens" in text
+        assert "-> tok_emb.weight" in text and "AdamW" in text
+    assert explain.main(["--checkpoint", str(out), "--data", str(text_file), "--context-length", "8",
+                         "--break", "layernorm-mean"]) == 0
+    assert "first departure" in capsys.readouterr().out
+    other = tmp_path / "other.txt"
+    other.write_text("Every effort moves you. " * 20, encoding="utf-8")
+    for argv, words in (
+            (["--data", other], ["--data", "'E'", "not in the char tokenizer's", "the text it was trained on"]),
+            (["--data", text_file, "--context-length", "17"], ["--context-length 17", "at most 16"]),
+            (["--model", "tiny"], ["--checkpoint", "--model", "leave out one of them"]),
+            (["--use-op", "x.py:LayerNorm"], ["--checkpoint", "--use-op", "leave out one of them"])):
+        assert explain.main(["--checkpoint", str(out), *map(str, argv)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1, captured
+        assert all(w in captured.err for w in words), (words, captured.err)

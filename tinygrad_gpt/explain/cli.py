@@ -48,10 +48,15 @@ def _drop_rates():
 
 def build_parser():
     p = argparse.ArgumentParser(prog="explain_backward.py", description=DESCRIPTION)
-    p.add_argument("--model", default="tiny",
+    p.add_argument("--model", default=None,
                    help="tiny (default), micro (every array printable), 124M, 355M, 774M or 1558M")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="instead of --model's random weights, a model trained here (pretrain.py's --out, "
+                        "--save-dir or one step directory): its weights, shape and vocabulary (a --tokenizer "
+                        "char run reads its text's characters: pass that text as --data)")
     p.add_argument("--context-length", type=int, default=None,
-                   help="tokens per row of the batch (default: 32 for tiny, 8 for micro, else 256)")
+                   help="tokens per row of the batch (default: 32 for tiny, 8 for micro, else 256, "
+                        "at most the model's context length)")
     p.add_argument("--batch-size", type=int, default=1, help="rows in the batch (default: 1)")
     p.add_argument("--data", default=None,
                    help="a UTF-8 text file (default: the-verdict.txt if cached, else the bundled sample; "
@@ -119,17 +124,30 @@ def build_parser():
 
 
 def check_args(args):
-    """The flags checked, with --context-length's default settled: a new Namespace (the
-    parsed one is not written)."""
+    """The flags checked, with --model's and --context-length's defaults settled: a new
+    Namespace (the parsed one is not written). With --checkpoint, the context length is
+    checked against the model once it is loaded (checkpoint_model)."""
     from ..model import CONFIGS
-    if args.model not in CONFIGS:
-        raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(CONFIGS)}")
-    limit = CONFIGS[args.model]["context_length"]
-    if args.context_length is None:
-        default = min(32 if args.model == "tiny" else 256, limit)                # micro: its 8
-        args = argparse.Namespace(**{**vars(args), "context_length": default})
-    if not 1 <= args.context_length <= limit:
-        raise UsageError(f"--context-length {args.context_length} must be in [1, {limit}] for {args.model}")
+    args = argparse.Namespace(**{"checkpoint": None, **vars(args)})
+    if args.checkpoint is not None:
+        for flag, given, why in (("--model", args.model is not None, "random weights of a named model"),
+                                 ("--book", args.book, "the book's model, with random weights"),
+                                 ("--use-op", args.use_op is not None, "it trains new models from --model's config")):
+            if given:
+                raise UsageError(f"--checkpoint {args.checkpoint} traces that trained model, {flag} another "
+                                 f"({why}): leave out one of them")
+    else:
+        args = argparse.Namespace(**{**vars(args), "model": args.model or "tiny"})
+        if args.model not in CONFIGS:
+            raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(CONFIGS)}")
+        limit = CONFIGS[args.model]["context_length"]
+        if args.context_length is None:
+            default = min(32 if args.model == "tiny" else 256, limit)                # micro: its 8
+            args = argparse.Namespace(**{**vars(args), "context_length": default})
+        if not 1 <= args.context_length <= limit:
+            raise UsageError(f"--context-length {args.context_length} must be in [1, {limit}] for {args.model}")
+    if args.context_length is not None and args.context_length < 1:
+        raise UsageError(f"--context-length {args.context_length} must be at least 1")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be at least 1")
     if args.depth is not None and args.depth < 0:
@@ -200,28 +218,45 @@ def run(args, file=None, stdin=None):
         return run_book(args, vars(build_parser().parse_args([])), file=file)
     from ..kernels import use
     from ..model import GPTModel, get_config
+    from ..nn import Dropout
     from ..tensor import manual_seed
     from ..tokenizer import tokenizer_for
     out = sys.stdout if file is None else file
 
-    cfg = get_config(args.model)
+    trained = None
+    if args.checkpoint is not None:                  # its config: shape, tokenizer, a char run's alphabet
+        trained, args = checkpoint_model(args)
+        cfg = dict(trained.cfg)
+    else:
+        cfg = get_config(args.model)
     try:
         text, description = load_text(args.data, cfg, download=False)   # micro: its own sentence
     except DataError as e:
         raise UsageError(str(e)) from None
     try:
-        tokenizer = tokenizer_for(cfg)               # GPT-2's BPE, or micro's characters
+        tokenizer = tokenizer_for(cfg)               # GPT-2's BPE, or a character model's characters
         x, y = one_batch(text, tokenizer, args.batch_size, args.context_length)
     except DataError as e:                           # a text too short for the batch
         raise UsageError(str(e)) from None
-    except ValueError as e:                          # a character micro's tokenizer does not know
-        fix = "; fix: leave out --data (micro reads its own sentence)" if cfg.get("tokenizer") == "char" else ""
-        raise UsageError(f"--data {args.data}: {e}{fix}") from None
-    cfg["context_length"] = args.context_length
+    except ValueError as e:                          # a character the model's vocabulary does not have
+        fix = ""
+        if cfg.get("tokenizer") == "char":
+            fix = ("; fix: pass --data with the text it was trained on" if "alphabet" in cfg
+                   else "; fix: leave out --data (micro reads its own sentence)")
+        raise UsageError(f"--data {args.data or '(the default text)'}: {e}{fix}") from None
     if args.drop_rate is not None:
         cfg["drop_rate"] = args.drop_rate
     manual_seed(args.seed)
-    model = finetuned(GPTModel(cfg).train(), args)
+    if trained is not None:                          # the trained weights; only dropout may change
+        model = trained
+        for m in model.modules():
+            if isinstance(m, Dropout):
+                m.p = cfg["drop_rate"]
+        model.cfg["drop_rate"] = cfg["drop_rate"]
+    else:
+        cfg["context_length"] = args.context_length  # a random model's positional table: just the batch's
+        model = GPTModel(cfg)
+    model = finetuned(model.train(), args)
     if args.finetune == "classifier":                # chapter 6: one label a row, made up
         y = np.arange(args.batch_size) % 2           # (B,)
     names = [name for name, _ in model.named_parameters()]
@@ -249,6 +284,24 @@ def run(args, file=None, stdin=None):
             return 0
         report(args, out, model, cfg, description, tokenizer, x, y, stdin=stdin)
     return 0
+
+
+def checkpoint_model(args):
+    """--checkpoint: the trained model (loading.load_model: any of pretrain.py's layouts, its
+    files verified) and the args with --context-length settled within the model's and --model
+    set to the directory's name, for the listing's title. A bad directory is one line, exit 2."""
+    from ..loading import load_model
+    try:
+        model = load_model(args.checkpoint)
+    except (OSError, ValueError, KeyError) as e:   # WeightsError, ChecksumError, FileNotFoundError
+        raise UsageError(f"--checkpoint: {str(e).strip(chr(39) + chr(34))}") from None
+    limit = model.cfg["context_length"]
+    context_length = min(256, limit) if args.context_length is None else args.context_length
+    if context_length > limit:
+        raise UsageError(f"--context-length {context_length} is above the context length of the model in "
+                         f"{args.checkpoint} ({limit}); use at most {limit}")
+    return model, argparse.Namespace(**{**vars(args), "context_length": context_length,
+                                        "model": str(args.checkpoint)})
 
 
 def finetuned(model, args):
