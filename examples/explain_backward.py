@@ -5,6 +5,7 @@
     python examples/explain_backward.py --param trf_blocks.0.att.W_query.weight
     python examples/explain_backward.py --dot graph.dot   # and graph.png where Graphviz is installed
     python examples/explain_backward.py --book            # the book's own llms_from_scratch.ch04.GPTModel
+    python examples/explain_backward.py --checkpoint runs/small --data my.txt   # a model you trained
     python examples/explain_backward.py --model micro --break layernorm-mean   # find a sabotaged backward
     python examples/explain_backward.py --model micro --values --op LayerNorm --worked LayerNorm
     python examples/explain_backward.py --model micro --optimizer --worked AdamW   # optimizer.step(), by hand
