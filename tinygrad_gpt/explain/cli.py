@@ -12,6 +12,8 @@ and the --param chain when given.
 --finetune classifier and --lora RANK trace the book's finetuned models (chapter 6, appendix
 E; finetune.as_classifier and finetune.add_lora): which parameters receive gradients, and
 that none is computed for the frozen ones.
+--checkpoint DIR traces a model trained here (loading.load_model) instead of --model's random
+weights, with its own shape and vocabulary (a --tokenizer char run's characters).
 """
 from __future__ import annotations
 
