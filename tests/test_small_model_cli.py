@@ -158,6 +158,9 @@ def test_generate_reads_the_alphabet_from_every_place_a_char_run_saves_its_model
         texts[where] = captured.out.rsplit("\n\n", 1)[0]
         assert len(texts[where]) >= 30 and set(texts[where]) <= set(alphabet), texts[where]
     assert texts[out] == texts[ck]
+    assert generate.main(["--checkpoint", str(out), "--stop-at-eos", "--kernels", "numpy"]) == 2
+    captured = capsys.readouterr()                   # no <|endoftext|> among the characters: not silently ignored
+    assert captured.out == "" and captured.err.count("\n") == 1 and "--stop-at-eos" in captured.err, captured
 
 
 def test_a_resumed_char_run_ends_with_the_uninterrupted_runs_bits(tmp_path, capsys, text_file):

@@ -129,6 +129,9 @@ def run(args):
     except ValueError as e:
         raise UsageError(f"--prompt: {e}") from None
     eos_id = ENDOFTEXT_ID if cfg.get("tokenizer", "gpt2") == "gpt2" else None   # micro has no <|endoftext|>
+    if args.stop_at_eos and eos_id is None:
+        raise UsageError("--stop-at-eos: a character model's vocabulary has no <|endoftext|> to stop at; "
+                         "leave out --stop-at-eos")
     if idx.max() >= cfg["vocab_size"]:
         raise UsageError(f"the prompt has token id {idx.max()}, beyond the model's vocabulary of "
                          f"{cfg['vocab_size']}: use a model with GPT-2's 50257 tokens")
