@@ -12,6 +12,7 @@ and the Hugging Face hub is offline. OUT.json gets {test id: "passed" | "failed"
 and, for each failure, its last line of error.
 """
 import gc
+import importlib.util
 import io
 import json
 import os
@@ -91,6 +92,10 @@ def main(argv):
         print("book_suite.py: the-verdict.txt not found (set TINYGRAD_GPT_SHARED_DATA)", file=sys.stderr)
         return 2
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    on_engine = getattr(sys.modules.get("torch"), "__name__", "").startswith("tinygrad_gpt")
+    if on_engine and importlib.util.find_spec("transformers") is not None:
+        import hf_bridge                     # transformers on real PyTorch, beside the shim (hf_bridge.py)
+        hf_bridge.install()
     plugin = Offline(verdict)
     with tempfile.TemporaryDirectory() as work:
         (Path(work) / "the-verdict.txt").write_bytes(plugin.verdict)
