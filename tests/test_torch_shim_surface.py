@@ -515,3 +515,150 @@ def test_size_equal_relu_sgd_and_bfloat16_the_books_tests_call():
     np.testing.assert_array_equal(b.data, np.array([1.0, 3.140625, -0.0025024414], np.float32))
     y = f64(4).float().to(torch.bfloat16)
     assert np.all((y.data.view(np.uint32) & 0xFFFF) == 0)            # bf16 values: the low 16 bits zero
+
+
+# ----------------------------------------------------------------------------- Llama 3.2 / Qwen3's ops (ops.py)
+def positive(*shape, seed=0):
+    return Tensor(np.random.default_rng(seed).uniform(0.5, 2.0, shape), requires_grad=True)
+
+
+@pytest.mark.parametrize("name,fn,make,expect", [
+    ("sin", lambda t: t.sin(), f64, np.sin),
+    ("cos", lambda t: torch.cos(t), f64, np.cos),
+    ("abs", lambda t: t.abs(), f64, np.abs),
+    ("rsqrt", lambda t: torch.rsqrt(t), positive, lambda a: 1 / np.sqrt(a)),
+    ("pow", lambda t: t.pow(3), f64, lambda a: a ** 3),
+    ("base ** x", lambda t: 2.5 ** t, f64, lambda a: 2.5 ** a),   # RoPE: theta ** (2i / D)
+    ("silu", lambda t: nn.functional.silu(t), f64, lambda a: a / (1 + np.exp(-a))),
+    ("SiLU", lambda t: nn.SiLU()(t), f64, lambda a: a / (1 + np.exp(-a))),
+])
+def test_elementwise_ops_of_llama_and_qwen_match_numpy_and_pass_gradcheck_in_float64(name, fn, make, expect):
+    x = make(3, 5)
+    np.testing.assert_allclose(fn(x).data, expect(x.data), rtol=1e-12)
+    err = max_gradcheck_error(fn, [x])
+    print(f"\n{name}: worst gradcheck error {err:.2e}")
+    assert gradcheck(fn, [x])
+
+
+def test_elementwise_ops_keep_float32():
+    x = Tensor(np.linspace(0.5, 2, 6, dtype=np.float32).reshape(2, 3), requires_grad=True)
+    for fn in (torch.sin, torch.cos, torch.rsqrt, torch.abs, nn.functional.silu, lambda t: 10.0 ** t):
+        y = fn(x)
+        y.sum().backward()
+        assert y.dtype == np.float32 and x.grad.dtype == np.float32, fn
+
+
+@pytest.mark.parametrize("dim", [1, -1, None])
+def test_repeat_interleave_repeats_each_slice_in_a_row_and_sums_the_copies_gradients(dim):
+    x = f64(2, 3, 4)
+    out = x.repeat_interleave(2, dim=dim)
+    np.testing.assert_array_equal(out.data, np.repeat(x.data, 2, axis=dim))
+    assert gradcheck(lambda t: t.repeat_interleave(3, dim=dim), [x])
+    keys = torch.tensor([[1.0, 2.0], [3.0, 4.0]])                       # [K1, K2] -> [K1, K1, K2, K2]
+    assert torch.repeat_interleave(keys, 2, dim=0).tolist() == [[1, 2], [1, 2], [3, 4], [3, 4]]
+
+
+def test_expand_broadcasts_without_copy_and_sums_back_gradcheck():
+    x = f64(2, 1, 3)
+    out = x.expand(2, 4, -1)
+    assert out.shape == (2, 4, 3) and np.shares_memory(out.data, x.data)
+    assert gradcheck(lambda t: t.expand(5, 2, 4, 3), [x])
+
+
+def test_gather_reads_along_dim_gradcheck():
+    x = f64(3, 5)
+    index = np.array([[4, 0], [1, 1], [2, 3]])
+    np.testing.assert_array_equal(torch.gather(x, 1, torch.tensor(index)).data, np.take_along_axis(x.data, index, 1))
+    assert gradcheck(lambda t: t.gather(1, index), [x])
+
+
+def test_scatter_in_place_writes_src_and_sends_gradients_to_both_gradcheck():
+    """Qwen3's MoE: zeros_like(scores).scatter_(dim=-1, index=topk indices, src=probs)."""
+    index = np.array([[[3], [0]], [[1], [1]]])                            # (2, 2, 1)
+
+    def gating(scores, probs):
+        g = torch.zeros_like(scores)
+        g.scatter_(dim=-1, index=torch.tensor(index), src=probs)
+        return g * scores                                                 # a graph through both
+
+    scores, probs = f64(2, 2, 4), f64(2, 2, 1, seed=1)
+    g = torch.zeros_like(scores).scatter_(-1, torch.tensor(index), probs)
+    expect = np.zeros((2, 2, 4))
+    np.put_along_axis(expect, index, probs.data, axis=-1)
+    np.testing.assert_array_equal(g.data, expect)
+    assert g.requires_grad and g._version == 1
+    assert gradcheck(gating, [scores, probs])
+    assert gradcheck(lambda s, p: (s * 1.0).scatter_(-1, torch.tensor(index), p), [scores, probs])  # into a node
+    with pytest.raises(RuntimeError, match="scatter_: a leaf tensor that requires grad"):
+        scores.scatter_(-1, torch.tensor(index), probs)
+
+
+def rms_norm_numpy(x, w, eps):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def test_rms_norm_matches_its_formula_and_passes_gradcheck_for_input_and_weight():
+    x, w = f64(2, 3, 8), f64(8, seed=1)
+    out = nn.functional.rms_norm(x, 8, w, eps=1e-5)
+    np.testing.assert_allclose(out.data, rms_norm_numpy(x.data, w.data, 1e-5), rtol=1e-12)
+    err = max_gradcheck_error(lambda a, b: nn.functional.rms_norm(a, 8, b, eps=1e-5), [x, w])
+    print(f"\nRMSNorm: worst gradcheck error {err:.2e}")
+    assert gradcheck(lambda a, b: nn.functional.rms_norm(a, 8, b, eps=1e-5), [x, w])
+    norm = nn.RMSNorm(8, eps=1e-6)
+    assert [n for n, _ in norm.named_parameters()] == ["weight"] and np.all(norm.weight.data == 1)
+    y = norm(Tensor(x.data.astype(np.float32)))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.data, rms_norm_numpy(x.data, 1.0, 1e-6), rtol=1e-6)
+    eps32 = float(np.finfo(np.float32).eps)                               # eps=None: the dtype's epsilon
+    np.testing.assert_allclose(nn.RMSNorm(8)(Tensor(x.data.astype(np.float32))).data,
+                               rms_norm_numpy(x.data, 1.0, eps32), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bf16 and meta parameters, assert_close
+def test_bfloat16_layers_hold_bf16_values_in_float32_and_draw_as_many_words_as_float32():
+    torch.manual_seed(1)
+    lin = nn.Linear(16, 8, dtype=torch.bfloat16)
+    emb = nn.Embedding(10, 16, dtype=torch.bfloat16)
+    after_bf16 = torch.rand(3).tolist()
+    torch.manual_seed(1)
+    lin32, emb32 = nn.Linear(16, 8), nn.Embedding(10, 16)
+    assert torch.rand(3).tolist() == after_bf16                           # the stream moved alike
+    for p, p32 in ((lin.weight, lin32.weight), (lin.bias, lin32.bias), (emb.weight, emb32.weight)):
+        assert p.dtype == np.float32 and np.all((p.data.view(np.uint32) & 0xFFFF) == 0)
+        np.testing.assert_array_equal(p.data, torch.bfloat16.round(p32.data))
+    assert nn.RMSNorm(4, dtype=torch.bfloat16).weight.dtype == np.float32
+
+
+def test_meta_device_layers_are_zeros_and_draw_nothing():
+    torch.manual_seed(2)
+    lin = nn.Linear(4, 3, bias=False, device=torch.device("meta"))
+    first = torch.rand(2).tolist()
+    torch.manual_seed(2)
+    assert torch.rand(2).tolist() == first and not lin.weight.data.any()
+    with pytest.raises(NotImplementedError, match="device 'cuda' is not available"):
+        nn.Linear(4, 3, device="cuda")
+
+
+def test_assert_close_and_allclose_use_torchs_tolerances():
+    a = torch.tensor([1.0, 2.0])
+    torch.testing.assert_close(a, a + 1e-6)
+    with pytest.raises(AssertionError, match="Mismatched elements: 1 / 2"):
+        torch.testing.assert_close(a, torch.tensor([1.0, 2.001]))
+    with pytest.raises(AssertionError, match="shape"):
+        torch.testing.assert_close(a, torch.tensor([1.0]))
+    torch.testing.assert_close(a, torch.tensor([1.0, 2.1]), rtol=0.0, atol=0.2)
+    assert torch.allclose(a, a + 1e-6) and not torch.allclose(a, a + 1e-3)
+
+
+def test_load_maps_the_file_copy_on_write(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "i": torch.tensor([7, 8])}, path)
+    state = torch.load(path)
+    assert list(state) == ["w", "i"] and state["i"].dtype == np.int64
+    assert state["w"].tolist() == [[1, 2], [3, 4]] and type(state["w"].data) is np.ndarray
+    state["w"].data[0, 0] = 9.0                                           # this process's copy only
+    assert torch.load(path)["w"].tolist() == [[1, 2], [3, 4]]
+    assert torch.load(path, mmap=False)["w"].tolist() == [[1, 2], [3, 4]]
+    (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(ValueError, match="cut.pth is not a safetensors file"):
+        torch.load(tmp_path / "cut.pth")

@@ -261,3 +261,115 @@ class MaskedFill(Function):
 
     def backward(ctx, grad):                   # filled positions no longer depend on a
         return np.where(ctx.mask, 0.0, grad).astype(grad.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- Llama 3.2 / Qwen3 (the book's bonus models)
+class Sin(Function):
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.sin(a)
+
+    def backward(ctx, grad):                   # d(sin a)/da = cos a
+        a, = ctx.saved
+        return grad * np.cos(a)
+
+
+class Cos(Function):
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.cos(a)
+
+    def backward(ctx, grad):                   # d(cos a)/da = -sin a
+        a, = ctx.saved
+        return -grad * np.sin(a)
+
+
+class Abs(Function):
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.abs(a)
+
+    def backward(ctx, grad):                   # d|a|/da = sign(a) (0 at 0, as PyTorch)
+        a, = ctx.saved
+        return grad * np.sign(a)
+
+
+class Rsqrt(Function):
+    def forward(ctx, a):
+        y = (1.0 / np.sqrt(a)).astype(a.dtype, copy=False)
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, grad):                   # d(a^-1/2)/da = -1/2 a^-3/2 = -y^3 / 2
+        y, = ctx.saved
+        return grad * (-0.5 * y * y * y)
+
+
+class PowOfBase(Function):
+    def forward(ctx, a, base):                 # base ** a, base a Python number (RoPE's theta ** (2i / D))
+        y = np.power(a.dtype.type(base), a)
+        ctx.save_for_backward(y)
+        ctx.log_base = np.log(base)
+        return y
+
+    def backward(ctx, grad):                   # d(c^a)/da = c^a ln c
+        y, = ctx.saved
+        return grad * (y * y.dtype.type(ctx.log_base))
+
+
+class Silu(Function):
+    def forward(ctx, a):                       # silu(a) = a * sigmoid(a)
+        s = 1.0 / (1.0 + np.exp(-a))
+        ctx.save_for_backward(a, s)
+        return a * s
+
+    def backward(ctx, grad):                   # d(a s)/da = s + a s (1 - s)
+        a, s = ctx.saved
+        return grad * (s * (1.0 + a * (1.0 - s)))
+
+
+class RepeatInterleave(Function):
+    def forward(ctx, a, repeats, axis):        # each slice along axis, `repeats` times in a row
+        ctx.shape, ctx.repeats, ctx.axis = a.shape, repeats, axis % a.ndim
+        return np.repeat(a, repeats, axis=axis)
+
+    def backward(ctx, grad):                   # each input slice gets the sum of its copies' gradients
+        ax, n = ctx.axis, ctx.shape[ctx.axis]
+        return grad.reshape(grad.shape[:ax] + (n, ctx.repeats) + grad.shape[ax + 1:]).sum(axis=ax + 1)
+
+
+class Expand(Function):
+    def forward(ctx, a, shape):                # a view with size-1 axes repeated (torch's expand)
+        return np.broadcast_to(a, shape)
+
+    def backward(ctx, grad):                   # the adjoint of broadcast is sum: the engine sums back
+        return grad
+
+
+class Scatter(Function):
+    def forward(ctx, a, src, index, axis):     # a with src's values written at `index` along axis
+        ctx.index, ctx.axis = index, axis
+        out = a.copy()
+        np.put_along_axis(out, index, src, axis=axis)
+        return out
+
+    def backward(ctx, grad):                   # overwritten places no longer depend on a; src reads them
+        da = grad.copy()
+        np.put_along_axis(da, ctx.index, 0.0, axis=ctx.axis)
+        return da, np.take_along_axis(grad, ctx.index, axis=ctx.axis)
+
+
+class RMSNorm(Function):
+    def forward(ctx, x, w, eps):               # x: (..., C)  w: (C,)
+        rstd = (1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + x.dtype.type(eps))).astype(x.dtype)
+        xhat = x * rstd                        # (..., C)
+        ctx.save_for_backward(xhat, w, rstd)
+        return xhat * w
+
+    def backward(ctx, grad):                   # y = xhat w, xhat = x rstd, rstd = (mean(x^2) + eps)^-1/2
+        xhat, w, rstd = ctx.saved
+        dxhat = grad * w                       # (..., C)
+        # dx = rstd (dxhat - xhat mean(dxhat xhat)): the second term is rstd's share of the chain rule
+        dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+        dw = (grad * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)
+        return dx, dw

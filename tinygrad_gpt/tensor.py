@@ -363,6 +363,9 @@ class Tensor(TorchSpellings):
             raise TypeError("x ** y: the exponent must be a Python number, not a Tensor")
         return ops.Pow.apply(self, exponent=float(exponent))
 
+    def __rpow__(self, base: float) -> "Tensor":     # base ** x, base a number (RoPE's theta ** (2i / D))
+        return ops.PowOfBase.apply(self, base=float(base))
+
     def __neg__(self) -> "Tensor":
         return ops.Neg.apply(self)
 

@@ -17,6 +17,7 @@ import numpy as _np
 from .semantics import Device as device
 from .semantics import MissingFeature as _Missing
 from .semantics import Where as _Where, check_device as _check_device
+from . import semantics as _semantics
 from ..tensor import Tensor
 from . import random as _random
 from ..tensor import cat as _cat
@@ -35,6 +36,7 @@ int64 = long = _np.dtype("int64")
 int32 = int = _np.dtype("int32")
 bool = _np.dtype("bool")
 _builtin_int = type(1)                            # `int` above is now torch.int
+_builtin_bool = type(True)
 from .semantics import bfloat16  # noqa: E402  (float32 storage, values rounded to bf16: semantics.py)
 
 
@@ -222,11 +224,9 @@ def argmax(input, dim=None, keepdim=False):
     return Tensor(_np.asarray(_np.argmax(_t(input).data, axis=dim, keepdims=keepdim), dtype=int64))
 
 
-def _gather(x, dim, index):
-    """x's values at `index` along dim (torch.gather), as one differentiable GetItem."""
-    grid = list(_np.ogrid[tuple(slice(n) for n in index.shape)])
-    grid[dim % x.ndim] = index
-    return x[tuple(grid)]
+def gather(input, dim, index):
+    """input's values at `index` along dim, as one differentiable GetItem (semantics.gather)."""
+    return _semantics.gather(_t(input), dim, index)
 
 
 def topk(input, k, dim=-1, largest=True, sorted=True):
@@ -234,7 +234,7 @@ def topk(input, k, dim=-1, largest=True, sorted=True):
     x = _t(input)
     keys = -x.data if largest else x.data
     indices = _np.take(_np.argsort(keys, axis=dim, kind="stable"), _np.arange(k), axis=dim)
-    return _TopK(_gather(x, dim, indices), Tensor(indices.astype(_np.int64)))
+    return _TopK(gather(x, dim, indices), Tensor(indices.astype(_np.int64)))
 
 
 class _TopK(tuple):
@@ -304,6 +304,31 @@ def sqrt(input):
     return input.sqrt()
 
 
+def rsqrt(input):
+    return _t(input).rsqrt()
+
+
+def sin(input):
+    return _t(input).sin()
+
+
+def cos(input):
+    return _t(input).cos()
+
+
+def abs(input):
+    return _t(input).abs()
+
+
+def repeat_interleave(input, repeats, dim=None):
+    return _t(input).repeat_interleave(repeats, dim=dim)
+
+
+def allclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
+    """|input - other| <= atol + rtol |other| everywhere (shapes broadcast), as torch."""
+    return _builtin_bool(_np.allclose(_t(input).data, _t(other).data, rtol=rtol, atol=atol, equal_nan=equal_nan))
+
+
 def exp(input):
     return input.exp()
 
@@ -365,7 +390,7 @@ class _Backends:
 
 backends = _Backends()
 
-from . import nn, optim, utils  # noqa: E402  (they import the names above)
+from . import nn, optim, testing, utils  # noqa: E402  (they import the names above)
 from .serialization import load, save  # noqa: E402
 
 

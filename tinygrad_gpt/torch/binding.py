@@ -16,7 +16,7 @@ def shim_modules():
     import tinygrad_gpt.torch as shim
     return {"torch": shim, "torch.nn": shim.nn, "torch.nn.functional": shim.nn.functional,
             "torch.nn.init": shim.nn.init, "torch.nn.utils": shim.nn.utils,
-            "torch.optim": shim.optim, "torch.utils": shim.utils, "torch.utils.data": shim.utils.data,
+            "torch.optim": shim.optim, "torch.testing": shim.testing, "torch.utils": shim.utils, "torch.utils.data": shim.utils.data,
             "tiktoken": offline_tiktoken()}
 
 

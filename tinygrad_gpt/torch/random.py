@@ -51,6 +51,10 @@ def _mt_key(seed: int) -> np.ndarray:
     return key
 
 
+CHUNK = 1 << 22    # draws made and transformed this many at a time (a multiple of 16): a
+                   # 128256 x 2048 embedding needs no temporaries of its size in float64
+
+
 class Generator:
     """PyTorch's CPUGeneratorImpl: a Mersenne Twister and the two cached normal halves."""
 
@@ -84,9 +88,12 @@ class Generator:
     # ---- uniform
     def uniform_float32(self, n: int, low: float = 0.0, high: float = 1.0) -> np.ndarray:
         """n float32 uniforms in [low, high), torch's float uniform_(low, high)."""
-        x = (self.words(n) & np.uint64(MASK24)).astype(np.float64) * 2.0 ** -24   # exact
         lo, hi = _F(low), _F(high)                     # the bounds as float32, their span too
-        return (x * np.float64(hi - lo) + np.float64(lo)).astype(_F)   # in double, then rounded
+        out = np.empty(n, dtype=_F)
+        for start in range(0, n, CHUNK):               # one word per element, in order
+            x = (self.words(min(CHUNK, n - start)) & np.uint64(MASK24)).astype(np.float64) * 2.0 ** -24  # exact
+            out[start:start + len(x)] = x * np.float64(hi - lo) + np.float64(lo)   # in double, then rounded
+        return out
 
     def uniform_float64(self, n: int, low: float = 0.0, high: float = 1.0) -> np.ndarray:
         x = (self.words64(n) & np.uint64(MASK53)).astype(np.float64) * 2.0 ** -53
@@ -97,11 +104,11 @@ class Generator:
         """torch's normal_ of a contiguous float32 tensor of n elements."""
         if n < 16:
             return self.normal_double(n, mean, std).astype(_F)
-        data = self.uniform_float32(n)                 # every element drawn first
-        blocks = n // 16
-        out = data.copy()
-        if blocks:
-            out[:blocks * 16] = _normal_fill_16(data[:blocks * 16].reshape(-1, 16), mean, std).reshape(-1)
+        out = self.uniform_float32(n)                  # every element drawn first
+        full = n // 16 * 16
+        for start in range(0, full, CHUNK):            # then each block of 16 turned into normals
+            rows = out[start:min(start + CHUNK, full)].reshape(-1, 16)
+            rows[...] = _normal_fill_16(rows, mean, std)
         if n % 16:
             tail = self.uniform_float32(16)            # the last 16 drawn again
             out[n - 16:] = _normal_fill_16(tail.reshape(1, 16), mean, std).reshape(-1)

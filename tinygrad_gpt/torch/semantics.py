@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import amp, observe, spellings
+from .. import amp, observe, ops, spellings
 from ..ops import _expand_to
 from ..tensor import Function, Tensor, is_grad_enabled
 from . import random as _random
@@ -113,29 +113,44 @@ def note_shared(ctx, inputs, result) -> None:
 
 # ----------------------------------------------------------------------------- torch.Tensor's own attributes
 def masked_fill_(self, mask, value):
-    """masked_fill in place, as the book's attention does to its scores. The graph records it
-    as PyTorch does: the old value moves to a new node (the fill's input), self becomes the
-    fill's output and its version goes up. An op that read self before still has an edge to
-    self, which now means the new value, so a backward through it errors (_check_versions)
-    instead of sending its gradient through the fill. The result is a new array, so refuse
-    when anything else can see the old one (a view of this tensor, a value saved for
-    backward, .numpy()): in PyTorch that memory would change too."""
+    """masked_fill in place, as the book's attention does to its scores (see _in_place)."""
+    return _in_place(self, "masked_fill_", lambda old: old.masked_fill(mask, value))
+
+
+def scatter_(self, dim, index, src):
+    """self[..., index[i], ...] = src[i] along dim, in place (Qwen3's MoE writes its gating
+    probabilities so); src a tensor of index's shape, its gradient read back at index."""
+    if not isinstance(src, Tensor):
+        raise MissingFeature("Tensor.scatter_(dim, index, value) with a number is not implemented; "
+                             "give src as a tensor")
+    index = index.data if isinstance(index, Tensor) else np.asarray(index)
+    return _in_place(self, "scatter_", lambda old: ops.Scatter.apply(old, src.astype(old.dtype), index=index,
+                                                                     axis=dim % old.ndim))
+
+
+def _in_place(self, what, op):
+    """An out-of-place op recorded as PyTorch records it in place: the old value moves to a new
+    node (the op's input), self becomes the op's output and its version goes up. An op that read
+    self before still has an edge to self, which now means the new value, so a backward through
+    it errors (_check_versions) instead of sending its gradient through this op. The result is
+    a new array, so refuse when anything else can see the old one (a view of this tensor, a
+    value saved for backward, .numpy()): in PyTorch that memory would change too."""
     grad_enabled = is_grad_enabled()
     if grad_enabled and self.requires_grad and self._ctx is None:
-        raise RuntimeError(f"masked_fill_: a leaf tensor that requires grad (shape {self.shape}) cannot "
-                           f"be changed in place (as in PyTorch); use masked_fill, or no_grad()")
+        raise RuntimeError(f"{what}: a leaf tensor that requires grad (shape {self.shape}) cannot "
+                           f"be changed in place (as in PyTorch); use the out-of-place op, or no_grad()")
     if self.__dict__.get("_shared"):
-        raise MissingFeature("masked_fill_: this tensor's memory is shared (with a view of it, a value saved "
+        raise MissingFeature(f"{what}: this tensor's memory is shared (with a view of it, a value saved "
                              "for backward, or an array from .numpy()); in PyTorch the in-place change "
                              "would show through all of them, here it cannot: use the out-of-place "
-                             "masked_fill and assign the result")
-    if not grad_enabled or not self.requires_grad:     # nothing to record: just the new value
-        self.data = self.masked_fill(mask, value).data
-    else:                                              # the old value: a new node, self's place in the graph
-        old = Tensor(self.data, requires_grad=True)
+                             "op and assign the result")
+    old = Tensor(self.data, requires_grad=grad_enabled and self.requires_grad)
+    if old.requires_grad:                              # self's place in the graph moves to old
         old._ctx, old._version, old._graph_freed = self._ctx, self._version, self._graph_freed
-        new = old.masked_fill(mask, value)             # MaskedFill(old): self becomes its output
-        self.data, self._ctx = new.data, new._ctx
+    new = op(old)
+    self.data = new.data
+    if grad_enabled and new.requires_grad:             # self is now the op's output
+        self._ctx, self.requires_grad = new._ctx, True
     self._version = self._version + 1
     return self
 
@@ -259,8 +274,56 @@ def exponential_(self, lambd=1.0, *, generator=None):
     return _fill(self, _generator(generator).exponential_float64(self.data.size, float(lambd)), "exponential_")
 
 
+# ----------------------------------------------------------------------------- the Llama 3.2 / Qwen3 ops' torch names (ops.py)
+def rsqrt(self):
+    return ops.Rsqrt.apply(self)
+
+
+def sin(self):
+    return ops.Sin.apply(self)
+
+
+def cos(self):
+    return ops.Cos.apply(self)
+
+
+def abs_value(self):
+    return ops.Abs.apply(self)
+
+
+def power(self, exponent):
+    return self ** exponent
+
+
+def repeat_interleave(self, repeats, dim=None):
+    """Each slice along dim `repeats` times in a row ([K1, K2] -> [K1, K1, K2, K2]): grouped-query
+    attention's keys and values; an int repeats only (dim=None flattens first, as torch)."""
+    if not isinstance(repeats, (int, np.integer)):
+        raise MissingFeature("Tensor.repeat_interleave(repeats=<tensor>) is not implemented; give an int")
+    x = self.reshape(-1) if dim is None else self
+    return ops.RepeatInterleave.apply(x, repeats=int(repeats), axis=0 if dim is None else int(dim))
+
+
+def expand(self, *sizes):
+    """A broadcast view: size-1 axes repeated to `sizes` (-1 keeps an axis), no copy."""
+    sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+    lead = len(sizes) - self.ndim
+    shape = tuple(self.shape[i - lead] if n == -1 else n for i, n in enumerate(sizes))
+    return ops.Expand.apply(self, shape=shape)
+
+
+def gather(self, dim, index):
+    """self's values at index along dim (torch.gather): out[i][j] = self[i][index[i][j]] for dim=1."""
+    index = index.data if isinstance(index, Tensor) else np.asarray(index)
+    grid = list(np.ogrid[tuple(slice(n) for n in index.shape)])
+    grid[dim % self.ndim] = index
+    return self[tuple(grid)]
+
+
 METHODS = {"masked_fill_": masked_fill_, "var": var, "to": to, "uniform_": uniform_, "normal_": normal_,
-           "random_": random_, "bernoulli_": bernoulli_, "exponential_": exponential_}
+           "random_": random_, "bernoulli_": bernoulli_, "exponential_": exponential_,
+           "scatter_": scatter_, "rsqrt": rsqrt, "sin": sin, "cos": cos, "abs": abs_value, "pow": power,
+           "repeat_interleave": repeat_interleave, "expand": expand, "gather": gather}
 PROPERTIES = {"device": lambda self: CPU}
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from ... import functional as _F
 from ... import nn as _engine
 from ...tensor import Tensor
-from ..semantics import Device, MissingFeature, check_device
+from ..semantics import Device, MissingFeature, bfloat16, check_device
 from . import functional, init, utils  # noqa: F401  (torch.nn.functional, .init, .utils)
 
 class _Grad(np.ndarray):
@@ -151,12 +151,20 @@ class Module(_engine.Module):
 
 
 class Linear(_engine.Linear, Module):
+    """torch.nn.Linear. dtype=torch.bfloat16: float32 storage holding bf16 values (see
+    semantics.BFloat16); device="meta": zeros, and nothing drawn (see _meta)."""
+
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
-        check_device(device, "nn.Linear")
-        _not_float32(dtype, "nn.Linear")
+        meta = _meta(device, "nn.Linear")
+        bf16 = _float32_or_bfloat16(dtype, "nn.Linear")
         super().__init__(in_features, out_features, bias=bias)   # the engine's, then Module's
         _torch_parameters(self, "weight", "bias")
-        self.reset_parameters()
+        if meta:
+            _zero(self.weight, self.bias)
+        else:
+            self.reset_parameters()
+        if bf16:
+            _round_to_bfloat16(self.weight, self.bias)
 
     def reset_parameters(self):
         """torch's: kaiming_uniform_(a=sqrt(5)) for the weight, U(+-1/sqrt(fan_in)) for the bias,
@@ -172,11 +180,16 @@ class Embedding(_engine.Embedding, Module):
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, device=None, dtype=None):
         if padding_idx is not None:
             raise MissingFeature("nn.Embedding(padding_idx=...) is not implemented")
-        check_device(device, "nn.Embedding")
-        _not_float32(dtype, "nn.Embedding")
+        meta = _meta(device, "nn.Embedding")
+        bf16 = _float32_or_bfloat16(dtype, "nn.Embedding")
         super().__init__(num_embeddings, embedding_dim)
         _torch_parameters(self, "weight")
-        self.reset_parameters()
+        if meta:
+            _zero(self.weight)
+        else:
+            self.reset_parameters()
+        if bf16:
+            _round_to_bfloat16(self.weight)
 
     def reset_parameters(self):
         """torch's: N(0, 1) from PyTorch's stream."""
@@ -219,6 +232,33 @@ class LayerNorm(Module):
         return _F.layer_norm(x, self.weight, self.bias, self.eps)
 
 
+class RMSNorm(Module):
+    """torch.nn.RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight, one fused op
+    (ops.RMSNorm, its backward under its forward); `weight` starts at ones. eps=None is the
+    dtype's machine epsilon, as torch. dtype=torch.bfloat16: ones are bf16 values already."""
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None):
+        super().__init__()
+        check_device(device, "nn.RMSNorm")
+        _float32_or_bfloat16(dtype, "nn.RMSNorm")
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        if len(shape) != 1 or not elementwise_affine:
+            raise MissingFeature("nn.RMSNorm: only one normalized axis with a weight is implemented")
+        self.normalized_shape, self.eps = shape, eps
+        self.weight = Parameter(np.ones(shape, dtype=np.float32))
+
+    def forward(self, x):
+        return functional.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+
+class SiLU(Module):
+    def __init__(self, inplace=False):
+        super().__init__()
+
+    def forward(self, x):
+        return functional.silu(x)
+
+
 class GELU(_engine.GELU, Module):
     """torch.nn.GELU(approximate="tanh"): the engine's GELU is the tanh form the book uses."""
 
@@ -255,6 +295,42 @@ class ModuleList(Module):
     def __getitem__(self, i):
         children = list(self.children())
         return ModuleList(children[i]) if isinstance(i, slice) else children[i]
+
+
+def _float32_or_bfloat16(dtype, where):
+    """True for torch.bfloat16 (parameters then hold bf16 values in float32 storage), False for
+    float32 or None; other dtypes are not implemented."""
+    if dtype is bfloat16:
+        return True
+    _not_float32(dtype, where)
+    return False
+
+
+def _round_to_bfloat16(*params):
+    """Round a bf16 layer's float32 draws to bf16 in place. PyTorch draws a bf16 tensor's values
+    in bf16 (an 8-bit uniform, a bf16 Box-Muller), so these are not its numbers; each element
+    still takes the same words from the stream, so later draws stay PyTorch's."""
+    for p in params:
+        if p is not None:
+            flat = p.data.reshape(-1)                  # a view: rounded a slice at a time, in place
+            for start in range(0, flat.size, 1 << 22):
+                flat[start:start + (1 << 22)] = bfloat16.round(flat[start:start + (1 << 22)])
+
+
+def _meta(device, where):
+    """device="meta" in PyTorch makes a tensor with a shape and no values, and draws nothing.
+    The shim has only the CPU: a meta parameter is a CPU one filled with zeros, and nothing is
+    drawn, so the random stream stays PyTorch's. Load real weights before using it."""
+    if device is not None and Device(device).type == "meta":
+        return True
+    check_device(device, where)
+    return False
+
+
+def _zero(*params):
+    for p in params:
+        if p is not None:
+            p.data[...] = 0.0
 
 
 def _not_float32(dtype, where):

@@ -60,6 +60,26 @@ def relu(input, inplace=False):
     return _ops.Relu.apply(input)
 
 
+def silu(input, inplace=False):
+    """x * sigmoid(x) (Llama's and Qwen's feed-forward gate), the engine's Silu op."""
+    if inplace:
+        raise MissingFeature("torch.nn.functional.silu(inplace=True) is not implemented")
+    return _ops.Silu.apply(input)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis, one fused op (ops.RMSNorm);
+    eps=None is the dtype's machine epsilon, as torch."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if len(shape) != 1 or input.shape[-1:] != shape:
+        raise MissingFeature(f"torch.nn.functional.rms_norm: only the last axis is implemented "
+                             f"(normalized_shape {shape}, input {input.shape})")
+    if weight is None:
+        weight = Tensor(np.ones(shape, dtype=input.dtype))
+    eps = float(np.finfo(input.dtype).eps) if eps is None else float(eps)
+    return _ops.RMSNorm.apply(input, weight, eps=eps)
+
+
 def linear(input, weight, bias=None):
     return _F.linear(input, weight, bias)
 
