@@ -86,6 +86,15 @@ class GPTModel(Module):
         self.final_norm = LayerNorm(cfg["emb_dim"])
         self.out_head = Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
+    def set_drop_rate(self, p: float) -> "GPTModel":
+        """Every dropout of the model at rate p (embeddings, attention weights, residuals), and
+        cfg["drop_rate"] saying so: a loaded model finetuned or traced at another rate."""
+        for m in self.modules():
+            if isinstance(m, Dropout):
+                m.p = p
+        self.cfg["drop_rate"] = p
+        return self
+
     def forward(self, in_idx, last_only: bool = False, kv_cache: Optional["KVCacheLike"] = None) -> Tensor:
         """in_idx: integer (B, T) -> logits (B, T, V); with last_only, (B, 1, V) for the last
         position alone (generation needs no more, and the output head is the biggest matmul).

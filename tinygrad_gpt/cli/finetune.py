@@ -115,7 +115,6 @@ def check_common(args):
 def load_start_model(args):
     """The pretrained model, training mode, with the finetuning's dropout."""
     from ..loading import load_model
-    from ..nn import Dropout
     try:
         model = load_model(args.init_from)
     except (OSError, ValueError, KeyError) as e:
@@ -124,11 +123,7 @@ def load_start_model(args):
         raise UsageError(f"--init-from {args.init_from}: a model with {model.cfg['vocab_size']} token ids "
                          f"({model.cfg.get('tokenizer', 'gpt2')} tokenizer); finetuning reads text with GPT-2's "
                          f"tokenizer and needs GPT-2's 50257")
-    for m in model.modules():
-        if isinstance(m, Dropout):
-            m.p = args.drop_rate
-    model.cfg["drop_rate"] = args.drop_rate
-    return model.train()
+    return model.set_drop_rate(args.drop_rate).train()
 
 
 def optimizer_for(model, args):

@@ -220,7 +220,6 @@ def run(args, file=None, stdin=None):
         return run_book(args, vars(build_parser().parse_args([])), file=file)
     from ..kernels import use
     from ..model import GPTModel, get_config
-    from ..nn import Dropout
     from ..tensor import manual_seed
     from ..tokenizer import tokenizer_for
     out = sys.stdout if file is None else file
@@ -250,11 +249,7 @@ def run(args, file=None, stdin=None):
         cfg["drop_rate"] = args.drop_rate
     manual_seed(args.seed)
     if trained is not None:                          # the trained weights; only dropout may change
-        model = trained
-        for m in model.modules():
-            if isinstance(m, Dropout):
-                m.p = cfg["drop_rate"]
-        model.cfg["drop_rate"] = cfg["drop_rate"]
+        model = trained.set_drop_rate(cfg["drop_rate"])
     else:
         cfg["context_length"] = args.context_length  # a random model's positional table: just the batch's
         model = GPTModel(cfg)
@@ -296,7 +291,8 @@ def checkpoint_model(args):
     try:
         model = load_model(args.checkpoint)
     except (OSError, ValueError, KeyError) as e:   # WeightsError, ChecksumError, FileNotFoundError
-        raise UsageError(f"--checkpoint: {str(e).strip(chr(39) + chr(34))}") from None
+        why = str(e).strip("'\"")                   # a KeyError's message comes quoted
+        raise UsageError(f"--checkpoint: {why}") from None
     limit = model.cfg["context_length"]
     context_length = min(256, limit) if args.context_length is None else args.context_length
     if context_length > limit:
