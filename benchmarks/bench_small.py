@@ -12,7 +12,9 @@ clipped to 1.0, dropout 0 (so both engines do the same arithmetic), random token
 
 Engines: ours (the plain API, as a reader's own loop runs it), torch (the book's GPTModel,
 llms_from_scratch.ch04, eager, torch.optim.AdamW's default foreach path), torch fused
-(fused=True AdamW) and, with --torch-compile, torch.compile of the model (eager AdamW). Each
+(fused=True AdamW), with --torch-bf16 torch's bf16 autocast with fused AdamW (its strongest CPU
+setting at 124M on an AMX CPU; ours stays float32) and, with --torch-compile, torch.compile of
+the model (eager AdamW). Each
 runs in its own process (peak RSS is its own), in alternating rounds (a busy machine slows all
 alike), timed at its steady state (common.warm_up), then --steps steps: min / median / max of
 ms per step over every round, and the ratio of medians to torch eager's.
@@ -38,7 +40,7 @@ ROWS = {
 VOCAB = 65                                     # a character vocabulary (nanoGPT's Shakespeare: 65)
 LR, BETAS, WEIGHT_DECAY, CLIP = 1e-3, (0.9, 0.99), 0.1, 1.0
 ENGINES = {"ours": "tinygrad_gpt", "torch": "torch eager", "torch-fused": "torch eager, fused AdamW",
-           "torch-compile": "torch.compile"}
+           "torch-bf16": "torch bf16 autocast, fused", "torch-compile": "torch.compile"}
 
 
 def peak_rss_mib():
@@ -105,7 +107,8 @@ def worker_torch(args, cfg, x, y):
     runtime = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     torch.manual_seed(123)
     model = book_ch04.GPTModel(cfg)
-    fused = args.worker == "torch-fused"
+    fused = args.worker in ("torch-fused", "torch-bf16")
+    bf16 = args.worker == "torch-bf16"
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY,
                             **({"fused": True} if fused else {}))
     forward_model = torch.compile(model) if args.worker == "torch-compile" else model
@@ -114,8 +117,9 @@ def worker_torch(args, cfg, x, y):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        logits = forward_model(xt)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), yt.flatten())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = forward_model(xt)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), yt.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP)
         opt.step()
@@ -158,6 +162,8 @@ def main():
     p.add_argument("--threads", type=int, default=None, help="every engine (default: all cores)")
     p.add_argument("--torch-compile", action="store_true", help="add torch.compile of the model")
     p.add_argument("--no-fused", action="store_true", help="leave out torch's fused AdamW")
+    p.add_argument("--torch-bf16", action="store_true",
+                   help="add torch's bf16 autocast with fused AdamW (its strongest CPU setting at 124M on AMX)")
     p.add_argument("--quick", action="store_true", help="1 round, 3 steps, the small row: checks the script")
     p.add_argument("--worker", choices=list(ENGINES), help=argparse.SUPPRESS)
     p.add_argument("--row", choices=list(ROWS), help=argparse.SUPPRESS)
@@ -171,7 +177,7 @@ def main():
     if unknown:
         p.error(f"unknown row {unknown[0]!r}; choose from {', '.join(ROWS)}")
     engines = ["ours", "torch"] + ([] if args.no_fused else ["torch-fused"]) + \
-        (["torch-compile"] if args.torch_compile else [])
+        (["torch-bf16"] if args.torch_bf16 else []) + (["torch-compile"] if args.torch_compile else [])
     results = {(row, e): [] for row in rows for e in engines}
     for row in rows:
         for r in range(args.rounds):
